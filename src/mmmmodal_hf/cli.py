@@ -1,0 +1,33 @@
+"""The `mmmmodal` command: one entry point whose subcommands cover the package's jobs."""
+
+import argparse
+import sys
+
+# Subcommands that later work fills in, with the issue that brings each.
+_PLANNED = {
+    "train": ("train a model in the two published stages", 3),
+    "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", 4),
+    "convert": ("convert a released mesolitica checkpoint to this layout", 4),
+    "push": ("upload a built folder to the Hub with a model card", 4),
+    "demo": ("train a small model end to end on a synthetic multimodal world", 5),
+    "chat": ("chat with a model in the terminal", 5),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmmmodal", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _issue) in _PLANNED.items():
+        subcommands.add_parser(name, help=help_text, add_help=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _rest = build_parser().parse_known_args(argv)
+    help_text, issue = _PLANNED[args.command]
+    print(f"mmmmodal {args.command} ({help_text}) is not available in this release yet; see issue #{issue}.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

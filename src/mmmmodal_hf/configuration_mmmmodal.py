@@ -1,0 +1,148 @@
+"""MMMModal configuration: a SigLIP vision tower and a Whisper encoder joined to a causal LM.
+
+Also home of the slot arithmetic: how many language-model positions one image or one audio
+window fills. The processor (which writes the slots) and the model (which fills them) both
+import it from here, so the two can never disagree.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+# The published models: SigLIP-base-patch16-384, malaysian-whisper-small, TinyLlama 1.1B.
+_SIGLIP_BASE_384 = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 384,
+    "patch_size": 16,
+}
+_WHISPER_SMALL_ENCODER = {
+    "d_model": 768,
+    "encoder_layers": 12,
+    "encoder_attention_heads": 12,
+    "encoder_ffn_dim": 3072,
+    "decoder_layers": 12,
+    "decoder_attention_heads": 12,
+    "decoder_ffn_dim": 3072,
+    "num_mel_bins": 80,
+    "max_source_positions": 1500,
+}
+_TINYLLAMA = {
+    "hidden_size": 2048,
+    "intermediate_size": 5632,
+    "num_hidden_layers": 22,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 16384,
+    "vocab_size": 32006,
+    "rms_norm_eps": 1e-5,
+}
+
+# Token layout of the released checkpoints (32000-32003), plus the two slot tokens we add.
+IMAGE_START_TOKEN, IMAGE_END_TOKEN = "<image>", "</image>"
+AUDIO_START_TOKEN, AUDIO_END_TOKEN = "<audio>", "</audio>"
+IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN = "<image_slot>", "<audio_slot>"
+
+
+def num_image_slots(height: int, width: int, patch_size: int) -> int:
+    """Positions one image fills: one per SigLIP patch (no CLS token, no pooling)."""
+    return (height // patch_size) * (width // patch_size)
+
+
+def whisper_encoder_frames(num_mel_frames: int) -> int:
+    """Frames the Whisper encoder emits for `num_mel_frames` log-mel frames (its stride-2 conv)."""
+    return (num_mel_frames - 1) // 2 + 1
+
+
+def num_audio_slots(encoder_frames: int, conv_kernel: int, conv_stride: int) -> int:
+    """Positions one audio window fills: the length after the projector's Conv1d.
+
+    With the published numbers, 1500 encoder frames give floor((1500 - 40) / 3) + 1 = 487.
+    """
+    if encoder_frames < conv_kernel:
+        raise ValueError(
+            f"The audio projector's kernel ({conv_kernel}) is longer than the {encoder_frames} frames "
+            "the Whisper encoder emits per window; no audio feature could be produced."
+        )
+    return (encoder_frames - conv_kernel) // conv_stride + 1
+
+
+@strict
+class MMMModalConfig(PreTrainedConfig):
+    r"""
+    Configuration of an MMMModal model (arXiv 2402.11297).
+
+    vision_config (`dict` or `SiglipVisionConfig`): the SigLIP vision tower.
+    audio_config (`dict` or `WhisperConfig`): the Whisper model whose encoder hears the audio.
+    text_config (`dict` or `PreTrainedConfig`): any causal LM transformers can build (llama, mistral, qwen2, ...).
+    vision_feature_layer (`int`, defaults to -2): SigLIP hidden state fed to the image projector.
+    audio_feature_layer (`int`, defaults to -2): Whisper encoder hidden state fed to the audio projector.
+    audio_conv_kernel, audio_conv_stride (`int`, defaults to 40 and 3): the audio projector's Conv1d.
+    projector_hidden_act (`str`, defaults to "gelu"): activation inside both projectors.
+    image_token_id, audio_token_id: the slot tokens that projected features replace.
+    image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
+
+    Example:
+
+    ```python
+    >>> from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
+    >>> config = MMMModalConfig(text_config={"model_type": "mistral"})
+    >>> model = MMMModalForConditionalGeneration(config)
+    ```
+    """
+
+    model_type = "mmmmodal"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_BASE_384
+        ),
+        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", init_kwargs=_WHISPER_SMALL_ENCODER),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=_TINYLLAMA),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    audio_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    vision_feature_layer: int = -2
+    audio_feature_layer: int = -2
+    audio_conv_kernel: int = 40
+    audio_conv_stride: int = 3
+    projector_hidden_act: str = "gelu"
+    image_start_token_id: int = 32000
+    image_end_token_id: int = 32001
+    audio_start_token_id: int = 32002
+    audio_end_token_id: int = 32003
+    image_token_id: int = 32004
+    audio_token_id: int = 32005
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        # Older checkpoints keep `tie_word_embeddings` in the text config only (as LLaVA does).
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+        self._check_layers()
+        # Both auto classes give the generation-capable model, so `AutoModel(...).generate()` works.
+        self.auto_map = {
+            "AutoConfig": "configuration_mmmmodal.MMMModalConfig",
+            "AutoModel": "modeling_mmmmodal.MMMModalForConditionalGeneration",
+            "AutoModelForCausalLM": "modeling_mmmmodal.MMMModalForConditionalGeneration",
+            **(getattr(self, "auto_map", None) or {}),
+        }
+
+    def _check_layers(self):
+        for name, layer, depth in (
+            ("vision_feature_layer", self.vision_feature_layer, self.vision_config.num_hidden_layers),
+            ("audio_feature_layer", self.audio_feature_layer, self.audio_config.encoder_layers),
+        ):
+            # hidden_states holds the embeddings plus one entry per layer: valid indices are -(depth+1)..depth.
+            if not -(depth + 1) <= layer <= depth:
+                raise ValueError(f"{name}={layer} does not exist in an encoder of {depth} layers.")
+        num_audio_slots(self.audio_config.max_source_positions, self.audio_conv_kernel, self.audio_conv_stride)
+
+
+MMMModalConfig.register_for_auto_class()
+
+__all__ = ["MMMModalConfig", "num_image_slots", "num_audio_slots", "whisper_encoder_frames"]

@@ -1,0 +1,201 @@
+"""Turn what users hand us (paths, bytes, PIL images, arrays, tensors) into RGB images and mono waveforms.
+
+One place for media loading, shared by the processor, training data and the chat tools. The
+kind of a file is decided by decoding it, never by its extension. Every failure is a
+`ValueError` with the reason; the processor adds which sample and which item it was.
+"""
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import soxr
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+_URL_PREFIXES = ("http://", "https://")
+
+
+def describe_media(item) -> str:
+    """A short, safe description of a media item for error messages."""
+    if isinstance(item, (str, os.PathLike)):
+        text = str(item)
+        return repr(text if len(text) <= 120 else text[:117] + "...")
+    if isinstance(item, bytes):
+        return f"<{len(item)} bytes>"
+    if isinstance(item, dict):
+        return f"<dict with keys {sorted(item)}>"
+    shape = getattr(item, "shape", None) or getattr(item, "size", None)
+    return f"<{type(item).__name__} {tuple(shape) if shape is not None else ''}>".replace(" >", ">")
+
+
+# ---------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------
+
+
+def _open_image(source) -> Image.Image:
+    try:
+        image = Image.open(source)
+        image.load()  # decode now, so a truncated file fails here and not inside the image processor
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {source}") from None
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image (the bytes are not in any format Pillow decodes)") from None
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"refused as a possible decompression bomb: {error}") from None
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"the image data is corrupt or truncated ({error})") from None
+    # Animated images (GIF, WebP, APNG) hold their first frame after open(); EXIF rotation is applied
+    # so photos from phones come upright.
+    return ImageOps.exif_transpose(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to RGB: transparency over white, 16/32-bit and float scaled to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
+        if image.mode == "F" and pixels.max(initial=0) <= 1.0:
+            peak = 1.0
+        image = Image.fromarray(np.clip(pixels / peak * 255.0, 0, 255).round().astype(np.uint8), mode="L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def _array_to_image(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels-first, as torch tensors usually are
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; got {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"the image array is empty (shape {array.shape})")
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("the image array holds NaN or infinite values")
+        if array.max(initial=0) <= 1.0:
+            array = array * 255.0  # floats in [0, 1]
+        array = np.clip(array, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def load_image(item) -> Image.Image:
+    """An RGB PIL image from a path, URL, bytes, PIL image, numpy array or torch tensor."""
+    if isinstance(item, Image.Image):
+        image = item
+    elif isinstance(item, (str, os.PathLike)):
+        text = str(item)
+        if text.startswith(_URL_PREFIXES):
+            from transformers.image_utils import load_image as fetch_image
+
+            image = fetch_image(text)
+        else:
+            image = _open_image(Path(text))
+    elif isinstance(item, (bytes, bytearray)):
+        image = _open_image(io.BytesIO(item))
+    elif isinstance(item, np.ndarray):
+        image = _array_to_image(item)
+    elif hasattr(item, "detach") and hasattr(item, "numpy"):  # torch.Tensor, without importing torch here
+        image = _array_to_image(item.detach().cpu().float().numpy() if item.is_floating_point() else item.numpy())
+    else:
+        raise ValueError(
+            f"an image must be a path, URL, bytes, PIL image, numpy array or torch tensor; got {type(item).__name__}"
+        )
+    if image.width == 0 or image.height == 0:
+        raise ValueError(f"the image has no pixels ({image.width}x{image.height})")
+    return _to_rgb(image)
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_audio_file(source) -> tuple[np.ndarray, int]:
+    try:
+        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {source}") from None
+    except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
+        raise ValueError(f"not a readable audio file ({error})") from None
+    return samples.T, rate  # (channels, samples)
+
+
+def _as_channels_first(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 1:
+        return array[None, :]
+    if array.ndim == 2:
+        if array.shape[0] > 64 and array.shape[1] <= 64:
+            raise ValueError(
+                f"audio of shape {array.shape} looks like (samples, channels); pass (channels, samples)"
+            )
+        return array
+    raise ValueError(f"audio must be 1-D (samples) or 2-D (channels, samples); got shape {array.shape}")
+
+
+def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.ndarray:
+    """A mono float32 waveform at `target_rate` from a path, URL, bytes, array, tensor or datasets-style dict.
+
+    `sampling_rate` is the rate of a bare array (files carry their own). Channels are averaged;
+    other rates are resampled with soxr.
+    """
+    if isinstance(item, dict):  # datasets' Audio feature: {"array", "sampling_rate"} or {"path"/"bytes"}
+        if "array" in item:
+            sampling_rate = item.get("sampling_rate", sampling_rate)
+            item = item["array"]
+        elif item.get("bytes") is not None:
+            item = item["bytes"]
+        elif item.get("path") is not None:
+            item = item["path"]
+        else:
+            raise ValueError(f"an audio dict needs 'array' (+ 'sampling_rate'), 'bytes' or 'path'; got {sorted(item)}")
+
+    if isinstance(item, (str, os.PathLike)):
+        text = str(item)
+        if text.startswith(_URL_PREFIXES):
+            from transformers.audio_utils import load_audio as fetch_audio
+
+            return _finish_audio(np.asarray(fetch_audio(text, sampling_rate=target_rate))[None, :], target_rate, target_rate)
+        channels, rate = _read_audio_file(text)
+    elif isinstance(item, (bytes, bytearray)):
+        channels, rate = _read_audio_file(io.BytesIO(item))
+    elif isinstance(item, np.ndarray) or (hasattr(item, "detach") and hasattr(item, "numpy")):
+        array = item if isinstance(item, np.ndarray) else item.detach().cpu().float().numpy()
+        if not np.issubdtype(array.dtype, np.number):
+            raise ValueError(f"audio samples must be numbers; got dtype {array.dtype}")
+        if np.issubdtype(array.dtype, np.integer):
+            array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+        channels = _as_channels_first(np.asarray(array, dtype=np.float32))
+        rate = sampling_rate if sampling_rate is not None else target_rate
+    else:
+        raise ValueError(
+            "audio must be a path, URL, bytes, numpy array, torch tensor or a dict with 'array' and "
+            f"'sampling_rate'; got {type(item).__name__}"
+        )
+    return _finish_audio(channels, int(rate), target_rate)
+
+
+def _finish_audio(channels: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    if channels.shape[-1] == 0:
+        raise ValueError("the audio is empty (0 samples)")
+    if rate <= 0:
+        raise ValueError(f"the sampling rate must be positive; got {rate}")
+    if not np.isfinite(channels).all():
+        raise ValueError("the audio holds NaN or infinite samples")
+    waveform = channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
+    if rate != target_rate:
+        waveform = soxr.resample(waveform, rate, target_rate, quality="HQ")
+        if waveform.shape[0] == 0:
+            raise ValueError(f"the audio is too short to resample from {rate} Hz to {target_rate} Hz")
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+__all__ = ["load_image", "load_audio", "describe_media"]

@@ -1,0 +1,326 @@
+"""MMMModal: SigLIP vision + Whisper audio encoders projected into a causal language model.
+
+Follow one image from pixels to the language model: `get_image_features` (SigLIP, hidden state of
+`vision_feature_layer`, image projector) -> `get_placeholder_mask` (where its slots are) ->
+`forward` (one `masked_scatter` over the whole batch). Audio takes the same path through Whisper's
+encoder and the Conv1d audio projector. The processor decides how many slots each medium gets;
+this module only fills them, so there is no Python loop over items.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from .configuration_mmmmodal import MMMModalConfig
+
+
+@dataclass
+class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`).
+    past_key_values (`Cache`, *optional*): the language model's KV cache.
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*):
+        projected image features, as scattered into the image slots.
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_windows, num_audio_slots, hidden_size)`, *optional*):
+        projected audio features, one row per Whisper window, as scattered into the audio slots.
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+@dataclass
+class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
+    past_key_values (`Cache`, *optional*): the language model's KV cache.
+    image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*).
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_windows, num_audio_slots, hidden_size)`, *optional*).
+    """
+
+    image_hidden_states: torch.FloatTensor | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+
+
+class MMMModalImageProjector(nn.Module):
+    """LLaVA-style projector, as published: Linear(d_vision -> H), GELU, Linear(H -> H)."""
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__()
+        hidden_size = config.text_config.hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden_size)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, image_features: torch.Tensor) -> torch.Tensor:
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+
+class MMMModalAudioProjector(nn.Module):
+    """As published: Conv1d over time (d_audio -> H, kernel 40, stride 3), GELU, Linear(H -> H).
+
+    The strided convolution shortens 1500 Whisper frames to 487 slots per 30 s window.
+    """
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__()
+        hidden_size = config.text_config.hidden_size
+        self.conv = nn.Conv1d(
+            config.audio_config.d_model,
+            hidden_size,
+            kernel_size=config.audio_conv_kernel,
+            stride=config.audio_conv_stride,
+        )
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        # (windows, frames, d_audio) -> (windows, d_audio, frames) for the conv, then back.
+        hidden_states = self.conv(audio_features.transpose(1, 2)).transpose(1, 2)
+        return self.linear(self.act(hidden_states))
+
+
+class MMMModalPreTrainedModel(PreTrainedModel):
+    config: MMMModalConfig
+    config_class = MMMModalConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "audio", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class MMMModalModel(MMMModalPreTrainedModel):
+    """Encoders, projectors and the language model without its head.
+
+    Only the SigLIP vision tower and the Whisper encoder are built: the SigLIP text tower and the
+    Whisper decoder never contribute, so they are neither computed nor stored.
+    """
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.audio_tower = WhisperEncoder(config.audio_config)
+        self.image_projector = MMMModalImageProjector(config)
+        self.audio_projector = MMMModalAudioProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """SigLIP hidden state at `vision_feature_layer` (no pooling), projected.
+
+        Returns `(num_images, num_image_slots, hidden_size)`: all images of a batch in one tower call.
+        """
+        tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
+        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
+        return self.image_projector(outputs.hidden_states[self.config.vision_feature_layer])
+
+    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        """Whisper encoder hidden state at `audio_feature_layer`, projected.
+
+        `input_features` holds one log-mel window per row (a long clip spans several consecutive
+        rows). Returns `(num_windows, num_audio_slots, hidden_size)`.
+        """
+        tower_dtype = self.audio_tower.conv1.weight.dtype
+        outputs = self.audio_tower(input_features.to(tower_dtype), output_hidden_states=True)
+        return self.audio_projector(outputs.hidden_states[self.config.audio_feature_layer])
+
+    def get_placeholder_mask(
+        self,
+        input_ids: torch.LongTensor | None,
+        inputs_embeds: torch.Tensor,
+        features: torch.Tensor,
+        token_id: int,
+        modality: str,
+    ) -> torch.Tensor:
+        """Where the `modality` slots are, broadcast to the embedding width; checks one slot per feature."""
+        if input_ids is None:
+            slot_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            slot_mask = (inputs_embeds == slot_embedding).all(-1)
+        else:
+            slot_mask = input_ids == token_id
+        num_slots, num_features = int(slot_mask.sum()), features.shape[0] * features.shape[1]
+        if num_slots != num_features:
+            raise ValueError(
+                f"The input holds {num_slots} {modality} slot tokens (id {token_id}) but the {modality} encoder "
+                f"produced {num_features} features ({features.shape[0]} x {features.shape[1]}). Prepare inputs "
+                "with MMMModalProcessor so each medium gets exactly the slots the model fills."
+            )
+        return slot_mask.unsqueeze(-1).expand_as(inputs_embeds)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> MMMModalModelOutputWithPast:
+        r"""
+        pixel_values (`(num_images, 3, height, width)`): every image of the batch, in slot order.
+        input_features (`(num_audio_windows, num_mel_bins, num_mel_frames)`): every audio window, in slot order.
+        input_features_mask (`(num_audio_windows, num_mel_frames)`): which mel frames hold real audio.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_features = audio_features = None
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            image_features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, self.config.image_token_id, "image")
+            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+        if input_features is not None and input_features.shape[0] > 0:
+            audio_features = self.get_audio_features(input_features).to(inputs_embeds.dtype)
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio")
+            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
+
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
+            # Left-padded rows start counting at their first real token, as `generate` does.
+            past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+            if past_length == 0:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return MMMModalModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_features,
+            audio_hidden_states=audio_features,
+        )
+
+
+class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin):
+    """MMMModal with a language-modelling head: `forward` with `labels` gives the loss, `generate` chats.
+
+    The encoders run once, at prefill: `generate` drops `pixel_values`, `input_features` and
+    `input_features_mask` after the first step, and the KV cache carries the media from there.
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__(config)
+        self.model = MMMModalModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values)
+
+    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        return self.model.get_audio_features(input_features)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        input_features_mask: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> MMMModalCausalLMOutputWithPast:
+        r"""
+        labels (`(batch_size, sequence_length)`, *optional*): targets for the next-token loss; -100 is ignored.
+
+        Example:
+
+        ```python
+        >>> from transformers import AutoModel, AutoProcessor
+        >>> model = AutoModel.from_pretrained("mesolitica/malaysian-tinyllama-1.1b-mmmmodal", trust_remote_code=True)
+        >>> processor = AutoProcessor.from_pretrained("mesolitica/malaysian-tinyllama-1.1b-mmmmodal", trust_remote_code=True)
+        >>> chat = [{"role": "user", "content": [{"type": "image", "path": "cat.png"}, {"type": "text", "text": "Apa ini?"}]}]
+        >>> inputs = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
+        >>> processor.batch_decode(model.generate(**inputs, max_new_tokens=32), skip_special_tokens=True)
+        ```
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            input_features=input_features,
+            input_features_mask=input_features_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return MMMModalCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            audio_hidden_states=outputs.audio_hidden_states,
+        )
+
+
+MMMModalForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
+
+__all__ = [
+    "MMMModalPreTrainedModel",
+    "MMMModalModel",
+    "MMMModalForConditionalGeneration",
+    "MMMModalImageProjector",
+    "MMMModalAudioProjector",
+]

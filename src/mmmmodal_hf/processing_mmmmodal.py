@@ -1,0 +1,377 @@
+"""MMMModal processor: text with `<image>`/`<audio>` placeholders plus any number of media per sample.
+
+It loads every medium (`media_mmmmodal`), runs SigLIP's image processor and Whisper's feature
+extractor once per batch, and rewrites each placeholder as opening tag, N slot tokens, closing
+tag, with N from the shared slot arithmetic (`configuration_mmmmodal`). The model only fills the
+slots. Audio longer than one Whisper window is cut into consecutive windows whose slots follow
+each other inside one `<audio> ... </audio>` span, so no clip is silently shortened.
+"""
+
+import math
+import re
+
+import numpy as np
+from transformers import AddedToken, BatchFeature, ProcessorMixin
+
+from .configuration_mmmmodal import (
+    AUDIO_END_TOKEN,
+    AUDIO_SLOT_TOKEN,
+    AUDIO_START_TOKEN,
+    IMAGE_END_TOKEN,
+    IMAGE_SLOT_TOKEN,
+    IMAGE_START_TOKEN,
+    num_audio_slots,
+    num_image_slots,
+    whisper_encoder_frames,
+)
+from .media_mmmmodal import describe_media, load_audio, load_image
+
+# Mistral-Instruct, as the released models were trained: `<s>[INST] user [/INST]answer</s>[INST] ...`.
+# A system message (which the original lacked) is put in front of the first user turn, as Mistral does.
+# Media blocks render as the tags of the published data; the processor expands them.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- if messages[0]['content'] is string -%}{%- set system_message = messages[0]['content'] -%}"
+    "{%- else -%}{%- set system_message = messages[0]['content'] | selectattr('type', 'equalto', 'text')"
+    " | map(attribute='text') | join('\\n') -%}{%- endif -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set system_message = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{{- bos_token -}}"
+    "{%- for message in loop_messages -%}"
+    "{%- if message['content'] is string -%}{%- set content = message['content'] -%}"
+    "{%- else -%}{%- set parts = namespace(items=[]) -%}"
+    "{%- for block in message['content'] -%}"
+    "{%- if block['type'] == 'text' -%}{%- set parts.items = parts.items + [block['text']] -%}"
+    "{%- elif block['type'] == 'image' -%}{%- set parts.items = parts.items + ['<image> </image>'] -%}"
+    "{%- elif block['type'] == 'audio' -%}{%- set parts.items = parts.items + ['<audio> </audio>'] -%}"
+    "{%- else -%}{{- raise_exception('Unknown content block type: ' + block['type']) -}}{%- endif -%}"
+    "{%- endfor -%}{%- set content = parts.items | join('\\n') -%}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}"
+    "{%- if loop.first and system_message -%}{%- set content = system_message + '\\n\\n' + content -%}{%- endif -%}"
+    "{{- '[INST] ' + content + ' [/INST]' -}}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- content + eos_token -}}{%- endgeneration -%}"
+    "{%- else -%}{{- raise_exception('Unknown role \\'' + message['role'] + '\\': the chat template knows "
+    "system (first message only), user and assistant') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+# `<image>`, `<image></image>` and `<image> </image>` each stand for one image (same for audio).
+_PLACEHOLDER_RE = re.compile(
+    r"(?P<image><image>(?:\s*</image>)?)|(?P<audio><audio>(?:\s*</audio>)?)|(?P<stray></image>|</audio>)"
+)
+_LONG_AUDIO_POLICIES = ("chunk", "truncate", "error")
+
+
+def _is_container(value) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+class MMMModalProcessor(ProcessorMixin):
+    r"""
+    Wraps a SigLIP image processor, a Whisper feature extractor and the language model's tokenizer.
+
+    image_processor: a SigLIP image processor (any size; slots follow the resized grid).
+    feature_extractor: a Whisper feature extractor; its `chunk_length` is one audio window.
+    tokenizer: the language model's tokenizer. Missing tags and slot tokens are added to it, so
+        `len(processor.tokenizer)` is the vocabulary the language model needs.
+    chat_template: a Jinja template; defaults to the Mistral-Instruct format of the released models.
+    patch_size, audio_conv_kernel, audio_conv_stride: fix the slots per image and per audio window;
+        they must match the model's config.
+    long_audio: what to do with a clip longer than one window: "chunk" (consecutive windows, the
+        default), "truncate" (keep the first window, as the published code did) or "error".
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        feature_extractor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size: int = 16,
+        audio_conv_kernel: int = 40,
+        audio_conv_stride: int = 3,
+        long_audio: str = "chunk",
+        **kwargs,
+    ):
+        if long_audio not in _LONG_AUDIO_POLICIES:
+            raise ValueError(f"long_audio must be one of {_LONG_AUDIO_POLICIES}; got {long_audio!r}")
+        self.patch_size = patch_size
+        self.audio_conv_kernel = audio_conv_kernel
+        self.audio_conv_stride = audio_conv_stride
+        self.long_audio = long_audio
+        _add_media_tokens(tokenizer)
+        self.image_token, self.audio_token = IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_SLOT_TOKEN)
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_SLOT_TOKEN)
+        self.image_start_token_id = tokenizer.convert_tokens_to_ids(IMAGE_START_TOKEN)
+        self.image_end_token_id = tokenizer.convert_tokens_to_ids(IMAGE_END_TOKEN)
+        self.audio_start_token_id = tokenizer.convert_tokens_to_ids(AUDIO_START_TOKEN)
+        self.audio_end_token_id = tokenizer.convert_tokens_to_ids(AUDIO_END_TOKEN)
+        super().__init__(
+            image_processor, feature_extractor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE
+        )
+
+    # -- slot arithmetic ------------------------------------------------------------------------
+
+    @property
+    def audio_slots_per_window(self) -> int:
+        """Slots one Whisper window fills (487 for 30 s with the published projector)."""
+        frames = whisper_encoder_frames(self.feature_extractor.nb_max_frames)
+        return num_audio_slots(frames, self.audio_conv_kernel, self.audio_conv_stride)
+
+    def num_image_slots(self, height: int, width: int) -> int:
+        """Slots for one image of `height` x `width` pixels after the image processor (576 for 384 px)."""
+        return num_image_slots(height, width, self.patch_size)
+
+    def num_audio_windows(self, num_samples: int) -> int:
+        """Whisper windows a clip of `num_samples` (at the feature extractor's rate) is cut into."""
+        if self.long_audio == "chunk":
+            return max(1, math.ceil(num_samples / self.feature_extractor.n_samples))
+        return 1
+
+    # -- main entry -----------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        text=None,
+        images=None,
+        audio=None,
+        audios=None,
+        sampling_rate: int | None = None,
+        return_tensors=None,
+        padding=True,
+        padding_side: str = "left",
+        add_special_tokens: bool = True,
+        images_kwargs: dict | None = None,
+        return_text_replacement_offsets: bool = False,
+        **text_kwargs,
+    ) -> BatchFeature:
+        """Prepare a batch for the model.
+
+        text: a string (one sample) or a list of strings (a batch), with `<image>` / `<audio>`
+            placeholders matched in order to that sample's media.
+        images / audio (or `audios`): per sample (`[[a, b], [c]]`) or flat in placeholder order.
+        sampling_rate: the rate of audio given as bare arrays (files carry their own).
+        padding_side: "left" (default, for generation) or "right" (for training).
+        Returns `input_ids`, `attention_mask`, and where media are given `pixel_values`,
+        `input_features` and `input_features_mask`.
+        """
+        if audios is not None:
+            if audio is not None:
+                raise ValueError("Pass audio as `audio=` or `audios=`, not both.")
+            audio = audios
+        if text is None:
+            raise ValueError("MMMModalProcessor needs `text` with one <image>/<audio> placeholder per medium.")
+        texts = [text] if isinstance(text, str) else list(text)
+        for index, sample in enumerate(texts):
+            if not isinstance(sample, str):
+                raise ValueError(f"Sample {index}: text must be a string; got {type(sample).__name__}.")
+            for slot_token in (IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN):
+                if slot_token in sample:
+                    raise ValueError(
+                        f"Sample {index}: the text already holds {slot_token} tokens; write one <image> or "
+                        "<audio> placeholder per medium and let the processor expand it."
+                    )
+
+        placeholders = [self._find_placeholders(index, sample) for index, sample in enumerate(texts)]
+        sample_images = _assign_media(images, [[m for m in p if m.lastgroup == "image"] for p in placeholders], "image")
+        sample_audio = _assign_media(audio, [[m for m in p if m.lastgroup == "audio"] for p in placeholders], "audio")
+
+        data, image_slots = self._encode_images(sample_images, images_kwargs or {}, return_tensors)
+        audio_data, audio_slots = self._encode_audio(sample_audio, sampling_rate)
+        data.update(audio_data)
+
+        expanded, offsets = self._expand_placeholders(texts, placeholders, image_slots, audio_slots)
+        encoding = self.tokenizer(
+            expanded,
+            padding=padding,
+            padding_side=padding_side,
+            add_special_tokens=add_special_tokens,
+            **text_kwargs,
+        )
+        data = {**encoding, **data}
+        if return_text_replacement_offsets:
+            data["text_replacement_offsets"] = offsets
+        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+
+    def _find_placeholders(self, index: int, text: str) -> list[re.Match]:
+        matches = list(_PLACEHOLDER_RE.finditer(text))
+        for match in matches:
+            if match.lastgroup == "stray":
+                raise ValueError(
+                    f"Sample {index}: '{match.group()}' at character {match.start()} closes a medium that was "
+                    "never opened; write `<image> </image>` or `<audio> </audio>` (or just `<image>`/`<audio>`)."
+                )
+        return matches
+
+    def _encode_images(self, sample_images, images_kwargs, return_tensors):
+        """Load and preprocess every image of the batch in one image-processor call."""
+        loaded = []
+        for index, items in enumerate(sample_images):
+            for position, item in enumerate(items):
+                try:
+                    loaded.append(load_image(item))
+                except ValueError as error:
+                    raise ValueError(f"Sample {index}, image {position} ({describe_media(item)}): {error}") from error
+        if not loaded:
+            return {}, []
+        tensor_type = "pt" if return_tensors == "pt" else "np"
+        pixel_values = self.image_processor(loaded, return_tensors=tensor_type, **images_kwargs)["pixel_values"]
+        height, width = pixel_values.shape[-2:]
+        slots = [self.num_image_slots(int(height), int(width))] * len(loaded)
+        return {"pixel_values": pixel_values}, slots
+
+    def _encode_audio(self, sample_audio, sampling_rate):
+        """Load every clip, cut it into Whisper windows, and extract all windows in one call."""
+        extractor = self.feature_extractor
+        windows, slots = [], []
+        for index, items in enumerate(sample_audio):
+            for position, item in enumerate(items):
+                where = f"Sample {index}, audio {position} ({describe_media(item)})"
+                try:
+                    waveform = load_audio(item, extractor.sampling_rate, sampling_rate)
+                except ValueError as error:
+                    raise ValueError(f"{where}: {error}") from error
+                if self.long_audio == "error" and waveform.shape[0] > extractor.n_samples:
+                    raise ValueError(
+                        f"{where}: the clip lasts {waveform.shape[0] / extractor.sampling_rate:.1f} s, longer than "
+                        f"one {extractor.chunk_length} s window, and long_audio='error'."
+                    )
+                count = self.num_audio_windows(waveform.shape[0])
+                windows.extend(waveform[i * extractor.n_samples : (i + 1) * extractor.n_samples] for i in range(count))
+                slots.append(count * self.audio_slots_per_window)
+        if not windows:
+            return {}, []
+        features = extractor(
+            windows,
+            sampling_rate=extractor.sampling_rate,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        # Whisper calls its frame mask `attention_mask`; renamed so it never collides with the text mask.
+        data = {
+            "input_features": features["input_features"].astype(np.float32),
+            "input_features_mask": features["attention_mask"].astype(np.int64),
+        }
+        return data, slots
+
+    def _expand_placeholders(self, texts, placeholders, image_slots, audio_slots):
+        """Rewrite each placeholder as opening tag + N slot tokens + closing tag."""
+        image_slots, audio_slots = iter(image_slots), iter(audio_slots)
+        expanded_texts, all_offsets = [], []
+        for text, matches in zip(texts, placeholders):
+            pieces, offsets, last, shift = [], [], 0, 0
+            for match in matches:
+                if match.lastgroup == "image":
+                    replacement = IMAGE_START_TOKEN + IMAGE_SLOT_TOKEN * next(image_slots) + IMAGE_END_TOKEN
+                else:
+                    replacement = AUDIO_START_TOKEN + AUDIO_SLOT_TOKEN * next(audio_slots) + AUDIO_END_TOKEN
+                start, end = match.span()
+                pieces += [text[last:start], replacement]
+                offsets.append(
+                    {
+                        "type": match.lastgroup,
+                        "span": (start, end),
+                        "new_span": (start + shift, start + shift + len(replacement)),
+                    }
+                )
+                shift += len(replacement) - (end - start)
+                last = end
+            pieces.append(text[last:])
+            expanded_texts.append("".join(pieces))
+            all_offsets.append(offsets)
+        return expanded_texts, all_offsets
+
+    # -- chat template support --------------------------------------------------------------------
+
+    def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
+        """Collect each conversation's media in order, unloaded: `__call__` loads them with clear errors."""
+        batch_images, batch_audio = [], []
+        for conversation in conversations:
+            images, clips = [], []
+            for message in conversation:
+                content = message.get("content")
+                if isinstance(content, str) or not content:
+                    continue
+                for block in content:
+                    kind = block.get("type")
+                    if kind in ("image", "audio"):
+                        value = next((block[key] for key in (kind, "path", "url", "base64") if key in block), None)
+                        if value is None:
+                            raise ValueError(f"A {kind} block needs one of '{kind}', 'path' or 'url'; got {block}.")
+                        if "base64" in block and kind not in block and "path" not in block and "url" not in block:
+                            value = _decode_base64(value)
+                        (images if kind == "image" else clips).append(value)
+            batch_images.append(images)
+            batch_audio.append(clips)
+        has_audio = any(batch_audio)
+        return batch_images, [[] for _ in conversations], (batch_audio if has_audio else []), {}
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
+
+
+def _decode_base64(value: str) -> bytes:
+    import base64
+
+    return base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value)
+
+
+def _add_media_tokens(tokenizer) -> None:
+    """Add whichever of the four tags and two slot tokens the tokenizer lacks, as special tokens."""
+    if tokenizer.pad_token is None:
+        # Llama/Mistral tokenizers ship without one; <unk> never appears in real text.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    wanted = [IMAGE_START_TOKEN, IMAGE_END_TOKEN, AUDIO_START_TOKEN, AUDIO_END_TOKEN, IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN]
+    vocabulary = tokenizer.get_vocab()
+    missing = [token for token in wanted if token not in vocabulary]
+    if missing:
+        tokenizer.add_tokens(
+            [AddedToken(token, special=True, normalized=False) for token in missing], special_tokens=True
+        )
+
+
+def _assign_media(media, placeholders_per_sample, kind: str) -> list[list]:
+    """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order."""
+    counts = [len(p) for p in placeholders_per_sample]
+    if media is None:
+        media = []
+    if not _is_container(media):
+        media = [media]
+    nested = len(media) > 0 and all(_is_container(m) for m in media)
+    if nested:
+        if len(media) != len(counts):
+            raise ValueError(
+                f"{kind.capitalize()}s were given for {len(media)} samples, but the text holds {len(counts)} samples."
+            )
+        for index, (count, items) in enumerate(zip(counts, media)):
+            if count != len(items):
+                raise ValueError(
+                    f"Sample {index} has {count} <{kind}> placeholder(s) but {len(items)} {kind}(s) were given for it."
+                )
+        return [list(items) for items in media]
+
+    assigned, cursor = [], 0
+    for index, count in enumerate(counts):
+        if cursor + count > len(media):
+            raise ValueError(
+                f"Sample {index} has {count} <{kind}> placeholder(s) but only {len(media) - cursor} of the "
+                f"{len(media)} {kind}(s) given are left for it."
+            )
+        assigned.append(list(media[cursor : cursor + count]))
+        cursor += count
+    if cursor != len(media):
+        raise ValueError(
+            f"{len(media)} {kind}(s) were given but the text holds only {cursor} <{kind}> placeholder(s); "
+            f"{kind} {cursor} and after have no place."
+        )
+    return assigned
+
+
+MMMModalProcessor.register_for_auto_class()
+
+__all__ = ["MMMModalProcessor", "DEFAULT_CHAT_TEMPLATE"]

@@ -1,0 +1,40 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_parts import save_mistral_tokenizer, tiny_config, tiny_processor
+
+from mmmmodal_hf import MMMModalForConditionalGeneration
+
+# Offline, single-threaded runs give repeatable numbers on the CI machine.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tokenizer_folder(tmp_path_factory) -> Path:
+    return save_mistral_tokenizer(tmp_path_factory.mktemp("mistral_tokenizer"))
+
+
+@pytest.fixture
+def processor(tokenizer_folder):
+    return tiny_processor(tokenizer_folder)
+
+
+@pytest.fixture(scope="session")
+def session_processor(tokenizer_folder):
+    return tiny_processor(tokenizer_folder)
+
+
+@pytest.fixture(scope="session")
+def model(session_processor):
+    torch.manual_seed(0)
+    model = MMMModalForConditionalGeneration(tiny_config(session_processor)).eval()
+    # Random init leaves the projectors tiny next to token embeddings; scale them so media matter to the logits.
+    with torch.no_grad():
+        for projector in (model.model.image_projector, model.model.audio_projector):
+            for parameter in projector.parameters():
+                parameter.mul_(4.0)
+    return model

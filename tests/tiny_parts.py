@@ -1,0 +1,107 @@
+"""Tiny real parts for tests: real transformers classes with small configs, the real Mistral tokenizer."""
+
+import shutil
+from pathlib import Path
+
+import mistral_common
+import numpy as np
+from PIL import Image
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+)
+
+from mmmmodal_hf import MMMModalConfig, MMMModalProcessor
+
+IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 image slots
+MAX_SOURCE_POSITIONS = 50  # 100 mel frames = 1 s window at 16 kHz
+AUDIO_CONV_KERNEL, AUDIO_CONV_STRIDE = 4, 3  # (50 - 4) // 3 + 1 = 16 audio slots per window
+IMAGE_SLOTS, AUDIO_SLOTS_PER_WINDOW = 16, 16
+
+
+def mistral_tokenizer_file() -> Path:
+    return Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+
+
+def save_mistral_tokenizer(folder: Path) -> Path:
+    """The Mistral 7B sentencepiece model shipped by mistral-common, loadable by AutoTokenizer."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(mistral_tokenizer_file(), folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",'
+        ' "add_bos_token": true, "add_eos_token": false, "legacy": false}'
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.save_pretrained(folder)  # adds tokenizer.json, so later loads skip the slow conversion
+    return folder
+
+
+def tiny_vision_config(**overrides) -> SiglipVisionConfig:
+    values = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+    )
+    return SiglipVisionConfig(**{**values, **overrides})
+
+
+def tiny_audio_config(**overrides) -> WhisperConfig:
+    values = dict(
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
+        max_source_positions=MAX_SOURCE_POSITIONS, vocab_size=64, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=1, max_target_positions=16,
+    )
+    return WhisperConfig(**{**values, **overrides})
+
+
+def tiny_text_config(vocab_size: int, **overrides) -> LlamaConfig:
+    values = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return LlamaConfig(**{**values, **overrides})
+
+
+def tiny_processor(tokenizer_folder: Path) -> MMMModalProcessor:
+    return MMMModalProcessor(
+        image_processor=SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+        feature_extractor=WhisperFeatureExtractor(feature_size=80, chunk_length=1),
+        tokenizer=AutoTokenizer.from_pretrained(tokenizer_folder),
+        patch_size=PATCH_SIZE,
+        audio_conv_kernel=AUDIO_CONV_KERNEL,
+        audio_conv_stride=AUDIO_CONV_STRIDE,
+    )
+
+
+def tiny_config(processor: MMMModalProcessor, **text_overrides) -> MMMModalConfig:
+    tokenizer = processor.tokenizer
+    return MMMModalConfig(
+        vision_config=tiny_vision_config(),
+        audio_config=tiny_audio_config(),
+        text_config=tiny_text_config(len(tokenizer), **text_overrides),
+        audio_conv_kernel=AUDIO_CONV_KERNEL,
+        audio_conv_stride=AUDIO_CONV_STRIDE,
+        image_token_id=processor.image_token_id,
+        audio_token_id=processor.audio_token_id,
+        image_start_token_id=processor.image_start_token_id,
+        image_end_token_id=processor.image_end_token_id,
+        audio_start_token_id=processor.audio_start_token_id,
+        audio_end_token_id=processor.audio_end_token_id,
+    )
+
+
+def random_image(seed: int, size=(40, 30)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def random_clip(seed: int, seconds: float = 0.6, rate: int = 16000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.5 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t)
+    return (tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
