@@ -1,0 +1,134 @@
+"""Real files in real formats, and the errors users get when media are wrong."""
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip
+
+from mmmmodal_hf import load_audio, load_image
+
+
+def write_images(folder):
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    paths = {
+        "png": folder / "rgb.png",
+        "jpeg": folder / "photo.jpg",
+        "rgba": folder / "alpha.png",
+        "grayscale": folder / "gray.png",
+        "palette": folder / "palette.gif",
+    }
+    rgb.save(paths["png"])
+    rgb.save(paths["jpeg"], quality=90)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (30, 1))))
+    rgba.save(paths["rgba"])
+    rgb.convert("L").save(paths["grayscale"])
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(paths["palette"])
+    return paths
+
+
+def write_audio(folder):
+    paths = {"wav_8k": folder / "phone.wav", "wav_44k_stereo": folder / "music.wav", "flac": folder / "speech.flac"}
+    soundfile.write(paths["wav_8k"], random_clip(0, seconds=0.5, rate=8000), 8000, subtype="PCM_16")
+    stereo = np.stack([random_clip(1, seconds=0.5, rate=44100), random_clip(2, seconds=0.5, rate=44100)], axis=1)
+    soundfile.write(paths["wav_44k_stereo"], stereo, 44100)
+    soundfile.write(paths["flac"], random_clip(3, seconds=0.7, rate=16000), 16000, format="FLAC")
+    return paths
+
+
+def test_every_image_format_loads_as_rgb(tmp_path):
+    paths = write_images(tmp_path)
+    for kind, path in paths.items():
+        image = load_image(path)
+        assert image.mode == "RGB" and image.size == (40, 30), kind
+    # Transparency is composited over white: fully transparent pixels become white.
+    assert load_image(paths["rgba"]).getpixel((0, 0)) == (255, 255, 255)
+    grey = np.asarray(load_image(paths["grayscale"]))
+    assert (grey[..., 0] == grey[..., 1]).all() and (grey[..., 1] == grey[..., 2]).all()
+
+
+def test_images_as_arrays_tensors_and_bytes(tmp_path):
+    paths = write_images(tmp_path)
+    reference = np.asarray(load_image(paths["png"]))
+    assert np.array_equal(np.asarray(load_image(reference)), reference)
+    assert np.array_equal(np.asarray(load_image(torch.from_numpy(reference.copy()).permute(2, 0, 1))), reference)
+    assert np.array_equal(np.asarray(load_image(reference.astype(np.float32) / 255.0)), reference)
+    assert np.array_equal(np.asarray(load_image(paths["png"].read_bytes())), reference)
+
+
+def test_audio_files_are_resampled_and_downmixed(tmp_path):
+    paths = write_audio(tmp_path)
+    expected_samples = {"wav_8k": 8000, "wav_44k_stereo": 8000, "flac": 11200}
+    for kind, path in paths.items():
+        waveform = load_audio(path, 16000)
+        assert waveform.ndim == 1 and waveform.dtype == np.float32, kind
+        assert abs(waveform.shape[0] - expected_samples[kind]) <= 2, (kind, waveform.shape)
+    stereo, rate = soundfile.read(paths["wav_44k_stereo"], dtype="float32")
+    mono_at_source = load_audio(stereo.T, 44100, sampling_rate=44100)
+    assert np.allclose(mono_at_source, stereo.mean(axis=1), atol=1e-6)
+
+
+def test_processor_takes_every_format_from_disk(processor, tmp_path):
+    images, clips = write_images(tmp_path), write_audio(tmp_path)
+    text = " ".join(["<image>"] * len(images) + ["<audio>"] * len(clips))
+    out = processor(text=text, images=list(images.values()), audio=list(clips.values()), return_tensors="pt")
+    assert out["pixel_values"].shape == (5, 3, 32, 32)
+    assert out["input_features"].shape == (3, 80, 100)
+    assert int((out["input_ids"] == processor.image_token_id).sum()) == 5 * IMAGE_SLOTS
+    assert int((out["input_ids"] == processor.audio_token_id).sum()) == 3 * AUDIO_SLOTS_PER_WINDOW
+    # Each clip's real length shows in its frame mask: 0.5 s -> 50 of 100 frames.
+    assert out["input_features_mask"].sum(-1).tolist() == [50, 50, 70]
+
+
+def test_kind_is_read_from_the_bytes_not_the_extension(processor, tmp_path):
+    disguised = tmp_path / "actually_a_png.wav"
+    Image.new("RGB", (8, 8), "red").save(disguised, format="PNG")
+    assert load_image(disguised).getpixel((0, 0)) == (255, 0, 0)
+    with pytest.raises(ValueError, match=r"Sample 0, audio 0 .*actually_a_png.wav.*not a readable audio file"):
+        processor(text="<audio>", audio=disguised)
+
+
+@pytest.mark.parametrize(
+    "texts, images, message",
+    [
+        (["<image> <image>"], [[1]], r"Sample 0 has 2 <image> placeholder\(s\) but 1 image\(s\) were given"),
+        (["<image>", "<image><image>"], ["a", "b"], r"Sample 1 has 2 <image> placeholder\(s\) but only 1 of the 2"),
+        (["no placeholder"], ["a"], r"1 image\(s\) were given but the text holds only 0 <image> placeholder"),
+        (["<image>", "x"], [["a"]], r"Images were given for 1 samples, but the text holds 2 samples"),
+        (["x </image>"], None, r"Sample 0: '</image>' at character 2 closes a medium that was never opened"),
+    ],
+)
+def test_placeholder_media_mismatch_names_the_sample(processor, texts, images, message):
+    with pytest.raises(ValueError, match=message):
+        processor(text=texts, images=images)
+
+
+def test_unreadable_image_file_names_sample_and_item(processor, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8)).save(good)
+    with pytest.raises(ValueError, match=r"Sample 1, image 1 \('.*broken.png'\): not a readable image"):
+        processor(text=["<image>", "<image> <image>"], images=[[good], [good, broken]])
+    with pytest.raises(ValueError, match=r"Sample 0, image 0 .*no such file"):
+        processor(text="<image>", images=tmp_path / "missing.png")
+
+
+def test_empty_audio_names_sample_and_item(processor, tmp_path):
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros(0, dtype=np.float32), 16000)
+    with pytest.raises(ValueError, match=r"Sample 0, audio 1 \('.*empty.wav'\): the audio is empty"):
+        processor(text="<audio> <audio>", audio=[random_clip(0), empty])
+    with pytest.raises(ValueError, match=r"Sample 1, audio 0 .*: the audio is empty"):
+        processor(text=["x", "<audio>"], audio=[[], [np.zeros(0, dtype=np.float32)]])
+
+
+def test_non_finite_audio_is_refused(processor):
+    clip = random_clip(0)
+    clip[10] = np.nan
+    with pytest.raises(ValueError, match=r"Sample 0, audio 0 .*NaN or infinite"):
+        processor(text="<audio>", audio=clip)

@@ -1,0 +1,192 @@
+"""The processor's contract: placeholders, media layout, output names, padding, chat template."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import SiglipImageProcessorPil, WhisperFeatureExtractor
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
+
+from mmmmodal_hf import MMMModalProcessor
+
+
+def media_spans(processor, ids):
+    """(kind, number of slots) for each media span in a row of input ids, in order."""
+    spans, ids = [], [int(i) for i in ids]
+    for position, token in enumerate(ids):
+        for kind, start, end, slot in (
+            ("image", processor.image_start_token_id, processor.image_end_token_id, processor.image_token_id),
+            ("audio", processor.audio_start_token_id, processor.audio_end_token_id, processor.audio_token_id),
+        ):
+            if token == start:
+                close = ids.index(end, position)
+                inner = ids[position + 1 : close]
+                assert set(inner) == {slot}, f"{kind} span holds other tokens"
+                spans.append((kind, len(inner)))
+    return spans
+
+
+def test_adds_tags_and_slot_tokens_once(processor, tokenizer_folder):
+    tokenizer = processor.tokenizer
+    assert len(tokenizer) == 32006  # 32000 Mistral pieces + 4 tags + 2 slot tokens
+    assert [tokenizer.convert_ids_to_tokens(i) for i in range(32000, 32006)] == [
+        "<image>", "</image>", "<audio>", "</audio>", "<image_slot>", "<audio_slot>"
+    ]
+    assert (processor.image_token, processor.audio_token) == ("<image_slot>", "<audio_slot>")
+    assert (processor.image_token_id, processor.audio_token_id) == (32004, 32005)
+    again = MMMModalProcessor(processor.image_processor, processor.feature_extractor, tokenizer)
+    assert len(again.tokenizer) == 32006
+
+
+@pytest.mark.parametrize("placeholder", ["<image>", "<image></image>", "<image> </image>", "<image>\n</image>"])
+def test_each_image_placeholder_form_means_one_image(processor, placeholder):
+    out = processor(text=f"Look: {placeholder} ok", images=[random_image(0)])
+    assert media_spans(processor, out["input_ids"][0]) == [("image", IMAGE_SLOTS)]
+
+
+@pytest.mark.parametrize("keyword", ["audio", "audios"])
+def test_audio_and_audios_keywords(processor, keyword):
+    out = processor(text="<audio> </audio> and <audio>", **{keyword: [random_clip(0), random_clip(1)]})
+    assert media_spans(processor, out["input_ids"][0]) == [("audio", AUDIO_SLOTS_PER_WINDOW)] * 2
+    assert out["input_features"].shape == (2, 80, 100)
+    assert out["input_features_mask"].shape == (2, 100)
+
+
+def test_media_per_sample_or_flat_give_the_same_batch(processor):
+    texts = ["<image> <audio> first", "second <image><image>", "third"]
+    images = [random_image(1), random_image(2), random_image(3)]
+    clips = [random_clip(4)]
+    nested = processor(text=texts, images=[[images[0]], images[1:], []], audio=[[clips[0]], [], []], return_tensors="pt")
+    flat = processor(text=texts, images=images, audio=clips, return_tensors="pt")
+    assert set(nested) == {"input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"}
+    for key in nested:
+        assert torch.equal(nested[key], flat[key]), key
+    spans = [media_spans(processor, row[mask.bool()]) for row, mask in zip(nested["input_ids"], nested["attention_mask"])]
+    assert spans == [[("image", 16), ("audio", 16)], [("image", 16), ("image", 16)], []]
+
+
+def test_batches_pad_on_the_left_by_default_and_right_on_request(processor):
+    left = processor(text=["short", "a much longer sentence here"], return_tensors="pt")
+    assert left["attention_mask"][0, 0] == 0 and left["attention_mask"][0, -1] == 1
+    assert left["input_ids"][0, 0] == processor.tokenizer.pad_token_id
+    right = processor(text=["short", "a much longer sentence here"], padding_side="right", return_tensors="pt")
+    assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
+
+
+def test_tags_surround_the_slots_and_text_survives(processor):
+    out = processor(text="Apa warna <image> </image> ini?", images=random_image(0))
+    ids = out["input_ids"][0]
+    assert ids[0] == processor.tokenizer.bos_token_id
+    start = ids.index(processor.image_start_token_id)
+    assert ids[start + 1 : start + 1 + IMAGE_SLOTS] == [processor.image_token_id] * IMAGE_SLOTS
+    assert ids[start + 1 + IMAGE_SLOTS] == processor.image_end_token_id
+    assert processor.decode(ids, skip_special_tokens=True) == "Apa warna  ini?"
+    assert processor.batch_decode([ids], skip_special_tokens=True) == ["Apa warna  ini?"]
+
+
+def test_long_audio_is_chunked_into_consecutive_windows(processor):
+    clip = random_clip(0, seconds=2.5)  # 1 s windows: 3 windows
+    out = processor(text="<audio>", audio=clip, return_tensors="pt")
+    assert out["input_features"].shape[0] == 3
+    assert media_spans(processor, out["input_ids"][0].tolist()) == [("audio", 3 * AUDIO_SLOTS_PER_WINDOW)]
+    # The last window is half real audio: its mask says so.
+    assert out["input_features_mask"][2].sum() == 50 and out["input_features_mask"][0].sum() == 100
+
+
+def test_long_audio_policies(processor, tokenizer_folder):
+    clip = random_clip(0, seconds=2.5)
+    truncating = MMMModalProcessor(
+        processor.image_processor, processor.feature_extractor, processor.tokenizer,
+        patch_size=8, audio_conv_kernel=4, audio_conv_stride=3, long_audio="truncate",
+    )
+    assert truncating(text="<audio>", audio=clip)["input_features"].shape[0] == 1
+    strict = MMMModalProcessor(
+        processor.image_processor, processor.feature_extractor, processor.tokenizer,
+        patch_size=8, audio_conv_kernel=4, audio_conv_stride=3, long_audio="error",
+    )
+    with pytest.raises(ValueError, match=r"Sample 0, audio 0 .* lasts 2.5 s"):
+        strict(text="<audio>", audio=clip)
+    with pytest.raises(ValueError, match="long_audio must be one of"):
+        MMMModalProcessor(processor.image_processor, processor.feature_extractor, processor.tokenizer, long_audio="cut")
+
+
+def test_published_sizes_give_576_and_487_slots(processor):
+    full = MMMModalProcessor(
+        SiglipImageProcessorPil(size={"height": 384, "width": 384}),
+        WhisperFeatureExtractor(feature_size=80, chunk_length=30),
+        processor.tokenizer,
+    )
+    assert (full.patch_size, full.audio_conv_kernel, full.audio_conv_stride) == (16, 40, 3)
+    out = full(text="<image> </image><audio> </audio>", images=random_image(0, size=(500, 300)),
+               audio=random_clip(1, seconds=30.0))
+    assert out["pixel_values"].shape == (1, 3, 384, 384)
+    assert out["input_features"].shape == (1, 80, 3000)
+    assert media_spans(full, out["input_ids"][0]) == [("image", 576), ("audio", 487)]
+
+
+def test_chat_template_is_mistral_instruct_with_optional_system(processor):
+    chat = [
+        {"role": "system", "content": "Jawab dalam Bahasa Melayu."},
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Beza?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Warna."}]},
+        {"role": "user", "content": [{"type": "audio"}, {"type": "text", "text": "Dan ini?"}]},
+    ]
+    prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+    assert prompt == (
+        "<s>[INST] Jawab dalam Bahasa Melayu.\n\n<image> </image>\n<image> </image>\nBeza? [/INST]Warna.</s>"
+        "[INST] <audio> </audio>\nDan ini? [/INST]"
+    )
+    plain = processor.apply_chat_template([{"role": "user", "content": "Hai"}], add_generation_prompt=True)
+    assert plain == "<s>[INST] Hai [/INST]"
+
+
+def test_chat_template_tokenizes_media_from_every_turn(processor, tmp_path):
+    random_image(0).save(tmp_path / "a.png")
+    chat = [
+        {"role": "user", "content": [{"type": "image", "path": str(tmp_path / "a.png")},
+                                     {"type": "audio", "audio": random_clip(1)}, {"type": "text", "text": "?"}]},
+        {"role": "assistant", "content": "ok"},
+        {"role": "user", "content": [{"type": "image", "image": random_image(2)}, {"type": "text", "text": "?"}]},
+    ]
+    out = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    assert out["pixel_values"].shape[0] == 2 and out["input_features"].shape[0] == 1
+    assert media_spans(processor, out["input_ids"][0].tolist()) == [("image", 16), ("audio", 16), ("image", 16)]
+    assert (out["input_ids"][0] == processor.tokenizer.bos_token_id).sum() == 1, "BOS must not be doubled"
+
+
+def test_chat_template_batch_of_conversations(processor):
+    chats = [
+        [{"role": "user", "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": "a"}]}],
+        [{"role": "user", "content": [{"type": "audio", "audio": random_clip(1)},
+                                      {"type": "audio", "audio": random_clip(2)}, {"type": "text", "text": "b"}]}],
+    ]
+    out = processor.apply_chat_template(chats, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    assert out["input_ids"].shape[0] == 2
+    rows = [row[mask.bool()].tolist() for row, mask in zip(out["input_ids"], out["attention_mask"])]
+    assert [media_spans(processor, row) for row in rows] == [[("image", 16)], [("audio", 16), ("audio", 16)]]
+
+
+def test_assistant_mask_covers_only_answers(processor):
+    chat = [
+        {"role": "user", "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": "Apa?"}]},
+        {"role": "assistant", "content": "Bulatan merah."},
+        {"role": "user", "content": "Lagi?"},
+        {"role": "assistant", "content": "Tiada."},
+    ]
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = out["input_ids"][0], out["assistant_masks"][0]
+    answer = processor.tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert answer.replace(" ", "") == "Bulatanmerah.</s>Tiada.</s>"
+    assert not any(m for i, m in zip(ids, mask) if i in (processor.image_token_id, processor.image_start_token_id))
+
+
+def test_template_rejects_unknown_roles(processor):
+    with pytest.raises(Exception, match="Unknown role 'tool'"):
+        processor.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_numpy_outputs_without_return_tensors(processor):
+    out = processor(text=["<image>", "x"], images=[[random_image(0)], []])
+    assert isinstance(out["input_ids"], list) and isinstance(out["pixel_values"], np.ndarray)
