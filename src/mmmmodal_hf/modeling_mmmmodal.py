@@ -142,6 +142,31 @@ class MMMModalModel(MMMModalPreTrainedModel):
         outputs = self.audio_tower(input_features.to(tower_dtype), output_hidden_states=True)
         return self.audio_projector(outputs.hidden_states[self.config.audio_feature_layer])
 
+    def _unused_branch_anchor(self, image_missing: bool, audio_missing: bool) -> torch.Tensor:
+        """A zero that depends on every trainable parameter of the branches this batch does not use.
+
+        Under DDP or ZeRO, a rank whose batch holds no image (or no audio) would otherwise leave
+        that projector out of the graph and stall or fail the gradient reduction. The published
+        fix prepended a blank image and 30 s of silence to every sample (1065 dead positions and
+        two encoder passes); this costs one empty projector call and adds exact zeros.
+        """
+        anchor = torch.zeros((), device=self.image_projector.linear_1.weight.device)
+        branches = []
+        if image_missing:
+            empty = self.image_projector.linear_1.weight.new_zeros(0, self.config.vision_config.hidden_size)
+            anchor = anchor + self.image_projector(empty).sum() * 0.0
+            branches.append(self.vision_tower)
+        if audio_missing:
+            empty = self.audio_projector.conv.weight.new_zeros(0, self.config.audio_conv_kernel, self.config.audio_config.d_model)
+            anchor = anchor + self.audio_projector(empty).sum() * 0.0
+            branches.append(self.audio_tower)
+        # Encoders are frozen in the published recipe; when one trains, its weights join the same way.
+        for branch in branches:
+            for parameter in branch.parameters():
+                if parameter.requires_grad:
+                    anchor = anchor + parameter.sum() * 0.0
+        return anchor.to(self.get_input_embeddings().weight.dtype)
+
     def get_placeholder_mask(
         self,
         input_ids: torch.LongTensor | None,
@@ -197,6 +222,11 @@ class MMMModalModel(MMMModalPreTrainedModel):
             audio_features = self.get_audio_features(input_features).to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio")
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
+
+        if self.training and torch.is_grad_enabled():
+            inputs_embeds = inputs_embeds + self._unused_branch_anchor(image_features is None, audio_features is None)
+            if use_cache is None:
+                use_cache = False  # training never reads a cache; packed batches need none to keep their mask
 
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # Left-padded rows start counting at their first real token, as `generate` does.

@@ -1,0 +1,306 @@
+"""Training data: read conversation rows, and encode one conversation into model inputs with labels.
+
+Two row formats are read:
+
+1. the published one: `{"conversations": [{"role", "content"}], "filename": [paths]}`, with
+   `<image> </image>` / `<audio> </audio>` tags in the text and the files in tag order;
+2. content blocks, as `apply_chat_template` takes them: `{"conversations" or "messages": [{"role",
+   "content": [{"type": "text"|"image"|"audio", "text"|"path"|...}]}]}`.
+
+Relative paths are resolved against the data file's folder. Whether a file is an image or an
+audio clip is decided by decoding it (`media_mmmmodal`), never by its extension.
+"""
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers.utils.chat_template_utils import render_jinja_template
+
+logger = logging.getLogger(__name__)
+
+DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+_TAG_RE = re.compile(r"<(image|audio)>(?:\s*</\1>)?")
+IGNORE_INDEX = -100
+
+
+class UnusableRow(ValueError):
+    """A row that cannot be trained on; the message says why."""
+
+
+@dataclass
+class Conversation:
+    """One row, normalised: messages with string or block content, and its media in order."""
+
+    messages: list[dict]
+    images: list = field(default_factory=list)
+    audio: list = field(default_factory=list)
+    row_id: str = "?"
+
+
+def _resolve(path, base_dir: str | None):
+    if isinstance(path, str) and base_dir and not path.startswith(("http://", "https://")):
+        candidate = Path(path)
+        return str(candidate if candidate.is_absolute() else Path(base_dir) / candidate)
+    return path
+
+
+def _clean_block(block: dict) -> dict:
+    return {key: value for key, value in block.items() if value is not None}
+
+
+def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = "?") -> Conversation:
+    """Normalise a row of either format; raises `UnusableRow` naming what is wrong."""
+    messages = row.get("conversations") or row.get("messages")
+    if not messages:
+        raise UnusableRow(f"row {row_id}: no 'conversations' or 'messages'")
+    normalised, images, audio = [], [], []
+    filenames = list(row.get("filename") or [])
+    tags_seen = 0
+    for message in messages:
+        role, content = message.get("role"), message.get("content")
+        if isinstance(content, str):
+            for tag in _TAG_RE.finditer(content):
+                if tags_seen >= len(filenames):
+                    raise UnusableRow(
+                        f"row {row_id}: the text holds more media tags than the {len(filenames)} files in 'filename'"
+                    )
+                path = _resolve(filenames[tags_seen], base_dir)
+                (images if tag.group(1) == "image" else audio).append(path)
+                tags_seen += 1
+            normalised.append({"role": role, "content": content})
+        elif isinstance(content, list):
+            blocks = [_clean_block(block) for block in content]
+            for block in blocks:
+                kind = block.get("type")
+                if kind in ("image", "audio"):
+                    value = next((block[k] for k in (kind, "path", "url") if k in block), None)
+                    if value is None:
+                        raise UnusableRow(f"row {row_id}: a {kind} block has no '{kind}', 'path' or 'url'")
+                    (images if kind == "image" else audio).append(_resolve(value, base_dir))
+            normalised.append({"role": role, "content": [_strip_media_value(b) for b in blocks]})
+        else:
+            raise UnusableRow(f"row {row_id}: message content must be a string or a list of blocks")
+    if tags_seen != len(filenames) and filenames:
+        raise UnusableRow(
+            f"row {row_id}: {len(filenames)} files in 'filename' but {tags_seen} media tags in the text"
+        )
+    return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id)
+
+
+def _strip_media_value(block: dict) -> dict:
+    # The template only needs the block's type; media travel separately, in order.
+    return {"type": block["type"]} if block.get("type") in ("image", "audio") else block
+
+
+def _media_counts(message: dict) -> tuple[int, int]:
+    content = message["content"]
+    if isinstance(content, str):
+        kinds = [tag.group(1) for tag in _TAG_RE.finditer(content)]
+    else:
+        kinds = [block.get("type") for block in content]
+    return kinds.count("image"), kinds.count("audio")
+
+
+@dataclass
+class EncodeStats:
+    """Counters the training loop logs: what was skipped or shortened, and how full blocks were."""
+
+    rows: int = 0
+    skipped: int = 0
+    truncated: int = 0
+    real_tokens: int = 0
+    positions: int = 0
+
+    def as_logs(self) -> dict:
+        padding = 1.0 - self.real_tokens / self.positions if self.positions else 0.0
+        return {
+            "data/rows": self.rows,
+            "data/skipped_rows": self.skipped,
+            "data/truncated_rows": self.truncated,
+            "data/padding_fraction": round(padding, 4),
+        }
+
+
+def encode_conversation(
+    processor, conversation: Conversation, block_size: int | None = None, train_on: str = "answers",
+    stats: EncodeStats | None = None,
+) -> dict:
+    """Token ids, labels and media features for one conversation, unpadded.
+
+    Labels are the answers only (`train_on="answers"`) or every text token (`"all"`, as the paper
+    did); feature slots, tags (for answers) and anything else get -100. A conversation longer than
+    `block_size` loses whole trailing turns (never part of a media span); if even its first
+    exchange is too long, it raises `UnusableRow`.
+    """
+    if train_on not in ("answers", "all"):
+        raise ValueError(f"train_on must be 'answers' or 'all'; got {train_on!r}")
+    messages = list(conversation.messages)
+    images, audio = list(conversation.images), list(conversation.audio)
+    truncated = False
+    while True:
+        encoded = _encode(processor, messages, images, audio, train_on, conversation.row_id)
+        if block_size is None or len(encoded["input_ids"]) <= block_size:
+            break
+        messages, images, audio = _drop_last_exchange(messages, images, audio)
+        if not any(m["role"] == "assistant" for m in messages):
+            raise UnusableRow(
+                f"row {conversation.row_id}: {len(encoded['input_ids'])} tokens even with one exchange; "
+                f"block_size is {block_size}"
+            )
+        truncated = True
+    if stats is not None:
+        stats.truncated += int(truncated)
+    return encoded
+
+
+def _drop_last_exchange(messages, images, audio):
+    """Remove the trailing user+assistant turns and the media they hold."""
+    cut = len(messages) - 1
+    while cut > 0 and messages[cut]["role"] != "user":
+        cut -= 1
+    dropped_images = sum(_media_counts(m)[0] for m in messages[cut:])
+    dropped_audio = sum(_media_counts(m)[1] for m in messages[cut:])
+    return (
+        messages[:cut],
+        images[: len(images) - dropped_images],
+        audio[: len(audio) - dropped_audio],
+    )
+
+
+def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
+    tokenizer = processor.tokenizer
+    prompts, answer_spans = render_jinja_template(
+        conversations=[messages],
+        chat_template=processor.chat_template,
+        return_assistant_tokens_mask=True,
+        **tokenizer.special_tokens_map,
+    )
+    try:
+        encoded = processor(
+            text=prompts[0],
+            images=images or None,
+            audio=audio or None,
+            add_special_tokens=False,
+            padding=False,
+            return_offsets_mapping=True,
+            return_text_replacement_offsets=True,
+        )
+    except ValueError as error:
+        raise UnusableRow(f"row {row_id}: {error}") from error
+    encoded = processor._adjust_assistant_masks_indices(encoded, answer_spans)
+    input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
+    if train_on == "answers":
+        keep = np.asarray(encoded["assistant_masks"][0], dtype=bool)
+    else:
+        keep = np.ones_like(input_ids, dtype=bool)
+    keep &= (input_ids != processor.image_token_id) & (input_ids != processor.audio_token_id)
+    result = {
+        "input_ids": input_ids,
+        "labels": np.where(keep, input_ids, IGNORE_INDEX),
+    }
+    for key in ("pixel_values", "input_features", "input_features_mask"):
+        if key in encoded:
+            result[key] = encoded[key]
+    return result
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The data files at `path`: the file itself, or every JSONL/JSON/Parquet file in a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no .jsonl, .json or .parquet files in {path}")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"no data at {path}")
+    if path.suffix not in DATA_SUFFIXES:
+        raise ValueError(f"{path}: data files must be .jsonl, .json or .parquet")
+    return [path]
+
+
+def load_rows(path: str | Path, streaming: bool = False):
+    """A `datasets` dataset of raw rows with `_base_dir` and `_row_id` columns added, one file at a time."""
+    import datasets
+
+    parts = []
+    for file in data_files(path):
+        part = datasets.load_dataset(DATA_SUFFIXES[file.suffix], data_files=str(file), split="train", streaming=streaming)
+        part = part.map(
+            lambda row, index, base=str(file.parent), name=file.name: {"_base_dir": base, "_row_id": f"{name}:{index}"},
+            with_indices=True,
+        )
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def conversations_from_dataset(rows):
+    """Rows of `load_rows` (or any dataset of rows) as `Conversation`s."""
+    for index, row in enumerate(rows):
+        yield conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+
+
+class ConversationDataset:
+    """Map-style dataset of encoded conversations for `Trainer`.
+
+    An unusable row (missing file, tag/file mismatch, too long) is skipped with a warning naming
+    it, and the next usable row is served in its place, so every batch stays full.
+    """
+
+    def __init__(self, rows, processor, block_size: int | None = None, train_on: str = "answers",
+                 stats: EncodeStats | None = None):
+        self.rows, self.processor = rows, processor
+        self.block_size, self.train_on = block_size, train_on
+        self.stats = stats if stats is not None else EncodeStats()
+        self._bad: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        for offset in range(len(self.rows)):
+            candidate = (index + offset) % len(self.rows)
+            if candidate in self._bad:
+                continue
+            encoded = self._try(candidate)
+            if encoded is not None:
+                return encoded
+        raise RuntimeError("no row of the data set can be used; see the warnings above")
+
+    def _try(self, index: int) -> dict | None:
+        row = self.rows[index]
+        try:
+            conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+            encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
+        except UnusableRow as error:
+            self._bad.add(index)
+            self.stats.skipped += 1
+            logger.warning("skipping %s", error)
+            return None
+        self.stats.rows += 1
+        return encoded
+
+
+class StreamingConversationDataset:
+    """Iterable counterpart of `ConversationDataset` for `load_rows(..., streaming=True)`."""
+
+    def __init__(self, rows, processor, block_size: int | None = None, train_on: str = "answers",
+                 stats: EncodeStats | None = None):
+        self.rows, self.processor = rows, processor
+        self.block_size, self.train_on = block_size, train_on
+        self.stats = stats if stats is not None else EncodeStats()
+
+    def __iter__(self):
+        for index, row in enumerate(self.rows):
+            try:
+                conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+                encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
+            except UnusableRow as error:
+                self.stats.skipped += 1
+                logger.warning("skipping %s", error)
+                continue
+            self.stats.rows += 1
+            yield encoded

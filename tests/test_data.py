@@ -1,0 +1,177 @@
+"""Training data: both row formats, exact label masks, padding, truncation by whole turns, packing."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
+
+from mmmmodal_hf.collator import MMMModalDataCollator, MMMModalPackingCollator
+from mmmmodal_hf.data import (
+    ConversationDataset,
+    EncodeStats,
+    UnusableRow,
+    conversation_from_row,
+    encode_conversation,
+    load_rows,
+)
+
+
+@pytest.fixture
+def media_folder(tmp_path):
+    random_image(1).save(tmp_path / "one.png")
+    random_image(2).save(tmp_path / "two.jpg")
+    soundfile.write(tmp_path / "beep.wav", random_clip(3), 16000)
+    return tmp_path
+
+
+def published_row():
+    return {
+        "conversations": [
+            {"role": "user", "content": "<image> </image><image> </image> Apa beza dua gambar ini?"},
+            {"role": "assistant", "content": "Yang pertama merah."},
+            {"role": "user", "content": "<audio> </audio> Dan bunyi ini?"},
+            {"role": "assistant", "content": "Bunyi tinggi."},
+        ],
+        "filename": ["one.png", "two.jpg", "beep.wav"],
+    }
+
+
+def decode_labels(processor, encoded):
+    kept = [int(t) for t in encoded["labels"] if t != -100]
+    return processor.tokenizer.decode(kept)
+
+
+def test_labels_cover_exactly_the_answers(processor, media_folder):
+    conversation = conversation_from_row(published_row(), str(media_folder), "row-0")
+    assert [p.endswith(n) for p, n in zip(conversation.images, ["one.png", "two.jpg"])] == [True, True]
+    encoded = encode_conversation(processor, conversation)
+    ids, labels = encoded["input_ids"], encoded["labels"]
+    assert encoded["pixel_values"].shape[0] == 2 and encoded["input_features"].shape[0] == 1
+    assert (ids == processor.image_token_id).sum() == 2 * IMAGE_SLOTS
+    assert (ids == processor.audio_token_id).sum() == AUDIO_SLOTS_PER_WINDOW
+    # Exactly the answer tokens and their </s>, in two contiguous runs; nothing of prompts, tags or slots.
+    assert processor.tokenizer.decode([int(t) for t in labels if t != -100]) == (
+        "Yang pertama merah.</s>Bunyi tinggi.</s>"
+    )
+    kept_positions = np.flatnonzero(labels != -100)
+    assert (np.diff(kept_positions) != 1).sum() == 1, "answers should form two runs"
+    assert ids[kept_positions[-1]] == processor.tokenizer.eos_token_id and kept_positions[-1] == len(ids) - 1
+    masked = labels == -100
+    for token in (processor.image_token_id, processor.audio_token_id, processor.image_start_token_id,
+                  processor.audio_end_token_id, processor.tokenizer.bos_token_id):
+        assert masked[ids == token].all()
+    # Where labels are kept they equal the input ids.
+    assert np.array_equal(labels[~masked], ids[~masked])
+
+
+def test_training_on_the_whole_conversation_masks_only_slots(processor, media_folder):
+    conversation = conversation_from_row(published_row(), str(media_folder))
+    encoded = encode_conversation(processor, conversation, train_on="all")
+    ids, labels = encoded["input_ids"], encoded["labels"]
+    slots = (ids == processor.image_token_id) | (ids == processor.audio_token_id)
+    assert (labels[slots] == -100).all() and np.array_equal(labels[~slots], ids[~slots])
+
+
+def test_content_block_rows_match_published_rows(processor, media_folder):
+    blocks = {"messages": [
+        {"role": "user", "content": [{"type": "image", "path": "one.png"}, {"type": "text", "text": "Apa ini?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Bulatan."}]},
+    ]}
+    encoded = encode_conversation(processor, conversation_from_row(blocks, str(media_folder)))
+    assert decode_labels(processor, encoded).replace(" ", "") == "Bulatan.</s>"
+    assert encoded["pixel_values"].shape[0] == 1
+
+
+def test_truncation_drops_whole_trailing_turns_and_their_media(processor, media_folder):
+    conversation = conversation_from_row(published_row(), str(media_folder))
+    full = encode_conversation(processor, conversation)
+    stats = EncodeStats()
+    # Room for the first exchange only: the audio turn goes, with its clip, and no span is cut.
+    short = encode_conversation(processor, conversation, block_size=len(full["input_ids"]) - 5, stats=stats)
+    assert stats.truncated == 1
+    assert "input_features" not in short and short["pixel_values"].shape[0] == 2
+    assert (short["input_ids"] == processor.image_token_id).sum() == 2 * IMAGE_SLOTS
+    assert decode_labels(processor, short).replace(" ", "") == "Yangpertamamerah.</s>"
+    with pytest.raises(UnusableRow, match="even with one exchange; block_size is 20"):
+        encode_conversation(processor, conversation, block_size=20)
+
+
+def test_padding_collator_right_pads(processor, media_folder):
+    rows = [published_row(), {"conversations": [{"role": "user", "content": "Hai"},
+                                                 {"role": "assistant", "content": "Hai juga"}]}]
+    samples = [encode_conversation(processor, conversation_from_row(r, str(media_folder))) for r in rows]
+    batch = MMMModalDataCollator(processor.tokenizer.pad_token_id)(samples)
+    n0, n1 = len(samples[0]["input_ids"]), len(samples[1]["input_ids"])
+    assert batch["input_ids"].shape == (2, n0)
+    assert batch["attention_mask"][1].tolist() == [1] * n1 + [0] * (n0 - n1)
+    assert (batch["labels"][1, n1:] == -100).all()
+    assert (batch["input_ids"][1, n1:] == processor.tokenizer.pad_token_id).all()
+    assert batch["pixel_values"].shape[0] == 2 and batch["input_features"].shape[0] == 1
+
+
+def test_bad_rows_are_skipped_with_a_warning_naming_them(processor, media_folder, tmp_path, caplog):
+    rows = [
+        {"conversations": [{"role": "user", "content": "<image> x"}, {"role": "assistant", "content": "y"}],
+         "filename": ["missing.png"]},
+        {"conversations": [{"role": "user", "content": "<image> <image>"}, {"role": "assistant", "content": "y"}],
+         "filename": ["one.png"]},
+        published_row(),
+    ]
+    data_file = media_folder / "rows.jsonl"
+    data_file.write_text("\n".join(json.dumps(r) for r in rows))
+    dataset = ConversationDataset(load_rows(data_file), processor)
+    with caplog.at_level("WARNING"):
+        first = dataset[0]
+    assert first["pixel_values"].shape[0] == 2  # row 2 served in place of the broken rows 0 and 1
+    assert dataset.stats.skipped == 2 and dataset.stats.rows == 1
+    assert "rows.jsonl:0" in caplog.text and "no such file" in caplog.text
+    assert "rows.jsonl:1" in caplog.text and "more media tags than the 1 files" in caplog.text
+
+
+def test_media_kind_comes_from_the_file_not_its_name(processor, media_folder):
+    (media_folder / "one.png").rename(media_folder / "image_named.wav")
+    row = {"conversations": [{"role": "user", "content": "<audio> what?"}, {"role": "assistant", "content": "y"}],
+           "filename": ["image_named.wav"]}
+    with pytest.raises(UnusableRow, match="not a readable audio file"):
+        encode_conversation(processor, conversation_from_row(row, str(media_folder)))
+
+
+def test_packed_block_logits_equal_each_conversation_alone(model, session_processor, media_folder):
+    rows = [
+        published_row(),
+        {"conversations": [{"role": "user", "content": "Hai, apa khabar?"}, {"role": "assistant", "content": "Baik."}]},
+        {"messages": [{"role": "user", "content": [{"type": "audio", "path": "beep.wav"}, {"type": "text", "text": "?"}]},
+                      {"role": "assistant", "content": "Bip."}]},
+    ]
+    samples = [encode_conversation(session_processor, conversation_from_row(r, str(media_folder))) for r in rows]
+    total = sum(len(s["input_ids"]) for s in samples)
+    stats = EncodeStats()
+    packed = MMMModalPackingCollator(session_processor.tokenizer.pad_token_id, block_size=total + 7, stats=stats)(samples)
+    assert packed["input_ids"].shape == (1, total + 7) and "attention_mask" not in packed
+    assert stats.as_logs()["data/padding_fraction"] == round(7 / (total + 7), 4)
+    with torch.no_grad():
+        packed_logits = model(**{k: v for k, v in packed.items() if k != "labels"}, use_cache=False).logits[0]
+        cursor = 0
+        for sample in samples:
+            alone = MMMModalDataCollator(session_processor.tokenizer.pad_token_id)([sample])
+            alone_logits = model(**{k: v for k, v in alone.items() if k != "labels"}).logits[0]
+            n = len(sample["input_ids"])
+            torch.testing.assert_close(packed_logits[cursor : cursor + n], alone_logits, atol=1e-4, rtol=1e-4)
+            cursor += n
+    # The loss over the packed block equals the loss over the padded batch.
+    padded = MMMModalDataCollator(session_processor.tokenizer.pad_token_id)(samples)
+    with torch.no_grad():
+        torch.testing.assert_close(model(**packed, use_cache=False).loss, model(**padded).loss, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_fills_several_blocks(session_processor):
+    samples = [{"input_ids": np.arange(n), "labels": np.arange(n)} for n in (6, 5, 4, 3)]
+    packed = MMMModalPackingCollator(0, block_size=10)(samples)
+    assert packed["input_ids"].shape == (2, 10)
+    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
+    assert packed["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1]
+    assert packed["labels"][0, 6] == -100 and packed["labels"][0, 7] == 1
