@@ -2,65 +2,11 @@
 
 import json
 import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
-from safetensors.torch import load_file
-
-from tiny_parts import random_clip, random_image
+from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
 
 HUB_MODULES = ("configuration_mmmmodal.py", "modeling_mmmmodal.py", "processing_mmmmodal.py", "media_mmmmodal.py")
-
-# Runs in a child process. `mmmmodal_hf` is made unimportable, so only the code in the folder can serve.
-FRESH_PROCESS_SCRIPT = textwrap.dedent(
-    """
-    import sys, importlib.abc
-
-    class BlockPackage(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "mmmmodal_hf" or name.startswith("mmmmodal_hf."):
-                raise ImportError("mmmmodal_hf is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, BlockPackage())
-    import numpy as np, torch
-    from PIL import Image
-    from safetensors.torch import save_file
-    from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
-
-    folder, media_folder, out_file = sys.argv[1:4]
-    try:
-        import mmmmodal_hf  # noqa: F401
-        raise SystemExit("mmmmodal_hf should not be importable here")
-    except ImportError:
-        pass
-
-    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    chat = [
-        {"role": "user", "content": [
-            {"type": "image", "path": f"{media_folder}/a.png"},
-            {"type": "audio", "path": f"{media_folder}/a.wav"},
-            {"type": "text", "text": "Apa ini?"}]},
-        {"role": "assistant", "content": "Bulatan merah."},
-        {"role": "user", "content": [{"type": "image", "path": f"{media_folder}/b.png"}, {"type": "text", "text": "Dan ini?"}]},
-    ]
-    inputs = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt")
-    results = {"input_ids": inputs["input_ids"]}
-    for name, auto_class in (("auto_model", AutoModel), ("auto_causal_lm", AutoModelForCausalLM)):
-        model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__name__ == "MMMModalForConditionalGeneration", type(model)
-        assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
-        with torch.no_grad():
-            results[f"{name}_logits"] = model(**inputs).logits
-            results[f"{name}_generated"] = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    results["processor_module"] = torch.tensor([type(processor).__module__.startswith("transformers_modules.")])
-    save_file({k: v.contiguous() for k, v in results.items()}, out_file)
-    """
-)
-
 
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory, model, session_processor):
@@ -101,30 +47,10 @@ def test_hub_modules_import_only_installed_libraries_and_each_other(saved_folder
 
 
 def test_fresh_process_loads_with_auto_classes_and_matches(saved_folder, tmp_path, model, session_processor):
-    random_image(1).save(tmp_path / "a.png")
-    random_image(2).save(tmp_path / "b.png")
-    import soundfile
-
-    soundfile.write(tmp_path / "a.wav", random_clip(3), 16000)
-    out_file = tmp_path / "results.safetensors"
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(saved_folder), str(tmp_path), str(out_file)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    results = load_file(out_file)
+    results = load_in_fresh_process(saved_folder, write_fresh_process_media(tmp_path))
     assert results["processor_module"].item()
-
     # The same conversation, here, with the in-memory model and processor.
-    chat = [
-        {"role": "user", "content": [
-            {"type": "image", "path": str(tmp_path / "a.png")},
-            {"type": "audio", "path": str(tmp_path / "a.wav")},
-            {"type": "text", "text": "Apa ini?"}]},
-        {"role": "assistant", "content": "Bulatan merah."},
-        {"role": "user", "content": [{"type": "image", "path": str(tmp_path / "b.png")}, {"type": "text", "text": "Dan ini?"}]},
-    ]
+    chat = fresh_process_chat(tmp_path)
     inputs = session_processor.apply_chat_template(
         chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )

@@ -105,3 +105,45 @@ def random_clip(seed: int, seconds: float = 0.6, rate: int = 16000) -> np.ndarra
     t = np.arange(int(seconds * rate)) / rate
     tone = 0.5 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t)
     return (tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def write_tiny_dataset(folder: Path, rows: int = 8, kinds=("image", "audio", "mixed", "text"), seed: int = 0) -> Path:
+    """A JSONL file of published-format rows with real PNG and WAV files beside it.
+
+    Row i is of kind `kinds[i % len(kinds)]`: one image, one clip, an image and a clip over two
+    turns, or text only.
+    """
+    import json
+
+    import soundfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for index in range(rows):
+        kind = kinds[index % len(kinds)]
+        image, clip = f"img_{index}.png", f"clip_{index}.wav"
+        if kind in ("image", "mixed"):
+            random_image(seed * 1000 + index).save(folder / image)
+        if kind in ("audio", "mixed"):
+            soundfile.write(folder / clip, random_clip(seed * 1000 + index), 16000)
+        if kind == "image":
+            row = {"conversations": [{"role": "user", "content": "<image> </image> Apa warna ini?"},
+                                     {"role": "assistant", "content": f"Warna nombor {index}."}],
+                   "filename": [image]}
+        elif kind == "audio":
+            row = {"conversations": [{"role": "user", "content": "<audio> </audio> What is this sound?"},
+                                     {"role": "assistant", "content": f"Tone number {index}."}],
+                   "filename": [clip]}
+        elif kind == "mixed":
+            row = {"conversations": [{"role": "user", "content": "<image> </image> Describe."},
+                                     {"role": "assistant", "content": "A picture."},
+                                     {"role": "user", "content": "<audio> </audio> And this?"},
+                                     {"role": "assistant", "content": f"Sound {index}."}],
+                   "filename": [image, clip]}
+        else:
+            row = {"conversations": [{"role": "user", "content": f"Berapa {index} tambah satu?"},
+                                     {"role": "assistant", "content": f"{index + 1}."}]}
+        lines.append(json.dumps(row))
+    path = folder / "data.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path

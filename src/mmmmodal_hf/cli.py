@@ -5,7 +5,6 @@ import sys
 
 # Subcommands that later work fills in, with the issue that brings each.
 _PLANNED = {
-    "train": ("train a model in the two published stages", 3),
     "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", 4),
     "convert": ("convert a released mesolitica checkpoint to this layout", 4),
     "push": ("upload a built folder to the Hub with a model card", 4),
@@ -14,18 +13,36 @@ _PLANNED = {
 }
 
 
+def _train(argv: list[str]) -> int:
+    from .training import main
+
+    return main(argv)
+
+
+# Subcommands that are here: name -> (help, runner taking the remaining arguments).
+_COMMANDS = {
+    "train": ("train a model in the two published stages (align, finetune) or with LoRA", _train),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmmmodal", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, _runner) in _COMMANDS.items():
+        subcommands.add_parser(name, help=help_text, add_help=False)
     for name, (help_text, _issue) in _PLANNED.items():
-        subcommands.add_parser(name, help=help_text, add_help=True)
+        subcommands.add_parser(name, help=f"{help_text} (not available yet)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, _rest = build_parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args, rest = build_parser().parse_known_args(argv[:1])
+    if args.command in _COMMANDS:
+        return _COMMANDS[args.command][1](argv[1:])
     help_text, issue = _PLANNED[args.command]
-    print(f"mmmmodal {args.command} ({help_text}) is not available in this release yet; see issue #{issue}.", file=sys.stderr)
+    print(f"mmmmodal {args.command} ({help_text}) is not available in this release yet; see issue #{issue}.",
+          file=sys.stderr)
     return 2
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset, IterableDataset
 from transformers.utils.chat_template_utils import render_jinja_template
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,7 @@ def conversations_from_dataset(rows):
         yield conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
 
 
-class ConversationDataset:
+class ConversationDataset(Dataset):
     """Map-style dataset of encoded conversations for `Trainer`.
 
     An unusable row (missing file, tag/file mismatch, too long) is skipped with a warning naming
@@ -284,7 +285,7 @@ class ConversationDataset:
         return encoded
 
 
-class StreamingConversationDataset:
+class StreamingConversationDataset(IterableDataset):
     """Iterable counterpart of `ConversationDataset` for `load_rows(..., streaming=True)`."""
 
     def __init__(self, rows, processor, block_size: int | None = None, train_on: str = "answers",

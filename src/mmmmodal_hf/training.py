@@ -1,0 +1,244 @@
+"""The published two-stage recipe through `Trainer`: `align`, `finetune`, and a `lora` variant.
+
+- align: encoders and language model frozen; the projectors train, and so do the embedding rows
+  of the four tag tokens (the reference code left them at random init).
+- finetune: encoders frozen; the language model and the projectors train.
+- lora: PEFT LoRA on the language model, projectors trained fully; `export_lora` merges.
+
+Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
+parameters; the model keeps unused branches in the graph with an exact zero, so no blank
+placeholder media are needed (see `MMMModalModel._unused_branch_anchor`).
+"""
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+
+from .collator import MMMModalDataCollator, MMMModalPackingCollator
+from .data import ConversationDataset, EncodeStats, StreamingConversationDataset, load_rows
+from .modeling_mmmmodal import MMMModalForConditionalGeneration
+from .processing_mmmmodal import MMMModalProcessor
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("align", "finetune", "lora")
+DEEPSPEED_CONFIGS = Path(__file__).parent / "deepspeed"
+LANGUAGE_MODEL_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class MMMModalTrainArguments:
+    """What to train on and how; every `TrainingArguments` flag is accepted beside these."""
+
+    stage: str = field(metadata={"help": "align | finetune | lora"})
+    model: str = field(metadata={"help": "folder or Hub id of an MMMModal checkpoint (from `mmmmodal build`)"})
+    data: str = field(metadata={"help": "JSONL/JSON/Parquet file or a folder of them"})
+    eval_data: str | None = field(default=None, metadata={"help": "held-out data, same formats"})
+    block_size: int = field(default=8192, metadata={"help": "longest training sequence (published: 8192)"})
+    packing: bool | None = field(
+        default=None, metadata={"help": "pack conversations into blocks (default: on for finetune and lora)"}
+    )
+    train_on: str = field(default="answers", metadata={"help": "answers (default) | all (as the paper did)"})
+    streaming: bool = field(default=False, metadata={"help": "stream the data instead of loading it"})
+    align_modalities: str = field(
+        default="image,audio", metadata={"help": "projectors that train in align: image, audio, or both"}
+    )
+    lora_r: int = field(default=16)
+    lora_alpha: int = field(default=32)
+    lora_dropout: float = field(default=0.05)
+    lora_target_modules: str = field(default=",".join(LANGUAGE_MODEL_PROJECTIONS))
+    model_dtype: str | None = field(default=None, metadata={"help": "dtype to load the weights in, e.g. bfloat16"})
+
+    def __post_init__(self):
+        if self.stage not in STAGES:
+            raise ValueError(f"--stage must be one of {STAGES}; got {self.stage!r}")
+        if self.train_on not in ("answers", "all"):
+            raise ValueError(f"--train_on must be 'answers' or 'all'; got {self.train_on!r}")
+        modalities = set(self.align_modalities.split(","))
+        if not modalities or not modalities <= {"image", "audio"}:
+            raise ValueError(f"--align_modalities takes image, audio or image,audio; got {self.align_modalities!r}")
+        if self.packing is None:
+            self.packing = self.stage != "align"
+
+
+def tag_token_ids(config) -> list[int]:
+    return [config.image_start_token_id, config.image_end_token_id, config.audio_start_token_id, config.audio_end_token_id]
+
+
+def prepare_stage(model: MMMModalForConditionalGeneration, stage: str, align_modalities=("image", "audio"),
+                  lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules=LANGUAGE_MODEL_PROJECTIONS):
+    """Set which parameters train for `stage`; returns the model to train (a PEFT model for lora)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}; got {stage!r}")
+    model.requires_grad_(False)
+    inner = model.model
+    if stage == "align":
+        for modality in align_modalities:
+            getattr(inner, f"{modality}_projector").requires_grad_(True)
+        _train_only_rows(model.get_input_embeddings().weight, tag_token_ids(model.config))
+        return model
+    inner.image_projector.requires_grad_(True)
+    inner.audio_projector.requires_grad_(True)
+    if stage == "finetune":
+        inner.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+        return model
+
+    from peft import LoraConfig, get_peft_model
+
+    # Only the language model's projections get adapters: the encoders' layers share these names.
+    pattern = r"model\.language_model\..*\.(" + "|".join(lora_target_modules) + r")$"
+    config = LoraConfig(
+        r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern,
+        modules_to_save=["image_projector", "audio_projector"], task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def _train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
+    """Let `weight` train, but only in `rows`: the gradient of every other row is zeroed."""
+    weight.requires_grad_(True)
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    keep[rows] = 1
+    weight.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
+    weight._mmmmodal_rows_only = True  # read by MMMModalTrainer: no weight decay on the frozen rows
+
+
+def export_lora(peft_model, processor, output_dir: str | Path) -> Path:
+    """Merge LoRA adapters (and the trained projectors) into a plain, Hub-ready MMMModal folder."""
+    merged = peft_model.merge_and_unload()
+    merged.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+    return Path(output_dir)
+
+
+class MMMModalTrainer(Trainer):
+    """`Trainer` that applies no weight decay to an embedding of which only some rows train."""
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        names = super().get_decay_parameter_names(model)
+        rows_only = {n for n, p in model.named_parameters() if getattr(p, "_mmmmodal_rows_only", False)}
+        return [name for name in names if name not in rows_only]
+
+
+class DataStatsCallback(TrainerCallback):
+    """Adds the data counters (skipped and truncated rows, padding fraction) to every log line."""
+
+    def __init__(self, stats: EncodeStats):
+        self.stats = stats
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is not None:
+            logs.update(self.stats.as_logs())
+
+
+def init_cpu_distributed(timeout_seconds: int) -> bool:
+    """On CPU, start the gloo process group ourselves: `Trainer` applies no `ddp_timeout` there."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.cuda.is_available():
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_seconds))
+    return True
+
+
+def build_datasets(args: MMMModalTrainArguments, processor, stats: EncodeStats):
+    dataset_class = StreamingConversationDataset if args.streaming else ConversationDataset
+    train = dataset_class(load_rows(args.data, streaming=args.streaming), processor, args.block_size, args.train_on, stats)
+    evaluation = None
+    if args.eval_data:
+        evaluation = ConversationDataset(load_rows(args.eval_data), processor, args.block_size, args.train_on)
+    return train, evaluation
+
+
+def build_collator(args: MMMModalTrainArguments, processor, stats: EncodeStats):
+    pad = processor.tokenizer.pad_token_id
+    return MMMModalPackingCollator(pad, args.block_size, stats) if args.packing else MMMModalDataCollator(pad, stats)
+
+
+def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments, callbacks=()):
+    """The model prepared for `args.stage`, its data, and a `Trainer` ready to run."""
+    dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
+    model = MMMModalForConditionalGeneration.from_pretrained(args.model, dtype=dtype)
+    processor = MMMModalProcessor.from_pretrained(args.model)
+    model = prepare_stage(
+        model, args.stage, tuple(args.align_modalities.split(",")), args.lora_r, args.lora_alpha,
+        args.lora_dropout, tuple(args.lora_target_modules.split(",")),
+    )
+    stats = EncodeStats()
+    train_dataset, eval_dataset = build_datasets(args, processor, stats)
+    return MMMModalTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=build_collator(args, processor, stats),
+        processing_class=processor,
+        callbacks=[DataStatsCallback(stats), *callbacks],
+    )
+
+
+def save_stage_output(trainer: Trainer, stage: str) -> Path:
+    """Write the trained model as a Hub-ready folder (LoRA adapters merged) and return its path."""
+    output_dir = Path(trainer.args.output_dir)
+    processor = trainer.processing_class
+    if stage == "lora":
+        output_dir = output_dir / "merged"
+        if trainer.is_world_process_zero():
+            export_lora(trainer.model, processor, output_dir)
+    else:
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(output_dir)
+    return output_dir
+
+
+def train(args: MMMModalTrainArguments, training_args: TrainingArguments, callbacks=()) -> Path:
+    """Run one stage and write a Hub-ready folder under `training_args.output_dir`."""
+    trainer = build_trainer(args, training_args, callbacks)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    output_dir = save_stage_output(trainer, args.stage)
+    logger.info("saved %s; data: %s", output_dir, trainer.data_collator.stats.as_logs())
+    return output_dir
+
+
+def parse_args(argv: list[str]) -> tuple[MMMModalTrainArguments, TrainingArguments]:
+    argv = list(argv)
+    if not torch.cuda.is_available() and "--use_cpu" not in argv:
+        # Without it, each rank of a CPU torchrun silently trains alone (world size 1).
+        argv += ["--use_cpu", "True"]
+    parser = HfArgumentParser((MMMModalTrainArguments, TrainingArguments), prog="mmmmodal train")
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    timeout = _flag_value(argv, "--ddp_timeout", 1800)
+    distributed = init_cpu_distributed(int(timeout))
+    try:
+        args, training_args = parse_args(argv)
+        print(f"saved {train(args, training_args)}")
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    return 0
+
+
+def _flag_value(argv: list[str], flag: str, default):
+    for index, item in enumerate(argv):
+        if item == flag and index + 1 < len(argv):
+            return argv[index + 1]
+        if item.startswith(flag + "="):
+            return item.split("=", 1)[1]
+    return default

@@ -1,0 +1,150 @@
+"""Training stages through `Trainer`: what trains in each stage, resume, LoRA export, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
+from tiny_parts import tiny_config, write_tiny_dataset
+
+from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.training import DEEPSPEED_CONFIGS, parse_args, train
+
+
+@pytest.fixture(scope="module")
+def base_folder(tmp_path_factory, session_processor):
+    folder = tmp_path_factory.mktemp("base_checkpoint")
+    torch.manual_seed(0)
+    MMMModalForConditionalGeneration(tiny_config(session_processor)).save_pretrained(folder)
+    session_processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return write_tiny_dataset(tmp_path_factory.mktemp("data"), rows=8)
+
+
+def run_stage(stage, base_folder, data_file, output_dir, *extra):
+    args, training_args = parse_args([
+        "--stage", stage, "--model", str(base_folder), "--data", str(data_file), "--output_dir", str(output_dir),
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--report_to", "none",
+        "--save_strategy", "no", "--block_size", "512", "--seed", "0", *extra,
+    ])
+    return train(args, training_args)
+
+
+def changed_weights(before_folder, after_folder):
+    before = load_file(before_folder / "model.safetensors")
+    after = load_file(after_folder / "model.safetensors")
+    assert before.keys() == after.keys()
+    return {name for name in before if not torch.equal(before[name], after[name])}, before, after
+
+
+def test_align_trains_only_projectors_and_tag_rows(base_folder, data_file, tmp_path, session_processor):
+    output = run_stage("align", base_folder, data_file, tmp_path / "align", "--weight_decay", "0.1")
+    changed, before, after = changed_weights(base_folder, output)
+    embeddings = "model.language_model.embed_tokens.weight"
+    projectors = {name for name in before if "_projector." in name}
+    assert changed == projectors | {embeddings}
+    rows = (before[embeddings] != after[embeddings]).any(-1).nonzero().flatten().tolist()
+    tags = [session_processor.image_start_token_id, session_processor.image_end_token_id,
+            session_processor.audio_start_token_id, session_processor.audio_end_token_id]
+    assert rows == sorted(tags)
+
+
+def test_align_one_modality_at_a_time(base_folder, data_file, tmp_path):
+    output = run_stage("align", base_folder, data_file, tmp_path / "align_image", "--align_modalities", "image")
+    changed, _, _ = changed_weights(base_folder, output)
+    assert any(name.startswith("model.image_projector.") for name in changed)
+    assert not any(name.startswith("model.audio_projector.") for name in changed)
+
+
+def test_finetune_trains_language_model_and_projectors_not_encoders(base_folder, data_file, tmp_path):
+    output = run_stage("finetune", base_folder, data_file, tmp_path / "finetune", "--activation_checkpointing", "True")
+    changed, before, _ = changed_weights(base_folder, output)
+    assert not [n for n in changed if n.startswith(("model.vision_tower.", "model.audio_tower."))]
+    language_model = {n for n in before if n.startswith("model.language_model.layers.")}
+    assert language_model <= changed and "lm_head.weight" in changed
+    assert {n for n in before if "_projector." in n} <= changed
+
+
+def test_resume_reaches_the_same_weights(base_folder, data_file, tmp_path):
+    common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    straight = run_stage("finetune", base_folder, data_file, tmp_path / "straight", *common)
+    checkpoint = tmp_path / "straight" / "checkpoint-2"
+    assert (checkpoint / "model.safetensors").exists()
+    resumed = run_stage("finetune", base_folder, data_file, tmp_path / "resumed", *common,
+                        "--resume_from_checkpoint", str(checkpoint))
+    changed, _, _ = changed_weights(straight, resumed)
+    assert changed == set()
+    early, _, _ = changed_weights(checkpoint, straight)
+    assert early, "the last two steps should have changed the weights"
+
+
+def test_lora_trains_merges_and_reloads_through_auto_model(base_folder, data_file, tmp_path):
+    merged = run_stage("lora", base_folder, data_file, tmp_path / "lora", "--lora_r", "4")
+    assert merged.name == "merged" and (merged / "modeling_mmmmodal.py").exists()
+    changed, before, after = changed_weights(base_folder, merged)
+    assert set(before) == set(after), "the merged folder has the plain layout, no adapter weights"
+    assert any(".self_attn.q_proj." in n for n in changed) and any("_projector." in n for n in changed)
+    assert not [n for n in changed if n.startswith(("model.vision_tower.", "model.audio_tower."))]
+    results = load_in_fresh_process(merged, write_fresh_process_media(tmp_path))
+    model = MMMModalForConditionalGeneration.from_pretrained(merged).eval()
+    from mmmmodal_hf import MMMModalProcessor
+
+    processor = MMMModalProcessor.from_pretrained(merged)
+    inputs = processor.apply_chat_template(fresh_process_chat(tmp_path), add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(results["auto_model_logits"], model(**inputs).logits)
+
+
+def test_train_command_runs_a_stage(base_folder, data_file, tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "train", "--stage", "align", "--model", str(base_folder),
+         "--data", str(data_file), "--output_dir", str(tmp_path / "cli"), "--max_steps", "2",
+         "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+         "--logging_steps", "1", "--block_size", "512"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (tmp_path / "cli" / "model.safetensors").exists() and (tmp_path / "cli" / "processor_config.json").exists()
+    assert "data/skipped_rows" in completed.stderr + completed.stdout
+
+
+def test_bad_stage_is_refused():
+    with pytest.raises(ValueError, match="--stage must be one of"):
+        parse_args(["--stage", "pretrain", "--model", "m", "--data", "d", "--output_dir", "o"])
+
+
+@pytest.mark.parametrize("name", ["zero2_offload.json", "zero3.json"])
+def test_shipped_deepspeed_configs_pass_transformers_checks(name, session_processor, tmp_path):
+    pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [deepspeed] extra; CI installs it")
+    from transformers import TrainingArguments
+    from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
+
+    config = json.loads((DEEPSPEED_CONFIGS / name).read_text())
+    assert config["bf16"]["enabled"] == "auto", "a bf16 block (the published config lacked one)"
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                             learning_rate=2e-5, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True,
+                             report_to="none")
+    model = MMMModalForConditionalGeneration(tiny_config(session_processor))  # before: ZeRO-3 would partition it
+    ds_config = HfTrainerDeepSpeedConfig(config)
+    try:
+        ds_config.trainer_config_process(args)
+        ds_config.trainer_config_finalize(args, model, num_training_steps=10)  # raises on any mismatch
+    finally:
+        unset_hf_deepspeed_config()
+    resolved = ds_config.config
+    assert resolved["train_micro_batch_size_per_gpu"] == 2 and resolved["gradient_accumulation_steps"] == 4
+    assert resolved["optimizer"]["params"]["lr"] == 2e-5 and resolved["bf16"]["enabled"] is True
+    expected_stage = 2 if name.startswith("zero2") else 3
+    assert resolved["zero_optimization"]["stage"] == expected_stage
+    if expected_stage == 2:
+        assert resolved["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
