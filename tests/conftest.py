@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tiny_parts import save_mistral_tokenizer, tiny_config, tiny_processor
-
 from mmmmodal_hf import MMMModalForConditionalGeneration
+
+from tiny_parts import save_mistral_tokenizer, tiny_config, tiny_processor
 
 # Offline, single-threaded runs give repeatable numbers on the CI machine.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

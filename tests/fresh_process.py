@@ -56,8 +56,6 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-
-
 def load_in_fresh_process(folder: Path, media_folder: Path) -> dict:
     """AutoProcessor + AutoModel + AutoModelForCausalLM (trust_remote_code) on `folder`, in a child process.
 
@@ -65,11 +63,19 @@ def load_in_fresh_process(folder: Path, media_folder: Path) -> dict:
     greedy generations for a fixed two-turn chat over those files.
     """
     out_file = Path(media_folder) / "fresh_process_results.safetensors"
-    env = {**os.environ, "HF_MODULES_CACHE": str(Path(media_folder) / "hf_modules"), "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": ""}
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(Path(media_folder) / "hf_modules"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
     completed = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(folder), str(media_folder), str(out_file)],
-        capture_output=True, text=True, env=env, timeout=600, cwd=media_folder,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=media_folder,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     return load_file(out_file)
@@ -78,13 +84,22 @@ def load_in_fresh_process(folder: Path, media_folder: Path) -> dict:
 def fresh_process_chat(media_folder: Path) -> list[dict]:
     """The conversation the child process runs, for comparing in this process."""
     return [
-        {"role": "user", "content": [
-            {"type": "image", "path": str(Path(media_folder) / "a.png")},
-            {"type": "audio", "path": str(Path(media_folder) / "a.wav")},
-            {"type": "text", "text": "Apa ini?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(Path(media_folder) / "a.png")},
+                {"type": "audio", "path": str(Path(media_folder) / "a.wav")},
+                {"type": "text", "text": "Apa ini?"},
+            ],
+        },
         {"role": "assistant", "content": "Bulatan merah."},
-        {"role": "user", "content": [{"type": "image", "path": str(Path(media_folder) / "b.png")},
-                                     {"type": "text", "text": "Dan ini?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(Path(media_folder) / "b.png")},
+                {"type": "text", "text": "Dan ini?"},
+            ],
+        },
     ]
 
 

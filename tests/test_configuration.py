@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, SiglipVisionConfig, WhisperConfig
 
-from tiny_parts import tiny_audio_config, tiny_text_config, tiny_vision_config
-
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
+
+from tiny_parts import tiny_audio_config, tiny_text_config, tiny_vision_config
 
 
 def test_defaults_are_the_published_tinyllama_variant():
@@ -22,22 +22,37 @@ def test_defaults_are_the_published_tinyllama_variant():
 
 def test_sub_configs_as_dicts_equal_sub_configs_as_objects():
     as_objects = MMMModalConfig(
-        vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), text_config=tiny_text_config(100),
+        vision_config=tiny_vision_config(),
+        audio_config=tiny_audio_config(),
+        text_config=tiny_text_config(100),
         audio_conv_kernel=4,
     )
     as_dicts = MMMModalConfig(
-        vision_config=tiny_vision_config().to_dict(), audio_config=tiny_audio_config().to_dict(),
-        text_config=tiny_text_config(100).to_dict(), audio_conv_kernel=4,
+        vision_config=tiny_vision_config().to_dict(),
+        audio_config=tiny_audio_config().to_dict(),
+        text_config=tiny_text_config(100).to_dict(),
+        audio_conv_kernel=4,
     )
     assert as_objects.to_dict() == as_dicts.to_dict()
 
 
 def test_round_trip_through_save_and_load(tmp_path):
     config = MMMModalConfig(
-        vision_config=tiny_vision_config(), audio_config=tiny_audio_config(),
-        text_config=Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, vocab_size=300, tie_word_embeddings=True),
-        audio_conv_kernel=4, vision_feature_layer=-1, image_token_id=298, audio_token_id=299,
+        vision_config=tiny_vision_config(),
+        audio_config=tiny_audio_config(),
+        text_config=Qwen2Config(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=300,
+            tie_word_embeddings=True,
+        ),
+        audio_conv_kernel=4,
+        vision_feature_layer=-1,
+        image_token_id=298,
+        audio_token_id=299,
     )
     config.save_pretrained(tmp_path)
     loaded = MMMModalConfig.from_pretrained(tmp_path)
@@ -47,10 +62,20 @@ def test_round_trip_through_save_and_load(tmp_path):
 
 def test_any_causal_lm_works_and_tied_heads_stay_tied():
     config = MMMModalConfig(
-        vision_config=tiny_vision_config(), audio_config=tiny_audio_config(),
-        text_config=Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                num_key_value_heads=2, vocab_size=300, tie_word_embeddings=True),
-        audio_conv_kernel=4, image_token_id=298, audio_token_id=299,
+        vision_config=tiny_vision_config(),
+        audio_config=tiny_audio_config(),
+        text_config=Qwen2Config(
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=300,
+            tie_word_embeddings=True,
+        ),
+        audio_conv_kernel=4,
+        image_token_id=298,
+        audio_token_id=299,
     )
     model = MMMModalForConditionalGeneration(config)
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
@@ -65,7 +90,11 @@ def test_any_causal_lm_works_and_tied_heads_stay_tied():
 
 def test_impossible_layers_and_kernels_are_refused():
     with pytest.raises(ValueError, match="vision_feature_layer=-5 does not exist in an encoder of 2 layers"):
-        MMMModalConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), audio_conv_kernel=4,
-                       vision_feature_layer=-5)
+        MMMModalConfig(
+            vision_config=tiny_vision_config(),
+            audio_config=tiny_audio_config(),
+            audio_conv_kernel=4,
+            vision_feature_layer=-5,
+        )
     with pytest.raises(ValueError, match=r"kernel \(60\) is longer than the 50 frames"):
         MMMModalConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), audio_conv_kernel=60)

@@ -7,8 +7,6 @@ import pytest
 import soundfile
 import torch
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
-
 from mmmmodal_hf.collator import MMMModalDataCollator, MMMModalPackingCollator
 from mmmmodal_hf.data import (
     ConversationDataset,
@@ -18,6 +16,8 @@ from mmmmodal_hf.data import (
     encode_conversation,
     load_rows,
 )
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
 
 
 @pytest.fixture
@@ -61,8 +61,13 @@ def test_labels_cover_exactly_the_answers(processor, media_folder):
     assert (np.diff(kept_positions) != 1).sum() == 1, "answers should form two runs"
     assert ids[kept_positions[-1]] == processor.tokenizer.eos_token_id and kept_positions[-1] == len(ids) - 1
     masked = labels == -100
-    for token in (processor.image_token_id, processor.audio_token_id, processor.image_start_token_id,
-                  processor.audio_end_token_id, processor.tokenizer.bos_token_id):
+    for token in (
+        processor.image_token_id,
+        processor.audio_token_id,
+        processor.image_start_token_id,
+        processor.audio_end_token_id,
+        processor.tokenizer.bos_token_id,
+    ):
         assert masked[ids == token].all()
     # Where labels are kept they equal the input ids.
     assert np.array_equal(labels[~masked], ids[~masked])
@@ -77,10 +82,12 @@ def test_training_on_the_whole_conversation_masks_only_slots(processor, media_fo
 
 
 def test_content_block_rows_match_published_rows(processor, media_folder):
-    blocks = {"messages": [
-        {"role": "user", "content": [{"type": "image", "path": "one.png"}, {"type": "text", "text": "Apa ini?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "Bulatan."}]},
-    ]}
+    blocks = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "one.png"}, {"type": "text", "text": "Apa ini?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Bulatan."}]},
+        ]
+    }
     encoded = encode_conversation(processor, conversation_from_row(blocks, str(media_folder)))
     assert decode_labels(processor, encoded).replace(" ", "") == "Bulatan.</s>"
     assert encoded["pixel_values"].shape[0] == 1
@@ -101,8 +108,10 @@ def test_truncation_drops_whole_trailing_turns_and_their_media(processor, media_
 
 
 def test_padding_collator_right_pads(processor, media_folder):
-    rows = [published_row(), {"conversations": [{"role": "user", "content": "Hai"},
-                                                 {"role": "assistant", "content": "Hai juga"}]}]
+    rows = [
+        published_row(),
+        {"conversations": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Hai juga"}]},
+    ]
     samples = [encode_conversation(processor, conversation_from_row(r, str(media_folder))) for r in rows]
     batch = MMMModalDataCollator(processor.tokenizer.pad_token_id)(samples)
     n0, n1 = len(samples[0]["input_ids"]), len(samples[1]["input_ids"])
@@ -115,10 +124,14 @@ def test_padding_collator_right_pads(processor, media_folder):
 
 def test_bad_rows_are_skipped_with_a_warning_naming_them(processor, media_folder, tmp_path, caplog):
     rows = [
-        {"conversations": [{"role": "user", "content": "<image> x"}, {"role": "assistant", "content": "y"}],
-         "filename": ["missing.png"]},
-        {"conversations": [{"role": "user", "content": "<image> <image>"}, {"role": "assistant", "content": "y"}],
-         "filename": ["one.png"]},
+        {
+            "conversations": [{"role": "user", "content": "<image> x"}, {"role": "assistant", "content": "y"}],
+            "filename": ["missing.png"],
+        },
+        {
+            "conversations": [{"role": "user", "content": "<image> <image>"}, {"role": "assistant", "content": "y"}],
+            "filename": ["one.png"],
+        },
         published_row(),
     ]
     data_file = media_folder / "rows.jsonl"
@@ -134,8 +147,10 @@ def test_bad_rows_are_skipped_with_a_warning_naming_them(processor, media_folder
 
 def test_media_kind_comes_from_the_file_not_its_name(processor, media_folder):
     (media_folder / "one.png").rename(media_folder / "image_named.wav")
-    row = {"conversations": [{"role": "user", "content": "<audio> what?"}, {"role": "assistant", "content": "y"}],
-           "filename": ["image_named.wav"]}
+    row = {
+        "conversations": [{"role": "user", "content": "<audio> what?"}, {"role": "assistant", "content": "y"}],
+        "filename": ["image_named.wav"],
+    }
     with pytest.raises(UnusableRow, match="not a readable audio file"):
         encode_conversation(processor, conversation_from_row(row, str(media_folder)))
 
@@ -143,14 +158,25 @@ def test_media_kind_comes_from_the_file_not_its_name(processor, media_folder):
 def test_packed_block_logits_equal_each_conversation_alone(model, session_processor, media_folder):
     rows = [
         published_row(),
-        {"conversations": [{"role": "user", "content": "Hai, apa khabar?"}, {"role": "assistant", "content": "Baik."}]},
-        {"messages": [{"role": "user", "content": [{"type": "audio", "path": "beep.wav"}, {"type": "text", "text": "?"}]},
-                      {"role": "assistant", "content": "Bip."}]},
+        {
+            "conversations": [
+                {"role": "user", "content": "Hai, apa khabar?"},
+                {"role": "assistant", "content": "Baik."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "audio", "path": "beep.wav"}, {"type": "text", "text": "?"}]},
+                {"role": "assistant", "content": "Bip."},
+            ]
+        },
     ]
     samples = [encode_conversation(session_processor, conversation_from_row(r, str(media_folder))) for r in rows]
     total = sum(len(s["input_ids"]) for s in samples)
     stats = EncodeStats()
-    packed = MMMModalPackingCollator(session_processor.tokenizer.pad_token_id, block_size=total + 7, stats=stats)(samples)
+    packed = MMMModalPackingCollator(session_processor.tokenizer.pad_token_id, block_size=total + 7, stats=stats)(
+        samples
+    )
     assert packed["input_ids"].shape == (1, total + 7) and "attention_mask" not in packed
     assert stats.as_logs()["data/padding_fraction"] == round(7 / (total + 7), 4)
     with torch.no_grad():

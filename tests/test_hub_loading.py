@@ -2,11 +2,14 @@
 
 import json
 import os
+
 import pytest
 import torch
+
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
 
 HUB_MODULES = ("configuration_mmmmodal.py", "modeling_mmmmodal.py", "processing_mmmmodal.py", "media_mmmmodal.py")
+
 
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory, model, session_processor):
@@ -19,7 +22,13 @@ def saved_folder(tmp_path_factory, model, session_processor):
 def test_folder_holds_code_auto_map_and_one_processor_config(saved_folder):
     names = set(os.listdir(saved_folder))
     assert set(HUB_MODULES) <= names
-    assert {"config.json", "model.safetensors", "processor_config.json", "chat_template.jinja", "tokenizer.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "processor_config.json",
+        "chat_template.jinja",
+        "tokenizer.json",
+    } <= names
     assert "preprocessor_config.json" not in names, "both feature processors belong in processor_config.json"
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
     config = json.loads((saved_folder / "config.json").read_text())

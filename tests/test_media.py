@@ -6,9 +6,9 @@ import soundfile
 import torch
 from PIL import Image
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip
-
 from mmmmodal_hf import load_audio, load_image
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip
 
 
 def write_images(folder):

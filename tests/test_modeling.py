@@ -4,25 +4,31 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, MistralConfig
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
-
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
 
 
 def two_turn_chat():
     """2 images and 2 clips over 2 user turns, with an assistant answer between them."""
     return [
-        {"role": "user", "content": [
-            {"type": "image", "image": random_image(1)},
-            {"type": "audio", "audio": random_clip(2)},
-            {"type": "text", "text": "Apa warna bentuk dalam gambar ini?"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_image(1)},
+                {"type": "audio", "audio": random_clip(2)},
+                {"type": "text", "text": "Apa warna bentuk dalam gambar ini?"},
+            ],
+        },
         {"role": "assistant", "content": "Merah."},
-        {"role": "user", "content": [
-            {"type": "image", "image": random_image(3)},
-            {"type": "audio", "audio": random_clip(4)},
-            {"type": "text", "text": "And which clip is higher?"},
-        ]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_image(3)},
+                {"type": "audio", "audio": random_clip(4)},
+                {"type": "text", "text": "And which clip is higher?"},
+            ],
+        },
     ]
 
 
@@ -46,7 +52,9 @@ def test_forward_fills_every_slot_once(model, session_processor):
 
 
 def test_labels_give_a_loss(model, session_processor):
-    inputs = session_processor(text=["<image> </image> Apa ini? Kucing."], images=[[random_image(0)]], return_tensors="pt")
+    inputs = session_processor(
+        text=["<image> </image> Apa ini? Kucing."], images=[[random_image(0)]], return_tensors="pt"
+    )
     labels = inputs["input_ids"].clone()
     labels[labels == model.config.image_token_id] = -100
     out = model(**inputs, labels=labels)
@@ -100,28 +108,36 @@ def test_left_padded_batch_matches_each_sample_alone(model, session_processor):
     # Media counts differ per sample: (images, clips) = (0, 0), (1, 2), (3, 0), (0, 2).
     samples = [
         ("[INST] Hello, how are you today? [/INST]", [], []),
-        ("[INST] <image> </image> <audio> </audio> <audio> </audio> Describe. [/INST]",
-         [random_image(10)], [random_clip(11), random_clip(12, seconds=1.4)]),
-        ("[INST] <image><image> and <image></image> which is red? [/INST]",
-         [random_image(13), random_image(14), random_image(15)], []),
+        (
+            "[INST] <image> </image> <audio> </audio> <audio> </audio> Describe. [/INST]",
+            [random_image(10)],
+            [random_clip(11), random_clip(12, seconds=1.4)],
+        ),
+        (
+            "[INST] <image><image> and <image></image> which is red? [/INST]",
+            [random_image(13), random_image(14), random_image(15)],
+            [],
+        ),
         ("[INST] <audio> </audio> then <audio> [/INST]", [], [random_clip(16), random_clip(17)]),
     ]
     batch = session_processor(
-        text=[s[0] for s in samples], images=[s[1] for s in samples], audio=[s[2] for s in samples],
+        text=[s[0] for s in samples],
+        images=[s[1] for s in samples],
+        audio=[s[2] for s in samples],
         return_tensors="pt",
     )
     assert batch["attention_mask"][:, 0].tolist().count(0) >= 1, "expected left padding in the batch"
     with torch.no_grad():
         batch_logits = model(**batch).logits[:, -1]
         batch_generated = model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    new_tokens = batch_generated[:, batch["input_ids"].shape[1]:]
+    new_tokens = batch_generated[:, batch["input_ids"].shape[1] :]
     for index, (text, images, clips) in enumerate(samples):
         alone = session_processor(text=text, images=images or None, audio=clips or None, return_tensors="pt")
         with torch.no_grad():
             alone_logits = model(**alone).logits[0, -1]
             alone_generated = model.generate(**alone, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         torch.testing.assert_close(batch_logits[index], alone_logits, atol=1e-4, rtol=1e-4)
-        assert torch.equal(new_tokens[index], alone_generated[0, alone["input_ids"].shape[1]:]), f"sample {index}"
+        assert torch.equal(new_tokens[index], alone_generated[0, alone["input_ids"].shape[1] :]), f"sample {index}"
 
 
 def test_text_only_logits_equal_the_bare_language_model(model, session_processor):
@@ -150,7 +166,9 @@ def test_only_images_or_only_audio(model, session_processor):
 
 
 def test_slot_feature_mismatch_is_a_clear_error(model, session_processor):
-    inputs = session_processor(text="<image> <image> two", images=[random_image(1), random_image(2)], return_tensors="pt")
+    inputs = session_processor(
+        text="<image> <image> two", images=[random_image(1), random_image(2)], return_tensors="pt"
+    )
     with pytest.raises(ValueError, match=r"32 image slot tokens .* produced 16 features"):
         model(**dict(inputs, pixel_values=inputs["pixel_values"][:1]))
 
@@ -179,8 +197,18 @@ def test_no_text_tower_or_decoder_weights(model):
     "text_config, hidden, audio_params, image_params",
     [
         ({"model_type": "llama"}, 2048, 67_112_960, 5_771_264),  # TinyLlama 1.1B (the default shapes)
-        (MistralConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_key_value_heads=8,
-                       vocab_size=32006), 4096, 142_614_528, 19_931_136),
+        (
+            MistralConfig(
+                hidden_size=4096,
+                intermediate_size=14336,
+                num_hidden_layers=32,
+                num_key_value_heads=8,
+                vocab_size=32006,
+            ),
+            4096,
+            142_614_528,
+            19_931_136,
+        ),
     ],
     ids=["tinyllama", "mistral"],
 )

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import SiglipImageProcessorPil, WhisperFeatureExtractor
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
-
 from mmmmodal_hf import MMMModalProcessor
+
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
 
 
 def media_spans(processor, ids):
@@ -30,7 +30,12 @@ def test_adds_tags_and_slot_tokens_once(processor, tokenizer_folder):
     tokenizer = processor.tokenizer
     assert len(tokenizer) == 32006  # 32000 Mistral pieces + 4 tags + 2 slot tokens
     assert [tokenizer.convert_ids_to_tokens(i) for i in range(32000, 32006)] == [
-        "<image>", "</image>", "<audio>", "</audio>", "<image_slot>", "<audio_slot>"
+        "<image>",
+        "</image>",
+        "<audio>",
+        "</audio>",
+        "<image_slot>",
+        "<audio_slot>",
     ]
     assert (processor.image_token, processor.audio_token) == ("<image_slot>", "<audio_slot>")
     assert (processor.image_token_id, processor.audio_token_id) == (32004, 32005)
@@ -56,12 +61,16 @@ def test_media_per_sample_or_flat_give_the_same_batch(processor):
     texts = ["<image> <audio> first", "second <image><image>", "third"]
     images = [random_image(1), random_image(2), random_image(3)]
     clips = [random_clip(4)]
-    nested = processor(text=texts, images=[[images[0]], images[1:], []], audio=[[clips[0]], [], []], return_tensors="pt")
+    nested = processor(
+        text=texts, images=[[images[0]], images[1:], []], audio=[[clips[0]], [], []], return_tensors="pt"
+    )
     flat = processor(text=texts, images=images, audio=clips, return_tensors="pt")
     assert set(nested) == {"input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"}
     for key in nested:
         assert torch.equal(nested[key], flat[key]), key
-    spans = [media_spans(processor, row[mask.bool()]) for row, mask in zip(nested["input_ids"], nested["attention_mask"])]
+    spans = [
+        media_spans(processor, row[mask.bool()]) for row, mask in zip(nested["input_ids"], nested["attention_mask"])
+    ]
     assert spans == [[("image", 16), ("audio", 16)], [("image", 16), ("image", 16)], []]
 
 
@@ -96,18 +105,30 @@ def test_long_audio_is_chunked_into_consecutive_windows(processor):
 def test_long_audio_policies(processor, tokenizer_folder):
     clip = random_clip(0, seconds=2.5)
     truncating = MMMModalProcessor(
-        processor.image_processor, processor.feature_extractor, processor.tokenizer,
-        patch_size=8, audio_conv_kernel=4, audio_conv_stride=3, long_audio="truncate",
+        processor.image_processor,
+        processor.feature_extractor,
+        processor.tokenizer,
+        patch_size=8,
+        audio_conv_kernel=4,
+        audio_conv_stride=3,
+        long_audio="truncate",
     )
     assert truncating(text="<audio>", audio=clip)["input_features"].shape[0] == 1
     strict = MMMModalProcessor(
-        processor.image_processor, processor.feature_extractor, processor.tokenizer,
-        patch_size=8, audio_conv_kernel=4, audio_conv_stride=3, long_audio="error",
+        processor.image_processor,
+        processor.feature_extractor,
+        processor.tokenizer,
+        patch_size=8,
+        audio_conv_kernel=4,
+        audio_conv_stride=3,
+        long_audio="error",
     )
     with pytest.raises(ValueError, match=r"Sample 0, audio 0 .* lasts 2.5 s"):
         strict(text="<audio>", audio=clip)
     with pytest.raises(ValueError, match="long_audio must be one of"):
-        MMMModalProcessor(processor.image_processor, processor.feature_extractor, processor.tokenizer, long_audio="cut")
+        MMMModalProcessor(
+            processor.image_processor, processor.feature_extractor, processor.tokenizer, long_audio="cut"
+        )
 
 
 def test_published_sizes_give_576_and_487_slots(processor):
@@ -117,8 +138,11 @@ def test_published_sizes_give_576_and_487_slots(processor):
         processor.tokenizer,
     )
     assert (full.patch_size, full.audio_conv_kernel, full.audio_conv_stride) == (16, 40, 3)
-    out = full(text="<image> </image><audio> </audio>", images=random_image(0, size=(500, 300)),
-               audio=random_clip(1, seconds=30.0))
+    out = full(
+        text="<image> </image><audio> </audio>",
+        images=random_image(0, size=(500, 300)),
+        audio=random_clip(1, seconds=30.0),
+    )
     assert out["pixel_values"].shape == (1, 3, 384, 384)
     assert out["input_features"].shape == (1, 80, 3000)
     assert media_spans(full, out["input_ids"][0]) == [("image", 576), ("audio", 487)]
@@ -143,13 +167,20 @@ def test_chat_template_is_mistral_instruct_with_optional_system(processor):
 def test_chat_template_tokenizes_media_from_every_turn(processor, tmp_path):
     random_image(0).save(tmp_path / "a.png")
     chat = [
-        {"role": "user", "content": [{"type": "image", "path": str(tmp_path / "a.png")},
-                                     {"type": "audio", "audio": random_clip(1)}, {"type": "text", "text": "?"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(tmp_path / "a.png")},
+                {"type": "audio", "audio": random_clip(1)},
+                {"type": "text", "text": "?"},
+            ],
+        },
         {"role": "assistant", "content": "ok"},
         {"role": "user", "content": [{"type": "image", "image": random_image(2)}, {"type": "text", "text": "?"}]},
     ]
-    out = processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        return_tensors="pt")
+    out = processor.apply_chat_template(
+        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     assert out["pixel_values"].shape[0] == 2 and out["input_features"].shape[0] == 1
     assert media_spans(processor, out["input_ids"][0].tolist()) == [("image", 16), ("audio", 16), ("image", 16)]
     assert (out["input_ids"][0] == processor.tokenizer.bos_token_id).sum() == 1, "BOS must not be doubled"
@@ -158,11 +189,20 @@ def test_chat_template_tokenizes_media_from_every_turn(processor, tmp_path):
 def test_chat_template_batch_of_conversations(processor):
     chats = [
         [{"role": "user", "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": "a"}]}],
-        [{"role": "user", "content": [{"type": "audio", "audio": random_clip(1)},
-                                      {"type": "audio", "audio": random_clip(2)}, {"type": "text", "text": "b"}]}],
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "audio", "audio": random_clip(1)},
+                    {"type": "audio", "audio": random_clip(2)},
+                    {"type": "text", "text": "b"},
+                ],
+            }
+        ],
     ]
-    out = processor.apply_chat_template(chats, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                        return_tensors="pt")
+    out = processor.apply_chat_template(
+        chats, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     assert out["input_ids"].shape[0] == 2
     rows = [row[mask.bool()].tolist() for row, mask in zip(out["input_ids"], out["attention_mask"])]
     assert [media_spans(processor, row) for row in rows] == [[("image", 16)], [("audio", 16), ("audio", 16)]]

@@ -9,9 +9,16 @@ from tiny_parts import random_clip, random_image
 
 
 def test_streamed_text_equals_the_decoded_generation(model, session_processor):
-    chat = [{"role": "user", "content": [
-        {"type": "image", "image": random_image(0)}, {"type": "audio", "audio": random_clip(1)},
-        {"type": "text", "text": "Cerita sikit."}]}]
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_image(0)},
+                {"type": "audio", "audio": random_clip(1)},
+                {"type": "text", "text": "Cerita sikit."},
+            ],
+        }
+    ]
     inputs = session_processor.apply_chat_template(
         chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
@@ -20,13 +27,14 @@ def test_streamed_text_equals_the_decoded_generation(model, session_processor):
 
     def run():
         with torch.no_grad():
-            result["ids"] = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False,
-                                           streamer=streamer)
+            result["ids"] = model.generate(
+                **inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False, streamer=streamer
+            )
 
     thread = threading.Thread(target=run)
     thread.start()
     pieces = list(streamer)
     thread.join()
-    new_ids = result["ids"][0, inputs["input_ids"].shape[1]:]
+    new_ids = result["ids"][0, inputs["input_ids"].shape[1] :]
     assert len(pieces) >= 2, "tokens should arrive in several pieces"
     assert "".join(pieces) == session_processor.decode(new_ids, skip_special_tokens=True)

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
-from tiny_parts import tiny_config, write_tiny_dataset
-
 from mmmmodal_hf import MMMModalForConditionalGeneration
 from mmmmodal_hf.training import DEEPSPEED_CONFIGS, parse_args, train
+
+from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
+from tiny_parts import tiny_config, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +31,33 @@ def data_file(tmp_path_factory):
 
 
 def run_stage(stage, base_folder, data_file, output_dir, *extra):
-    args, training_args = parse_args([
-        "--stage", stage, "--model", str(base_folder), "--data", str(data_file), "--output_dir", str(output_dir),
-        "--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2", "--report_to", "none",
-        "--save_strategy", "no", "--block_size", "512", "--seed", "0", *extra,
-    ])
+    args, training_args = parse_args(
+        [
+            "--stage",
+            stage,
+            "--model",
+            str(base_folder),
+            "--data",
+            str(data_file),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--learning_rate",
+            "1e-2",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--block_size",
+            "512",
+            "--seed",
+            "0",
+            *extra,
+        ]
+    )
     return train(args, training_args)
 
 
@@ -53,8 +75,12 @@ def test_align_trains_only_projectors_and_tag_rows(base_folder, data_file, tmp_p
     projectors = {name for name in before if "_projector." in name}
     assert changed == projectors | {embeddings}
     rows = (before[embeddings] != after[embeddings]).any(-1).nonzero().flatten().tolist()
-    tags = [session_processor.image_start_token_id, session_processor.image_end_token_id,
-            session_processor.audio_start_token_id, session_processor.audio_end_token_id]
+    tags = [
+        session_processor.image_start_token_id,
+        session_processor.image_end_token_id,
+        session_processor.audio_start_token_id,
+        session_processor.audio_end_token_id,
+    ]
     assert rows == sorted(tags)
 
 
@@ -79,8 +105,9 @@ def test_resume_reaches_the_same_weights(base_folder, data_file, tmp_path):
     straight = run_stage("finetune", base_folder, data_file, tmp_path / "straight", *common)
     checkpoint = tmp_path / "straight" / "checkpoint-2"
     assert (checkpoint / "model.safetensors").exists()
-    resumed = run_stage("finetune", base_folder, data_file, tmp_path / "resumed", *common,
-                        "--resume_from_checkpoint", str(checkpoint))
+    resumed = run_stage(
+        "finetune", base_folder, data_file, tmp_path / "resumed", *common, "--resume_from_checkpoint", str(checkpoint)
+    )
     changed, _, _ = changed_weights(straight, resumed)
     assert changed == set()
     early, _, _ = changed_weights(checkpoint, straight)
@@ -99,19 +126,45 @@ def test_lora_trains_merges_and_reloads_through_auto_model(base_folder, data_fil
     from mmmmodal_hf import MMMModalProcessor
 
     processor = MMMModalProcessor.from_pretrained(merged)
-    inputs = processor.apply_chat_template(fresh_process_chat(tmp_path), add_generation_prompt=True, tokenize=True,
-                                           return_dict=True, return_tensors="pt")
+    inputs = processor.apply_chat_template(
+        fresh_process_chat(tmp_path), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
     with torch.no_grad():
         assert torch.equal(results["auto_model_logits"], model(**inputs).logits)
 
 
 def test_train_command_runs_a_stage(base_folder, data_file, tmp_path):
     completed = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "train", "--stage", "align", "--model", str(base_folder),
-         "--data", str(data_file), "--output_dir", str(tmp_path / "cli"), "--max_steps", "2",
-         "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
-         "--logging_steps", "1", "--block_size", "512"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "mmmmodal_hf.cli",
+            "train",
+            "--stage",
+            "align",
+            "--model",
+            str(base_folder),
+            "--data",
+            str(data_file),
+            "--output_dir",
+            str(tmp_path / "cli"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "1",
+            "--block_size",
+            "512",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert (tmp_path / "cli" / "model.safetensors").exists() and (tmp_path / "cli" / "processor_config.json").exists()
@@ -131,9 +184,17 @@ def test_shipped_deepspeed_configs_pass_transformers_checks(name, session_proces
 
     config = json.loads((DEEPSPEED_CONFIGS / name).read_text())
     assert config["bf16"]["enabled"] == "auto", "a bf16 block (the published config lacked one)"
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4,
-                             learning_rate=2e-5, weight_decay=0.0, max_grad_norm=1.0, bf16=True, use_cpu=True,
-                             report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=4,
+        learning_rate=2e-5,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=True,
+        use_cpu=True,
+        report_to="none",
+    )
     model = MMMModalForConditionalGeneration(tiny_config(session_processor))  # before: ZeRO-3 would partition it
     ds_config = HfTrainerDeepSpeedConfig(config)
     try:
@@ -148,3 +209,41 @@ def test_shipped_deepspeed_configs_pass_transformers_checks(name, session_proces
     assert resolved["zero_optimization"]["stage"] == expected_stage
     if expected_stage == 2:
         assert resolved["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
+
+
+def test_separate_image_and_audio_alignments_combine(base_folder, data_file, tmp_path, session_processor):
+    image_run = run_stage("align", base_folder, data_file, tmp_path / "image", "--align_modalities", "image")
+    audio_run = run_stage("align", base_folder, data_file, tmp_path / "audio", "--align_modalities", "audio")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmmmodal_hf.cli",
+            "align-combine",
+            str(image_run),
+            str(audio_run),
+            str(tmp_path / "both"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    both = load_file(tmp_path / "both" / "model.safetensors")
+    image, audio = load_file(image_run / "model.safetensors"), load_file(audio_run / "model.safetensors")
+    for name in both:
+        source = audio if name.startswith("model.audio_projector.") else image
+        if name != "model.language_model.embed_tokens.weight":
+            assert torch.equal(both[name], source[name]), name
+    embeddings = "model.language_model.embed_tokens.weight"
+    audio_rows = [session_processor.audio_start_token_id, session_processor.audio_end_token_id]
+    image_rows = [session_processor.image_start_token_id, session_processor.image_end_token_id]
+    assert torch.equal(both[embeddings][audio_rows], audio[embeddings][audio_rows])
+    assert torch.equal(both[embeddings][image_rows], image[embeddings][image_rows])
+    assert not torch.equal(image[embeddings][audio_rows], audio[embeddings][audio_rows])
+
+
+def test_streaming_data_and_bf16(base_folder, data_file, tmp_path):
+    output = run_stage("align", base_folder, data_file, tmp_path / "stream", "--streaming", "True", "--bf16", "True")
+    changed, _, _ = changed_weights(base_folder, output)
+    assert any("_projector." in name for name in changed)

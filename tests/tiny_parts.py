@@ -42,27 +42,49 @@ def save_mistral_tokenizer(folder: Path) -> Path:
 
 def tiny_vision_config(**overrides) -> SiglipVisionConfig:
     values = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
     )
     return SiglipVisionConfig(**{**values, **overrides})
 
 
 def tiny_audio_config(**overrides) -> WhisperConfig:
     values = dict(
-        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
-        decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=64, num_mel_bins=80,
-        max_source_positions=MAX_SOURCE_POSITIONS, vocab_size=64, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1, max_target_positions=16,
+        d_model=32,
+        encoder_layers=2,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=64,
+        num_mel_bins=80,
+        max_source_positions=MAX_SOURCE_POSITIONS,
+        vocab_size=64,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
+        max_target_positions=16,
     )
     return WhisperConfig(**{**values, **overrides})
 
 
 def tiny_text_config(vocab_size: int, **overrides) -> LlamaConfig:
     values = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     return LlamaConfig(**{**values, **overrides})
 
@@ -127,22 +149,38 @@ def write_tiny_dataset(folder: Path, rows: int = 8, kinds=("image", "audio", "mi
         if kind in ("audio", "mixed"):
             soundfile.write(folder / clip, random_clip(seed * 1000 + index), 16000)
         if kind == "image":
-            row = {"conversations": [{"role": "user", "content": "<image> </image> Apa warna ini?"},
-                                     {"role": "assistant", "content": f"Warna nombor {index}."}],
-                   "filename": [image]}
+            row = {
+                "conversations": [
+                    {"role": "user", "content": "<image> </image> Apa warna ini?"},
+                    {"role": "assistant", "content": f"Warna nombor {index}."},
+                ],
+                "filename": [image],
+            }
         elif kind == "audio":
-            row = {"conversations": [{"role": "user", "content": "<audio> </audio> What is this sound?"},
-                                     {"role": "assistant", "content": f"Tone number {index}."}],
-                   "filename": [clip]}
+            row = {
+                "conversations": [
+                    {"role": "user", "content": "<audio> </audio> What is this sound?"},
+                    {"role": "assistant", "content": f"Tone number {index}."},
+                ],
+                "filename": [clip],
+            }
         elif kind == "mixed":
-            row = {"conversations": [{"role": "user", "content": "<image> </image> Describe."},
-                                     {"role": "assistant", "content": "A picture."},
-                                     {"role": "user", "content": "<audio> </audio> And this?"},
-                                     {"role": "assistant", "content": f"Sound {index}."}],
-                   "filename": [image, clip]}
+            row = {
+                "conversations": [
+                    {"role": "user", "content": "<image> </image> Describe."},
+                    {"role": "assistant", "content": "A picture."},
+                    {"role": "user", "content": "<audio> </audio> And this?"},
+                    {"role": "assistant", "content": f"Sound {index}."},
+                ],
+                "filename": [image, clip],
+            }
         else:
-            row = {"conversations": [{"role": "user", "content": f"Berapa {index} tambah satu?"},
-                                     {"role": "assistant", "content": f"{index + 1}."}]}
+            row = {
+                "conversations": [
+                    {"role": "user", "content": f"Berapa {index} tambah satu?"},
+                    {"role": "assistant", "content": f"{index + 1}."},
+                ]
+            }
         lines.append(json.dumps(row))
     path = folder / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")

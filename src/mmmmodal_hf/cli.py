@@ -19,9 +19,25 @@ def _train(argv: list[str]) -> int:
     return main(argv)
 
 
+def _align_combine(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mmmmodal align-combine",
+        description="Join an image-only and an audio-only `align` run (made from the same base) into one checkpoint.",
+    )
+    parser.add_argument("image_run", help="output folder of `mmmmodal train --stage align --align_modalities image`")
+    parser.add_argument("audio_run", help="output folder of `mmmmodal train --stage align --align_modalities audio`")
+    parser.add_argument("output_dir")
+    args = parser.parse_args(argv)
+    from .training import combine_alignments
+
+    print(f"saved {combine_alignments(args.image_run, args.audio_run, args.output_dir)}")
+    return 0
+
+
 # Subcommands that are here: name -> (help, runner taking the remaining arguments).
 _COMMANDS = {
     "train": ("train a model in the two published stages (align, finetune) or with LoRA", _train),
+    "align-combine": ("join separate image and audio align runs into one checkpoint", _align_combine),
 }
 
 
@@ -41,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in _COMMANDS:
         return _COMMANDS[args.command][1](argv[1:])
     help_text, issue = _PLANNED[args.command]
-    print(f"mmmmodal {args.command} ({help_text}) is not available in this release yet; see issue #{issue}.",
-          file=sys.stderr)
+    print(
+        f"mmmmodal {args.command} ({help_text}) is not available in this release yet; see issue #{issue}.",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -98,7 +98,9 @@ class MMMModalConfig(PreTrainedConfig):
         "vision_config": SubConfigSpec(
             config_class=AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_BASE_384
         ),
-        "audio_config": SubConfigSpec(config_class=AutoConfig, model_type="whisper", init_kwargs=_WHISPER_SMALL_ENCODER),
+        "audio_config": SubConfigSpec(
+            config_class=AutoConfig, model_type="whisper", init_kwargs=_WHISPER_SMALL_ENCODER
+        ),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=_TINYLLAMA),
     }
 

@@ -85,9 +85,7 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
         else:
             raise UnusableRow(f"row {row_id}: message content must be a string or a list of blocks")
     if tags_seen != len(filenames) and filenames:
-        raise UnusableRow(
-            f"row {row_id}: {len(filenames)} files in 'filename' but {tags_seen} media tags in the text"
-        )
+        raise UnusableRow(f"row {row_id}: {len(filenames)} files in 'filename' but {tags_seen} media tags in the text")
     return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id)
 
 
@@ -126,7 +124,10 @@ class EncodeStats:
 
 
 def encode_conversation(
-    processor, conversation: Conversation, block_size: int | None = None, train_on: str = "answers",
+    processor,
+    conversation: Conversation,
+    block_size: int | None = None,
+    train_on: str = "answers",
     stats: EncodeStats | None = None,
 ) -> dict:
     """Token ids, labels and media features for one conversation, unpadded.
@@ -229,9 +230,14 @@ def load_rows(path: str | Path, streaming: bool = False):
 
     parts = []
     for file in data_files(path):
-        part = datasets.load_dataset(DATA_SUFFIXES[file.suffix], data_files=str(file), split="train", streaming=streaming)
+        part = datasets.load_dataset(
+            DATA_SUFFIXES[file.suffix], data_files=str(file), split="train", streaming=streaming
+        )
         part = part.map(
-            lambda row, index, base=str(file.parent), name=file.name: {"_base_dir": base, "_row_id": f"{name}:{index}"},
+            lambda row, index, base=str(file.parent), name=file.name: {
+                "_base_dir": base,
+                "_row_id": f"{name}:{index}",
+            },
             with_indices=True,
         )
         parts.append(part)
@@ -251,8 +257,14 @@ class ConversationDataset(Dataset):
     it, and the next usable row is served in its place, so every batch stays full.
     """
 
-    def __init__(self, rows, processor, block_size: int | None = None, train_on: str = "answers",
-                 stats: EncodeStats | None = None):
+    def __init__(
+        self,
+        rows,
+        processor,
+        block_size: int | None = None,
+        train_on: str = "answers",
+        stats: EncodeStats | None = None,
+    ):
         self.rows, self.processor = rows, processor
         self.block_size, self.train_on = block_size, train_on
         self.stats = stats if stats is not None else EncodeStats()
@@ -288,8 +300,14 @@ class ConversationDataset(Dataset):
 class StreamingConversationDataset(IterableDataset):
     """Iterable counterpart of `ConversationDataset` for `load_rows(..., streaming=True)`."""
 
-    def __init__(self, rows, processor, block_size: int | None = None, train_on: str = "answers",
-                 stats: EncodeStats | None = None):
+    def __init__(
+        self,
+        rows,
+        processor,
+        block_size: int | None = None,
+        train_on: str = "answers",
+        stats: EncodeStats | None = None,
+    ):
         self.rows, self.processor = rows, processor
         self.block_size, self.train_on = block_size, train_on
         self.stats = stats if stats is not None else EncodeStats()

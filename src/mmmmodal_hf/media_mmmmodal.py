@@ -134,9 +134,7 @@ def _as_channels_first(array: np.ndarray) -> np.ndarray:
         return array[None, :]
     if array.ndim == 2:
         if array.shape[0] > 64 and array.shape[1] <= 64:
-            raise ValueError(
-                f"audio of shape {array.shape} looks like (samples, channels); pass (channels, samples)"
-            )
+            raise ValueError(f"audio of shape {array.shape} looks like (samples, channels); pass (channels, samples)")
         return array
     raise ValueError(f"audio must be 1-D (samples) or 2-D (channels, samples); got shape {array.shape}")
 
@@ -163,7 +161,9 @@ def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.n
         if text.startswith(_URL_PREFIXES):
             from transformers.audio_utils import load_audio as fetch_audio
 
-            return _finish_audio(np.asarray(fetch_audio(text, sampling_rate=target_rate))[None, :], target_rate, target_rate)
+            return _finish_audio(
+                np.asarray(fetch_audio(text, sampling_rate=target_rate))[None, :], target_rate, target_rate
+            )
         channels, rate = _read_audio_file(text)
     elif isinstance(item, (bytes, bytearray)):
         channels, rate = _read_audio_file(io.BytesIO(item))

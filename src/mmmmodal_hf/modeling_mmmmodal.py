@@ -157,7 +157,9 @@ class MMMModalModel(MMMModalPreTrainedModel):
             anchor = anchor + self.image_projector(empty).sum() * 0.0
             branches.append(self.vision_tower)
         if audio_missing:
-            empty = self.audio_projector.conv.weight.new_zeros(0, self.config.audio_conv_kernel, self.config.audio_config.d_model)
+            empty = self.audio_projector.conv.weight.new_zeros(
+                0, self.config.audio_conv_kernel, self.config.audio_config.d_model
+            )
             anchor = anchor + self.audio_projector(empty).sum() * 0.0
             branches.append(self.audio_tower)
         # Encoders are frozen in the published recipe; when one trains, its weights join the same way.
@@ -216,11 +218,15 @@ class MMMModalModel(MMMModalPreTrainedModel):
         image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
             image_features = self.get_image_features(pixel_values).to(inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, self.config.image_token_id, "image")
+            mask = self.get_placeholder_mask(
+                input_ids, inputs_embeds, image_features, self.config.image_token_id, "image"
+            )
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
             audio_features = self.get_audio_features(input_features).to(inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio")
+            mask = self.get_placeholder_mask(
+                input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
+            )
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
 
         if self.training and torch.is_grad_enabled():

@@ -176,7 +176,9 @@ class MMMModalProcessor(ProcessorMixin):
                     )
 
         placeholders = [self._find_placeholders(index, sample) for index, sample in enumerate(texts)]
-        sample_images = _assign_media(images, [[m for m in p if m.lastgroup == "image"] for p in placeholders], "image")
+        sample_images = _assign_media(
+            images, [[m for m in p if m.lastgroup == "image"] for p in placeholders], "image"
+        )
         sample_audio = _assign_media(audio, [[m for m in p if m.lastgroup == "audio"] for p in placeholders], "audio")
 
         data, image_slots = self._encode_images(sample_images, images_kwargs or {}, return_tensors)
@@ -326,7 +328,14 @@ def _add_media_tokens(tokenizer) -> None:
     if tokenizer.pad_token is None:
         # Llama/Mistral tokenizers ship without one; <unk> never appears in real text.
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    wanted = [IMAGE_START_TOKEN, IMAGE_END_TOKEN, AUDIO_START_TOKEN, AUDIO_END_TOKEN, IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN]
+    wanted = [
+        IMAGE_START_TOKEN,
+        IMAGE_END_TOKEN,
+        AUDIO_START_TOKEN,
+        AUDIO_END_TOKEN,
+        IMAGE_SLOT_TOKEN,
+        AUDIO_SLOT_TOKEN,
+    ]
     vocabulary = tokenizer.get_vocab()
     missing = [token for token in wanted if token not in vocabulary]
     if missing:

@@ -68,11 +68,23 @@ class MMMModalTrainArguments:
 
 
 def tag_token_ids(config) -> list[int]:
-    return [config.image_start_token_id, config.image_end_token_id, config.audio_start_token_id, config.audio_end_token_id]
+    return [
+        config.image_start_token_id,
+        config.image_end_token_id,
+        config.audio_start_token_id,
+        config.audio_end_token_id,
+    ]
 
 
-def prepare_stage(model: MMMModalForConditionalGeneration, stage: str, align_modalities=("image", "audio"),
-                  lora_r=16, lora_alpha=32, lora_dropout=0.05, lora_target_modules=LANGUAGE_MODEL_PROJECTIONS):
+def prepare_stage(
+    model: MMMModalForConditionalGeneration,
+    stage: str,
+    align_modalities=("image", "audio"),
+    lora_r=16,
+    lora_alpha=32,
+    lora_dropout=0.05,
+    lora_target_modules=LANGUAGE_MODEL_PROJECTIONS,
+):
     """Set which parameters train for `stage`; returns the model to train (a PEFT model for lora)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}; got {stage!r}")
@@ -95,8 +107,12 @@ def prepare_stage(model: MMMModalForConditionalGeneration, stage: str, align_mod
     # Only the language model's projections get adapters: the encoders' layers share these names.
     pattern = r"model\.language_model\..*\.(" + "|".join(lora_target_modules) + r")$"
     config = LoraConfig(
-        r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, target_modules=pattern,
-        modules_to_save=["image_projector", "audio_projector"], task_type="CAUSAL_LM",
+        r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        target_modules=pattern,
+        modules_to_save=["image_projector", "audio_projector"],
+        task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
 
@@ -108,6 +124,28 @@ def _train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
     keep[rows] = 1
     weight.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
     weight._mmmmodal_rows_only = True  # read by MMMModalTrainer: no weight decay on the frozen rows
+
+
+def combine_alignments(image_run: str | Path, audio_run: str | Path, output_dir: str | Path) -> Path:
+    """Join two `align` runs made separately, as published: vision from one, audio from the other.
+
+    The result is `image_run`'s checkpoint with the audio projector and the `<audio>`/`</audio>`
+    embedding rows of `audio_run`. Both runs must start from the same base checkpoint.
+    """
+    model = MMMModalForConditionalGeneration.from_pretrained(image_run)
+    audio_model = MMMModalForConditionalGeneration.from_pretrained(audio_run)
+    for name in ("vision_tower", "audio_tower", "language_model"):
+        ours, theirs = getattr(model.model, name).state_dict(), getattr(audio_model.model, name).state_dict()
+        different = [key for key in ours if key != "embed_tokens.weight" and not torch.equal(ours[key], theirs[key])]
+        if different:
+            raise ValueError(f"{image_run} and {audio_run} do not share a base: their {name} differs ({different[0]})")
+    model.model.audio_projector.load_state_dict(audio_model.model.audio_projector.state_dict())
+    rows = [model.config.audio_start_token_id, model.config.audio_end_token_id]
+    with torch.no_grad():
+        model.get_input_embeddings().weight[rows] = audio_model.get_input_embeddings().weight[rows]
+    model.save_pretrained(output_dir)
+    MMMModalProcessor.from_pretrained(image_run).save_pretrained(output_dir)
+    return Path(output_dir)
 
 
 def export_lora(peft_model, processor, output_dir: str | Path) -> Path:
@@ -151,7 +189,9 @@ def init_cpu_distributed(timeout_seconds: int) -> bool:
 
 def build_datasets(args: MMMModalTrainArguments, processor, stats: EncodeStats):
     dataset_class = StreamingConversationDataset if args.streaming else ConversationDataset
-    train = dataset_class(load_rows(args.data, streaming=args.streaming), processor, args.block_size, args.train_on, stats)
+    train = dataset_class(
+        load_rows(args.data, streaming=args.streaming), processor, args.block_size, args.train_on, stats
+    )
     evaluation = None
     if args.eval_data:
         evaluation = ConversationDataset(load_rows(args.eval_data), processor, args.block_size, args.train_on)
@@ -169,8 +209,13 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     model = MMMModalForConditionalGeneration.from_pretrained(args.model, dtype=dtype)
     processor = MMMModalProcessor.from_pretrained(args.model)
     model = prepare_stage(
-        model, args.stage, tuple(args.align_modalities.split(",")), args.lora_r, args.lora_alpha,
-        args.lora_dropout, tuple(args.lora_target_modules.split(",")),
+        model,
+        args.stage,
+        tuple(args.align_modalities.split(",")),
+        args.lora_r,
+        args.lora_alpha,
+        args.lora_dropout,
+        tuple(args.lora_target_modules.split(",")),
     )
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
@@ -210,12 +255,18 @@ def train(args: MMMModalTrainArguments, training_args: TrainingArguments, callba
 
 
 def parse_args(argv: list[str]) -> tuple[MMMModalTrainArguments, TrainingArguments]:
-    argv = list(argv)
+    argv = [_shipped_deepspeed_config(item) for item in argv]
     if not torch.cuda.is_available() and "--use_cpu" not in argv:
         # Without it, each rank of a CPU torchrun silently trains alone (world size 1).
         argv += ["--use_cpu", "True"]
     parser = HfArgumentParser((MMMModalTrainArguments, TrainingArguments), prog="mmmmodal train")
     return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _shipped_deepspeed_config(item: str) -> str:
+    """`--deepspeed zero2_offload` (or zero3) names a config shipped with the package."""
+    shipped = DEEPSPEED_CONFIGS / f"{item}.json"
+    return str(shipped) if "/" not in item and shipped.exists() else item
 
 
 def main(argv: list[str] | None = None) -> int:
