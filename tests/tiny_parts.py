@@ -185,3 +185,50 @@ def write_tiny_dataset(folder: Path, rows: int = 8, kinds=("image", "audio", "mi
     path = folder / "data.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def save_tiny_source_models(folder: Path, tokenizer_folder: Path, language_model: str = "llama") -> dict[str, Path]:
+    """Tiny checkpoints of the real source architectures, as `mmmmodal build` reads them from the Hub.
+
+    A causal LM (Llama or Mistral) with the Mistral tokenizer, a full SiglipModel (text tower
+    included) with its image processor, and a full WhisperForConditionalGeneration (decoder
+    included) with its feature extractor.
+    """
+    import torch
+    from transformers import (
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        SiglipConfig,
+        SiglipModel,
+        SiglipTextConfig,
+        WhisperForConditionalGeneration,
+    )
+
+    torch.manual_seed(0)
+    paths = {name: folder / name for name in ("llm", "siglip", "whisper")}
+    if language_model == "llama":
+        lm = LlamaForCausalLM(tiny_text_config(32000))
+    else:
+        values = tiny_text_config(32000).to_dict()
+        values.pop("model_type", None)
+        lm = MistralForCausalLM(MistralConfig(**{k: v for k, v in values.items() if k in MistralConfig().to_dict()}))
+    lm.save_pretrained(paths["llm"])
+    AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(paths["llm"])
+
+    text = SiglipTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=100,
+        max_position_embeddings=16,
+    )
+    SiglipModel(
+        SiglipConfig(text_config=text.to_dict(), vision_config=tiny_vision_config().to_dict())
+    ).save_pretrained(paths["siglip"])
+    SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(paths["siglip"])
+
+    WhisperForConditionalGeneration(tiny_audio_config()).save_pretrained(paths["whisper"])
+    WhisperFeatureExtractor(feature_size=80, chunk_length=1).save_pretrained(paths["whisper"])
+    return paths

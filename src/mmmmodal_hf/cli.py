@@ -5,9 +5,6 @@ import sys
 
 # Subcommands that later work fills in, with the issue that brings each.
 _PLANNED = {
-    "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", 4),
-    "convert": ("convert a released mesolitica checkpoint to this layout", 4),
-    "push": ("upload a built folder to the Hub with a model card", 4),
     "demo": ("train a small model end to end on a synthetic multimodal world", 5),
     "chat": ("chat with a model in the terminal", 5),
 }
@@ -34,10 +31,22 @@ def _align_combine(argv: list[str]) -> int:
     return 0
 
 
+def _conversion(module_name: str):
+    def run(argv: list[str]) -> int:
+        from importlib import import_module
+
+        return import_module(f"mmmmodal_hf.conversion.{module_name}").main(argv)
+
+    return run
+
+
 # Subcommands that are here: name -> (help, runner taking the remaining arguments).
 _COMMANDS = {
     "train": ("train a model in the two published stages (align, finetune) or with LoRA", _train),
     "align-combine": ("join separate image and audio align runs into one checkpoint", _align_combine),
+    "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", _conversion("build")),
+    "convert": ("convert a released mesolitica checkpoint to this layout", _conversion("convert")),
+    "push": ("upload a built folder to the Hub with a model card", _conversion("push")),
 }
 
 

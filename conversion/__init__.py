@@ -1,0 +1,1 @@
+"""Scripts that build, convert and publish MMMModal checkpoints (`mmmmodal build|convert|push`)."""

@@ -1,0 +1,318 @@
+"""Compose an untrained MMMModal checkpoint from a causal LM, a SigLIP model and a Whisper model.
+
+    mmmmodal build --preset tinyllama --output-dir mmmmodal-tinyllama
+    mmmmodal build --llm path/to/lm --vision google/siglip-base-patch16-384 --audio openai/whisper-small --output-dir out
+
+Only the SigLIP vision tower and the Whisper encoder are kept. The tag and slot tokens are added
+to the LM's tokenizer and their embedding rows (input and output) start at the mean of the
+existing rows, not at random. The folder holds safetensors (sharded above `--max-shard-size`),
+one `processor_config.json`, the chat template, a generation config, the code files and a model
+card: it is ready for `mmmmodal push`.
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+from mmmmodal_hf import (
+    MMMModalAudioProjector,
+    MMMModalConfig,
+    MMMModalForConditionalGeneration,
+    MMMModalImageProjector,
+    MMMModalProcessor,
+)
+from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
+
+# The two published variants (DESIGN.md 1): both see through SigLIP-base-384 and hear through
+# Malaysian Whisper-small.
+PRESETS = {
+    "tinyllama": {
+        "llm": "mesolitica/malaysian-tinyllama-1.1b-16k-instructions-v3",
+        "vision": "google/siglip-base-patch16-384",
+        "audio": "mesolitica/malaysian-whisper-small",
+        "repo_id": "mesolitica/malaysian-tinyllama-1.1b-mmmmodal",
+    },
+    "mistral": {
+        "llm": "mesolitica/malaysian-mistral-7b-32k-instructions-v4",
+        "vision": "google/siglip-base-patch16-384",
+        "audio": "mesolitica/malaysian-whisper-small",
+        "repo_id": "mesolitica/malaysian-mistral-mmmmodal",
+    },
+}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+@dataclass
+class BuildReport:
+    output_dir: Path
+    parameters: dict[str, int]
+    added_tokens: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        lines = [f"{'would build' if self.dry_run else 'built'} {self.output_dir}"]
+        lines += [f"  {name:16s} {count:>14,d} parameters" for name, count in self.parameters.items()]
+        lines.append(f"  added tokens: {', '.join(self.added_tokens) or 'none'}")
+        lines += [f"  {name}" for name in self.files]
+        return "\n".join(lines)
+
+
+def mean_initialise_new_rows(weight: torch.Tensor, old_rows: int, new_rows: int) -> torch.Tensor:
+    """`weight` with `new_rows` rows; every row from `old_rows` on is the mean of the rows before it."""
+    grown = weight.new_empty(new_rows, weight.shape[1])
+    kept = min(weight.shape[0], new_rows)
+    grown[:kept] = weight[:kept]
+    grown[old_rows:] = weight[:old_rows].float().mean(0).to(weight.dtype)
+    return grown
+
+
+def resize_token_embeddings_to_mean(model: MMMModalForConditionalGeneration, tokens_before: int, vocab: int) -> None:
+    """Grow (or keep) the input and output embeddings to `vocab` rows, new tokens at the old mean."""
+    embeddings = model.get_input_embeddings()
+    new_input = mean_initialise_new_rows(embeddings.weight.data, tokens_before, max(vocab, embeddings.weight.shape[0]))
+    model.set_input_embeddings(torch.nn.Embedding.from_pretrained(new_input, freeze=False))
+    if model.config.tie_word_embeddings:
+        model.lm_head.weight = model.get_input_embeddings().weight
+    else:
+        head = model.lm_head
+        new_head = mean_initialise_new_rows(head.weight.data, tokens_before, new_input.shape[0])
+        model.lm_head = torch.nn.Linear(new_head.shape[1], new_head.shape[0], bias=False, dtype=new_head.dtype)
+        model.lm_head.weight = torch.nn.Parameter(new_head)
+    model.config.text_config.vocab_size = new_input.shape[0]
+
+
+def _vision_config(vision: str) -> SiglipVisionConfig:
+    config = AutoConfig.from_pretrained(vision)
+    return config.vision_config if hasattr(config, "vision_config") else config
+
+
+def build_processor(llm: str, vision: str, audio: str, audio_conv_kernel: int, audio_conv_stride: int):
+    tokenizer = AutoTokenizer.from_pretrained(llm)
+    tokens_before = len(tokenizer)
+    processor = MMMModalProcessor(
+        image_processor=AutoImageProcessor.from_pretrained(vision),
+        feature_extractor=AutoFeatureExtractor.from_pretrained(audio),
+        tokenizer=tokenizer,
+        patch_size=_vision_config(vision).patch_size,
+        audio_conv_kernel=audio_conv_kernel,
+        audio_conv_stride=audio_conv_stride,
+    )
+    added = [processor.tokenizer.convert_ids_to_tokens(i) for i in range(tokens_before, len(processor.tokenizer))]
+    return processor, tokens_before, added
+
+
+def build_config(processor, text_config, vision_config, audio_config, audio_conv_kernel, audio_conv_stride):
+    return MMMModalConfig(
+        vision_config=vision_config,
+        audio_config=audio_config,
+        text_config=text_config,
+        audio_conv_kernel=audio_conv_kernel,
+        audio_conv_stride=audio_conv_stride,
+        image_token_id=processor.image_token_id,
+        audio_token_id=processor.audio_token_id,
+        image_start_token_id=processor.image_start_token_id,
+        image_end_token_id=processor.image_end_token_id,
+        audio_start_token_id=processor.audio_start_token_id,
+        audio_end_token_id=processor.audio_end_token_id,
+        tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
+    )
+
+
+def build_checkpoint(
+    llm: str,
+    vision: str,
+    audio: str,
+    output_dir: str | Path,
+    dtype: str = "bfloat16",
+    max_shard_size: str = "2GB",
+    repo_id: str | None = None,
+    audio_conv_kernel: int = 40,
+    audio_conv_stride: int = 3,
+    dry_run: bool = False,
+    credit_names: dict[str, str] | None = None,
+) -> BuildReport:
+    """Compose the checkpoint (or, with `dry_run`, only say what would be built).
+
+    `credit_names` maps "llm", "vision", "audio" to the Hub ids the model card credits when the
+    parts are read from local folders.
+    """
+    credit_names = credit_names or {}
+    output_dir = Path(output_dir)
+    steps = tqdm(total=6, desc="mmmmodal build", unit="step", disable=dry_run)
+    processor, tokens_before, added = build_processor(llm, vision, audio, audio_conv_kernel, audio_conv_stride)
+    vocab = len(processor.tokenizer)
+    steps.update()
+
+    if dry_run:
+        text_config = AutoConfig.from_pretrained(llm)
+        text_config.vocab_size = max(vocab, text_config.vocab_size)
+        audio_config = AutoConfig.from_pretrained(audio)
+        config = build_config(
+            processor, text_config, _vision_config(vision), audio_config, audio_conv_kernel, audio_conv_stride
+        )
+        counts = parameter_counts(config)
+        size_gb = counts["total"] * DTYPE_BYTES.get(dtype, 4) / 1e9
+        files = _expected_files(size_gb, max_shard_size)
+        return BuildReport(output_dir, counts, added, files, dry_run=True)
+
+    torch_dtype = getattr(torch, dtype)
+    steps.set_postfix_str("language model")
+    language_model = AutoModelForCausalLM.from_pretrained(llm, dtype=torch_dtype)
+    steps.update()
+    steps.set_postfix_str("SigLIP vision tower")
+    vision_tower = SiglipVisionModel.from_pretrained(vision, dtype=torch_dtype)  # the text tower is not loaded
+    steps.update()
+    steps.set_postfix_str("Whisper encoder")
+    audio_tower = AutoModel.from_pretrained(audio, dtype=torch_dtype).get_encoder()  # the decoder is dropped
+    steps.update()
+
+    steps.set_postfix_str("assemble")
+    config = build_config(
+        processor, language_model.config, vision_tower.config, audio_tower.config, audio_conv_kernel, audio_conv_stride
+    )
+    with torch.device("meta"):
+        model = MMMModalForConditionalGeneration(config)
+    # The loaded parts move in whole; only the projectors are new (PyTorch's default init, as published).
+    model.model.vision_tower = vision_tower
+    model.model.audio_tower = audio_tower
+    model.model.language_model = language_model.model
+    model.lm_head = language_model.lm_head
+    model.model.image_projector = MMMModalImageProjector(config).to(torch_dtype)
+    model.model.audio_projector = MMMModalAudioProjector(config).to(torch_dtype)
+    resize_token_embeddings_to_mean(model, tokens_before, vocab)
+    model.generation_config = language_model.generation_config
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    max_positions = getattr(language_model.config, "max_position_embeddings", None)
+    if max_positions and processor.tokenizer.model_max_length > max_positions:
+        processor.tokenizer.model_max_length = max_positions
+    steps.update()
+
+    steps.set_postfix_str("save")
+    model.save_pretrained(output_dir, max_shard_size=max_shard_size)
+    processor.save_pretrained(output_dir)
+    render_model_card(
+        output_dir,
+        repo_id=repo_id or output_dir.name,
+        text_model=credit_names.get("llm", llm),
+        vision_model=credit_names.get("vision", vision),
+        audio_model=credit_names.get("audio", audio),
+        summary="This checkpoint is **untrained**: its projectors are freshly initialised. "
+        "Train it with `mmmmodal train --stage align`, then `--stage finetune`.",
+        training="None yet: composed by `mmmmodal build` from the three parts above. The published recipe: "
+        "stage 1 (align) trains the projectors and tag embeddings with everything else frozen "
+        "(lr 1e-4, 3% warmup, 3 epochs, bf16, block 2048); stage 2 (finetune) trains the language model "
+        "and projectors with the encoders frozen (lr 2e-5 constant, bf16, DeepSpeed ZeRO-2 with CPU "
+        "optimizer offload, block 8192).",
+        extra_limits="- Untrained: it does not yet understand images or audio.",
+    )
+    steps.update()
+    steps.close()
+    files = sorted(p.name for p in output_dir.iterdir())
+    return BuildReport(output_dir, parameter_counts(config), added, files)
+
+
+def _expected_files(size_gb: float, max_shard_size: str) -> list[str]:
+    limit = _parse_size_gb(max_shard_size)
+    shards = max(1, int(-(-size_gb // limit)))
+    weights = (
+        ["model.safetensors"]
+        if shards == 1
+        else [
+            *(f"model-{i:05d}-of-{shards:05d}.safetensors" for i in range(1, shards + 1)),
+            "model.safetensors.index.json",
+        ]
+    )
+    return sorted(
+        [
+            *weights,
+            "config.json",
+            "generation_config.json",
+            "processor_config.json",
+            "chat_template.jinja",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "README.md",
+            "configuration_mmmmodal.py",
+            "modeling_mmmmodal.py",
+            "processing_mmmmodal.py",
+            "media_mmmmodal.py",
+        ]
+    )
+
+
+def _parse_size_gb(text: str) -> float:
+    units = {"GB": 1.0, "MB": 1e-3, "KB": 1e-6}
+    for unit, scale in units.items():
+        if text.upper().endswith(unit):
+            return float(text[: -len(unit)]) * scale
+    return float(text) / 1e9
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmmmodal build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), help="the published parts as defaults")
+    parser.add_argument("--llm", help="causal LM: Hub id or folder")
+    parser.add_argument("--vision", help="SigLIP model: Hub id or folder")
+    parser.add_argument("--audio", help="Whisper model: Hub id or folder")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--repo-id", help="the Hub repo the card's usage snippet names")
+    for part in ("llm", "vision", "audio"):
+        parser.add_argument(f"--{part}-name", help=f"Hub id the model card credits for --{part} given as a folder")
+    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
+    parser.add_argument("--max-shard-size", default="2GB")
+    parser.add_argument("--audio-conv-kernel", type=int, default=40)
+    parser.add_argument("--audio-conv-stride", type=int, default=3)
+    parser.add_argument("--dry-run", action="store_true", help="say what would be built; write nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    parts = dict(PRESETS.get(args.preset, {}))
+    for name in ("llm", "vision", "audio", "repo_id"):
+        if getattr(args, name):
+            parts[name] = getattr(args, name)
+    missing = [name for name in ("llm", "vision", "audio") if not parts.get(name)]
+    if missing:
+        build_parser().error(f"give --preset or all of --llm, --vision, --audio (missing: {', '.join(missing)})")
+    report = build_checkpoint(
+        parts["llm"],
+        parts["vision"],
+        parts["audio"],
+        args.output_dir,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        repo_id=parts.get("repo_id"),
+        audio_conv_kernel=args.audio_conv_kernel,
+        audio_conv_stride=args.audio_conv_stride,
+        dry_run=args.dry_run,
+        credit_names={
+            part: getattr(args, f"{part}_name") for part in ("llm", "vision", "audio") if getattr(args, f"{part}_name")
+        },
+    )
+    print(report.summary())
+    if args.dry_run:
+        print(json.dumps({"parameters": report.parameters, "files": report.files}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Templates rendered into Hub repos: the model card and the Space app."""

@@ -1,0 +1,119 @@
+"""`mmmmodal build` from tiny checkpoints of the real source architectures."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
+from mmmmodal_hf.conversion.model_card import check_card
+from mmmmodal_hf.conversion.verify import check_folder_loads
+
+from tiny_parts import save_tiny_source_models
+
+CREDITS = {
+    "llm": PRESETS["tinyllama"]["llm"],
+    "vision": PRESETS["tinyllama"]["vision"],
+    "audio": PRESETS["tinyllama"]["audio"],
+}
+
+
+@pytest.mark.parametrize("language_model", ["llama", "mistral"])
+def test_build_composes_a_loadable_checkpoint(tmp_path, tokenizer_folder, language_model):
+    sources = save_tiny_source_models(tmp_path / "sources", tokenizer_folder, language_model)
+    output = tmp_path / "built"
+    report = build_checkpoint(
+        str(sources["llm"]),
+        str(sources["siglip"]),
+        str(sources["whisper"]),
+        output,
+        dtype="float32",
+        repo_id="someone/mmmmodal-tiny",
+        audio_conv_kernel=4,
+        credit_names=CREDITS,
+    )
+    assert report.added_tokens == ["<image>", "</image>", "<audio>", "</audio>", "<image_slot>", "<audio_slot>"]
+    config = json.loads((output / "config.json").read_text())
+    assert config["text_config"]["model_type"] == language_model
+    assert config["text_config"]["vocab_size"] == 32006
+
+    weights = load_file(output / "model.safetensors")
+    assert not [n for n in weights if "text_model" in n or "decoder" in n or "logit_" in n]
+    assert any(n.startswith("model.vision_tower.encoder.layers.") for n in weights)
+    assert any(n.startswith("model.audio_tower.layers.") for n in weights)
+
+    # Every weight of the sources arrives unchanged; the new embedding rows are the old rows' mean.
+    lm = load_file(sources["llm"] / "model.safetensors")
+    embeddings = weights["model.language_model.embed_tokens.weight"]
+    assert torch.equal(embeddings[:32000], lm["model.embed_tokens.weight"])
+    expected_row = lm["model.embed_tokens.weight"].mean(0)
+    assert torch.allclose(embeddings[32000:], expected_row.expand(6, -1), atol=1e-6)
+    assert torch.allclose(weights["lm_head.weight"][32000:], lm["lm_head.weight"].mean(0).expand(6, -1), atol=1e-6)
+    assert torch.equal(
+        weights["model.language_model.layers.0.self_attn.q_proj.weight"], lm["model.layers.0.self_attn.q_proj.weight"]
+    )
+    siglip = load_file(sources["siglip"] / "model.safetensors")
+    for name, value in siglip.items():
+        if name.startswith("vision_model."):
+            assert torch.equal(weights["model.vision_tower." + name[len("vision_model.") :]], value), name
+    whisper = load_file(sources["whisper"] / "model.safetensors")
+    for name, value in whisper.items():
+        if name.startswith("model.encoder."):
+            assert torch.equal(weights["model.audio_tower." + name[len("model.encoder.") :]], value), name
+
+    processor_config = json.loads((output / "processor_config.json").read_text())
+    assert {"image_processor", "feature_extractor"} <= set(processor_config)
+    assert (output / "chat_template.jinja").exists() and (output / "generation_config.json").exists()
+    card = check_card(output / "README.md")
+    assert card.data.base_model == list(CREDITS.values())
+    assert "someone/mmmmodal-tiny" in card.text and "2402.11297" in card.text and "4.25M" in card.text
+
+    loaded = check_folder_loads(output)
+    assert loaded["model_class"] == "MMMModalForConditionalGeneration" and loaded["new_tokens"] == 2
+
+
+def test_build_dry_run_writes_nothing_and_shards_large_models(tmp_path, tokenizer_folder):
+    sources = save_tiny_source_models(tmp_path / "sources", tokenizer_folder)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmmmodal_hf.cli",
+            "build",
+            "--llm",
+            str(sources["llm"]),
+            "--vision",
+            str(sources["siglip"]),
+            "--audio",
+            str(sources["whisper"]),
+            "--output-dir",
+            str(tmp_path / "never"),
+            "--audio-conv-kernel",
+            "4",
+            "--max-shard-size",
+            "4MB",
+            "--dtype",
+            "float32",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert not (tmp_path / "never").exists()
+    plan = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert plan["parameters"]["total"] == 4_251_360
+    # 4.25M float32 parameters = 17 MB: five shards of at most 4 MB and an index.
+    assert "model.safetensors.index.json" in plan["files"] and "model-00005-of-00005.safetensors" in plan["files"]
+
+
+def test_build_needs_a_preset_or_all_parts(capsys):
+    from mmmmodal_hf.conversion.build import main
+
+    with pytest.raises(SystemExit):
+        main(["--llm", "x", "--output-dir", "y"])
+    assert "missing: vision, audio" in capsys.readouterr().err
