@@ -1,0 +1,131 @@
+"""Upload a built or converted folder to the Hugging Face Hub.
+
+    mmmmodal push mmmmodal-tinyllama --repo-id you/mmmmodal-tinyllama [--private] [--revision dev] [--dry-run]
+
+Before anything is sent: the folder must hold no pickled weights, its model card metadata must
+parse with huggingface_hub's card classes and name languages, license, base models and pipeline
+tag, and the folder must load with AutoModel + AutoProcessor (trust_remote_code) in a fresh
+process and generate. The token comes from `--token`, `HF_TOKEN` or `huggingface-cli login`.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mmmmodal_hf.conversion.convert import PICKLE_SUFFIXES
+from mmmmodal_hf.conversion.model_card import check_card
+from mmmmodal_hf.conversion.verify import FolderDoesNotLoad, check_folder_loads
+
+_SKIPPED_PARTS = {".git", "__pycache__", ".cache", ".ipynb_checkpoints"}
+_SKIPPED_NAMES = {".DS_Store"}
+
+
+class RefusedToPush(ValueError):
+    """The folder is not fit to publish; the message says why."""
+
+
+def files_to_upload(folder: str | Path) -> list[str]:
+    """Every file `push` sends, relative to `folder`, sorted; caches and VCS folders are left out."""
+    folder = Path(folder)
+    files = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if path.is_file() and not (set(relative.parts) & _SKIPPED_PARTS) and path.name not in _SKIPPED_NAMES:
+            if not path.name.endswith(".pyc"):
+                files.append(relative.as_posix())
+    return files
+
+
+def check_folder(folder: str | Path, load_check: bool = True) -> list[str]:
+    """Everything `push` checks before sending; returns the files it would upload."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RefusedToPush(f"{folder} is not a folder")
+    files = files_to_upload(folder)
+    pickled = [name for name in files if name.endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        raise RefusedToPush(f"{folder} holds pickled weights ({', '.join(pickled)}); publish safetensors only")
+    if "README.md" not in files:
+        raise RefusedToPush(f"{folder} has no model card (README.md); `mmmmodal build` and `convert` write one")
+    try:
+        check_card(folder / "README.md")
+    except ValueError as error:
+        raise RefusedToPush(str(error)) from error
+    if load_check:
+        try:
+            check_folder_loads(folder)
+        except FolderDoesNotLoad as error:
+            raise RefusedToPush(str(error)) from error
+    return files
+
+
+def push_folder(
+    folder: str | Path,
+    repo_id: str,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str = "Upload MMMModal model",
+    token: str | None = None,
+    repo_type: str = "model",
+    dry_run: bool = False,
+) -> list[str]:
+    """Check the folder, then create the repo (and branch) if needed and upload; returns the files sent."""
+    files = check_folder(folder)
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi, ModelCard
+
+    ModelCard.load(Path(folder) / "README.md").validate(repo_type=repo_type)  # the Hub's own metadata check
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, repo_type=repo_type, exist_ok=True)
+    if revision:
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type=repo_type,
+        revision=revision,
+        commit_message=commit_message,
+        allow_patterns=files,
+    )
+    return files
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmmmodal push", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("folder", help="a folder written by `mmmmodal build`, `convert` or `train`")
+    parser.add_argument("--repo-id", required=True)
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--revision", help="branch to push to (created if needed)")
+    parser.add_argument("--commit-message", default="Upload MMMModal model")
+    parser.add_argument("--token", help="defaults to HF_TOKEN or the stored login")
+    parser.add_argument("--dry-run", action="store_true", help="run every check and list the files; send nothing")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        files = push_folder(
+            args.folder,
+            args.repo_id,
+            args.private,
+            args.revision,
+            args.commit_message,
+            args.token,
+            dry_run=args.dry_run,
+        )
+    except RefusedToPush as error:
+        print(f"mmmmodal push: refused: {error}", file=sys.stderr)
+        return 1
+    verb = "would upload" if args.dry_run else "uploaded"
+    print(f"{verb} {len(files)} files to {args.repo_id}" + (f"@{args.revision}" if args.revision else ""))
+    print(json.dumps(files))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

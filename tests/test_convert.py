@@ -1,0 +1,176 @@
+"""`mmmmodal convert` on a tiny checkpoint written in the published (mm_llms) layout."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoTokenizer, SiglipConfig, SiglipModel, SiglipTextConfig, WhisperModel
+
+from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.conversion.convert import UnmappedKeys, convert_checkpoint
+from mmmmodal_hf.conversion.verify import check_folder_loads
+
+from tiny_parts import save_tiny_source_models, tiny_audio_config, tiny_text_config, tiny_vision_config
+
+
+def write_published_checkpoint(folder, tokenizer_folder):
+    """What `mesolitica/*-mmmmodal` holds: full SigLIP and Whisper models, the LM, two projectors."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(1)
+    text = SiglipTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=100,
+        max_position_embeddings=16,
+    )
+    siglip = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=tiny_vision_config().to_dict()))
+    whisper = WhisperModel(tiny_audio_config())
+    llm = LlamaForCausalLM(tiny_text_config(32004))
+    image_projector = nn.ModuleDict({"linear_1": nn.Linear(32, 64), "linear_2": nn.Linear(64, 64)})
+    audio_projector = nn.ModuleDict(
+        {"linear_1": nn.Conv1d(32, 64, kernel_size=40, stride=3), "linear_2": nn.Linear(64, 64)}
+    )
+    state = {}
+    for prefix, module in (
+        ("image_encoder", siglip),
+        ("audio_encoder", whisper),
+        ("llm", llm),
+        ("image_projector", image_projector),
+        ("audio_projector", audio_projector),
+    ):
+        state.update({f"{prefix}.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()})
+    if "llm.lm_head.weight" not in state:
+        state["llm.lm_head.weight"] = llm.lm_head.weight.detach().clone()
+    folder.mkdir(parents=True)
+    keys = sorted(state)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    for name, names in shards.items():
+        save_file({k: state[k] for k in names}, folder / name, metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "mm_llms",
+                "architectures": ["MM_LLMs"],
+                "image_config": siglip.config.to_dict(),
+                "audio_config": whisper.config.to_dict(),
+                "llm_config": llm.config.to_dict(),
+                "vision_select_layer": -2,
+                "audio_select_layer": -2,
+            }
+        )
+    )
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    tokenizer.add_tokens(["<image>", "</image>", "<audio>", "</audio>"], special_tokens=True)
+    assert len(tokenizer) == 32004
+    tokenizer.save_pretrained(folder)
+    return state
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory, tokenizer_folder):
+    root = tmp_path_factory.mktemp("convert")
+    published = write_published_checkpoint(root / "published", tokenizer_folder)
+    sources = save_tiny_source_models(root / "sources", tokenizer_folder)
+    report = convert_checkpoint(
+        str(root / "published"),
+        root / "converted",
+        str(sources["siglip"]),
+        str(sources["whisper"]),
+        repo_id="someone/converted",
+        dtype="float32",
+        credit_names={"llm": "mesolitica/malaysian-tinyllama-1.1b-16k-instructions-v3"},
+    )
+    return published, report, root
+
+
+def test_every_weight_lands_where_it_belongs(converted):
+    published, report, root = converted
+    ours = load_file(root / "converted" / "model.safetensors")
+    for key, target in report.mapped.items():
+        if target in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+            assert torch.equal(ours[target][:32004], published[key]), key
+            assert torch.allclose(ours[target][32004:], published[key].mean(0).expand(2, -1), atol=1e-6), key
+        else:
+            assert torch.equal(ours[target], published[key]), key
+    assert set(report.mapped.values()) == set(ours), "every tensor of our layout comes from the source"
+
+
+def test_dropped_keys_are_exactly_the_text_tower_and_the_decoder(converted):
+    published, report, _ = converted
+    expected = {k for k in published if k.startswith(("image_encoder.text_model.", "audio_encoder.decoder."))}
+    expected |= {"image_encoder.logit_scale", "image_encoder.logit_bias"}
+    assert set(report.dropped) == expected
+    assert report.unmapped == [] and report.missing == []
+    assert set(report.dropped) | set(report.mapped) == set(published), "no key is silently lost"
+
+
+def test_projectors_compute_the_published_math(converted):
+    published, _, root = converted
+    model = MMMModalForConditionalGeneration.from_pretrained(root / "converted").eval()
+    image_features, audio_features = torch.randn(3, 16, 32), torch.randn(2, 50, 32)
+    p = published
+    with torch.no_grad():
+        expected_image = nn.functional.linear(
+            nn.functional.gelu(
+                nn.functional.linear(
+                    image_features, p["image_projector.linear_1.weight"], p["image_projector.linear_1.bias"]
+                )
+            ),
+            p["image_projector.linear_2.weight"],
+            p["image_projector.linear_2.bias"],
+        )
+        conv = nn.functional.conv1d(
+            audio_features.transpose(1, 2),
+            p["audio_projector.linear_1.weight"],
+            p["audio_projector.linear_1.bias"],
+            stride=3,
+        ).transpose(1, 2)
+        expected_audio = nn.functional.linear(
+            nn.functional.gelu(conv), p["audio_projector.linear_2.weight"], p["audio_projector.linear_2.bias"]
+        )
+        torch.testing.assert_close(model.model.image_projector(image_features), expected_image)
+        torch.testing.assert_close(model.model.audio_projector(audio_features), expected_audio)
+    assert expected_audio.shape[1] == (50 - 40) // 3 + 1
+
+
+def test_converted_model_loads_and_generates(converted):
+    _, _, root = converted
+    loaded = check_folder_loads(root / "converted")
+    assert loaded["new_tokens"] == 2
+    config = json.loads((root / "converted" / "config.json").read_text())
+    assert (config["image_start_token_id"], config["audio_end_token_id"]) == (32000, 32003)
+    assert (config["image_token_id"], config["audio_token_id"]) == (32004, 32005)
+
+
+def test_unknown_keys_stop_the_conversion(tmp_path, tokenizer_folder):
+    published = write_published_checkpoint(tmp_path / "published", tokenizer_folder)
+    save_file({"mystery_adapter.weight": torch.zeros(2)}, tmp_path / "published" / "extra.safetensors")
+    with pytest.raises(UnmappedKeys, match="mystery_adapter.weight"):
+        convert_checkpoint(str(tmp_path / "published"), tmp_path / "out", dry_run=True)
+    assert not (tmp_path / "out").exists()
+    assert published
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "mm_llms"}))
+    (folder / "pytorch_model.bin").write_bytes(b"not even read")
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "convert", str(folder), "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert "only pickled weights (pytorch_model.bin)" in completed.stderr and "refused" in completed.stderr

@@ -1,0 +1,87 @@
+"""`mmmmodal push`: the checks before anything is sent, and the exact file list of a dry run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
+from mmmmodal_hf.conversion.push import RefusedToPush, check_folder, files_to_upload
+
+from tiny_parts import save_tiny_source_models
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tokenizer_folder):
+    root = tmp_path_factory.mktemp("push")
+    sources = save_tiny_source_models(root / "sources", tokenizer_folder)
+    credits = {part: PRESETS["tinyllama"][part] for part in ("llm", "vision", "audio")}
+    build_checkpoint(
+        str(sources["llm"]),
+        str(sources["siglip"]),
+        str(sources["whisper"]),
+        root / "built",
+        dtype="float32",
+        audio_conv_kernel=4,
+        credit_names=credits,
+    )
+    return root / "built"
+
+
+def test_dry_run_lists_exactly_the_files_it_would_upload(built):
+    (built / "__pycache__").mkdir(exist_ok=True)
+    (built / "__pycache__" / "modeling_mmmmodal.cpython-311.pyc").write_bytes(b"cache")
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmmmodal_hf.cli",
+            "push",
+            str(built),
+            "--repo-id",
+            "someone/tiny",
+            "--private",
+            "--revision",
+            "dev",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.strip().splitlines()
+    listed = json.loads(lines[-1])
+    on_disk = sorted(p.name for p in built.iterdir() if p.is_file())
+    assert listed == on_disk == files_to_upload(built)
+    assert "README.md" in listed and "model.safetensors" in listed and "modeling_mmmmodal.py" in listed
+    assert lines[-2] == f"would upload {len(listed)} files to someone/tiny@dev"
+
+
+def test_pickled_weights_are_refused(built, tmp_path):
+    folder = tmp_path / "with_pickle"
+    folder.mkdir()
+    for name in files_to_upload(built):
+        (folder / name).write_bytes((built / name).read_bytes())
+    (folder / "pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(RefusedToPush, match=r"pickled weights \(pytorch_model.bin\)"):
+        check_folder(folder, load_check=False)
+
+
+def test_card_without_required_metadata_is_refused(built, tmp_path):
+    folder = tmp_path / "bad_card"
+    folder.mkdir()
+    (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A model\n")
+    with pytest.raises(RefusedToPush, match="lacks language, base_model, pipeline_tag, library_name"):
+        check_folder(folder, load_check=False)
+
+
+def test_a_folder_that_does_not_load_is_refused(built, tmp_path):
+    folder = tmp_path / "no_code"
+    folder.mkdir()
+    for name in files_to_upload(built):
+        if name != "modeling_mmmmodal.py":
+            (folder / name).write_bytes((built / name).read_bytes())
+    with pytest.raises(RefusedToPush, match="does not load as a Hub repo"):
+        check_folder(folder)
