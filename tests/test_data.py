@@ -201,3 +201,20 @@ def test_packing_fills_several_blocks(session_processor):
     assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
     assert packed["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1]
     assert packed["labels"][0, 6] == -100 and packed["labels"][0, 7] == 1
+
+
+def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
+    import datasets
+
+    blocks_row = {"messages": [{"role": "user", "content": [{"type": "image", "path": "one.png"},
+                                                            {"type": "text", "text": "Apa?"}]},
+                               {"role": "assistant", "content": [{"type": "text", "text": "Bulat."}]}]}
+    datasets.Dataset.from_list([blocks_row, blocks_row]).to_parquet(str(media_folder / "blocks.parquet"))
+    (media_folder / "published.jsonl").write_text(json.dumps(published_row()) + "\n")
+    rows = load_rows(media_folder)
+    assert len(rows) == 3
+    assert {row["_row_id"] for row in rows} == {"blocks.parquet:0", "blocks.parquet:1", "published.jsonl:0"}
+    dataset = ConversationDataset(rows, processor)
+    encoded = [dataset[i] for i in range(3)]
+    assert [e["pixel_values"].shape[0] for e in encoded] == [1, 1, 2]
+    assert dataset.stats.skipped == 0
