@@ -206,9 +206,12 @@ def test_packing_fills_several_blocks(session_processor):
 def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
     import datasets
 
-    blocks_row = {"messages": [{"role": "user", "content": [{"type": "image", "path": "one.png"},
-                                                            {"type": "text", "text": "Apa?"}]},
-                               {"role": "assistant", "content": [{"type": "text", "text": "Bulat."}]}]}
+    blocks_row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "one.png"}, {"type": "text", "text": "Apa?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "Bulat."}]},
+        ]
+    }
     datasets.Dataset.from_list([blocks_row, blocks_row]).to_parquet(str(media_folder / "blocks.parquet"))
     (media_folder / "published.jsonl").write_text(json.dumps(published_row()) + "\n")
     rows = load_rows(media_folder)

@@ -223,3 +223,26 @@ def test_published_projector_sizes(text_config, hidden, audio_params, image_para
     assert count(model.model.image_projector) == 768 * hidden + hidden + hidden * hidden + hidden == image_params
     # DESIGN.md 1: about 67M / 143M (audio) and 5.8M / 20M (image).
     assert round(audio_params / 1e6) in (67, 143) and round(image_params / 1e6, 1) in (5.8, 19.9)
+
+
+def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session_processor):
+    inputs = session_processor(
+        text=["<image> Apa ini? Kucing comel.", "<audio> What is it? A dog barking loudly."],
+        images=[[random_image(0)], []],
+        audio=[[], [random_clip(1)]],
+        padding_side="right",
+        return_tensors="pt",
+    )
+    labels = inputs["input_ids"].clone()
+    labels[:, :8] = -100
+    labels[inputs["attention_mask"] == 0] = -100
+    with torch.no_grad():
+        full = model(**inputs, labels=labels)
+        model.train()
+        try:
+            partial = model(**inputs, labels=labels)
+        finally:
+            model.eval()
+    labelled = int((labels[:, 1:] != -100).sum())
+    assert partial.logits.shape == (labelled, model.config.text_config.vocab_size)
+    torch.testing.assert_close(partial.loss, full.loss, atol=1e-5, rtol=1e-5)

@@ -3,12 +3,6 @@
 import argparse
 import sys
 
-# Subcommands that later work fills in, with the issue that brings each.
-_PLANNED = {
-    "demo": ("train a small model end to end on a synthetic multimodal world", 5),
-    "chat": ("chat with a model in the terminal", 5),
-}
-
 
 def _train(argv: list[str]) -> int:
     from .training import main
@@ -40,10 +34,24 @@ def _conversion(module_name: str):
     return run
 
 
+def _chat(argv: list[str]) -> int:
+    from .chat import main
+
+    return main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo.run import main
+
+    return main(argv)
+
+
 # Subcommands that are here: name -> (help, runner taking the remaining arguments).
 _COMMANDS = {
     "train": ("train a model in the two published stages (align, finetune) or with LoRA", _train),
     "align-combine": ("join separate image and audio align runs into one checkpoint", _align_combine),
+    "demo": ("train a small model end to end on a synthetic multimodal world and report", _demo),
+    "chat": ("chat with a model in the terminal, with images and audio, streaming", _chat),
     "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", _conversion("build")),
     "convert": ("convert a released mesolitica checkpoint to this layout", _conversion("convert")),
     "push": ("upload a built folder to the Hub with a model card", _conversion("push")),
@@ -55,22 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _runner) in _COMMANDS.items():
         subcommands.add_parser(name, help=help_text, add_help=False)
-    for name, (help_text, _issue) in _PLANNED.items():
-        subcommands.add_parser(name, help=f"{help_text} (not available yet)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args, rest = build_parser().parse_known_args(argv[:1])
-    if args.command in _COMMANDS:
-        return _COMMANDS[args.command][1](argv[1:])
-    help_text, issue = _PLANNED[args.command]
-    print(
-        f"mmmmodal {args.command} ({help_text}) is not available in this release yet; see issue #{issue}.",
-        file=sys.stderr,
-    )
-    return 2
+    args, _ = build_parser().parse_known_args(argv[:1])
+    return _COMMANDS[args.command][1](argv[1:])
 
 
 if __name__ == "__main__":

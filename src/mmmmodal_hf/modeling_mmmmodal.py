@@ -40,7 +40,8 @@ class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
 class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
     r"""
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
-    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`).
+    logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): in training mode with
+        `labels`, only the labelled positions' logits, `(num_labelled, vocab_size)` (the head runs nowhere else).
     past_key_values (`Cache`, *optional*): the language model's KV cache.
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*).
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_windows, num_audio_slots, hidden_size)`, *optional*).
@@ -285,6 +286,24 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     def set_output_embeddings(self, new_embeddings: nn.Module):
         self.lm_head = new_embeddings
 
+    def _labelled_positions_loss(self, hidden_states, labels, num_items_in_batch=None):
+        """Training loss with the LM head applied only where a next token is to be predicted.
+
+        With answer-only labels and a 32k vocabulary, the head over every position costs more
+        than the transformer layers of a small model; here it runs on the labelled positions
+        alone. Returns those positions' logits, `(num_labelled, vocab_size)`, and the same loss
+        the full computation gives.
+        """
+        targets = labels[:, 1:].to(hidden_states.device)
+        labelled = targets != -100
+        logits = self.lm_head(hidden_states[:, :-1][labelled])
+        total = nn.functional.cross_entropy(logits.float(), targets[labelled], reduction="sum")
+        if num_items_in_batch is None:
+            num_items_in_batch = labelled.sum().clamp(min=1)
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return logits, total / num_items_in_batch
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values)
 
@@ -332,14 +351,18 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             use_cache=use_cache,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+        if labels is not None and self.training:
+            logits, loss = self._labelled_positions_loss(
+                outputs.last_hidden_state, labels, kwargs.get("num_items_in_batch")
             )
+        else:
+            hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+            logits = self.lm_head(hidden_states)
+            loss = None
+            if labels is not None:
+                loss = self.loss_function(
+                    logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+                )
         return MMMModalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -54,6 +54,9 @@ class MMMModalTrainArguments:
     lora_dropout: float = field(default=0.05)
     lora_target_modules: str = field(default=",".join(LANGUAGE_MODEL_PROJECTIONS))
     model_dtype: str | None = field(default=None, metadata={"help": "dtype to load the weights in, e.g. bfloat16"})
+    train_encoders: bool = field(
+        default=False, metadata={"help": "let the SigLIP and Whisper towers train in finetune (published: frozen)"}
+    )
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -84,8 +87,13 @@ def prepare_stage(
     lora_alpha=32,
     lora_dropout=0.05,
     lora_target_modules=LANGUAGE_MODEL_PROJECTIONS,
+    train_encoders: bool = False,
 ):
-    """Set which parameters train for `stage`; returns the model to train (a PEFT model for lora)."""
+    """Set which parameters train for `stage`; returns the model to train (a PEFT model for lora).
+
+    `train_encoders` lets the SigLIP and Whisper towers train in `finetune` too (the published
+    recipe keeps them frozen; small models trained from scratch, like the demo's, need them).
+    """
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}; got {stage!r}")
     model.requires_grad_(False)
@@ -100,6 +108,9 @@ def prepare_stage(
     if stage == "finetune":
         inner.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
+        if train_encoders:
+            inner.vision_tower.requires_grad_(True)
+            inner.audio_tower.requires_grad_(True)
         return model
 
     from peft import LoraConfig, get_peft_model
@@ -172,7 +183,8 @@ class DataStatsCallback(TrainerCallback):
         self.stats = stats
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
+        # With dataloader workers the counting happens in their processes; log nothing rather than zeros.
+        if logs is not None and self.stats.rows:
             logs.update(self.stats.as_logs())
 
 
@@ -216,6 +228,7 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         args.lora_alpha,
         args.lora_dropout,
         tuple(args.lora_target_modules.split(",")),
+        args.train_encoders,
     )
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)

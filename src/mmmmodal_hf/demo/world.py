@@ -1,0 +1,349 @@
+"""A small multimodal world whose answers are known: shapes in colours, beeps at pitches, in English and Malay.
+
+Images are rendered shapes (colour, shape, background, position and size vary); clips are 1 to 4
+beeps at a low, medium or high pitch, written to WAV files so the real loading path is used.
+Conversations hold 1 to 4 images and 0 to 3 clips over 1 to 3 turns; the last user turn asks
+one question of a known kind, and that answer is what evaluation scores. The same seed gives
+the same world; held-out conversations use their own media and are never trained on.
+"""
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+from PIL import Image, ImageDraw
+
+IMAGE_PIXELS = 64
+SAMPLE_RATE = 16000
+CLIP_SECONDS = 1.0
+
+COLOURS = {  # name: (rgb, English, Malay)
+    "red": ((220, 30, 30), "Red", "Merah"),
+    "green": ((30, 170, 40), "Green", "Hijau"),
+    "blue": ((30, 60, 220), "Blue", "Biru"),
+    "yellow": ((235, 210, 20), "Yellow", "Kuning"),
+    "purple": ((140, 40, 180), "Purple", "Ungu"),
+    "orange": ((245, 130, 20), "Orange", "Oren"),
+}
+SHAPES = {
+    "circle": ("A circle", "Bulatan"),
+    "square": ("A square", "Segi empat"),
+    "triangle": ("A triangle", "Segi tiga"),
+    "cross": ("A cross", "Pangkah"),
+}
+SHAPE_NOUNS = {
+    "circle": ("circle", "bulatan"),
+    "square": ("square", "segi empat"),
+    "triangle": ("triangle", "segi tiga"),
+    "cross": ("cross", "pangkah"),
+}
+PITCHES = {
+    "low": (330.0, "Low", "Rendah"),
+    "medium": (880.0, "Medium", "Sederhana"),
+    "high": (2200.0, "High", "Tinggi"),
+}
+NUMBERS = {0: ("Zero", "Sifar"), 1: ("One", "Satu"), 2: ("Two", "Dua"), 3: ("Three", "Tiga"), 4: ("Four", "Empat")}
+ORDINALS = {1: ("first", "pertama"), 2: ("second", "kedua"), 3: ("third", "ketiga"), 4: ("fourth", "keempat")}
+
+KINDS = (
+    "image_colour",
+    "image_shape",
+    "which_image",
+    "count_shape",
+    "audio_pitch",
+    "audio_beeps",
+    "higher_clip",
+    "image_vs_audio",
+    "follow_up",
+)
+EASY_KINDS = ("image_colour", "audio_pitch")
+CHANCE = {
+    "image_colour": 1 / 6,
+    "image_shape": 1 / 4,
+    "which_image": 1 / 3,
+    "count_shape": 1 / 3,
+    "audio_pitch": 1 / 3,
+    "audio_beeps": 1 / 4,
+    "higher_clip": 1 / 2,
+    "image_vs_audio": 1 / 3,
+    "follow_up": 1 / 6,
+}
+LANGUAGES = ("en", "ms")
+
+
+@dataclass
+class ImageFact:
+    path: str
+    colour: str
+    shape: str
+
+
+@dataclass
+class ClipFact:
+    path: str
+    pitch: str
+    beeps: int
+
+
+@dataclass
+class WorldConversation:
+    """A content-block row plus what evaluation needs: the kind, language and expected answer.
+
+    Each medium is introduced by a text label ("Image 2:", "Audio 1:"), numbered over the whole
+    conversation, so that questions can point at it by number.
+    """
+
+    kind: str
+    language: str
+    turns: list[dict]
+    answer: str
+
+    def row(self) -> dict:
+        return {"messages": self.turns, "kind": self.kind, "language": self.language}
+
+    def prompt(self, media_folder: Path | None = None) -> list[dict]:
+        """Every turn but the final answer, media paths made absolute under `media_folder`."""
+        turns = []
+        for turn in self.turns[:-1]:
+            content = turn["content"]
+            if isinstance(content, list) and media_folder is not None:
+                content = [dict(b, path=str(Path(media_folder) / b["path"])) if "path" in b else b for b in content]
+            turns.append({"role": turn["role"], "content": content})
+        return turns
+
+
+def render_image(colour: str, shape: str, rng: random.Random) -> Image.Image:
+    """One shape on a light background, at a random size and position inside the frame."""
+    background = tuple(rng.randint(200, 255) for _ in range(3))
+    image = Image.new("RGB", (IMAGE_PIXELS, IMAGE_PIXELS), background)
+    draw = ImageDraw.Draw(image)
+    size = rng.randint(int(IMAGE_PIXELS * 0.45), int(IMAGE_PIXELS * 0.8))
+    left = rng.randint(2, IMAGE_PIXELS - size - 2)
+    top = rng.randint(2, IMAGE_PIXELS - size - 2)
+    box = (left, top, left + size, top + size)
+    fill = COLOURS[colour][0]
+    if shape == "circle":
+        draw.ellipse(box, fill=fill)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        draw.polygon([(left + size / 2, top), (left, top + size), (left + size, top + size)], fill=fill)
+    else:  # cross: two bars a third of the size wide
+        bar = size // 3
+        draw.rectangle((left + bar, top, left + 2 * bar, top + size), fill=fill)
+        draw.rectangle((left, top + bar, left + size, top + 2 * bar), fill=fill)
+    return image
+
+
+def synthesise_clip(pitch: str, beeps: int, rng: random.Random) -> np.ndarray:
+    """`beeps` beeps of 0.1 s at the pitch's frequency, 0.1 s apart, over faint noise."""
+    samples = int(SAMPLE_RATE * CLIP_SECONDS)
+    clip = np.random.default_rng(rng.randint(0, 2**31)).normal(0, 0.01, samples)
+    frequency = PITCHES[pitch][0] * rng.uniform(0.97, 1.03)
+    beep = int(0.1 * SAMPLE_RATE)
+    start = int(rng.uniform(0.02, 0.15) * SAMPLE_RATE)
+    t = np.arange(beep) / SAMPLE_RATE
+    envelope = np.minimum(1.0, np.minimum(t, t[::-1]) * 200)  # 5 ms fades: no clicks
+    for index in range(beeps):
+        offset = start + index * 2 * beep
+        clip[offset : offset + beep] += 0.5 * envelope * np.sin(2 * math.pi * frequency * t)
+    return clip.astype(np.float32)
+
+
+class MediaPool:
+    """Images and clips written once and shared by many conversations of one split."""
+
+    def __init__(self, folder: Path, rng: random.Random, images: int, clips: int):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.images, self.clips = [], []
+        for index in range(images):
+            colour, shape = rng.choice(sorted(COLOURS)), rng.choice(sorted(SHAPES))
+            path = folder / f"image_{index:04d}.png"
+            render_image(colour, shape, rng).save(path)
+            self.images.append(ImageFact(path.name, colour, shape))
+        for index in range(clips):
+            pitch, beeps = rng.choice(sorted(PITCHES)), rng.randint(1, 4)
+            path = folder / f"clip_{index:04d}.wav"
+            soundfile.write(path, synthesise_clip(pitch, beeps, rng), SAMPLE_RATE)
+            self.clips.append(ClipFact(path.name, pitch, beeps))
+
+
+def _answer(pair: tuple[str, str], language: str) -> str:
+    return (pair[0] if language == "en" else pair[1]) + "."
+
+
+def _ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact], rng: random.Random):
+    """A (question, answer) of `kind` about the media seen so far, or None if they cannot support it."""
+    en = language == "en"
+    if kind == "image_colour" and images:
+        k = rng.randrange(len(images))
+        question = (
+            f"What colour is the shape in image {k + 1}?" if en else f"Apakah warna bentuk dalam gambar {k + 1}?"
+        )
+        return question, _answer(COLOURS[images[k].colour][1:], language)
+    if kind == "image_shape" and images:
+        k = rng.randrange(len(images))
+        question = f"What shape is in image {k + 1}?" if en else f"Apakah bentuk dalam gambar {k + 1}?"
+        return question, _answer(SHAPES[images[k].shape], language)
+    if kind == "which_image" and len(images) >= 2:
+        unique = [
+            i for i, f in enumerate(images) if sum((g.colour, g.shape) == (f.colour, f.shape) for g in images) == 1
+        ]
+        if not unique:
+            return None
+        k = rng.choice(unique)
+        colour = COLOURS[images[k].colour][1 if en else 2].lower()
+        noun = SHAPE_NOUNS[images[k].shape][0 if en else 1]
+        question = (
+            f"Which image shows the {colour} {noun}?" if en else f"Gambar manakah yang menunjukkan {noun} {colour}?"
+        )
+        return question, (f"Image {k + 1}." if en else f"Gambar {k + 1}.")
+    if kind == "count_shape" and len(images) >= 2:
+        shape = rng.choice([f.shape for f in images] + [rng.choice(sorted(SHAPES))])
+        count = sum(f.shape == shape for f in images)
+        noun = SHAPE_NOUNS[shape][0 if en else 1]
+        question = f"How many images show a {noun}?" if en else f"Berapa banyak gambar yang menunjukkan {noun}?"
+        return question, _answer(NUMBERS[count], language)
+    if kind == "audio_pitch" and clips:
+        k = rng.randrange(len(clips))
+        question = (
+            f"Is the sound in audio {k + 1} low, medium or high?"
+            if en
+            else f"Adakah bunyi dalam audio {k + 1} rendah, sederhana atau tinggi?"
+        )
+        return question, _answer(PITCHES[clips[k].pitch][1:], language)
+    if kind == "audio_beeps" and clips:
+        k = rng.randrange(len(clips))
+        question = f"How many beeps are in audio {k + 1}?" if en else f"Berapa banyak bip dalam audio {k + 1}?"
+        return question, _answer(NUMBERS[clips[k].beeps], language)
+    if kind == "higher_clip" and len(clips) >= 2:
+        pairs = [
+            (a, b) for a in range(len(clips)) for b in range(a + 1, len(clips)) if clips[a].pitch != clips[b].pitch
+        ]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        order = list(PITCHES)
+        higher = a if order.index(clips[a].pitch) > order.index(clips[b].pitch) else b
+        question = (
+            f"Which is higher, audio {a + 1} or audio {b + 1}?"
+            if en
+            else f"Yang manakah lebih tinggi, audio {a + 1} atau audio {b + 1}?"
+        )
+        return question, (f"Audio {higher + 1}.")
+    if kind == "image_vs_audio" and images and clips:
+        k = rng.randrange(len(clips))
+        beeps, count = clips[k].beeps, len(images)
+        question = (
+            f"Are there more images or more beeps in audio {k + 1}?"
+            if en
+            else f"Adakah lebih banyak gambar atau lebih banyak bip dalam audio {k + 1}?"
+        )
+        if count > beeps:
+            answer = "More images." if en else "Lebih banyak gambar."
+        elif beeps > count:
+            answer = "More beeps." if en else "Lebih banyak bip."
+        else:
+            answer = "The same." if en else "Sama banyak."
+        return question, answer
+    return None
+
+
+def _follow_up(language, images, rng):
+    k = rng.randrange(len(images))
+    ordinal = ORDINALS[k + 1][0 if language == "en" else 1]
+    question = (
+        f"Going back to the {ordinal} image, what colour was it?"
+        if language == "en"
+        else f"Kembali kepada gambar {ordinal}, apakah warnanya?"
+    )
+    return question, _answer(COLOURS[images[k].colour][1:], language)
+
+
+_NEEDS = {  # kind -> (min images, min clips)
+    "image_colour": (1, 0),
+    "image_shape": (1, 0),
+    "which_image": (2, 0),
+    "count_shape": (2, 0),
+    "audio_pitch": (1, 1),
+    "audio_beeps": (1, 1),
+    "higher_clip": (1, 2),
+    "image_vs_audio": (1, 1),
+    "follow_up": (1, 0),
+}
+_WARMUP_KINDS = ("image_colour", "image_shape", "audio_pitch", "audio_beeps")
+
+
+def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Random) -> WorldConversation:
+    """One conversation whose last user turn asks a question of `kind`."""
+    min_images, min_clips = _NEEDS[kind]
+    for _attempt in range(100):
+        n_images = rng.randint(max(1, min_images), 4)
+        n_clips = rng.randint(min_clips, 3)
+        n_turns = rng.randint(2 if kind == "follow_up" else 1, 3)
+        images = rng.sample(pool.images, n_images)
+        clips = rng.sample(pool.clips, n_clips)
+        # Media are dealt over the turns (the last turn of a follow-up gets none); each medium once.
+        media_turns = n_turns - 1 if kind == "follow_up" else n_turns
+        placement = sorted(rng.randrange(media_turns) for _ in range(n_images + n_clips))
+        turns, seen_images, seen_clips = [], [], []
+        items = [("image", f) for f in images] + [("audio", f) for f in clips]
+        rng.shuffle(items)
+        ok = True
+        for turn in range(n_turns):
+            here = [items[i] for i, t in enumerate(placement) if t == turn]
+            blocks = []
+            for medium, fact in here:
+                seen = seen_images if medium == "image" else seen_clips
+                seen.append(fact)
+                label = ("Image" if language == "en" else "Gambar") if medium == "image" else "Audio"
+                blocks += [{"type": "text", "text": f"{label} {len(seen)}:"}, {"type": medium, "path": fact.path}]
+            last = turn == n_turns - 1
+            if last:
+                asked = (
+                    _follow_up(language, seen_images, rng)
+                    if kind == "follow_up"
+                    else _ask(kind, language, seen_images, seen_clips, rng)
+                )
+            else:
+                options = [k for k in _WARMUP_KINDS if _ask(k, language, seen_images, seen_clips, random.Random(0))]
+                asked = _ask(rng.choice(options), language, seen_images, seen_clips, rng) if options else None
+            if asked is None:
+                ok = False
+                break
+            question, answer = asked
+            turns.append({"role": "user", "content": blocks + [{"type": "text", "text": question}]})
+            turns.append({"role": "assistant", "content": answer})
+        if ok:
+            return WorldConversation(kind, language, turns, turns[-1]["content"])
+    raise RuntimeError(f"could not make a {kind} conversation")
+
+
+def make_split(folder: Path, conversations: int, seed: int, images: int, clips: int) -> list[WorldConversation]:
+    """A balanced split: kinds and languages in turn, media from the split's own pool."""
+    rng = random.Random(seed)
+    pool = MediaPool(folder, rng, images, clips)
+    rows = []
+    for index in range(conversations):
+        kind = KINDS[index % len(KINDS)]
+        language = LANGUAGES[(index // len(KINDS)) % len(LANGUAGES)]
+        rows.append(make_conversation(kind, language, pool, rng))
+    rng.shuffle(rows)
+    with open(folder / "data.jsonl", "w") as handle:
+        for conversation in rows:
+            handle.write(json.dumps(conversation.row()) + "\n")
+    return rows
+
+
+def read_split(folder: Path) -> list[WorldConversation]:
+    conversations = []
+    for line in (folder / "data.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        conversations.append(
+            WorldConversation(row["kind"], row["language"], row["messages"], row["messages"][-1]["content"])
+        )
+    return conversations

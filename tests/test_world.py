@@ -1,0 +1,122 @@
+"""The demo's world: deterministic for a seed, balanced, and its answers are right about its own media."""
+
+import json
+import random
+from collections import Counter
+
+import numpy as np
+import soundfile
+from PIL import Image
+
+from mmmmodal_hf.demo.world import (
+    COLOURS,
+    KINDS,
+    NUMBERS,
+    PITCHES,
+    SAMPLE_RATE,
+    MediaPool,
+    make_split,
+    read_split,
+)
+
+
+def test_same_seed_same_world(tmp_path):
+    make_split(tmp_path / "a", 90, seed=3, images=40, clips=30)
+    make_split(tmp_path / "b", 90, seed=3, images=40, clips=30)
+    make_split(tmp_path / "c", 90, seed=4, images=40, clips=30)
+    assert (tmp_path / "a" / "data.jsonl").read_text() == (tmp_path / "b" / "data.jsonl").read_text()
+    assert (tmp_path / "a" / "data.jsonl").read_text() != (tmp_path / "c" / "data.jsonl").read_text()
+    for name in ("image_0007.png", "clip_0011.wav"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_kinds_and_languages_are_balanced_and_conversations_have_the_promised_shape(tmp_path):
+    conversations = make_split(tmp_path, 360, seed=0, images=80, clips=60)
+    kinds = Counter(c.kind for c in conversations)
+    assert set(kinds) == set(KINDS) and max(kinds.values()) - min(kinds.values()) <= 1
+    for kind in KINDS:
+        languages = Counter(c.language for c in conversations if c.kind == kind)
+        assert abs(languages["en"] - languages["ms"]) <= 1, kind
+    for conversation in conversations:
+        users = [t for t in conversation.turns if t["role"] == "user"]
+        blocks = [b for t in users for b in t["content"]]
+        images = sum(b["type"] == "image" for b in blocks)
+        clips = sum(b["type"] == "audio" for b in blocks)
+        assert 1 <= len(users) <= 3 and 1 <= images <= 4 and 0 <= clips <= 3
+        if conversation.kind == "follow_up":
+            assert len(users) >= 2 and not [b for b in users[-1]["content"] if b["type"] != "text"]
+    assert (
+        read_split(tmp_path)[0].turns == json.loads((tmp_path / "data.jsonl").read_text().splitlines()[0])["messages"]
+    )
+
+
+def dominant_colour(image: Image.Image) -> tuple[int, int, int]:
+    pixels = np.asarray(image).reshape(-1, 3).astype(int)
+    saturated = pixels[(pixels.max(1) - pixels.min(1)) > 60]  # backgrounds are light and grey-ish
+    values, counts = np.unique(saturated, axis=0, return_counts=True)
+    return tuple(values[counts.argmax()])
+
+
+def shape_from_pixels(image: Image.Image, colour) -> str:
+    mask = np.all(np.abs(np.asarray(image).astype(int) - np.array(COLOURS[colour][0])) < 10, axis=-1)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+    fill, top_row = box.mean(), box[0].mean()
+    if fill > 0.95:
+        return "square"
+    if top_row > 0.25 and fill < 0.7:
+        return "cross"
+    return "circle" if fill > 0.7 else "triangle"
+
+
+def beeps_and_pitch(clip: np.ndarray) -> tuple[int, str]:
+    frame = SAMPLE_RATE // 100
+    energy = np.array([np.mean(clip[i : i + frame] ** 2) for i in range(0, len(clip) - frame, frame)])
+    loud = energy > 0.01
+    beeps = int(np.sum(loud[1:] & ~loud[:-1]) + loud[0])
+    spectrum = np.abs(np.fft.rfft(clip))
+    peak = np.fft.rfftfreq(len(clip), 1 / SAMPLE_RATE)[spectrum.argmax()]
+    pitch = min(PITCHES, key=lambda name: abs(PITCHES[name][0] - peak))
+    return beeps, pitch
+
+
+def test_media_facts_match_the_rendered_pixels_and_samples(tmp_path):
+    pool = MediaPool(tmp_path, random.Random(0), images=60, clips=40)
+    for fact in pool.images:
+        image = Image.open(tmp_path / fact.path).convert("RGB")
+        assert dominant_colour(image) == COLOURS[fact.colour][0], fact
+        assert shape_from_pixels(image, fact.colour) == fact.shape, fact
+    for fact in pool.clips:
+        clip, rate = soundfile.read(tmp_path / fact.path)
+        assert rate == SAMPLE_RATE
+        assert beeps_and_pitch(clip) == (fact.beeps, fact.pitch), fact
+
+
+def test_answers_follow_from_the_media(tmp_path):
+    conversations = make_split(tmp_path, 270, seed=1, images=60, clips=40)
+    pool_facts = {}
+    pool = MediaPool(tmp_path / "again", random.Random(1), images=60, clips=40)  # the same draws as the split
+    pool_facts.update({f.path: f for f in pool.images + pool.clips})
+    english_colours = {COLOURS[c][1] + ".": c for c in COLOURS} | {COLOURS[c][2] + ".": c for c in COLOURS}
+    numbers = {NUMBERS[n][0] + ".": n for n in NUMBERS} | {NUMBERS[n][1] + ".": n for n in NUMBERS}
+    checked = Counter()
+    for conversation in conversations:
+        blocks = [b for t in conversation.turns if t["role"] == "user" for b in t["content"]]
+        images = [pool_facts[b["path"]] for b in blocks if b["type"] == "image"]
+        clips = [pool_facts[b["path"]] for b in blocks if b["type"] == "audio"]
+        question = blocks[-1]["text"]
+        number = next((int(w.strip("?:")) for w in question.split() if w.strip("?:").isdigit()), None)
+        if conversation.kind == "image_colour":
+            assert english_colours[conversation.answer] == images[number - 1].colour
+        elif conversation.kind == "audio_beeps":
+            assert numbers[conversation.answer] == clips[number - 1].beeps
+        elif conversation.kind == "higher_clip":
+            a, b = [int(w.strip("?,")) for w in question.split() if w.strip("?,").isdigit()]
+            higher = int(conversation.answer.split()[1].strip("."))
+            lower = b if higher == a else a
+            order = list(PITCHES)
+            assert order.index(clips[higher - 1].pitch) > order.index(clips[lower - 1].pitch)
+        elif conversation.kind == "count_shape":
+            assert 0 <= numbers[conversation.answer] <= len(images)
+        checked[conversation.kind] += 1
+    assert checked["image_colour"] >= 20 and checked["audio_beeps"] >= 20 and checked["higher_clip"] >= 20
