@@ -5,17 +5,18 @@ import pytest
 import torch
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 
-from tiny_parts import save_mistral_tokenizer, tiny_config, tiny_processor
+from tiny_parts import tiny_config, tiny_processor
 
-# Offline, single-threaded runs give repeatable numbers on the CI machine.
+# Offline, and at most the 2 threads the CI machine has.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")
 def tokenizer_folder(tmp_path_factory) -> Path:
-    return save_mistral_tokenizer(tmp_path_factory.mktemp("mistral_tokenizer"))
+    return mistral_tokenizer_folder(tmp_path_factory.mktemp("mistral_tokenizer"))
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """Tiny real parts for tests: real transformers classes with small configs, the real Mistral tokenizer."""
 
-import shutil
 from pathlib import Path
 
-import mistral_common
 import numpy as np
 from PIL import Image
 from transformers import (
@@ -21,23 +19,6 @@ IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 image slots
 MAX_SOURCE_POSITIONS = 50  # 100 mel frames = 1 s window at 16 kHz
 AUDIO_CONV_KERNEL, AUDIO_CONV_STRIDE = 4, 3  # (50 - 4) // 3 + 1 = 16 audio slots per window
 IMAGE_SLOTS, AUDIO_SLOTS_PER_WINDOW = 16, 16
-
-
-def mistral_tokenizer_file() -> Path:
-    return Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-
-
-def save_mistral_tokenizer(folder: Path) -> Path:
-    """The Mistral 7B sentencepiece model shipped by mistral-common, loadable by AutoTokenizer."""
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(mistral_tokenizer_file(), folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(
-        '{"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",'
-        ' "add_bos_token": true, "add_eos_token": false, "legacy": false}'
-    )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    tokenizer.save_pretrained(folder)  # adds tokenizer.json, so later loads skip the slow conversion
-    return folder
 
 
 def tiny_vision_config(**overrides) -> SiglipVisionConfig:

@@ -1,0 +1,48 @@
+"""`mmmmodal demo --quick`: the whole pipeline on the synthetic world, as CI runs it."""
+
+import json
+import subprocess
+import sys
+
+from PIL import Image
+
+from mmmmodal_hf.conversion.verify import check_folder_loads
+from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
+from mmmmodal_hf.demo.world import CHANCE, EASY_KINDS, KINDS
+
+
+def test_quick_demo_learns_saves_and_reloads(tmp_path):
+    output = tmp_path / "demo"
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--quick", "--output-dir", str(output)],
+        capture_output=True, text=True, timeout=1200,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert "target 90% on every kind:" in completed.stdout
+    report = output / "report"
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["tokenizer"] == "mistral" and metrics["vocabulary"] == 32006
+    assert set(metrics["accuracy"]) >= set(KINDS)
+    # Learning happened: the loss fell, and the easy kinds are well above chance.
+    losses = [row["loss"] for row in metrics["losses"] if row["stage"] == "finetune"]
+    assert losses[-1] < 0.5 * losses[0]
+    easy = sum(metrics["accuracy"][k]["accuracy"] for k in EASY_KINDS) / len(EASY_KINDS)
+    chance = sum(CHANCE[k] for k in EASY_KINDS) / len(EASY_KINDS)
+    assert easy >= 2 * chance, metrics["accuracy"]
+    # The fresh-process reload used the folder's own code, and answered every turn of the sample chats.
+    assert metrics["reloaded_from"].startswith("transformers_modules.")
+    chats = json.loads((report / "sample_chats.json").read_text())
+    assert chats and all(m["content"] for chat in chats for m in chat if m["role"] == "assistant")
+    assert Image.open(report / "report.png").size == (1000, 420)
+    assert len((report / "heldout_answers.jsonl").read_text().splitlines()) == metrics["settings"]["eval_per_kind"] * 9
+    assert check_folder_loads(metrics["model_folder"])["new_tokens"] == 2
+
+
+def test_trained_tokenizer_when_mistral_common_is_missing(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = ["Apakah warna bentuk dalam gambar 1?", "What colour is the shape in image 2?", "Merah.", "Red."] * 50
+    tokenizer = AutoTokenizer.from_pretrained(trained_tokenizer_folder(tmp_path, texts, vocab_size=300))
+    ids = tokenizer("What colour is the shape in image 2?")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and len(tokenizer) <= 300
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "What colour is the shape in image 2?"
