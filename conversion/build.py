@@ -124,12 +124,7 @@ def build_config(processor, text_config, vision_config, audio_config, audio_conv
         text_config=text_config,
         audio_conv_kernel=audio_conv_kernel,
         audio_conv_stride=audio_conv_stride,
-        image_token_id=processor.image_token_id,
-        audio_token_id=processor.audio_token_id,
-        image_start_token_id=processor.image_start_token_id,
-        image_end_token_id=processor.image_end_token_id,
-        audio_start_token_id=processor.audio_start_token_id,
-        audio_end_token_id=processor.audio_end_token_id,
+        **processor.special_token_ids,
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
 

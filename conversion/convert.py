@@ -118,12 +118,7 @@ def our_config(published: dict, processor: MMMModalProcessor) -> MMMModalConfig:
         audio_feature_layer=published.get("audio_select_layer", -2),
         audio_conv_kernel=processor.audio_conv_kernel,
         audio_conv_stride=processor.audio_conv_stride,
-        image_token_id=processor.image_token_id,
-        audio_token_id=processor.audio_token_id,
-        image_start_token_id=processor.image_start_token_id,
-        image_end_token_id=processor.image_end_token_id,
-        audio_start_token_id=processor.audio_start_token_id,
-        audio_end_token_id=processor.audio_end_token_id,
+        **processor.special_token_ids,
         tie_word_embeddings=published["llm_config"].get("tie_word_embeddings", False),
     )
 

@@ -39,3 +39,13 @@ def model(session_processor):
             for parameter in projector.parameters():
                 parameter.mul_(4.0)
     return model
+
+
+@pytest.fixture(scope="session")
+def base_folder(tmp_path_factory, session_processor):
+    """An untrained tiny checkpoint on disk: what `mmmmodal train` starts from."""
+    folder = tmp_path_factory.mktemp("base_checkpoint")
+    torch.manual_seed(0)
+    MMMModalForConditionalGeneration(tiny_config(session_processor)).save_pretrained(folder)
+    session_processor.save_pretrained(folder)
+    return folder

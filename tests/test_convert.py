@@ -8,13 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, SiglipConfig, SiglipModel, SiglipTextConfig, WhisperModel
+from transformers import AutoTokenizer, SiglipModel, WhisperModel
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
 from mmmmodal_hf.conversion.convert import UnmappedKeys, convert_checkpoint
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
-from tiny_parts import save_tiny_source_models, tiny_audio_config, tiny_text_config, tiny_vision_config
+from tiny_parts import save_tiny_source_models, tiny_audio_config, tiny_siglip_config, tiny_text_config
 
 
 def write_published_checkpoint(folder, tokenizer_folder):
@@ -22,15 +22,7 @@ def write_published_checkpoint(folder, tokenizer_folder):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(1)
-    text = SiglipTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        vocab_size=100,
-        max_position_embeddings=16,
-    )
-    siglip = SiglipModel(SiglipConfig(text_config=text.to_dict(), vision_config=tiny_vision_config().to_dict()))
+    siglip = SiglipModel(tiny_siglip_config())
     whisper = WhisperModel(tiny_audio_config())
     llm = LlamaForCausalLM(tiny_text_config(32004))
     image_projector = nn.ModuleDict({"linear_1": nn.Linear(32, 64), "linear_2": nn.Linear(64, 64)})

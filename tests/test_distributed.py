@@ -13,22 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from mmmmodal_hf import MMMModalForConditionalGeneration
-
-from tiny_parts import tiny_config, write_tiny_dataset
+from tiny_parts import write_tiny_dataset
 
 DRIVER = Path(__file__).parent / "distributed_driver.py"
-
-
-@pytest.fixture(scope="module")
-def base_folder(tmp_path_factory, session_processor):
-    folder = tmp_path_factory.mktemp("base_checkpoint")
-    torch.manual_seed(0)
-    MMMModalForConditionalGeneration(tiny_config(session_processor)).save_pretrained(folder)
-    session_processor.save_pretrained(folder)
-    return folder
 
 
 def free_port() -> int:

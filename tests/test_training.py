@@ -17,15 +17,6 @@ from tiny_parts import tiny_config, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
-def base_folder(tmp_path_factory, session_processor):
-    folder = tmp_path_factory.mktemp("base_checkpoint")
-    torch.manual_seed(0)
-    MMMModalForConditionalGeneration(tiny_config(session_processor)).save_pretrained(folder)
-    session_processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def data_file(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("data"), rows=8)
 

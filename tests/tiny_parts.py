@@ -33,6 +33,21 @@ def tiny_vision_config(**overrides) -> SiglipVisionConfig:
     return SiglipVisionConfig(**{**values, **overrides})
 
 
+def tiny_siglip_config():
+    """A full SigLIP (text tower included), as the released checkpoints and google/siglip-* hold."""
+    from transformers import SiglipConfig, SiglipTextConfig
+
+    text = SiglipTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        vocab_size=100,
+        max_position_embeddings=16,
+    )
+    return SiglipConfig(text_config=text.to_dict(), vision_config=tiny_vision_config().to_dict())
+
+
 def tiny_audio_config(**overrides) -> WhisperConfig:
     values = dict(
         d_model=32,
@@ -89,12 +104,7 @@ def tiny_config(processor: MMMModalProcessor, **text_overrides) -> MMMModalConfi
         text_config=tiny_text_config(len(tokenizer), **text_overrides),
         audio_conv_kernel=AUDIO_CONV_KERNEL,
         audio_conv_stride=AUDIO_CONV_STRIDE,
-        image_token_id=processor.image_token_id,
-        audio_token_id=processor.audio_token_id,
-        image_start_token_id=processor.image_start_token_id,
-        image_end_token_id=processor.image_end_token_id,
-        audio_start_token_id=processor.audio_start_token_id,
-        audio_end_token_id=processor.audio_end_token_id,
+        **processor.special_token_ids,
     )
 
 
@@ -180,9 +190,7 @@ def save_tiny_source_models(folder: Path, tokenizer_folder: Path, language_model
         LlamaForCausalLM,
         MistralConfig,
         MistralForCausalLM,
-        SiglipConfig,
         SiglipModel,
-        SiglipTextConfig,
         WhisperForConditionalGeneration,
     )
 
@@ -197,17 +205,7 @@ def save_tiny_source_models(folder: Path, tokenizer_folder: Path, language_model
     lm.save_pretrained(paths["llm"])
     AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(paths["llm"])
 
-    text = SiglipTextConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        vocab_size=100,
-        max_position_embeddings=16,
-    )
-    SiglipModel(
-        SiglipConfig(text_config=text.to_dict(), vision_config=tiny_vision_config().to_dict())
-    ).save_pretrained(paths["siglip"])
+    SiglipModel(tiny_siglip_config()).save_pretrained(paths["siglip"])
     SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}).save_pretrained(paths["siglip"])
 
     WhisperForConditionalGeneration(tiny_audio_config()).save_pretrained(paths["whisper"])

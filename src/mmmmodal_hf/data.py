@@ -250,24 +250,35 @@ def conversations_from_dataset(rows):
         yield conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
 
 
-class ConversationDataset(Dataset):
+class _RowEncoder:
+    """Shared by both datasets: encode a raw row, or count and log why it cannot be used."""
+
+    def __init__(self, processor, block_size: int | None, train_on: str, stats: EncodeStats | None):
+        self.processor, self.block_size, self.train_on = processor, block_size, train_on
+        self.stats = stats if stats is not None else EncodeStats()
+
+    def encode_row(self, row: dict, index: int) -> dict | None:
+        try:
+            conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+            encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
+        except UnusableRow as error:
+            self.stats.skipped += 1
+            logger.warning("skipping %s", error)
+            return None
+        self.stats.rows += 1
+        return encoded
+
+
+class ConversationDataset(_RowEncoder, Dataset):
     """Map-style dataset of encoded conversations for `Trainer`.
 
     An unusable row (missing file, tag/file mismatch, too long) is skipped with a warning naming
     it, and the next usable row is served in its place, so every batch stays full.
     """
 
-    def __init__(
-        self,
-        rows,
-        processor,
-        block_size: int | None = None,
-        train_on: str = "answers",
-        stats: EncodeStats | None = None,
-    ):
-        self.rows, self.processor = rows, processor
-        self.block_size, self.train_on = block_size, train_on
-        self.stats = stats if stats is not None else EncodeStats()
+    def __init__(self, rows, processor, block_size=None, train_on="answers", stats: EncodeStats | None = None):
+        super().__init__(processor, block_size, train_on, stats)
+        self.rows = rows
         self._bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -278,48 +289,22 @@ class ConversationDataset(Dataset):
             candidate = (index + offset) % len(self.rows)
             if candidate in self._bad:
                 continue
-            encoded = self._try(candidate)
+            encoded = self.encode_row(self.rows[candidate], candidate)
             if encoded is not None:
                 return encoded
+            self._bad.add(candidate)
         raise RuntimeError("no row of the data set can be used; see the warnings above")
 
-    def _try(self, index: int) -> dict | None:
-        row = self.rows[index]
-        try:
-            conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
-            encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
-        except UnusableRow as error:
-            self._bad.add(index)
-            self.stats.skipped += 1
-            logger.warning("skipping %s", error)
-            return None
-        self.stats.rows += 1
-        return encoded
 
-
-class StreamingConversationDataset(IterableDataset):
+class StreamingConversationDataset(_RowEncoder, IterableDataset):
     """Iterable counterpart of `ConversationDataset` for `load_rows(..., streaming=True)`."""
 
-    def __init__(
-        self,
-        rows,
-        processor,
-        block_size: int | None = None,
-        train_on: str = "answers",
-        stats: EncodeStats | None = None,
-    ):
-        self.rows, self.processor = rows, processor
-        self.block_size, self.train_on = block_size, train_on
-        self.stats = stats if stats is not None else EncodeStats()
+    def __init__(self, rows, processor, block_size=None, train_on="answers", stats: EncodeStats | None = None):
+        super().__init__(processor, block_size, train_on, stats)
+        self.rows = rows
 
     def __iter__(self):
         for index, row in enumerate(self.rows):
-            try:
-                conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
-                encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
-            except UnusableRow as error:
-                self.stats.skipped += 1
-                logger.warning("skipping %s", error)
-                continue
-            self.stats.rows += 1
-            yield encoded
+            encoded = self.encode_row(row, index)
+            if encoded is not None:
+                yield encoded

@@ -113,6 +113,18 @@ class MMMModalProcessor(ProcessorMixin):
             image_processor, feature_extractor, tokenizer, chat_template=chat_template or DEFAULT_CHAT_TEMPLATE
         )
 
+    @property
+    def special_token_ids(self) -> dict[str, int]:
+        """The slot and tag ids, keyed as `MMMModalConfig` names them: `MMMModalConfig(..., **these)`."""
+        return {
+            "image_token_id": self.image_token_id,
+            "audio_token_id": self.audio_token_id,
+            "image_start_token_id": self.image_start_token_id,
+            "image_end_token_id": self.image_end_token_id,
+            "audio_start_token_id": self.audio_start_token_id,
+            "audio_end_token_id": self.audio_end_token_id,
+        }
+
     # -- slot arithmetic ------------------------------------------------------------------------
 
     @property
