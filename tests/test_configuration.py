@@ -36,19 +36,24 @@ def test_sub_configs_as_dicts_equal_sub_configs_as_objects():
     assert as_objects.to_dict() == as_dicts.to_dict()
 
 
+def tiny_qwen2_config() -> Qwen2Config:
+    """A causal LM other than Llama, with tied input and output embeddings."""
+    return Qwen2Config(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=300,
+        tie_word_embeddings=True,
+    )
+
+
 def test_round_trip_through_save_and_load(tmp_path):
     config = MMMModalConfig(
         vision_config=tiny_vision_config(),
         audio_config=tiny_audio_config(),
-        text_config=Qwen2Config(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=300,
-            tie_word_embeddings=True,
-        ),
+        text_config=tiny_qwen2_config(),
         audio_conv_kernel=4,
         vision_feature_layer=-1,
         image_token_id=298,
@@ -64,15 +69,7 @@ def test_any_causal_lm_works_and_tied_heads_stay_tied():
     config = MMMModalConfig(
         vision_config=tiny_vision_config(),
         audio_config=tiny_audio_config(),
-        text_config=Qwen2Config(
-            hidden_size=64,
-            intermediate_size=96,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=300,
-            tie_word_embeddings=True,
-        ),
+        text_config=tiny_qwen2_config(),
         audio_conv_kernel=4,
         image_token_id=298,
         audio_token_id=299,
