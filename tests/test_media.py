@@ -132,3 +132,10 @@ def test_non_finite_audio_is_refused(processor):
     clip[10] = np.nan
     with pytest.raises(ValueError, match=r"Sample 0, audio 0 .*NaN or infinite"):
         processor(text="<audio>", audio=clip)
+
+
+def test_unsupported_items_are_named_in_the_error(processor):
+    with pytest.raises(ValueError, match=r"Sample 0, image 0 \(<ndarray \(\)>\): an image array must be"):
+        processor(text="<image>", images=[np.array(3.0)])
+    with pytest.raises(ValueError, match=r"Sample 0, audio 0 \(<int>\): audio must be a path"):
+        processor(text="<audio>", audio=[7])

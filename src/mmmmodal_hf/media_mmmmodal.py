@@ -26,8 +26,10 @@ def describe_media(item) -> str:
         return f"<{len(item)} bytes>"
     if isinstance(item, dict):
         return f"<dict with keys {sorted(item)}>"
-    shape = getattr(item, "shape", None) or getattr(item, "size", None)
-    return f"<{type(item).__name__} {tuple(shape) if shape is not None else ''}>".replace(" >", ">")
+    shape = getattr(item, "shape", None)  # numpy arrays and torch tensors
+    if shape is None and isinstance(getattr(item, "size", None), tuple):
+        shape = item.size  # PIL images: (width, height)
+    return f"<{type(item).__name__} {tuple(shape)}>" if shape is not None else f"<{type(item).__name__}>"
 
 
 # ---------------------------------------------------------------------------------------------
