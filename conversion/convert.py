@@ -118,6 +118,7 @@ def our_config(published: dict, processor: MMMModalProcessor) -> MMMModalConfig:
         audio_feature_layer=published.get("audio_select_layer", -2),
         audio_conv_kernel=processor.audio_conv_kernel,
         audio_conv_stride=processor.audio_conv_stride,
+        trim_audio_padding=processor.trim_audio_padding,
         **processor.special_token_ids,
         tie_word_embeddings=published["llm_config"].get("tie_word_embeddings", False),
     )
@@ -163,6 +164,8 @@ def convert_checkpoint(
         feature_extractor=AutoFeatureExtractor.from_pretrained(audio_processor),
         tokenizer=tokenizer,
         patch_size=published["image_config"].get("vision_config", published["image_config"]).get("patch_size", 16),
+        # The released models were trained with every clip padded to 30 s and all 487 slots filled.
+        trim_audio_padding=False,
     )
     config = our_config(published, processor)
     with torch.device("meta"):

@@ -17,7 +17,7 @@ from mmmmodal_hf.data import (
     load_rows,
 )
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
+from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_labels_cover_exactly_the_answers(processor, media_folder):
     ids, labels = encoded["input_ids"], encoded["labels"]
     assert encoded["pixel_values"].shape[0] == 2 and encoded["input_features"].shape[0] == 1
     assert (ids == processor.image_token_id).sum() == 2 * IMAGE_SLOTS
-    assert (ids == processor.audio_token_id).sum() == AUDIO_SLOTS_PER_WINDOW
+    assert (ids == processor.audio_token_id).sum() == CLIP_SLOTS
     # Exactly the answer tokens and their </s>, in two contiguous runs; nothing of prompts, tags or slots.
     assert processor.tokenizer.decode([int(t) for t in labels if t != -100]) == (
         "Yang pertama merah.</s>Bunyi tinggi.</s>"

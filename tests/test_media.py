@@ -8,7 +8,7 @@ from PIL import Image
 
 from mmmmodal_hf import load_audio, load_image
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip
+from tiny_parts import IMAGE_SLOTS, random_clip
 
 
 def write_images(folder):
@@ -79,9 +79,10 @@ def test_processor_takes_every_format_from_disk(processor, tmp_path):
     assert out["pixel_values"].shape == (5, 3, 32, 32)
     assert out["input_features"].shape == (3, 80, 100)
     assert int((out["input_ids"] == processor.image_token_id).sum()) == 5 * IMAGE_SLOTS
-    assert int((out["input_ids"] == processor.audio_token_id).sum()) == 3 * AUDIO_SLOTS_PER_WINDOW
-    # Each clip's real length shows in its frame mask: 0.5 s -> 50 of 100 frames.
+    # Each clip's real length shows in its frame mask: 0.5 s -> 50 of 100 frames; padding slots are
+    # dropped: 50 frames -> 25 encoder frames -> ceil(25 / 3) = 9 slots, 70 -> 35 -> 12.
     assert out["input_features_mask"].sum(-1).tolist() == [50, 50, 70]
+    assert int((out["input_ids"] == processor.audio_token_id).sum()) == 9 + 9 + 12
 
 
 def test_kind_is_read_from_the_bytes_not_the_extension(processor, tmp_path):

@@ -6,7 +6,7 @@ from transformers import LlamaForCausalLM, MistralConfig
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
+from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
 
 
 def two_turn_chat():
@@ -39,12 +39,12 @@ def test_forward_fills_every_slot_once(model, session_processor):
     assert inputs["pixel_values"].shape[0] == 2 and inputs["input_features"].shape[0] == 2
     ids = inputs["input_ids"][0]
     assert int((ids == model.config.image_token_id).sum()) == 2 * IMAGE_SLOTS
-    assert int((ids == model.config.audio_token_id).sum()) == 2 * AUDIO_SLOTS_PER_WINDOW
+    assert int((ids == model.config.audio_token_id).sum()) == 2 * CLIP_SLOTS
     with torch.no_grad():
         out = model(**inputs)
     assert out.logits.shape == (1, ids.shape[0], model.config.text_config.vocab_size)
     assert out.image_hidden_states.shape == (2, IMAGE_SLOTS, model.config.text_config.hidden_size)
-    assert out.audio_hidden_states.shape == (2, AUDIO_SLOTS_PER_WINDOW, model.config.text_config.hidden_size)
+    assert out.audio_hidden_states.shape == (2 * CLIP_SLOTS, model.config.text_config.hidden_size)
     # Media change the logits: the slots really carry the features.
     other = dict(inputs, pixel_values=torch.flip(inputs["pixel_values"], dims=[0]))
     with torch.no_grad():

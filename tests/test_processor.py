@@ -7,7 +7,7 @@ from transformers import SiglipImageProcessorPil, WhisperFeatureExtractor
 
 from mmmmodal_hf import MMMModalProcessor
 
-from tiny_parts import AUDIO_SLOTS_PER_WINDOW, IMAGE_SLOTS, random_clip, random_image
+from tiny_parts import AUDIO_SLOTS_PER_WINDOW, CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
 
 
 def media_spans(processor, ids):
@@ -52,7 +52,7 @@ def test_each_image_placeholder_form_means_one_image(processor, placeholder):
 @pytest.mark.parametrize("keyword", ["audio", "audios"])
 def test_audio_and_audios_keywords(processor, keyword):
     out = processor(text="<audio> </audio> and <audio>", **{keyword: [random_clip(0), random_clip(1)]})
-    assert media_spans(processor, out["input_ids"][0]) == [("audio", AUDIO_SLOTS_PER_WINDOW)] * 2
+    assert media_spans(processor, out["input_ids"][0]) == [("audio", CLIP_SLOTS)] * 2
     assert out["input_features"].shape == (2, 80, 100)
     assert out["input_features_mask"].shape == (2, 100)
 
@@ -71,7 +71,7 @@ def test_media_per_sample_or_flat_give_the_same_batch(processor):
     spans = [
         media_spans(processor, row[mask.bool()]) for row, mask in zip(nested["input_ids"], nested["attention_mask"])
     ]
-    assert spans == [[("image", 16), ("audio", 16)], [("image", 16), ("image", 16)], []]
+    assert spans == [[("image", IMAGE_SLOTS), ("audio", CLIP_SLOTS)], [("image", IMAGE_SLOTS)] * 2, []]
 
 
 def test_batches_pad_on_the_left_by_default_and_right_on_request(processor):
@@ -97,7 +97,8 @@ def test_long_audio_is_chunked_into_consecutive_windows(processor):
     clip = random_clip(0, seconds=2.5)  # 1 s windows: 3 windows
     out = processor(text="<audio>", audio=clip, return_tensors="pt")
     assert out["input_features"].shape[0] == 3
-    assert media_spans(processor, out["input_ids"][0].tolist()) == [("audio", 3 * AUDIO_SLOTS_PER_WINDOW)]
+    # Two full windows, then 0.5 s: 50 mel frames -> 25 encoder frames -> ceil(25 / 3) = 9 slots.
+    assert media_spans(processor, out["input_ids"][0].tolist()) == [("audio", 2 * AUDIO_SLOTS_PER_WINDOW + 9)]
     # The last window is half real audio: its mask says so.
     assert out["input_features_mask"][2].sum() == 50 and out["input_features_mask"][0].sum() == 100
 
@@ -182,7 +183,11 @@ def test_chat_template_tokenizes_media_from_every_turn(processor, tmp_path):
         chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
     assert out["pixel_values"].shape[0] == 2 and out["input_features"].shape[0] == 1
-    assert media_spans(processor, out["input_ids"][0].tolist()) == [("image", 16), ("audio", 16), ("image", 16)]
+    assert media_spans(processor, out["input_ids"][0].tolist()) == [
+        ("image", IMAGE_SLOTS),
+        ("audio", CLIP_SLOTS),
+        ("image", IMAGE_SLOTS),
+    ]
     assert (out["input_ids"][0] == processor.tokenizer.bos_token_id).sum() == 1, "BOS must not be doubled"
 
 
@@ -205,7 +210,7 @@ def test_chat_template_batch_of_conversations(processor):
     )
     assert out["input_ids"].shape[0] == 2
     rows = [row[mask.bool()].tolist() for row, mask in zip(out["input_ids"], out["attention_mask"])]
-    assert [media_spans(processor, row) for row in rows] == [[("image", 16)], [("audio", 16), ("audio", 16)]]
+    assert [media_spans(processor, row) for row in rows] == [[("image", IMAGE_SLOTS)], [("audio", CLIP_SLOTS)] * 2]
 
 
 def test_assistant_mask_covers_only_answers(processor):

@@ -19,6 +19,8 @@ IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 image slots
 MAX_SOURCE_POSITIONS = 50  # 100 mel frames = 1 s window at 16 kHz
 AUDIO_CONV_KERNEL, AUDIO_CONV_STRIDE = 4, 3  # (50 - 4) // 3 + 1 = 16 audio slots per window
 IMAGE_SLOTS, AUDIO_SLOTS_PER_WINDOW = 16, 16
+# A default 0.6 s clip: 60 mel frames -> 30 encoder frames -> ceil(30 / 3) = 10 slots start in real audio.
+CLIP_SLOTS = 10
 
 
 def tiny_vision_config(**overrides) -> SiglipVisionConfig:
@@ -96,16 +98,17 @@ def tiny_processor(tokenizer_folder: Path) -> MMMModalProcessor:
     )
 
 
-def tiny_config(processor: MMMModalProcessor, **text_overrides) -> MMMModalConfig:
+def tiny_config(processor: MMMModalProcessor, **overrides) -> MMMModalConfig:
     tokenizer = processor.tokenizer
-    return MMMModalConfig(
+    values = dict(
         vision_config=tiny_vision_config(),
         audio_config=tiny_audio_config(),
-        text_config=tiny_text_config(len(tokenizer), **text_overrides),
+        text_config=tiny_text_config(len(tokenizer)),
         audio_conv_kernel=AUDIO_CONV_KERNEL,
         audio_conv_stride=AUDIO_CONV_STRIDE,
         **processor.special_token_ids,
     )
+    return MMMModalConfig(**{**values, **overrides})
 
 
 def random_image(seed: int, size=(40, 30)) -> Image.Image:

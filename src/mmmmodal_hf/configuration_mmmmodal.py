@@ -69,6 +69,18 @@ def num_audio_slots(encoder_frames: int, conv_kernel: int, conv_stride: int) -> 
     return (encoder_frames - conv_kernel) // conv_stride + 1
 
 
+def num_real_audio_slots(num_real_mel_frames: int, window_slots: int, conv_stride: int) -> int:
+    """Slots kept from one window when padding is trimmed: those whose projector window starts in real audio.
+
+    Whisper always encodes a full, zero-padded window (its position table is fixed); the slot j of
+    the projector's Conv1d reads encoder frames [j * stride, j * stride + kernel). A slot is kept
+    when j * stride falls before the last real encoder frame, so a 5 s clip in a 30 s window keeps
+    ceil(250 / 3) = 84 of 487 slots and no slot is made of padding alone. At least one slot is kept.
+    """
+    real_frames = whisper_encoder_frames(max(1, int(num_real_mel_frames)))
+    return min(window_slots, -(-real_frames // conv_stride))
+
+
 @strict
 class MMMModalConfig(PreTrainedConfig):
     r"""
@@ -80,6 +92,9 @@ class MMMModalConfig(PreTrainedConfig):
     vision_feature_layer (`int`, defaults to -2): SigLIP hidden state fed to the image projector.
     audio_feature_layer (`int`, defaults to -2): Whisper encoder hidden state fed to the audio projector.
     audio_conv_kernel, audio_conv_stride (`int`, defaults to 40 and 3): the audio projector's Conv1d.
+    trim_audio_padding (`bool`, defaults to True): keep only the audio slots whose projector window starts
+        in real audio (`num_real_audio_slots`); False keeps all slots of every window, as the released
+        checkpoints were trained (a short clip then fills 487 slots, mostly of padding).
     projector_hidden_act (`str`, defaults to "gelu"): activation inside both projectors.
     image_token_id, audio_token_id: the slot tokens that projected features replace.
     image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
@@ -111,6 +126,7 @@ class MMMModalConfig(PreTrainedConfig):
     audio_feature_layer: int = -2
     audio_conv_kernel: int = 40
     audio_conv_stride: int = 3
+    trim_audio_padding: bool = True
     projector_hidden_act: str = "gelu"
     image_start_token_id: int = 32000
     image_end_token_id: int = 32001
@@ -147,4 +163,4 @@ class MMMModalConfig(PreTrainedConfig):
 
 MMMModalConfig.register_for_auto_class()
 
-__all__ = ["MMMModalConfig", "num_image_slots", "num_audio_slots", "whisper_encoder_frames"]
+__all__ = ["MMMModalConfig", "num_image_slots", "num_audio_slots", "num_real_audio_slots", "whisper_encoder_frames"]

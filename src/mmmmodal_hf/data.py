@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from jinja2.exceptions import TemplateError
 from torch.utils.data import Dataset, IterableDataset
 from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -174,12 +175,15 @@ def _drop_last_exchange(messages, images, audio):
 
 def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
     tokenizer = processor.tokenizer
-    prompts, answer_spans = render_jinja_template(
-        conversations=[messages],
-        chat_template=processor.chat_template,
-        return_assistant_tokens_mask=True,
-        **tokenizer.special_tokens_map,
-    )
+    try:
+        prompts, answer_spans = render_jinja_template(
+            conversations=[messages],
+            chat_template=processor.chat_template,
+            return_assistant_tokens_mask=True,
+            **tokenizer.special_tokens_map,
+        )
+    except TemplateError as error:  # the template's own checks: roles, empty turns, media in answers
+        raise UnusableRow(f"row {row_id}: {error}") from error
     try:
         encoded = processor(
             text=prompts[0],

@@ -7,6 +7,7 @@ kind of a file is decided by decoding it, never by its extension. Every failure 
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 _URL_PREFIXES = ("http://", "https://")
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; Pillow's own bomb check only warns below 179M
 
 
 def describe_media(item) -> str:
@@ -37,9 +39,18 @@ def describe_media(item) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _open_image(source) -> Image.Image:
+def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ValueError(
+            f"refused: {image.width}x{image.height} = {image.width * image.height:,} pixels is more than the limit "
+            f"of {max_pixels:,} (max_image_pixels), a possible decompression bomb"
+        )
+
+
+def _open_image(source, max_pixels: int | None) -> Image.Image:
     try:
         image = Image.open(source)
+        _check_pixels(image, max_pixels)  # from the header, before a single pixel is decoded
         image.load()  # decode now, so a truncated file fails here and not inside the image processor
     except FileNotFoundError:
         raise ValueError(f"no such file: {source}") from None
@@ -89,8 +100,11 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
-def load_image(item) -> Image.Image:
-    """An RGB PIL image from a path, URL, bytes, PIL image, numpy array or torch tensor."""
+def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """An RGB PIL image from a path, URL, bytes, PIL image, numpy array or torch tensor.
+
+    Files and bytes larger than `max_pixels` are refused from their header, before decoding.
+    """
     if isinstance(item, Image.Image):
         image = item
     elif isinstance(item, (str, os.PathLike)):
@@ -100,9 +114,9 @@ def load_image(item) -> Image.Image:
 
             image = fetch_image(text)
         else:
-            image = _open_image(Path(text))
+            image = _open_image(Path(text), max_pixels)
     elif isinstance(item, (bytes, bytearray)):
-        image = _open_image(io.BytesIO(item))
+        image = _open_image(io.BytesIO(item), max_pixels)
     elif isinstance(item, np.ndarray):
         image = _array_to_image(item)
     elif hasattr(item, "detach") and hasattr(item, "numpy"):  # torch.Tensor, without importing torch here
@@ -113,6 +127,7 @@ def load_image(item) -> Image.Image:
         )
     if image.width == 0 or image.height == 0:
         raise ValueError(f"the image has no pixels ({image.width}x{image.height})")
+    _check_pixels(image, max_pixels)
     return _to_rgb(image)
 
 
@@ -121,9 +136,22 @@ def load_image(item) -> Image.Image:
 # ---------------------------------------------------------------------------------------------
 
 
+# libsndfile reads a cut-off WAV/AIFF without complaint and notes the shortfall in its log.
+_SHORT_CHUNK_RE = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
+
+
 def _read_audio_file(source) -> tuple[np.ndarray, int]:
     try:
-        samples, rate = soundfile.read(source, dtype="float32", always_2d=True)
+        with soundfile.SoundFile(source) as handle:
+            shortfall = _SHORT_CHUNK_RE.search(handle.extra_info)
+            if shortfall and int(shortfall.group(2)) < int(shortfall.group(1)):
+                promised, present = int(shortfall.group(1)), int(shortfall.group(2))
+                raise ValueError(
+                    f"the audio file is truncated: its header promises {promised:,} bytes of samples but only "
+                    f"{present:,} are present"
+                )
+            samples = handle.read(dtype="float32", always_2d=True)
+            rate = handle.samplerate
     except FileNotFoundError:
         raise ValueError(f"no such file: {source}") from None
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
@@ -194,10 +222,11 @@ def _finish_audio(channels: np.ndarray, rate: int, target_rate: int) -> np.ndarr
         raise ValueError("the audio holds NaN or infinite samples")
     waveform = channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
     if rate != target_rate:
-        waveform = soxr.resample(waveform, rate, target_rate, quality="HQ")
-        if waveform.shape[0] == 0:
-            raise ValueError(f"the audio is too short to resample from {rate} Hz to {target_rate} Hz")
+        resampled = soxr.resample(waveform, rate, target_rate, quality="HQ")
+        # soxr gives round-half-up(n * target / rate) samples: none for a clip shorter than one output
+        # sample, which then becomes a single sample of its mean level.
+        waveform = resampled if resampled.shape[0] else np.full(1, waveform.mean(), dtype=np.float32)
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
 
-__all__ = ["load_image", "load_audio", "describe_media"]
+__all__ = ["load_image", "load_audio", "describe_media", "DEFAULT_MAX_IMAGE_PIXELS"]

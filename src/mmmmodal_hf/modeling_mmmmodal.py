@@ -18,7 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .configuration_mmmmodal import MMMModalConfig
+from .configuration_mmmmodal import MMMModalConfig, num_real_audio_slots
 
 
 @dataclass
@@ -28,8 +28,8 @@ class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
     past_key_values (`Cache`, *optional*): the language model's KV cache.
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*):
         projected image features, as scattered into the image slots.
-    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_windows, num_audio_slots, hidden_size)`, *optional*):
-        projected audio features, one row per Whisper window, as scattered into the audio slots.
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_slot_positions, hidden_size)`, *optional*):
+        projected audio features of every window, padding slots dropped, as scattered into the audio slots.
     """
 
     image_hidden_states: torch.FloatTensor | None = None
@@ -44,7 +44,7 @@ class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
         `labels`, only the labelled positions' logits, `(num_labelled, vocab_size)` (the head runs nowhere else).
     past_key_values (`Cache`, *optional*): the language model's KV cache.
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*).
-    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_windows, num_audio_slots, hidden_size)`, *optional*).
+    audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_slot_positions, hidden_size)`, *optional*).
     """
 
     image_hidden_states: torch.FloatTensor | None = None
@@ -101,6 +101,29 @@ class MMMModalPreTrainedModel(PreTrainedModel):
     _supports_flex_attn = True
     _supports_attention_backend = True
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """As `PreTrainedModel.from_pretrained`, but weights load from safetensors only.
+
+        A pickled checkpoint (`pytorch_model.bin`) can run code when unpickled; a folder or repo
+        holding only that is refused with a message saying how to convert it.
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("MMMModal loads safetensors weights only; use_safetensors=False is not supported.")
+        if kwargs.get("gguf_file") is not None:
+            raise ValueError("MMMModal loads safetensors weights only; gguf_file is not supported.")
+        kwargs["use_safetensors"] = True
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        except OSError as error:
+            if "safetensors" not in str(error) and ".bin" not in str(error):
+                raise
+            raise OSError(
+                f"No safetensors weights in {pretrained_model_name_or_path}: MMMModal never loads pickled "
+                "weights (pytorch_model.bin can execute code when read). Convert them once, in a process you "
+                "trust, with `mmmmodal convert` or `model.save_pretrained(folder)`, which writes safetensors."
+            ) from error
+
 
 class MMMModalModel(MMMModalPreTrainedModel):
     """Encoders, projectors and the language model without its head.
@@ -133,15 +156,31 @@ class MMMModalModel(MMMModalPreTrainedModel):
         outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
         return self.image_projector(outputs.hidden_states[self.config.vision_feature_layer])
 
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        """Whisper encoder hidden state at `audio_feature_layer`, projected.
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Whisper encoder hidden state at `audio_feature_layer`, projected, padding slots dropped.
 
         `input_features` holds one log-mel window per row (a long clip spans several consecutive
-        rows). Returns `(num_windows, num_audio_slots, hidden_size)`.
+        rows); `input_features_mask` marks its real frames. With `config.trim_audio_padding`, each
+        window keeps `num_real_audio_slots` slots (all of them when no mask is given). Returns
+        `(num_audio_slot_positions, hidden_size)`, windows in order.
         """
         tower_dtype = self.audio_tower.conv1.weight.dtype
         outputs = self.audio_tower(input_features.to(tower_dtype), output_hidden_states=True)
-        return self.audio_projector(outputs.hidden_states[self.config.audio_feature_layer])
+        features = self.audio_projector(outputs.hidden_states[self.config.audio_feature_layer])
+        if not self.config.trim_audio_padding or input_features_mask is None:
+            return features.reshape(-1, features.shape[-1])
+        window_slots = features.shape[1]
+        kept = [
+            num_real_audio_slots(n, window_slots, self.config.audio_conv_stride)
+            for n in input_features_mask.sum(-1).tolist()
+        ]
+        keep = (
+            torch.arange(window_slots, device=features.device)[None, :]
+            < torch.tensor(kept, device=features.device)[:, None]
+        )
+        return features[keep]
 
     def _unused_branch_anchor(self, image_missing: bool, audio_missing: bool) -> torch.Tensor:
         """A zero that depends on every trainable parameter of the branches this batch does not use.
@@ -170,6 +209,25 @@ class MMMModalModel(MMMModalPreTrainedModel):
                     anchor = anchor + parameter.sum() * 0.0
         return anchor.to(self.get_input_embeddings().weight.dtype)
 
+    def _check_context(self, position_ids: torch.Tensor | None, total_positions: int) -> None:
+        """Raise, naming the samples and the excess, when a prefill needs more positions than the LM has."""
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        if limit is None or total_positions <= limit:
+            return  # no row can be longer than the whole input
+        if position_ids is not None:  # padded and packed rows: the highest position counts
+            lengths = (position_ids.reshape(-1, position_ids.shape[-1]).amax(-1) + 1).tolist()
+        else:
+            lengths = [total_positions]
+        too_long = [(row, int(length)) for row, length in enumerate(lengths) if length > limit]
+        if too_long:
+            details = "; ".join(
+                f"sample {row}: {length} positions, {length - limit} too many" for row, length in too_long
+            )
+            raise ValueError(
+                f"The input does not fit the language model's context of {limit} positions ({details}). "
+                "Drop earlier turns or media, or use shorter audio (processor `max_audio_seconds`)."
+            )
+
     def get_placeholder_mask(
         self,
         input_ids: torch.LongTensor | None,
@@ -184,12 +242,13 @@ class MMMModalModel(MMMModalPreTrainedModel):
             slot_mask = (inputs_embeds == slot_embedding).all(-1)
         else:
             slot_mask = input_ids == token_id
-        num_slots, num_features = int(slot_mask.sum()), features.shape[0] * features.shape[1]
+        num_slots, num_features = int(slot_mask.sum()), features.numel() // features.shape[-1]
         if num_slots != num_features:
             raise ValueError(
                 f"The input holds {num_slots} {modality} slot tokens (id {token_id}) but the {modality} encoder "
-                f"produced {num_features} features ({features.shape[0]} x {features.shape[1]}). Prepare inputs "
-                "with MMMModalProcessor so each medium gets exactly the slots the model fills."
+                f"produced {num_features} features (shape {tuple(features.shape[:-1])}). Prepare inputs "
+                "with MMMModalProcessor (and the same `trim_audio_padding` as the model) so each medium gets "
+                "exactly the slots the model fills."
             )
         return slot_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
@@ -213,6 +272,13 @@ class MMMModalModel(MMMModalPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2 and past_length == 0:
+            # Left-padded rows start counting at their first real token, as `generate` does.
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        new_positions = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if new_positions > 1:  # a prefill: refuse what does not fit before any encoder runs
+            self._check_context(position_ids, past_length + new_positions)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -224,7 +290,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
             )
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
-            audio_features = self.get_audio_features(input_features).to(inputs_embeds.dtype)
+            audio_features = self.get_audio_features(input_features, input_features_mask).to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(
                 input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
             )
@@ -234,12 +300,6 @@ class MMMModalModel(MMMModalPreTrainedModel):
             inputs_embeds = inputs_embeds + self._unused_branch_anchor(image_features is None, audio_features is None)
             if use_cache is None:
                 use_cache = False  # training never reads a cache; packed batches need none to keep their mask
-
-        if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
-            # Left-padded rows start counting at their first real token, as `generate` does.
-            past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-            if past_length == 0:
-                position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -307,8 +367,10 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values)
 
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        return self.model.get_audio_features(input_features)
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.get_audio_features(input_features, input_features_mask)
 
     def forward(
         self,

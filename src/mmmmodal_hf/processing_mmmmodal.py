@@ -22,9 +22,10 @@ from .configuration_mmmmodal import (
     IMAGE_START_TOKEN,
     num_audio_slots,
     num_image_slots,
+    num_real_audio_slots,
     whisper_encoder_frames,
 )
-from .media_mmmmodal import describe_media, load_audio, load_image
+from .media_mmmmodal import DEFAULT_MAX_IMAGE_PIXELS, describe_media, load_audio, load_image
 
 # Mistral-Instruct, as the released models were trained: `<s>[INST] user [/INST]answer</s>[INST] ...`.
 # A system message (which the original lacked) is put in front of the first user turn, as Mistral does.
@@ -46,6 +47,12 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- elif block['type'] == 'audio' -%}{%- set parts.items = parts.items + ['<audio> </audio>'] -%}"
     "{%- else -%}{{- raise_exception('Unknown content block type: ' + block['type']) -}}{%- endif -%}"
     "{%- endfor -%}{%- set content = parts.items | join('\\n') -%}{%- endif -%}"
+    "{%- set number = loop.index0 + (messages | length) - (loop_messages | length) -%}"
+    "{%- if not content | trim -%}"
+    "{{- raise_exception('Message ' ~ number ~ ' (' ~ message['role'] ~ ') is empty') -}}{%- endif -%}"
+    "{%- if message['role'] == 'assistant' and ('<image>' in content or '<audio>' in content) -%}"
+    "{{- raise_exception('Message ' ~ number ~ ' (assistant) holds an image or audio; media belong in user "
+    "turns') -}}{%- endif -%}"
     "{%- if message['role'] == 'user' -%}"
     "{%- if loop.first and system_message -%}{%- set content = system_message + '\\n\\n' + content -%}{%- endif -%}"
     "{{- '[INST] ' + content + ' [/INST]' -}}"
@@ -81,6 +88,12 @@ class MMMModalProcessor(ProcessorMixin):
         they must match the model's config.
     long_audio: what to do with a clip longer than one window: "chunk" (consecutive windows, the
         default), "truncate" (keep the first window, as the published code did) or "error".
+    max_audio_seconds: the most audio one sample may hold, all its clips together (None: no limit);
+        a longer sample is an error naming it, raised before anything is encoded.
+    max_image_pixels: images with more pixels are refused before they are decoded (decompression
+        bombs); None lifts the limit. Default 64 megapixels.
+    trim_audio_padding: give each window only the slots whose projector window starts in real
+        audio (see `num_real_audio_slots`); must match the model config's flag of the same name.
     """
 
     def __init__(
@@ -93,6 +106,9 @@ class MMMModalProcessor(ProcessorMixin):
         audio_conv_kernel: int = 40,
         audio_conv_stride: int = 3,
         long_audio: str = "chunk",
+        max_audio_seconds: float | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        trim_audio_padding: bool = True,
         **kwargs,
     ):
         if long_audio not in _LONG_AUDIO_POLICIES:
@@ -101,6 +117,9 @@ class MMMModalProcessor(ProcessorMixin):
         self.audio_conv_kernel = audio_conv_kernel
         self.audio_conv_stride = audio_conv_stride
         self.long_audio = long_audio
+        self.max_audio_seconds = max_audio_seconds
+        self.max_image_pixels = max_image_pixels
+        self.trim_audio_padding = trim_audio_padding
         _add_media_tokens(tokenizer)
         self.image_token, self.audio_token = IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN
         self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_SLOT_TOKEN)
@@ -137,6 +156,12 @@ class MMMModalProcessor(ProcessorMixin):
         """Slots for one image of `height` x `width` pixels after the image processor (576 for 384 px)."""
         return num_image_slots(height, width, self.patch_size)
 
+    def num_window_slots(self, num_real_mel_frames: int) -> int:
+        """Slots one window gets: all of them, or with `trim_audio_padding` those that start in real audio."""
+        if not self.trim_audio_padding:
+            return self.audio_slots_per_window
+        return num_real_audio_slots(num_real_mel_frames, self.audio_slots_per_window, self.audio_conv_stride)
+
     def num_audio_windows(self, num_samples: int) -> int:
         """Whisper windows a clip of `num_samples` (at the feature extractor's rate) is cut into."""
         if self.long_audio == "chunk":
@@ -158,6 +183,7 @@ class MMMModalProcessor(ProcessorMixin):
         add_special_tokens: bool = True,
         images_kwargs: dict | None = None,
         return_text_replacement_offsets: bool = False,
+        skip_bad_samples: bool = False,
         **text_kwargs,
     ) -> BatchFeature:
         """Prepare a batch for the model.
@@ -167,6 +193,10 @@ class MMMModalProcessor(ProcessorMixin):
         images / audio (or `audios`): per sample (`[[a, b], [c]]`) or flat in placeholder order.
         sampling_rate: the rate of audio given as bare arrays (files carry their own).
         padding_side: "left" (default, for generation) or "right" (for training).
+        skip_bad_samples: drop a sample whose text or media are unusable instead of raising; the
+            result's `skipped_samples` lists `{"sample": index, "error": message}` and
+            `kept_samples` the indices of its rows. Errors that misalign the whole batch (a flat
+            media list not matching the placeholders) still raise.
         Returns `input_ids`, `attention_mask`, and where media are given `pixel_values`,
         `input_features` and `input_features_mask`.
         """
@@ -177,27 +207,46 @@ class MMMModalProcessor(ProcessorMixin):
         if text is None:
             raise ValueError("MMMModalProcessor needs `text` with one <image>/<audio> placeholder per medium.")
         texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("MMMModalProcessor got an empty batch (no text).")
+        problems: dict[int, str] = {}
+        placeholders = []
         for index, sample in enumerate(texts):
-            if not isinstance(sample, str):
-                raise ValueError(f"Sample {index}: text must be a string; got {type(sample).__name__}.")
-            for slot_token in (IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN):
-                if slot_token in sample:
-                    raise ValueError(
-                        f"Sample {index}: the text already holds {slot_token} tokens; write one <image> or "
-                        "<audio> placeholder per medium and let the processor expand it."
-                    )
-
-        placeholders = [self._find_placeholders(index, sample) for index, sample in enumerate(texts)]
+            matches, problem = self._read_text(index, sample)
+            placeholders.append(matches)
+            if problem:
+                problems[index] = problem
         sample_images = _assign_media(
-            images, [[m for m in p if m.lastgroup == "image"] for p in placeholders], "image"
+            images, [[m for m in p if m.lastgroup == "image"] for p in placeholders], "image", problems
         )
-        sample_audio = _assign_media(audio, [[m for m in p if m.lastgroup == "audio"] for p in placeholders], "audio")
+        sample_audio = _assign_media(
+            audio, [[m for m in p if m.lastgroup == "audio"] for p in placeholders], "audio", problems
+        )
+        loaded_images, loaded_audio = [], []
+        for index in range(len(texts)):
+            sample_loaded_images, sample_loaded_audio = [], []
+            try:
+                if index in problems:
+                    raise ValueError(problems[index])
+                sample_loaded_images = self._load_images(index, sample_images[index])
+                sample_loaded_audio = self._load_audio(index, sample_audio[index], sampling_rate)
+            except ValueError as error:
+                if not skip_bad_samples:
+                    raise
+                problems[index] = str(error)
+                sample_loaded_images, sample_loaded_audio = [], []
+            loaded_images.append(sample_loaded_images)
+            loaded_audio.append(sample_loaded_audio)
+        kept = [index for index in range(len(texts)) if index not in problems]
+        if not kept:
+            raise ValueError("Every sample of the batch is unusable:\n" + "\n".join(problems.values()))
 
-        data, image_slots = self._encode_images(sample_images, images_kwargs or {}, return_tensors)
-        audio_data, audio_slots = self._encode_audio(sample_audio, sampling_rate)
+        data, image_slots = self._encode_images([loaded_images[i] for i in kept], images_kwargs or {}, return_tensors)
+        audio_data, audio_slots = self._encode_audio([loaded_audio[i] for i in kept])
         data.update(audio_data)
-
-        expanded, offsets = self._expand_placeholders(texts, placeholders, image_slots, audio_slots)
+        expanded, offsets = self._expand_placeholders(
+            [texts[i] for i in kept], [placeholders[i] for i in kept], image_slots, audio_slots
+        )
         encoding = self.tokenizer(
             expanded,
             padding=padding,
@@ -208,27 +257,70 @@ class MMMModalProcessor(ProcessorMixin):
         data = {**encoding, **data}
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
-        return BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+        batch = BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+        if skip_bad_samples:
+            batch.kept_samples = kept
+            batch.skipped_samples = [{"sample": index, "error": problems[index]} for index in sorted(problems)]
+        return batch
 
-    def _find_placeholders(self, index: int, text: str) -> list[re.Match]:
+    def _read_text(self, index: int, text) -> tuple[list[re.Match], str | None]:
+        """The sample's placeholders, and what is wrong with its text (None when nothing is)."""
+        if not isinstance(text, str):
+            return [], f"Sample {index}: text must be a string; got {type(text).__name__}."
         matches = list(_PLACEHOLDER_RE.finditer(text))
+        if not text.strip():
+            return matches, f"Sample {index}: the text is empty."
+        for slot_token in (IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN):
+            if slot_token in text:
+                return matches, (
+                    f"Sample {index}: the text already holds {slot_token} tokens; write one <image> or "
+                    "<audio> placeholder per medium and let the processor expand it."
+                )
         for match in matches:
             if match.lastgroup == "stray":
-                raise ValueError(
+                return matches, (
                     f"Sample {index}: '{match.group()}' at character {match.start()} closes a medium that was "
                     "never opened; write `<image> </image>` or `<audio> </audio>` (or just `<image>`/`<audio>`)."
                 )
-        return matches
+        return [m for m in matches if m.lastgroup != "stray"], None
+
+    def _load_images(self, index: int, items: list) -> list:
+        loaded = []
+        for position, item in enumerate(items):
+            try:
+                loaded.append(load_image(item, max_pixels=self.max_image_pixels))
+            except ValueError as error:
+                raise ValueError(f"Sample {index}, image {position} ({describe_media(item)}): {error}") from error
+        return loaded
+
+    def _load_audio(self, index: int, items: list, sampling_rate: int | None) -> list[np.ndarray]:
+        """Each clip as a mono waveform at the extractor's rate, length limits checked."""
+        extractor = self.feature_extractor
+        waveforms, seconds = [], 0.0
+        for position, item in enumerate(items):
+            where = f"Sample {index}, audio {position} ({describe_media(item)})"
+            try:
+                waveform = load_audio(item, extractor.sampling_rate, sampling_rate)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from error
+            duration = waveform.shape[0] / extractor.sampling_rate
+            if self.long_audio == "error" and waveform.shape[0] > extractor.n_samples:
+                raise ValueError(
+                    f"{where}: the clip lasts {duration:.1f} s, longer than "
+                    f"one {extractor.chunk_length} s window, and long_audio='error'."
+                )
+            seconds += duration
+            if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
+                raise ValueError(
+                    f"Sample {index}: its audio lasts {seconds:.1f} s up to and including audio {position}, "
+                    f"more than max_audio_seconds={self.max_audio_seconds:g}."
+                )
+            waveforms.append(waveform)
+        return waveforms
 
     def _encode_images(self, sample_images, images_kwargs, return_tensors):
-        """Load and preprocess every image of the batch in one image-processor call."""
-        loaded = []
-        for index, items in enumerate(sample_images):
-            for position, item in enumerate(items):
-                try:
-                    loaded.append(load_image(item))
-                except ValueError as error:
-                    raise ValueError(f"Sample {index}, image {position} ({describe_media(item)}): {error}") from error
+        """Every loaded image of the batch through the image processor in one call."""
+        loaded = [image for images in sample_images for image in images]
         if not loaded:
             return {}, []
         tensor_type = "pt" if return_tensors == "pt" else "np"
@@ -237,25 +329,15 @@ class MMMModalProcessor(ProcessorMixin):
         slots = [self.num_image_slots(int(height), int(width))] * len(loaded)
         return {"pixel_values": pixel_values}, slots
 
-    def _encode_audio(self, sample_audio, sampling_rate):
-        """Load every clip, cut it into Whisper windows, and extract all windows in one call."""
+    def _encode_audio(self, sample_audio):
+        """Cut every waveform into Whisper windows and extract all windows in one call."""
         extractor = self.feature_extractor
-        windows, slots = [], []
-        for index, items in enumerate(sample_audio):
-            for position, item in enumerate(items):
-                where = f"Sample {index}, audio {position} ({describe_media(item)})"
-                try:
-                    waveform = load_audio(item, extractor.sampling_rate, sampling_rate)
-                except ValueError as error:
-                    raise ValueError(f"{where}: {error}") from error
-                if self.long_audio == "error" and waveform.shape[0] > extractor.n_samples:
-                    raise ValueError(
-                        f"{where}: the clip lasts {waveform.shape[0] / extractor.sampling_rate:.1f} s, longer than "
-                        f"one {extractor.chunk_length} s window, and long_audio='error'."
-                    )
+        windows, windows_per_clip = [], []
+        for waveforms in sample_audio:
+            for waveform in waveforms:
                 count = self.num_audio_windows(waveform.shape[0])
                 windows.extend(waveform[i * extractor.n_samples : (i + 1) * extractor.n_samples] for i in range(count))
-                slots.append(count * self.audio_slots_per_window)
+                windows_per_clip.append(count)
         if not windows:
             return {}, []
         features = extractor(
@@ -266,10 +348,13 @@ class MMMModalProcessor(ProcessorMixin):
             return_tensors="np",
         )
         # Whisper calls its frame mask `attention_mask`; renamed so it never collides with the text mask.
-        data = {
-            "input_features": features["input_features"].astype(np.float32),
-            "input_features_mask": features["attention_mask"].astype(np.int64),
-        }
+        frame_mask = features["attention_mask"].astype(np.int64)
+        window_slots = [self.num_window_slots(int(real)) for real in frame_mask.sum(-1)]
+        slots, start = [], 0
+        for count in windows_per_clip:
+            slots.append(sum(window_slots[start : start + count]))
+            start += count
+        data = {"input_features": features["input_features"].astype(np.float32), "input_features_mask": frame_mask}
         return data, slots
 
     def _expand_placeholders(self, texts, placeholders, image_slots, audio_slots):
@@ -356,8 +441,12 @@ def _add_media_tokens(tokenizer) -> None:
         )
 
 
-def _assign_media(media, placeholders_per_sample, kind: str) -> list[list]:
-    """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order."""
+def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int, str]) -> list[list]:
+    """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order.
+
+    A per-sample count mismatch is that sample's problem (recorded in `problems`); a flat list that
+    does not match the batch's placeholders cannot be attributed to one sample and raises.
+    """
     counts = [len(p) for p in placeholders_per_sample]
     if media is None:
         media = []
@@ -370,8 +459,8 @@ def _assign_media(media, placeholders_per_sample, kind: str) -> list[list]:
                 f"{kind.capitalize()}s were given for {len(media)} samples, but the text holds {len(counts)} samples."
             )
         for index, (count, items) in enumerate(zip(counts, media)):
-            if count != len(items):
-                raise ValueError(
+            if count != len(items) and index not in problems:
+                problems[index] = (
                     f"Sample {index} has {count} <{kind}> placeholder(s) but {len(items)} {kind}(s) were given for it."
                 )
         return [list(items) for items in media]
