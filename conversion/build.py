@@ -36,7 +36,9 @@ from mmmmodal_hf import (
     MMMModalImageProjector,
     MMMModalProcessor,
 )
+from mmmmodal_hf.configuration_mmmmodal import encoder_layers_needed
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
+from mmmmodal_hf.modeling_mmmmodal import trim_tower
 
 # The two published variants (DESIGN.md 1): both see through SigLIP-base-384 and hear through
 # Malaysian Whisper-small.
@@ -64,10 +66,15 @@ class BuildReport:
     added_tokens: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     dry_run: bool = False
+    dropped: dict[str, int] = field(default_factory=dict)  # tower part -> parameters never used, not stored
 
     def summary(self) -> str:
         lines = [f"{'would build' if self.dry_run else 'built'} {self.output_dir}"]
         lines += [f"  {name:16s} {count:>14,d} parameters" for name, count in self.parameters.items()]
+        lines += [
+            f"  dropped {name}: {count:,d} parameters (after the feature layer)"
+            for name, count in self.dropped.items()
+        ]
         lines.append(f"  added tokens: {', '.join(self.added_tokens) or 'none'}")
         lines += [f"  {name}" for name in self.files]
         return "\n".join(lines)
@@ -183,7 +190,19 @@ def build_checkpoint(
     )
     with torch.device("meta"):
         model = MMMModalForConditionalGeneration(config)
-    # The loaded parts move in whole; only the projectors are new (PyTorch's default init, as published).
+    # The loaded parts move in whole, each tower cut at its feature layer; only the projectors are new
+    # (PyTorch's default init, as published).
+    dropped = {}
+    for name, tower, layers, keep_norm in (
+        ("vision tower", vision_tower, _layers_kept(config, "vision"), False),
+        (
+            "audio tower",
+            audio_tower,
+            _layers_kept(config, "audio"),
+            _layers_kept(config, "audio") == config.audio_config.encoder_layers,
+        ),
+    ):
+        dropped.update({f"{name} {part}": count for part, count in trim_tower(tower, layers, keep_norm).items()})
     model.model.vision_tower = vision_tower
     model.model.audio_tower = audio_tower
     model.model.language_model = language_model.model
@@ -219,7 +238,13 @@ def build_checkpoint(
     steps.update()
     steps.close()
     files = sorted(p.name for p in output_dir.iterdir())
-    return BuildReport(output_dir, parameter_counts(config), added, files)
+    return BuildReport(output_dir, parameter_counts(config), added, files, dropped=dropped)
+
+
+def _layers_kept(config: MMMModalConfig, kind: str) -> int:
+    if kind == "vision":
+        return encoder_layers_needed(config.vision_feature_layer, config.vision_config.num_hidden_layers)
+    return encoder_layers_needed(config.audio_feature_layer, config.audio_config.encoder_layers)
 
 
 def _expected_files(size_gb: float, max_shard_size: str) -> list[str]:

@@ -5,8 +5,9 @@
 The published layout (`model_type="mm_llms"`): `image_encoder.*` a full SiglipModel,
 `audio_encoder.*` a full WhisperModel, `llm.*` a causal LM with its head,
 `image_projector.linear_1|linear_2` (Linear, Linear) and `audio_projector.linear_1|linear_2`
-(Conv1d, Linear). The SigLIP text tower (and its contrastive logit scale and bias) and the
-Whisper decoder are dropped; everything else is mapped. Every dropped key and every key that
+(Conv1d, Linear). The SigLIP text tower (and its contrastive logit scale and bias), the
+Whisper decoder, and the encoder parts after the feature layer (the last layer, final norms,
+SigLIP's pooling head) are dropped; everything else is mapped. Every dropped key and every key that
 could not be mapped is reported: none is lost silently, and unmapped keys stop the conversion.
 Only safetensors are read: a checkpoint with pickled weights only is refused.
 """
@@ -170,6 +171,11 @@ def convert_checkpoint(
     config = our_config(published, processor)
     with torch.device("meta"):
         expected = set(MMMModalForConditionalGeneration(config).state_dict())
+    # Tower weights the trimmed towers lack (layers after the feature layer, final norms, SigLIP's head).
+    for key, target in list(report.mapped.items()):
+        if target not in expected and target.startswith(("model.vision_tower.", "model.audio_tower.")):
+            report.dropped[key] = "encoder parts after the feature layer"
+            del report.mapped[key]
     report.missing = sorted(
         expected - set(report.mapped.values()) - ({"lm_head.weight"} if config.tie_word_embeddings else set())
     )

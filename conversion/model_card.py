@@ -11,7 +11,7 @@ from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMMod
 REQUIRED_METADATA = ("language", "license", "base_model", "pipeline_tag", "library_name")
 
 
-def _human(count: int) -> str:
+def human_count(count: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if count >= size:
             return f"{count / size:.2f}{unit}"
@@ -74,7 +74,7 @@ def render_model_card(
             text_model=text_model,
             vision_model=vision_model,
             audio_model=audio_model,
-            params={name: _human(value) for name, value in counts.items()},
+            params={name: human_count(value) for name, value in counts.items()},
             vision_feature_layer=config.vision_feature_layer,
             audio_feature_layer=config.audio_feature_layer,
             audio_conv_kernel=config.audio_conv_kernel,

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
-from mmmmodal_hf.conversion.model_card import check_card
+from mmmmodal_hf.conversion.model_card import check_card, human_count
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
 from tiny_parts import save_tiny_source_models
@@ -55,21 +55,39 @@ def test_build_composes_a_loadable_checkpoint(tmp_path, tokenizer_folder, langua
     assert torch.equal(
         weights["model.language_model.layers.0.self_attn.q_proj.weight"], lm["model.layers.0.self_attn.q_proj.weight"]
     )
+    # Towers end at the feature layer (-2 of 2): layer 1, the final norms and SigLIP's head are dropped and reported.
+    unused = (".layers.1.", "post_layernorm.", ".head.", "encoder.layer_norm.")
     siglip = load_file(sources["siglip"] / "model.safetensors")
-    for name, value in siglip.items():
-        if name.startswith("vision_model."):
-            assert torch.equal(weights["model.vision_tower." + name[len("vision_model.") :]], value), name
     whisper = load_file(sources["whisper"] / "model.safetensors")
-    for name, value in whisper.items():
-        if name.startswith("model.encoder."):
-            assert torch.equal(weights["model.audio_tower." + name[len("model.encoder.") :]], value), name
+    sources_kept = 0
+    for weights_from, prefix, ours in (
+        (siglip, "vision_model.", "model.vision_tower."),
+        (whisper, "model.encoder.", "model.audio_tower."),
+    ):
+        for name, value in weights_from.items():
+            if name.startswith(prefix) and not any(part in name for part in unused):
+                assert torch.equal(weights[ours + name[len(prefix) :]], value), name
+                sources_kept += 1
+    assert sources_kept == sum(n.startswith(("model.vision_tower.", "model.audio_tower.")) for n in weights)
+    assert set(report.dropped) == {
+        "vision tower layer 1",
+        "vision tower post_layernorm",
+        "vision tower head",
+        "audio tower layer 1",
+        "audio tower layer_norm",
+    }
+    assert "dropped vision tower layer 1" in report.summary()
 
     processor_config = json.loads((output / "processor_config.json").read_text())
     assert {"image_processor", "feature_extractor"} <= set(processor_config)
     assert (output / "chat_template.jinja").exists() and (output / "generation_config.json").exists()
     card = check_card(output / "README.md")
     assert card.data.base_model == list(CREDITS.values())
-    assert "someone/mmmmodal-tiny" in card.text and "2402.11297" in card.text and "4.25M" in card.text
+    assert (
+        "someone/mmmmodal-tiny" in card.text
+        and "2402.11297" in card.text
+        and human_count(report.parameters["total"]) in card.text
+    )
 
     loaded = check_folder_loads(output)
     assert loaded["model_class"] == "MMMModalForConditionalGeneration" and loaded["new_tokens"] == 2
@@ -106,8 +124,9 @@ def test_build_dry_run_writes_nothing_and_shards_large_models(tmp_path, tokenize
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert not (tmp_path / "never").exists()
     plan = json.loads(completed.stdout.strip().splitlines()[-1])
-    assert plan["parameters"]["total"] == 4_251_360
-    # 4.25M float32 parameters = 17 MB: five shards of at most 4 MB and an index.
+    # The tiny sources' towers cut at their feature layer (-2 of 2 layers): 25,696 fewer than whole towers.
+    assert plan["parameters"]["total"] == 4_225_664
+    # 4.23M float32 parameters = 16.9 MB: five shards of at most 4 MB and an index.
     assert "model.safetensors.index.json" in plan["files"] and "model-00005-of-00005.safetensors" in plan["files"]
 
 

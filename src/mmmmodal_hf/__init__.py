@@ -22,6 +22,7 @@ from .modeling_mmmmodal import (
     MMMModalPreTrainedModel,
 )
 from .processing_mmmmodal import DEFAULT_CHAT_TEMPLATE, MMMModalProcessor
+from .session import MMMModalChatSession
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "MMMModalImageProjector",
     "MMMModalAudioProjector",
     "MMMModalProcessor",
+    "MMMModalChatSession",
     "DEFAULT_CHAT_TEMPLATE",
     "load_image",
     "load_audio",

@@ -6,72 +6,55 @@
     you> What do you see and hear?
     model> ...
 
-Commands: `/image PATH` and `/audio PATH` attach media to the next turn, `/reset` starts over,
-`/save FILE` writes the conversation as a training row (`{"messages": [...]}`), `/quit` ends.
+Commands: `/image PATH` and `/audio PATH` attach media to the next turn, `/undo` drops the last
+exchange, `/reset` starts over, `/save FILE` writes the conversation as a training row
+(`{"messages": [...]}`), `/quit` ends. The KV cache is kept across turns (`MMMModalChatSession`).
 One-shot: `mmmmodal chat MODEL --image a.png --audio b.wav -p "question"`.
 """
 
 import argparse
 import json
 import sys
-import threading
 from pathlib import Path
 
-import torch
-from transformers import AutoModel, AutoProcessor, TextIteratorStreamer
+from transformers import AutoModel, AutoProcessor
 
-HELP = "commands: /image PATH, /audio PATH, /reset, /save FILE, /quit"
+from .session import MMMModalChatSession
+
+HELP = "commands: /image PATH, /audio PATH, /undo, /reset, /save FILE, /quit"
 
 
 class ChatSession:
-    """The conversation so far and the media waiting for the next turn; `send` answers one turn."""
+    """The terminal's view of a chat: media attached for the next turn, and an `MMMModalChatSession`
+    that keeps the KV cache, so each turn encodes only its own media and prefills only its own tokens."""
 
     def __init__(self, model, processor, system: str | None = None, **generate_kwargs):
-        self.model, self.processor = model, processor
-        self.system = system
-        self.generate_kwargs = {"max_new_tokens": 256, "do_sample": False, **generate_kwargs}
-        self._error: Exception | None = None  # raised by the generation thread, re-raised in `send`
-        self.reset()
+        self.chat = MMMModalChatSession(model, processor, system=system, **generate_kwargs)
+        self.pending: list[tuple[str, str]] = []
+
+    @property
+    def messages(self) -> list[dict]:
+        return self.chat.messages
 
     def reset(self) -> None:
-        self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
-        self.pending: list[dict] = []
+        self.chat.reset()
+        self.pending = []
+
+    def undo(self) -> None:
+        self.chat.undo()
 
     def attach(self, kind: str, path: str) -> None:
         if not Path(path).is_file():
             raise ValueError(f"no such file: {path}")
-        self.pending.append({"type": kind, "path": str(Path(path).resolve())})
+        self.pending.append((kind, str(Path(path).resolve())))
 
     def send(self, text: str, on_text=None) -> str:
-        """Add a user turn (with the attached media), generate the answer, streaming pieces to `on_text`."""
-        turn = {"role": "user", "content": [*self.pending, {"type": "text", "text": text}]}
-        inputs = self.processor.apply_chat_template(
-            [*self.messages, turn], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-        )  # a bad medium raises here, before the conversation changes
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        worker = threading.Thread(target=self._generate, args=(inputs, streamer), daemon=True)
-        worker.start()
-        pieces = []
-        for piece in streamer:
-            pieces.append(piece)
-            if on_text is not None:
-                on_text(piece)
-        worker.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        answer = "".join(pieces).strip()
-        self.messages += [turn, {"role": "assistant", "content": answer}]
+        """Answer one user turn with the attached media, streaming pieces to `on_text`."""
+        images = [path for kind, path in self.pending if kind == "image"]
+        clips = [path for kind, path in self.pending if kind == "audio"]
+        answer = self.chat.send(text, images=images, audio=clips, on_text=on_text)  # bad media raise first
         self.pending = []
         return answer
-
-    def _generate(self, inputs, streamer) -> None:
-        try:
-            with torch.no_grad():
-                self.model.generate(**inputs, streamer=streamer, **self.generate_kwargs)
-        except Exception as error:  # surfaced in `send`, after the streamer ends
-            self._error = error
-            streamer.end()
 
     def save(self, path: str) -> Path:
         """The conversation as a training row in the content-block format (`mmmmodal train` reads it)."""
@@ -98,6 +81,9 @@ def interactive(session: ChatSession, lines, write) -> None:
             if line == "/reset":
                 session.reset()
                 write("(conversation cleared)\n")
+            elif line == "/undo":
+                session.undo()
+                write("(last exchange removed)\n")
             elif line.startswith(("/image ", "/audio ")):
                 kind, path = line[1:].split(" ", 1)
                 session.attach(kind, path.strip())

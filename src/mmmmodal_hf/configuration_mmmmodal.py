@@ -46,6 +46,11 @@ AUDIO_START_TOKEN, AUDIO_END_TOKEN = "<audio>", "</audio>"
 IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN = "<image_slot>", "<audio_slot>"
 
 
+def encoder_layers_needed(feature_layer: int, depth: int) -> int:
+    """Layers an encoder of `depth` layers must run for `hidden_states[feature_layer]` (0 is the embeddings)."""
+    return depth + 1 + feature_layer if feature_layer < 0 else feature_layer
+
+
 def num_image_slots(height: int, width: int, patch_size: int) -> int:
     """Positions one image fills: one per SigLIP patch (no CLS token, no pooling)."""
     return (height // patch_size) * (width // patch_size)
@@ -163,4 +168,11 @@ class MMMModalConfig(PreTrainedConfig):
 
 MMMModalConfig.register_for_auto_class()
 
-__all__ = ["MMMModalConfig", "num_image_slots", "num_audio_slots", "num_real_audio_slots", "whisper_encoder_frames"]
+__all__ = [
+    "MMMModalConfig",
+    "encoder_layers_needed",
+    "num_image_slots",
+    "num_audio_slots",
+    "num_real_audio_slots",
+    "whisper_encoder_frames",
+]

@@ -7,6 +7,9 @@ encoder and the Conv1d audio projector. The processor decides how many slots eac
 this module only fills them, so there is no Python loop over items.
 """
 
+import copy
+import logging
+import re
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +21,62 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from .configuration_mmmmodal import MMMModalConfig, num_real_audio_slots
+from .configuration_mmmmodal import MMMModalConfig, encoder_layers_needed, num_real_audio_slots
+
+logger = logging.getLogger(__name__)
+
+# Any checkpoint key under a tower that the tower does not have: a layer after the feature layer,
+# a final norm or SigLIP's pooling head. Such keys come from checkpoints saved before towers were trimmed.
+_UNUSED_TOWER_KEY = re.compile(r"(^|\.)(vision_tower|audio_tower)\.")
+
+
+def _tower_parts(tower: nn.Module) -> tuple[nn.ModuleList, str]:
+    """The layer list and the name of the final norm of a SigLIP vision model or a Whisper encoder."""
+    if hasattr(tower, "encoder") and hasattr(tower, "post_layernorm"):
+        return tower.encoder.layers, "post_layernorm"
+    return tower.layers, "layer_norm"
+
+
+def trim_tower(tower: nn.Module, layers_kept: int, keep_final_norm: bool = False) -> dict[str, int]:
+    """Remove what never reaches the features: layers from `layers_kept` on, the final norm, a pooling head.
+
+    After trimming, the tower's `last_hidden_state` is exactly `hidden_states[feature_layer]` of
+    the full tower. That hidden state comes before the final norm, except Whisper's last one
+    (transformers ties it to the normed output): `keep_final_norm` keeps the norm for that case.
+    Works in place on a SigLIP vision model or a Whisper encoder (built here or loaded); returns
+    the parameters removed, by part.
+    """
+    layers, norm_name = _tower_parts(tower)
+    removed = {}
+    extra = [layer for index, layer in enumerate(layers) if index >= layers_kept]
+    if extra:
+        last = len(layers) - 1
+        name = f"layer {last}" if last == layers_kept else f"layers {layers_kept}-{last}"
+        removed[name] = sum(p.numel() for layer in extra for p in layer.parameters())
+        del layers[layers_kept:]
+    norm = getattr(tower, norm_name)
+    if not keep_final_norm and not isinstance(norm, nn.Identity):
+        removed[norm_name] = sum(p.numel() for p in norm.parameters())
+        setattr(tower, norm_name, nn.Identity())
+    if getattr(tower, "use_head", False):
+        removed["head"] = sum(p.numel() for p in tower.head.parameters())
+        del tower.head
+        tower.use_head = False
+    return removed
+
+
+def _checkpoint_part(key: str) -> str:
+    """`...encoder.layers.11.mlp.fc1.weight` -> `...encoder.layers.11`; `...head.mlp.fc1.bias` -> `...head`."""
+    match = re.match(r"(.*?\.layers\.\d+)\.", key) or re.match(r"(.*?\.head)\.", key)
+    return match.group(1) if match else key.rsplit(".", 1)[0]
+
+
+def _trimmed_config(sub_config, depth_attribute: str, layers_kept: int, **overrides):
+    config = copy.deepcopy(sub_config)
+    setattr(config, depth_attribute, layers_kept)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    return config
 
 
 @dataclass
@@ -124,18 +182,43 @@ class MMMModalPreTrainedModel(PreTrainedModel):
                 "trust, with `mmmmodal convert` or `model.save_pretrained(folder)`, which writes safetensors."
             ) from error
 
+    def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
+        """Checkpoints from before the towers were trimmed hold weights that never reach the features:
+        they are dropped with one notice instead of transformers' unexpected-keys report."""
+        super()._adjust_missing_and_unexpected_keys(loading_info)
+        unused = {key for key in loading_info.unexpected_keys if _UNUSED_TOWER_KEY.search(key)}
+        if unused:
+            loading_info.unexpected_keys = set(loading_info.unexpected_keys) - unused
+            parts = sorted({_checkpoint_part(key) for key in unused})
+            logger.warning(
+                "Dropped %d tensors that never reach the features (encoder layers after the feature layer, final "
+                "norms, SigLIP's pooling head): %s. Save the model again to store it without them.",
+                len(unused),
+                ", ".join(parts),
+            )
+
 
 class MMMModalModel(MMMModalPreTrainedModel):
     """Encoders, projectors and the language model without its head.
 
-    Only the SigLIP vision tower and the Whisper encoder are built: the SigLIP text tower and the
-    Whisper decoder never contribute, so they are neither computed nor stored.
+    Only the SigLIP vision tower and the Whisper encoder are built, and each only up to its feature
+    layer: the SigLIP text tower, the Whisper decoder, the encoder layers after the feature layer,
+    the final norms and SigLIP's pooling head never contribute, so they are neither computed nor
+    stored. The configs still describe the full towers (`vision_feature_layer=-2` of 12 layers
+    builds 11).
     """
 
     def __init__(self, config: MMMModalConfig):
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.audio_tower = WhisperEncoder(config.audio_config)
+        vision_layers = encoder_layers_needed(config.vision_feature_layer, config.vision_config.num_hidden_layers)
+        audio_layers = encoder_layers_needed(config.audio_feature_layer, config.audio_config.encoder_layers)
+        vision_config = _trimmed_config(
+            config.vision_config, "num_hidden_layers", vision_layers, vision_use_head=False
+        )
+        self.vision_tower = AutoModel.from_config(vision_config)
+        self.audio_tower = WhisperEncoder(_trimmed_config(config.audio_config, "encoder_layers", audio_layers))
+        trim_tower(self.vision_tower, vision_layers)
+        trim_tower(self.audio_tower, audio_layers, keep_final_norm=audio_layers == config.audio_config.encoder_layers)
         self.image_projector = MMMModalImageProjector(config)
         self.audio_projector = MMMModalAudioProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -153,8 +236,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
         Returns `(num_images, num_image_slots, hidden_size)`: all images of a batch in one tower call.
         """
         tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
-        outputs = self.vision_tower(pixel_values.to(tower_dtype), output_hidden_states=True)
-        return self.image_projector(outputs.hidden_states[self.config.vision_feature_layer])
+        # The tower ends at the feature layer with no final norm: its last hidden state is the feature.
+        return self.image_projector(self.vision_tower(pixel_values.to(tower_dtype)).last_hidden_state)
 
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
@@ -167,8 +250,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         `(num_audio_slot_positions, hidden_size)`, windows in order.
         """
         tower_dtype = self.audio_tower.conv1.weight.dtype
-        outputs = self.audio_tower(input_features.to(tower_dtype), output_hidden_states=True)
-        features = self.audio_projector(outputs.hidden_states[self.config.audio_feature_layer])
+        features = self.audio_projector(self.audio_tower(input_features.to(tower_dtype)).last_hidden_state)
         if not self.config.trim_audio_padding or input_features_mask is None:
             return features.reshape(-1, features.shape[-1])
         window_slots = features.shape[1]
@@ -439,6 +521,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
 MMMModalForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
+    "trim_tower",
     "MMMModalPreTrainedModel",
     "MMMModalModel",
     "MMMModalForConditionalGeneration",

@@ -263,6 +263,30 @@ class MMMModalProcessor(ProcessorMixin):
             batch.skipped_samples = [{"sample": index, "error": problems[index]} for index in sorted(problems)]
         return batch
 
+    def encode_media(self, images=(), audio=(), sampling_rate: int | None = None, return_tensors="pt"):
+        """Load and preprocess media on their own: `(features, image_slots, audio_slots)`.
+
+        For callers that tokenize text separately (a chat session keeping its KV cache): the slot
+        counts say how `expand_media_placeholders` must expand each medium's placeholder.
+        """
+        data, image_slots = self._encode_images([self._load_images(0, list(images))], {}, return_tensors)
+        audio_data, audio_slots = self._encode_audio([self._load_audio(0, list(audio), sampling_rate)])
+        data.update(audio_data)
+        return BatchFeature(data, tensor_type=return_tensors), image_slots, audio_slots
+
+    def expand_media_placeholders(self, text: str, image_slots: list[int], audio_slots: list[int]) -> str:
+        """`text` with each placeholder written out as tags around its slot tokens, as `__call__` does."""
+        matches, problem = self._read_text(0, text)
+        if problem:
+            raise ValueError(problem)
+        counts = (sum(m.lastgroup == "image" for m in matches), sum(m.lastgroup == "audio" for m in matches))
+        if counts != (len(image_slots), len(audio_slots)):
+            raise ValueError(
+                f"The text holds {counts[0]} image and {counts[1]} audio placeholders but slot counts were given "
+                f"for {len(image_slots)} images and {len(audio_slots)} clips."
+            )
+        return self._expand_placeholders([text], [matches], image_slots, audio_slots)[0][0]
+
     def _read_text(self, index: int, text) -> tuple[list[re.Match], str | None]:
         """The sample's placeholders, and what is wrong with its text (None when nothing is)."""
         if not isinstance(text, str):

@@ -1,0 +1,203 @@
+"""A multi-turn chat that keeps its KV cache: each turn encodes only its own media and prefills only its own tokens.
+
+`generate` on the whole conversation re-encodes every earlier image and clip and re-prefills the
+history at every turn. `MMMModalChatSession` keeps the cache and the token ids it holds; a new
+turn renders the whole conversation with the chat template (so the tokens are exactly those of a
+from-scratch run), keeps the longest cached prefix, and feeds the rest with the new media only.
+Greedy replies are therefore the same as re-running the conversation from scratch.
+"""
+
+import os
+import threading
+
+import torch
+from transformers import DynamicCache, TextIteratorStreamer
+
+
+def _as_list(items) -> list:
+    if items is None:
+        return []
+    return list(items) if isinstance(items, (list, tuple)) else [items]
+
+
+def _block(kind: str, item) -> dict:
+    """A content block that keeps a file's path (so a saved conversation is a training row) or the object itself."""
+    return (
+        {"type": kind, "path": os.fspath(item)} if isinstance(item, (str, os.PathLike)) else {"type": kind, kind: item}
+    )
+
+
+class MMMModalChatSession:
+    """Chat with an MMMModal model turn by turn, keeping the KV cache between turns.
+
+    >>> session = MMMModalChatSession(model, processor, max_new_tokens=64)
+    >>> session.send("What is in these?", images=["cat.png", "dog.png"])
+    >>> session.send("And this sound?", audio="bark.wav")   # earlier images are not encoded again
+    >>> session.undo()                                       # cache cropped back to before that turn
+
+    `send` returns the reply; `on_text` receives it piece by piece as it is generated.
+    Context policy: a turn whose prompt plus `max_new_tokens` exceeds the language model's context
+    raises `ValueError` before anything runs, and the conversation is left as it was (`undo` or
+    `reset` make room).
+    """
+
+    def __init__(
+        self, model, processor, system: str | None = None, context_length: int | None = None, **generate_kwargs
+    ):
+        self.model, self.processor = model, processor
+        self.system = system
+        self.context_length = context_length or getattr(model.config.text_config, "max_position_embeddings", None)
+        self.generate_kwargs = {"max_new_tokens": 256, "do_sample": False, **generate_kwargs}
+        self.reset()
+
+    # -- state ------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the conversation and the cache."""
+        self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
+        self._image_slots: list[int] = []
+        self._audio_slots: list[int] = []
+        self._cache = DynamicCache(config=self.model.config.get_text_config())
+        self._cached_ids: list[int] = []
+        self._turn_starts: list[tuple[int, int, int, int]] = []  # messages, images, clips, cached tokens
+        self.last_prefill_tokens = 0  # positions the last turn fed through the model before its first new token
+        self.last_reply_ids: list[int] = []
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cached_ids)
+
+    def undo(self) -> None:
+        """Drop the last exchange; the cache is cropped back to where that turn began."""
+        if not self._turn_starts:
+            raise ValueError("There is no turn to undo.")
+        messages, images, clips, cached = self._turn_starts.pop()
+        self.messages = self.messages[:messages]
+        self._image_slots, self._audio_slots = self._image_slots[:images], self._audio_slots[:clips]
+        self._crop(cached)
+
+    def _crop(self, length: int) -> None:
+        """Keep the first `length` cached positions."""
+        surplus = self._cache.get_seq_length() - length
+        if surplus > 0:
+            self._cache.crop(-surplus)  # transformers 5: a negative count removes that many from the end
+        self._cached_ids = self._cached_ids[:length]
+
+    # -- a turn -----------------------------------------------------------------------------------
+
+    def send(self, text: str, images=None, audio=None, on_text=None, **generate_kwargs) -> str:
+        """Add a user turn with its media, generate the reply (streamed to `on_text`), and return it."""
+        images, audio = _as_list(images), _as_list(audio)
+        settings = {**self.generate_kwargs, **generate_kwargs}
+        # Media are loaded first: a bad file raises here, before the conversation changes.
+        media, image_slots, audio_slots = self.processor.encode_media(images, audio)
+        turn = {
+            "role": "user",
+            "content": [*(_block("image", i) for i in images), *(_block("audio", a) for a in audio)]
+            + [{"type": "text", "text": text}],
+        }
+        prompt = self.processor.apply_chat_template([*self.messages, turn], add_generation_prompt=True, tokenize=False)
+        expanded = self.processor.expand_media_placeholders(
+            prompt, self._image_slots + image_slots, self._audio_slots + audio_slots
+        )
+        ids = self.processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+        self._check_context(len(ids), settings.get("max_new_tokens", 0))
+
+        reused = self._reusable_prefix(ids)
+        if reused is None:  # the history itself changed under old media: start over from scratch
+            self._crop(0)
+            reused = 0
+            media, _, _ = self.processor.encode_media(
+                self._all_media("image", images), self._all_media("audio", audio)
+            )
+        else:
+            self._crop(reused)
+        start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
+
+        input_ids = torch.tensor([ids], device=self.model.device)
+        try:
+            output = self._generate(input_ids, media, settings, on_text)
+        except BaseException:
+            self._crop(reused)  # what the failed turn added to the cache goes; the conversation is unchanged
+            raise
+        self.last_prefill_tokens = len(ids) - reused
+        self._cached_ids = output[0, : self._cache.get_seq_length()].tolist()
+        self.last_reply_ids = output[0, len(ids) :].tolist()
+        answer = self.processor.decode(self.last_reply_ids, skip_special_tokens=True).strip()
+
+        self.messages += [turn, {"role": "assistant", "content": answer}]
+        self._image_slots += image_slots
+        self._audio_slots += audio_slots
+        self._turn_starts.append(start)
+        return answer
+
+    def _reusable_prefix(self, ids: list[int]) -> int | None:
+        """How many cached tokens the new prompt starts with; None if old media would need re-encoding.
+
+        Usually the whole cache: only the last reply can differ (a generated answer may re-tokenize
+        differently), and what follows it holds no earlier media.
+        """
+        common = 0
+        for cached, new in zip(self._cached_ids, ids):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # always feed at least one token
+        kept = ids[:common]
+        old_image, old_audio = sum(self._image_slots), sum(self._audio_slots)
+        if (
+            kept.count(self.processor.image_token_id) != old_image
+            or kept.count(self.processor.audio_token_id) != old_audio
+        ):
+            return None
+        return common
+
+    def _all_media(self, kind: str, new: list) -> list:
+        items = []
+        for message in self.messages:
+            if isinstance(message["content"], list):
+                items += [block.get("path", block.get(kind)) for block in message["content"] if block["type"] == kind]
+        return items + new
+
+    def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if self.context_length is None or prompt_tokens + max_new_tokens <= self.context_length:
+            return
+        raise ValueError(
+            f"This turn needs {prompt_tokens} prompt positions + {max_new_tokens} new tokens = "
+            f"{prompt_tokens + max_new_tokens}, {prompt_tokens + max_new_tokens - self.context_length} more than the "
+            f"model's context of {self.context_length}. Undo turns, reset, or ask for fewer new tokens."
+        )
+
+    def _generate(self, input_ids, media, settings, on_text):
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "past_key_values": self._cache,
+            **{key: value.to(self.model.device) for key, value in media.items()},
+            **settings,
+        }
+        if on_text is None:
+            with torch.no_grad():
+                return self.model.generate(**inputs)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run():
+            try:
+                with torch.no_grad():
+                    result["output"] = self.model.generate(**inputs, streamer=streamer)
+            except Exception as error:  # re-raised below, once the streamer has ended
+                result["error"] = error
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        for piece in streamer:
+            on_text(piece)
+        worker.join()
+        if "error" in result:
+            raise result["error"]
+        return result["output"]
+
+
+__all__ = ["MMMModalChatSession"]

@@ -1,0 +1,102 @@
+"""The chat session keeps its KV cache across turns and answers exactly as a from-scratch run does."""
+
+import pytest
+import torch
+
+from mmmmodal_hf import MMMModalChatSession
+
+from tiny_parts import random_clip, random_image
+
+GENERATE = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
+TURNS = [
+    ("Look at these two.", [random_image(1), random_image(2)], []),
+    ("Now listen.", [], [random_clip(3)]),
+    ("One more of each?", [random_image(4)], [random_clip(5, seconds=1.4)]),
+    ("Which was first?", [], []),
+]
+
+
+def from_scratch(model, processor, messages) -> tuple[list[int], int]:
+    """Greedy reply ids to the whole conversation run anew, and its prompt length."""
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        output = model.generate(**inputs, **GENERATE)
+    return output[0, inputs["input_ids"].shape[1] :].tolist(), inputs["input_ids"].shape[1]
+
+
+def count_encoded(model) -> dict:
+    """How many images and audio windows the towers really encode (forward hooks on the real towers)."""
+    counts = {"images": 0, "windows": 0}
+    model.model.vision_tower.register_forward_hook(
+        lambda module, args, output: counts.__setitem__("images", counts["images"] + args[0].shape[0])
+    )
+    model.model.audio_tower.register_forward_hook(
+        lambda module, args, output: counts.__setitem__("windows", counts["windows"] + args[0].shape[0])
+    )
+    return counts
+
+
+def test_four_turns_equal_from_scratch_and_encode_each_medium_once(model, session_processor):
+    session = MMMModalChatSession(model, session_processor, system="Answer briefly.", **GENERATE)
+    counts = count_encoded(model)
+    for number, (text, images, clips) in enumerate(TURNS):
+        before = dict(counts)
+        session.send(text, images=images, audio=clips)
+        assert counts["images"] - before["images"] == len(images)  # earlier media are never encoded again
+        assert counts["windows"] - before["windows"] == sum(1 if c.shape[0] <= 16000 else 2 for c in clips)
+        expected, prompt_length = from_scratch(model, session_processor, session.messages[:-1])
+        assert session.last_reply_ids == expected, f"turn {number}"
+        if number > 0:  # only the new turn (and at most the re-tokenized last reply) is prefilled
+            assert session.last_prefill_tokens < prompt_length - 40
+    assert len(session.messages) == 1 + 2 * len(TURNS)
+
+
+def test_undo_and_reset_restore_equality(model, session_processor):
+    session = MMMModalChatSession(model, session_processor, **GENERATE)
+    for text, images, clips in TURNS[:3]:
+        session.send(text, images=images, audio=clips)
+    cached_after_two = None
+    session.undo()
+    assert len(session.messages) == 4
+    cached_after_two = session.cached_tokens
+    session.send("A different third turn", images=[random_image(9)])
+    expected, _ = from_scratch(model, session_processor, session.messages[:-1])
+    assert session.last_reply_ids == expected
+    assert session.last_prefill_tokens < 60 and cached_after_two > 60  # the first two turns stayed cached
+
+    session.reset()
+    assert session.messages == [] and session.cached_tokens == 0
+    first = session.send(*TURNS[0][:1], images=TURNS[0][1])
+    fresh = MMMModalChatSession(model, session_processor, **GENERATE)
+    assert fresh.send(*TURNS[0][:1], images=TURNS[0][1]) == first
+    with pytest.raises(ValueError, match="no turn to undo"):
+        fresh.undo(), fresh.undo()
+
+
+def test_streaming_pieces_make_the_reply(model, session_processor):
+    session = MMMModalChatSession(model, session_processor, **GENERATE)
+    pieces = []
+    reply = session.send("Hello", images=[random_image(0)], on_text=pieces.append)
+    assert "".join(pieces).strip() == reply and reply
+
+
+def test_context_limit_is_an_error_that_changes_nothing(model, session_processor):
+    session = MMMModalChatSession(model, session_processor, context_length=80, **GENERATE)
+    session.send("Hi", images=[random_image(0)])
+    messages, cached = list(session.messages), session.cached_tokens
+    with pytest.raises(ValueError, match=r"more than the model's context of 80"):
+        session.send("Too much", images=[random_image(1), random_image(2), random_image(3)])
+    assert session.messages == messages and session.cached_tokens == cached
+    session.send("Short")  # the session goes on
+
+
+def test_bad_media_leave_the_session_unchanged(model, session_processor, tmp_path):
+    session = MMMModalChatSession(model, session_processor, **GENERATE)
+    session.send("Hi", images=[random_image(0)])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    with pytest.raises(ValueError, match="image 0"):
+        session.send("And this?", images=[str(broken)])
+    assert len(session.messages) == 2

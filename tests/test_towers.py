@@ -1,0 +1,96 @@
+"""Towers end at their feature layer: same features as the full towers, fewer weights, old checkpoints still load."""
+
+import logging
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import SiglipVisionModel
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from mmmmodal_hf import MMMModalForConditionalGeneration
+
+from tiny_parts import random_clip, random_image, tiny_audio_config, tiny_config, tiny_vision_config
+
+
+def full_towers_like(model):
+    """Full SigLIP vision model and Whisper encoder (3 layers each, with final norms and head) sharing the model's weights."""
+    torch.manual_seed(1)
+    vision = SiglipVisionModel(model.config.vision_config).eval()
+    audio = WhisperEncoder(model.config.audio_config).eval()
+    vision.load_state_dict(model.model.vision_tower.state_dict(), strict=False)
+    audio.load_state_dict(model.model.audio_tower.state_dict(), strict=False)
+    return vision, audio
+
+
+@pytest.mark.parametrize("vision_layer, audio_layer", [(-2, -2), (-1, -1), (1, 2), (0, 0), (-4, -3)])
+def test_trimmed_towers_equal_the_full_towers_feature_layer(session_processor, vision_layer, audio_layer):
+    config = tiny_config(
+        session_processor,
+        vision_config=tiny_vision_config(num_hidden_layers=3),
+        audio_config=tiny_audio_config(encoder_layers=3),
+        vision_feature_layer=vision_layer,
+        audio_feature_layer=audio_layer,
+    )
+    torch.manual_seed(0)
+    model = MMMModalForConditionalGeneration(config).eval()
+    vision, audio = full_towers_like(model)
+    inputs = session_processor(
+        text="<image> <audio>", images=random_image(0), audio=random_clip(1), return_tensors="pt"
+    )
+    with torch.no_grad():
+        full_image = vision(inputs["pixel_values"], output_hidden_states=True).hidden_states[vision_layer]
+        full_audio = audio(inputs["input_features"], output_hidden_states=True).hidden_states[audio_layer]
+        assert torch.equal(model.get_image_features(inputs["pixel_values"]), model.model.image_projector(full_image))
+        expected_audio = model.model.audio_projector(full_audio).reshape(-1, config.text_config.hidden_size)
+        assert torch.equal(model.get_audio_features(inputs["input_features"]), expected_audio)
+    # Only the layers up to the feature layer exist.
+    assert len(model.model.vision_tower.encoder.layers) == (vision_layer % 4)
+    assert len(model.model.audio_tower.layers) == (audio_layer % 4)
+
+
+def test_published_layer_drops_last_layer_norm_and_head(session_processor, tmp_path):
+    config = tiny_config(session_processor)  # feature layers -2 of 2-layer towers: one layer each
+    model = MMMModalForConditionalGeneration(config)
+    model.save_pretrained(tmp_path)
+    keys = set(load_file(tmp_path / "model.safetensors"))
+    vision_keys = {k for k in keys if k.startswith("model.vision_tower.")}
+    audio_keys = {k for k in keys if k.startswith("model.audio_tower.")}
+    assert vision_keys and audio_keys
+    assert not any(".layers.1." in k or "post_layernorm" in k or ".head." in k for k in vision_keys)
+    assert not any(".layers.1." in k or "audio_tower.layer_norm" in k for k in audio_keys)
+    full_vision, full_audio = full_towers_like(model)
+    saved = sum(p.numel() for p in model.model.vision_tower.parameters()) + sum(
+        p.numel() for p in model.model.audio_tower.parameters()
+    )
+    full = sum(p.numel() for p in full_vision.parameters()) + sum(p.numel() for p in full_audio.parameters())
+    assert saved < 0.7 * full
+
+
+def test_checkpoint_with_full_towers_loads_with_a_notice(session_processor, tmp_path, caplog):
+    """A folder saved before trimming (full towers) loads; the extra tensors are dropped and named once."""
+    torch.manual_seed(0)
+    model = MMMModalForConditionalGeneration(tiny_config(session_processor)).eval()
+    model.save_pretrained(tmp_path)
+    full_vision, full_audio = full_towers_like(model)
+    tensors = load_file(tmp_path / "model.safetensors")
+    for prefix, tower in (("model.vision_tower.", full_vision), ("model.audio_tower.", full_audio)):
+        tensors.update(
+            {prefix + k: v.contiguous() for k, v in tower.state_dict().items() if prefix + k not in tensors}
+        )
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    with caplog.at_level(logging.WARNING):
+        reloaded = MMMModalForConditionalGeneration.from_pretrained(tmp_path).eval()
+    notices = [r.getMessage() for r in caplog.records if "never reach the features" in r.getMessage()]
+    assert len(notices) == 1
+    assert notices[0].endswith(
+        "model.audio_tower.layer_norm, model.audio_tower.layers.1, model.vision_tower.encoder.layers.1, "
+        "model.vision_tower.head, model.vision_tower.post_layernorm. Save the model again to store it without them."
+    )
+    assert not any("UNEXPECTED" in r.getMessage() for r in caplog.records)
+    inputs = session_processor(
+        text="<image> <audio> hi", images=random_image(0), audio=random_clip(1), return_tensors="pt"
+    )
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
