@@ -1,0 +1,60 @@
+"""Processor throughput: a 2-image 2-clip conversation through `MMMModalProcessor` against its parts called directly.
+
+Baseline: SiglipImageProcessorPil on the two images, WhisperFeatureExtractor on the two clips and
+the tokenizer on the already-expanded text (slot tokens written out), i.e. the unavoidable work.
+Both get the same decoded inputs (PIL images, float arrays at 16 kHz). Goal: at most 1.10x.
+
+    python bench/processor.py [--repeats 7]
+"""
+
+import argparse
+
+from common import clip, image, interleaved_medians, report, small_processor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--samples", type=int, default=8, help="conversations per timed call")
+    args = parser.parse_args()
+    processor = small_processor()
+    text = "[INST] <image> </image>\n<image> </image>\n<audio> </audio>\n<audio> </audio>\nCompare them all. [/INST]"
+    images = [image(1), image(2)]
+    clips = [clip(3, seconds=12.0), clip(4, seconds=25.0)]
+    batch_text, batch_images, batch_clips = [text] * args.samples, [images] * args.samples, [clips] * args.samples
+    expanded = processor(text=batch_text, images=batch_images, audio=batch_clips, return_text_replacement_offsets=True)
+    written_out = [
+        processor.expand_media_placeholders(
+            text, [576, 576], [processor.num_window_slots(1200), processor.num_window_slots(2500)]
+        )
+    ] * args.samples
+    assert processor.tokenizer(written_out, padding=True)["input_ids"] == expanded["input_ids"]
+
+    def ours():
+        processor(text=batch_text, images=batch_images, audio=batch_clips, return_tensors="np")
+
+    def parts():
+        processor.image_processor([i for pair in batch_images for i in pair], return_tensors="np")
+        processor.feature_extractor(
+            [c for pair in batch_clips for c in pair],
+            sampling_rate=16000,
+            padding="max_length",
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        processor.tokenizer(written_out, padding=True, padding_side="left", return_tensors="np")
+
+    times = interleaved_medians({"ours": ours, "parts": parts}, repeats=args.repeats)
+    rows = [
+        {
+            "conversations_per_call": args.samples,
+            "ours_samples_per_s": args.samples / times["ours"],
+            "parts_samples_per_s": args.samples / times["parts"],
+            "ours_vs_parts_time": times["ours"] / times["parts"],
+        }
+    ]
+    report("processor: 2 images + 2 clips per conversation", rows, {"goal": "ours_vs_parts_time <= 1.10"})
+
+
+if __name__ == "__main__":
+    main()

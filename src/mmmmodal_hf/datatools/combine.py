@@ -1,0 +1,166 @@
+"""`mmmmodal data combine`: join single-media rows into multi-image, multi-audio, multi-turn conversations.
+
+The paper's recipe (section 4): image rows, audio rows and relationship rows are randomly joined,
+so that conversations hold several images and clips over several turns. Each output row draws
+its kind from `--mix` (image: only image rows joined; audio: only audio rows; mixed: at least one
+row with images and one with audio, or a mixed relationship row) and how many rows it joins from
+`--rows-per-output`. Turns are appended in order and every tag keeps its own file, in order.
+Deterministic for a seed; rows are read from memory-mapped Arrow tables, not loaded as Python.
+"""
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import Conversation, UnusableRow, conversation_from_row, load_rows
+from .rows import media_kind, to_published, write_rows
+
+KINDS = ("image", "audio", "mixed")
+
+
+def parse_distribution(text: str, cast=str) -> dict:
+    """'image=0.4,audio=0.3,mixed=0.3' or '1:0.3,2:0.7' -> normalised {key: probability}."""
+    pairs = [part.replace(":", "=").split("=") for part in text.split(",") if part.strip()]
+    values = {cast(key.strip()): float(value) for key, value in pairs}
+    total = sum(values.values())
+    if total <= 0 or any(v < 0 for v in values.values()):
+        raise ValueError(f"probabilities must be non-negative and not all zero: {text!r}")
+    return {key: value / total for key, value in values.items()}
+
+
+def join(conversations: list[Conversation]) -> Conversation:
+    """One conversation holding the others' turns in order (a system message only from the first)."""
+    messages, images, audio = [], [], []
+    for number, conversation in enumerate(conversations):
+        messages += [m for m in conversation.messages if number == 0 or m["role"] != "system"]
+        images += conversation.images
+        audio += conversation.audio
+    return Conversation(
+        messages=messages, images=images, audio=audio, row_id="+".join(c.row_id for c in conversations)
+    )
+
+
+def combine_rows(
+    sources: list[str | Path],
+    output: str | Path,
+    count: int | None = None,
+    mix: dict[str, float] | None = None,
+    rows_per_output: dict[int, float] | None = None,
+    seed: int = 0,
+) -> dict:
+    """Write `count` combined rows to `output` (.jsonl or .parquet); returns what was made."""
+    mix = mix or {"image": 0.4, "audio": 0.3, "mixed": 0.3}
+    rows_per_output = rows_per_output or {1: 0.25, 2: 0.35, 3: 0.25, 4: 0.15}
+    if set(mix) - set(KINDS):
+        raise ValueError(f"--mix kinds are {KINDS}; got {sorted(mix)}")
+    if min(rows_per_output) < 1 or max(rows_per_output) > 4:
+        raise ValueError("--rows-per-output takes 1 to 4 rows (a row and up to 3 more)")
+    tables = [load_rows(source) for source in sources]
+    pools: dict[str, list[tuple[int, int]]] = {kind: [] for kind in (*KINDS, "text")}
+    unusable = 0
+    for table_index, table in enumerate(tables):
+        for row_index, row in enumerate(tqdm(table, desc=f"indexing {Path(sources[table_index]).name}", unit="row")):
+            try:
+                kind = media_kind(_conversation(row, row_index))
+            except UnusableRow:
+                unusable += 1
+                continue
+            pools[kind].append((table_index, row_index))
+    for kind, probability in mix.items():
+        if probability > 0 and kind != "mixed" and not pools[kind]:
+            raise ValueError(f"--mix asks for {kind} rows but the sources hold none")
+    if mix.get("mixed", 0) > 0 and not pools["mixed"] and not (pools["image"] and pools["audio"]):
+        raise ValueError(
+            "--mix asks for mixed rows but the sources hold neither mixed rows nor both image and audio rows"
+        )
+
+    rng = np.random.default_rng(seed)
+    count = count if count is not None else sum(len(p) for p in pools.values())
+    kinds, sizes = list(mix), list(rows_per_output)
+    made = Counter()
+    joined_counts, images_per_row, audio_per_row = Counter(), Counter(), Counter()
+    output = Path(output)
+
+    def fetch(ref):
+        table_index, row_index = ref
+        return _conversation(tables[table_index][row_index], row_index)
+
+    def pick(pool):
+        return pool[int(rng.integers(len(pool)))]
+
+    def generate():
+        for _ in tqdm(range(count), desc="mmmmodal data combine", unit="row"):
+            kind = kinds[rng.choice(len(kinds), p=[mix[k] for k in kinds])]
+            size = sizes[rng.choice(len(sizes), p=[rows_per_output[s] for s in sizes])]
+            if kind == "mixed":
+                if size == 1 and pools["mixed"]:
+                    refs = [pick(pools["mixed"])]
+                else:
+                    size = max(size, 2)
+                    refs = [pick(pools["image"]), pick(pools["audio"])] if pools["image"] and pools["audio"] else []
+                    refs = refs or [pick(pools["mixed"]) for _ in range(2)]
+                    every = pools["image"] + pools["audio"] + pools["mixed"]
+                    refs += [pick(every) for _ in range(size - len(refs))]
+                    rng.shuffle(refs)
+            else:
+                refs = [pick(pools[kind]) for _ in range(size)]
+            conversation = join([fetch(ref) for ref in refs])
+            made[media_kind(conversation)] += 1
+            joined_counts[len(refs)] += 1
+            images_per_row[len(conversation.images)] += 1
+            audio_per_row[len(conversation.audio)] += 1
+            yield to_published(conversation, relative_to=output.parent.resolve())
+
+    write_rows(generate(), output)
+    return {
+        "output": str(output),
+        "rows": count,
+        "kinds": dict(made),
+        "rows_joined": dict(sorted(joined_counts.items())),
+        "images_per_row": dict(sorted(images_per_row.items())),
+        "audio_per_row": dict(sorted(audio_per_row.items())),
+        "source_rows": {kind: len(pool) for kind, pool in pools.items()},
+        "unusable_source_rows": unusable,
+    }
+
+
+def _conversation(row: dict, index: int) -> Conversation:
+    conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+    # Paths resolved against the source file's folder become absolute, so they can be re-anchored on output.
+    conversation.images = [str(Path(p).resolve()) if _is_local(p) else p for p in conversation.images]
+    conversation.audio = [str(Path(p).resolve()) if _is_local(p) else p for p in conversation.audio]
+    return conversation
+
+
+def _is_local(item) -> bool:
+    return isinstance(item, str) and not item.startswith(("http://", "https://"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmmmodal data combine", description=__doc__)
+    parser.add_argument("sources", nargs="+", help="JSONL/JSON/Parquet files or folders of single-media rows")
+    parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
+    parser.add_argument("--rows", type=int, default=None, help="rows to write (default: as many as the sources hold)")
+    parser.add_argument("--mix", default="image=0.4,audio=0.3,mixed=0.3", help="kind of each output row")
+    parser.add_argument("--rows-per-output", default="1:0.25,2:0.35,3:0.25,4:0.15", help="rows joined into one")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    result = combine_rows(
+        args.sources,
+        args.output,
+        args.rows,
+        parse_distribution(args.mix),
+        parse_distribution(args.rows_per_output, int),
+        args.seed,
+    )
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

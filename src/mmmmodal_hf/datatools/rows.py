@@ -1,0 +1,73 @@
+"""Rows in the published format (`conversations` + `filename`), read from either format and written as JSONL or Parquet."""
+
+import json
+import os
+from pathlib import Path
+
+from ..data import Conversation
+
+MEDIA_BLOCK_TEXT = {"image": "<image> </image>", "audio": "<audio> </audio>"}
+
+
+def media_kind(conversation: Conversation) -> str:
+    """text, image, audio or mixed: which media the row holds."""
+    has_images, has_audio = bool(conversation.images), bool(conversation.audio)
+    return {(False, False): "text", (True, False): "image", (False, True): "audio", (True, True): "mixed"}[
+        (has_images, has_audio)
+    ]
+
+
+def media_in_order(conversation: Conversation) -> list[tuple[str, object]]:
+    """(kind, item) for every medium of the conversation, in the order its tags appear."""
+    from ..data import _TAG_RE
+
+    images, audio = iter(conversation.images), iter(conversation.audio)
+    order = []
+    for message in conversation.messages:
+        content = message["content"]
+        kinds = (
+            [tag.group(1) for tag in _TAG_RE.finditer(content)]
+            if isinstance(content, str)
+            else [block["type"] for block in content if block.get("type") in ("image", "audio")]
+        )
+        order += [(kind, next(images) if kind == "image" else next(audio)) for kind in kinds]
+    return order
+
+
+def to_published(conversation: Conversation, relative_to: Path | None = None) -> dict:
+    """The published row: text messages with `<image> </image>` / `<audio> </audio>` tags, files in tag order.
+
+    File paths are written relative to `relative_to` (the output file's folder) when given.
+    """
+    messages = []
+    for message in conversation.messages:
+        content = message["content"]
+        if not isinstance(content, str):
+            parts = [MEDIA_BLOCK_TEXT.get(block["type"], block.get("text", "")) for block in content]
+            content = "\n".join(parts)
+        messages.append({"role": message["role"], "content": content})
+    files = []
+    for _, item in media_in_order(conversation):
+        path = os.fspath(item)
+        if relative_to is not None and os.path.isabs(path):
+            path = os.path.relpath(path, relative_to)
+        files.append(path)
+    return {"conversations": messages, "filename": files}
+
+
+def write_rows(rows, path: str | Path) -> Path:
+    """Write dict rows as JSONL (`.jsonl`) or Parquet (`.parquet`); rows may be any iterable."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        with open(path, "w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(list(rows)), path)
+    else:
+        raise ValueError(f"{path}: write .jsonl or .parquet")
+    return path
