@@ -1,4 +1,4 @@
-"""`mmmmodal data`: tools for the training data (validate, combine), streaming and deterministic."""
+"""`mmmmodal data`: tools for the training data (validate, combine, relate), deterministic for a seed."""
 
 import argparse
 import sys
@@ -6,6 +6,7 @@ import sys
 _SUBCOMMANDS = {
     "validate": "check files, tags and lengths of a dataset against a processor",
     "combine": "join single-media rows into multi-image, multi-audio, multi-turn conversations",
+    "relate": "relationship QA over pairs of media from their captions, written by an instruct LLM",
 }
 
 
