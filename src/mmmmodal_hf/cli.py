@@ -56,7 +56,7 @@ def _demo(argv: list[str]) -> int:
 _COMMANDS = {
     "train": ("train a model in the two published stages (align, finetune) or with LoRA", _train),
     "align-combine": ("join separate image and audio align runs into one checkpoint", _align_combine),
-    "data": ("prepare training data: mmmmodal data validate | combine | relate", _data),
+    "data": ("prepare training data: mmmmodal data validate | combine | transcribe | relate", _data),
     "demo": ("train a small model end to end on a synthetic multimodal world and report", _demo),
     "chat": ("chat with a model in the terminal, with images and audio, streaming", _chat),
     "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", _conversion("build")),

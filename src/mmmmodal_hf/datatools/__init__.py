@@ -1,4 +1,4 @@
-"""`mmmmodal data`: tools for the training data (validate, combine, relate), deterministic for a seed."""
+"""`mmmmodal data`: tools for the training data (validate, combine, relate, transcribe), deterministic for a seed."""
 
 import argparse
 import sys
@@ -7,6 +7,7 @@ _SUBCOMMANDS = {
     "validate": "check files, tags and lengths of a dataset against a processor",
     "combine": "join single-media rows into multi-image, multi-audio, multi-turn conversations",
     "relate": "relationship QA over pairs of media from their captions, written by an instruct LLM",
+    "transcribe": "pseudo-label audio with a Whisper checkpoint, keeping transcripts above a score",
 }
 
 
