@@ -11,6 +11,7 @@ process and generate. The token comes from `--token`, `HF_TOKEN` or `huggingface
 import argparse
 import json
 import sys
+from importlib import resources
 from pathlib import Path
 
 from mmmmodal_hf.conversion.convert import PICKLE_SUFFIXES
@@ -92,6 +93,54 @@ def push_folder(
     return files
 
 
+def write_space(model_id: str, output_dir: str | Path, package_requirement: str = "mmmmodal-hf[web]") -> list[str]:
+    """A Space folder (app.py, README.md with front matter, requirements.txt) serving `model_id` with `mmmmodal web`."""
+    import gradio
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    values = {
+        "model_id": model_id,
+        "title": f"MMMModal {model_id.split('/')[-1]}",
+        "gradio_version": gradio.__version__,
+        "package_requirement": package_requirement,
+    }
+    for name in ("app.py", "README.md", "requirements.txt"):
+        template = resources.files("mmmmodal_hf.hub_templates") / "space" / name
+        (output_dir / name).write_text(template.read_text(encoding="utf-8").format(**values), encoding="utf-8")
+    return sorted(p.name for p in output_dir.iterdir())
+
+
+def push_space(
+    space_id: str,
+    model_id: str,
+    token: str | None = None,
+    private: bool = False,
+    package_requirement: str = "mmmmodal-hf[web]",
+    dry_run: bool = False,
+    staging: str | Path | None = None,
+) -> list[str]:
+    """Write the Space for `model_id` and create/upload it as a Gradio Space (`dry_run`: write only)."""
+    import tempfile
+
+    from huggingface_hub import SpaceCard
+
+    folder = Path(staging or tempfile.mkdtemp(prefix="mmmmodal-space-"))
+    files = write_space(model_id, folder, package_requirement)
+    card = SpaceCard.load(folder / "README.md")
+    if card.data.sdk != "gradio" or card.data.app_file != "app.py":
+        raise RefusedToPush(f"the Space card does not declare a Gradio app: {card.data}")
+    compile((folder / "app.py").read_text(), "app.py", "exec")
+    if dry_run:
+        return files
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(space_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(folder), repo_id=space_id, repo_type="space", commit_message="MMMModal web chat")
+    return files
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mmmmodal push", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -103,6 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--commit-message", default="Upload MMMModal model")
     parser.add_argument("--token", help="defaults to HF_TOKEN or the stored login")
     parser.add_argument("--dry-run", action="store_true", help="run every check and list the files; send nothing")
+    parser.add_argument(
+        "--space", help="also write a Gradio Space serving the model (`mmmmodal web`) to this Space id"
+    )
+    parser.add_argument(
+        "--space-package", default="mmmmodal-hf[web]", help="requirement line that installs this package"
+    )
+    parser.add_argument("--space-dir", help="write the Space folder here (default: a temporary folder)")
     return parser
 
 
@@ -124,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"{verb} {len(files)} files to {args.repo_id}" + (f"@{args.revision}" if args.revision else ""))
     print(json.dumps(files))
+    if args.space:
+        space_files = push_space(
+            args.space, args.repo_id, args.token, args.private, args.space_package, args.dry_run, args.space_dir
+        )
+        print(f"{verb} the Space {args.space}: {json.dumps(space_files)}")
     return 0
 
 

@@ -85,3 +85,27 @@ def test_a_folder_that_does_not_load_is_refused(built, tmp_path):
             (folder / name).write_bytes((built / name).read_bytes())
     with pytest.raises(RefusedToPush, match="does not load as a Hub repo"):
         check_folder(folder)
+
+
+def test_space_for_the_model_is_written_and_checked_in_a_dry_run(built, tmp_path):
+    """`--space` writes a Gradio Space (app.py, card, requirements) that serves the model with `mmmmodal web`."""
+    from huggingface_hub import SpaceCard
+
+    space = tmp_path / "space"
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(built), "--repo-id", "someone/mmmmodal-tiny",
+         "--dry-run", "--space", "someone/mmmmodal-tiny-chat", "--space-dir", str(space)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert (
+        'would upload the Space someone/mmmmodal-tiny-chat: ["README.md", "app.py", "requirements.txt"]'
+        in completed.stdout
+    )
+    card = SpaceCard.load(space / "README.md")
+    assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
+    assert card.data.models == ["someone/mmmmodal-tiny"]
+    app = (space / "app.py").read_text()
+    assert 'os.environ.get("MMMMODAL_MODEL", "someone/mmmmodal-tiny")' in app and "build_app(" in app
+    compile(app, "app.py", "exec")
+    assert (space / "requirements.txt").read_text().splitlines()[0] == "mmmmodal-hf[web]"

@@ -40,6 +40,12 @@ def _chat(argv: list[str]) -> int:
     return main(argv)
 
 
+def _web(argv: list[str]) -> int:
+    from .web import main
+
+    return main(argv)
+
+
 def _data(argv: list[str]) -> int:
     from .datatools import main
 
@@ -59,6 +65,7 @@ _COMMANDS = {
     "data": ("prepare training data: mmmmodal data validate | combine | transcribe | relate", _data),
     "demo": ("train a small model end to end on a synthetic multimodal world and report", _demo),
     "chat": ("chat with a model in the terminal, with images and audio, streaming", _chat),
+    "web": ("a Gradio page for multi-image, multi-audio chat (needs the [web] extra)", _web),
     "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", _conversion("build")),
     "convert": ("convert a released mesolitica checkpoint to this layout", _conversion("convert")),
     "push": ("upload a built folder to the Hub with a model card", _conversion("push")),

@@ -1,0 +1,258 @@
+"""`mmmmodal web MODEL`: a Gradio page for multi-image, multi-audio, multi-turn chat.
+
+Each turn takes text plus any number of images and audio files (upload, paste, microphone);
+the media show inline in the history, the answer streams token by token, and the whole
+conversation stays in the prompt through an `MMMModalChatSession` (earlier media are never
+encoded again). Undo, retry and clear, generation settings, and English/Malay examples whose
+media the package draws itself. A bad file gives a readable message and the session goes on.
+Gradio is an optional extra (`pip install "mmmmodal-hf[web]"`); only this module imports it.
+"""
+
+import argparse
+import queue
+import random
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import soundfile
+
+from .media_mmmmodal import load_audio, load_image
+from .session import MMMModalChatSession
+
+INTRO = (
+    "# MMMModal chat\n"
+    "Ask about several images and audio clips over several turns, in English or Malay. "
+    "Attach files with the clip button (or paste, or record), then send."
+)
+
+
+def media_kind(path: str) -> str:
+    """image or audio, decided by decoding the file (never by its name)."""
+    try:
+        load_image(path)
+        return "image"
+    except ValueError:
+        pass
+    try:
+        load_audio(path, 16000)
+        return "audio"
+    except ValueError as error:
+        raise ValueError(f"{Path(path).name} is neither a readable image nor readable audio ({error})") from None
+
+
+def example_media(folder: str | Path | None = None) -> dict[str, str]:
+    """Example images and clips drawn by the package (no downloads): name -> path."""
+    from .demo.world import SAMPLE_RATE, render_image, synthesise_clip
+
+    folder = Path(folder or Path(tempfile.gettempdir()) / "mmmmodal-web-examples")
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    paths = {}
+    for name, colour, shape in (("red_circle", "red", "circle"), ("blue_square", "blue", "square")):
+        path = folder / f"{name}.png"
+        if not path.exists():
+            render_image(colour, shape, rng).resize((256, 256)).save(path)
+        paths[name] = str(path)
+    for name, pitch, beeps in (("high_beeps", "high", 3), ("low_beep", "low", 1)):
+        path = folder / f"{name}.wav"
+        if not path.exists():
+            soundfile.write(path, synthesise_clip(pitch, beeps, rng), SAMPLE_RATE)
+        paths[name] = str(path)
+    return paths
+
+
+def _generation_settings(max_new_tokens, temperature, top_p) -> dict:
+    settings = {"max_new_tokens": int(max_new_tokens)}
+    if temperature and temperature > 0:
+        settings.update(do_sample=True, temperature=float(temperature), top_p=float(top_p))
+    else:
+        settings["do_sample"] = False
+    return settings
+
+
+def _file_path(item) -> str:
+    return item if isinstance(item, str) else (item.get("path") or item["file"]["path"])
+
+
+def _last_user_turn(history: list) -> tuple[int, dict]:
+    """Index of the last user message group's first message, and its text and files."""
+    index = len(history)
+    while index > 0 and history[index - 1]["role"] != "user":
+        index -= 1
+    start = index
+    while start > 0 and history[start - 1]["role"] == "user":
+        start -= 1
+    text, files = "", []
+    for message in history[start:index]:
+        for part in message["content"] if isinstance(message["content"], list) else [message["content"]]:
+            if isinstance(part, str):
+                text = part
+            elif isinstance(part, dict) and part.get("type") == "text":
+                text = part["text"]
+            elif isinstance(part, dict):
+                files.append(_file_path(part.get("file", part)))
+    return start, {"text": text, "files": files}
+
+
+def build_app(
+    model, processor, title: str = "MMMModal chat", examples_folder: str | None = None, max_new_tokens: int = 256
+):
+    """The Gradio Blocks app for `model` and `processor` (both already loaded)."""
+    import gradio as gr
+
+    def new_session() -> MMMModalChatSession:
+        return MMMModalChatSession(model, processor)
+
+    def respond(message, history, session, max_new_tokens, temperature, top_p):
+        session = session or new_session()
+        history = list(history or [])
+        text, files = (
+            (message or {}).get("text", "").strip(),
+            [_file_path(f) for f in (message or {}).get("files", [])],
+        )
+        if not text and not files:
+            yield gr.update(), history, session, ""
+            return
+        kinds, problems = [], []
+        for path in files:
+            try:
+                kinds.append(media_kind(path))
+            except ValueError as error:
+                kinds.append(None)
+                problems.append(str(error))
+        if problems:  # the message goes back to the box without the bad files; nothing else changes
+            kept = [path for path, kind in zip(files, kinds) if kind]
+            yield {"text": text, "files": kept}, history, session, "**Could not use a file:** " + "; ".join(problems)
+            return
+        turn = [{"role": "user", "content": [{"path": path}]} for path in files]
+        turn.append({"role": "user", "content": text or "(no text)"})
+        shown = history + turn + [{"role": "assistant", "content": ""}]
+        yield None, shown, session, ""
+        pieces: queue.Queue = queue.Queue()
+        outcome: dict = {}
+
+        def work():
+            try:
+                outcome["answer"] = session.send(
+                    text,
+                    images=[p for p, k in zip(files, kinds) if k == "image"],
+                    audio=[p for p, k in zip(files, kinds) if k == "audio"],
+                    on_text=pieces.put,
+                    **_generation_settings(max_new_tokens, temperature, top_p),
+                )
+            except Exception as error:  # shown on the page; the session is unchanged by a failed turn
+                outcome["error"] = error
+            finally:
+                pieces.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+        streamed = ""
+        while (piece := pieces.get()) is not None:
+            streamed += piece
+            shown[-1] = {"role": "assistant", "content": streamed}
+            yield None, shown, session, ""
+        if "error" in outcome:
+            yield message, history, session, f"**Could not answer:** {outcome['error']}"
+            return
+        shown[-1] = {"role": "assistant", "content": outcome["answer"]}
+        yield None, shown, session, ""
+
+    def api_chat(message, session, max_new_tokens, temperature, top_p):
+        """One turn for API clients (gradio_client): the reply text; the conversation lives in the client's session."""
+        session = session or new_session()
+        text, files = (
+            (message or {}).get("text", "").strip(),
+            [_file_path(f) for f in (message or {}).get("files", [])],
+        )
+        try:
+            kinds = [media_kind(path) for path in files]
+            answer = session.send(
+                text,
+                images=[p for p, k in zip(files, kinds) if k == "image"],
+                audio=[p for p, k in zip(files, kinds) if k == "audio"],
+                **_generation_settings(max_new_tokens, temperature, top_p),
+            )
+        except ValueError as error:
+            raise gr.Error(str(error)) from None
+        return answer, session
+
+    def undo(history, session):
+        history = list(history or [])
+        if session is not None and session.messages and session.messages[-1]["role"] == "assistant":
+            session.undo()
+        start, last = _last_user_turn(history)
+        return history[:start], session, last, ""
+
+    def retry(history, session, max_new_tokens, temperature, top_p):
+        history, session, last, _ = undo(history, session)
+        yield from respond(last, history, session, max_new_tokens, temperature, top_p)
+
+    def clear(session):
+        if session is not None:
+            session.reset()
+        return session, ""
+
+    media = example_media(examples_folder)
+    examples = [
+        {"text": "What colour is the shape in the first image, and what shape is in the second?",
+         "files": [media["red_circle"], media["blue_square"]]},
+        {"text": "Berapa kali bunyi bip dalam audio ini, dan adakah nadanya tinggi atau rendah?",
+         "files": [media["high_beeps"]]},
+        {"text": "Which is higher, the first clip or the second?", "files": [media["high_beeps"], media["low_beep"]]},
+        {"text": "Apa warna bentuk dalam gambar ini?", "files": [media["blue_square"]]},
+    ]  # fmt: skip
+
+    with gr.Blocks(title=title) as app:
+        gr.Markdown(INTRO)
+        chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="conversation")
+        status = gr.Markdown(elem_id="status")
+        box = gr.MultimodalTextbox(
+            file_types=["image", "audio"],
+            file_count="multiple",
+            sources=["upload", "microphone"],
+            placeholder="Ask about your images and audio (English or Malay)...",
+            show_label=False,
+            elem_id="message",
+        )
+        with gr.Accordion("Generation settings", open=False):
+            max_new_tokens_slider = gr.Slider(1, 1024, value=max_new_tokens, step=1, label="Max new tokens")
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0: greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+        session = gr.State(None)
+        settings = [max_new_tokens_slider, temperature, top_p]
+        gr.Examples(examples=[[example] for example in examples], inputs=[box], label="Examples (English / Malay)")
+        box.submit(respond, [box, chatbot, session, *settings], [box, chatbot, session, status], api_name=False)
+        # For API clients: the same turn without the page's history, `client.predict(message, ..., api_name="/chat")`.
+        reply = gr.Textbox(visible=False)
+        gr.Button(visible=False).click(api_chat, [box, session, *settings], [reply, session], api_name="chat")
+        chatbot.undo(undo, [chatbot, session], [chatbot, session, box, status], api_name=False)
+        chatbot.retry(retry, [chatbot, session, *settings], [box, chatbot, session, status], api_name=False)
+        chatbot.clear(clear, [session], [session, status], api_name=False)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmmmodal web", description=__doc__)
+    parser.add_argument("model", help="folder or Hub id of an MMMModal model")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a network)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    args = parser.parse_args(argv)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print('mmmmodal web needs Gradio: pip install "mmmmodal-hf[web]"', file=sys.stderr)
+        return 1
+    from .chat import load
+
+    model, processor = load(args.model)
+    build_app(model, processor, title=f"MMMModal chat: {args.model}").launch(
+        server_name=args.host, server_port=args.port, share=args.share
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

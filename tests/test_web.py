@@ -1,0 +1,127 @@
+"""The Gradio page in a real headless Chromium, through gradio_client, and with a broken upload."""
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from mmmmodal_hf.web import build_app, example_media
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def web_app(model, session_processor, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("web")
+    app = build_app(model, session_processor, examples_folder=str(folder / "examples"), max_new_tokens=10)
+    app.queue()
+    _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, show_error=True)
+    yield url, example_media(folder / "examples"), folder
+    app.close()
+
+
+def wait_for_answers(page, count: int, timeout: float = 60.0) -> list[str]:
+    """Texts of the assistant messages once there are `count` and the last one has stopped growing."""
+    deadline, last, stable_since = time.time() + timeout, None, None
+    while time.time() < deadline:
+        texts = page.locator("#conversation [data-testid=bot]").all_inner_texts()
+        if len(texts) >= count and texts[-1].strip():
+            if texts == last and time.time() - stable_since > 1.0:
+                return texts
+            if texts != last:
+                last, stable_since = texts, time.time()
+        page.wait_for_timeout(200)
+    raise AssertionError(f"no complete answer {count} within {timeout} s; saw {last}")
+
+
+def send(page, text: str, files: list[str] = ()) -> None:
+    if files:
+        page.locator("#message input[type=file]").first.set_input_files(list(files))
+        page.wait_for_function(
+            'n => document.querySelectorAll(\'#message .thumbnail-item, #message [data-testid="file-preview"],'
+            " #message .thumbnails > *').length >= n",
+            arg=len(files),
+            timeout=30000,
+        )
+    page.locator("#message textarea").fill(text)
+    page.locator("#message textarea").press("Enter")
+
+
+def test_browser_chat_with_two_images_and_a_clip_then_a_follow_up(web_app):
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "the browser test needs Debian's chromium (apt-get install chromium)"
+    url, media, folder = web_app
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(url)
+        send(
+            page,
+            "What colours are the two shapes, and how many beeps?",
+            [media["red_circle"], media["blue_square"], media["high_beeps"]],
+        )
+        first = wait_for_answers(page, 1)[0]
+        # The media show inline in the history: two images and an audio player in the user's turn.
+        assert page.locator("#conversation [data-testid=user] img").count() >= 2
+        assert page.locator("#conversation [data-testid=user] [data-testid^=waveform]").count() == 1
+        send(page, "What colour was the first image again?")
+        answers = wait_for_answers(page, 2)
+        assert answers[0] == first and answers[1].strip()
+        artifacts = Path(os.environ.get("MMMMODAL_TEST_ARTIFACTS", folder))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(artifacts / "web_chat.png"), full_page=True)
+        browser.close()
+    assert (artifacts / "web_chat.png").stat().st_size > 10_000
+
+
+def test_same_conversation_through_gradio_client(web_app):
+    from gradio_client import Client, handle_file
+
+    url, media, _ = web_app
+    client = Client(url, verbose=False)
+    first = client.predict(
+        {
+            "text": "What colours are these?",
+            "files": [handle_file(media["red_circle"]), handle_file(media["high_beeps"])],
+        },
+        10,
+        0.0,
+        1.0,
+        api_name="/chat",
+    )
+    follow_up = client.predict({"text": "And the first one again?", "files": []}, 10, 0.0, 1.0, api_name="/chat")
+    assert isinstance(first, str) and first.strip() and isinstance(follow_up, str) and follow_up.strip()
+
+
+def test_broken_upload_shows_an_error_and_the_next_turn_works(web_app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, media, _ = web_app
+    good = Path(media["blue_square"]).read_bytes()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good[: len(good) // 3])
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        send(page, "What is in this picture?", [str(broken)])
+        page.wait_for_function(
+            "document.querySelector('#status').innerText.includes('Could not use a file')", timeout=30000
+        )
+        assert "broken.png" in page.locator("#status").inner_text()
+        assert page.locator("#conversation [data-testid=bot]").count() == 0
+        page.locator("#message textarea").fill("")
+        send(page, "Then what is in this one?", [media["blue_square"]])
+        assert wait_for_answers(page, 1)[0].strip()
+        assert "Could not use" not in page.locator("#status").inner_text()
+        browser.close()
