@@ -125,3 +125,32 @@ def test_broken_upload_shows_an_error_and_the_next_turn_works(web_app, tmp_path)
         assert wait_for_answers(page, 1)[0].strip()
         assert "Could not use" not in page.locator("#status").inner_text()
         browser.close()
+
+
+def test_undo_and_retry_in_the_page(web_app):
+    from playwright.sync_api import sync_playwright
+
+    url, media, _ = web_app
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        send(page, "First question about this image.", [media["red_circle"]])
+        wait_for_answers(page, 1)
+        send(page, "Second question.")
+        wait_for_answers(page, 2)
+        page.get_by_role("button", name="Undo").last.click()  # the second exchange goes; its text returns to the box
+        page.wait_for_function("document.querySelectorAll('#conversation [data-testid=bot]').length === 1")
+        assert page.locator("#message textarea").input_value() == "Second question."
+        page.get_by_role("button", name="Retry").last.click()  # the first exchange is asked again
+        retried = wait_for_answers(page, 1)
+        assert len(retried) == 1 and retried[0].strip()
+        browser.close()
+
+
+def test_the_core_package_does_not_import_gradio():
+    import subprocess
+    import sys
+
+    code = "import sys, mmmmodal_hf, mmmmodal_hf.chat, mmmmodal_hf.cli; assert 'gradio' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300).returncode == 0
