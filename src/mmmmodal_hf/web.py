@@ -76,6 +76,23 @@ def _file_path(item) -> str:
     return item if isinstance(item, str) else (item.get("path") or item["file"]["path"])
 
 
+def _message_parts(message) -> tuple[str, list[str]]:
+    """The text and file paths of a MultimodalTextbox value."""
+    message = message or {}
+    return message.get("text", "").strip(), [_file_path(f) for f in message.get("files", [])]
+
+
+def _sorted_media(files: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """The files split into images and audio by decoding them, and what is wrong with the others."""
+    images, audio, problems = [], [], []
+    for path in files:
+        try:
+            (images if media_kind(path) == "image" else audio).append(path)
+        except ValueError as error:
+            problems.append(str(error))
+    return images, audio, problems
+
+
 def _last_user_turn(history: list) -> tuple[int, dict]:
     """Index of the last user message group's first message, and its text and files."""
     index = len(history)
@@ -108,22 +125,13 @@ def build_app(
     def respond(message, history, session, max_new_tokens, temperature, top_p):
         session = session or new_session()
         history = list(history or [])
-        text, files = (
-            (message or {}).get("text", "").strip(),
-            [_file_path(f) for f in (message or {}).get("files", [])],
-        )
+        text, files = _message_parts(message)
         if not text and not files:
             yield gr.update(), history, session, ""
             return
-        kinds, problems = [], []
-        for path in files:
-            try:
-                kinds.append(media_kind(path))
-            except ValueError as error:
-                kinds.append(None)
-                problems.append(str(error))
+        images, audio, problems = _sorted_media(files)
         if problems:  # the message goes back to the box without the bad files; nothing else changes
-            kept = [path for path, kind in zip(files, kinds) if kind]
+            kept = [path for path in files if path in images or path in audio]
             yield {"text": text, "files": kept}, history, session, "**Could not use a file:** " + "; ".join(problems)
             return
         turn = [{"role": "user", "content": [{"path": path}]} for path in files]
@@ -137,8 +145,8 @@ def build_app(
             try:
                 outcome["answer"] = session.send(
                     text,
-                    images=[p for p, k in zip(files, kinds) if k == "image"],
-                    audio=[p for p, k in zip(files, kinds) if k == "audio"],
+                    images=images,
+                    audio=audio,
                     on_text=pieces.put,
                     **_generation_settings(max_new_tokens, temperature, top_p),
                 )
@@ -162,17 +170,13 @@ def build_app(
     def api_chat(message, session, max_new_tokens, temperature, top_p):
         """One turn for API clients (gradio_client): the reply text; the conversation lives in the client's session."""
         session = session or new_session()
-        text, files = (
-            (message or {}).get("text", "").strip(),
-            [_file_path(f) for f in (message or {}).get("files", [])],
-        )
+        text, files = _message_parts(message)
+        images, audio, problems = _sorted_media(files)
+        if problems:
+            raise gr.Error("; ".join(problems))
         try:
-            kinds = [media_kind(path) for path in files]
             answer = session.send(
-                text,
-                images=[p for p, k in zip(files, kinds) if k == "image"],
-                audio=[p for p, k in zip(files, kinds) if k == "audio"],
-                **_generation_settings(max_new_tokens, temperature, top_p),
+                text, images=images, audio=audio, **_generation_settings(max_new_tokens, temperature, top_p)
             )
         except ValueError as error:
             raise gr.Error(str(error)) from None

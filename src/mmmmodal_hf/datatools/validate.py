@@ -120,17 +120,17 @@ def validate_dataset(path, processor, block_size: int = 8192, limit: int | None 
         report.images_per_row[len(conversation.images)] += 1
         report.audio_per_row[len(conversation.audio)] += 1
         report.turns_per_row[sum(m["role"] == "user" for m in conversation.messages)] += 1
-        media_problems = [
-            p for kind, item in media_in_order(conversation) if (p := _check_media(kind, item, processor))
-        ]
-        for kind, message in media_problems:
-            report.problems[kind].append((row_id, message))
-        if media_problems:
-            continue
-        try:
+        try:  # decodes every file as its tag's kind and tokenizes with the feature slots
             length = len(encode_conversation(processor, conversation, block_size=None)["input_ids"])
         except UnusableRow as error:
-            report.problems["unusable row"].append((row_id, str(error)))
+            # Only a failed row pays for the diagnosis: which file is missing, unreadable or of the other kind.
+            media_problems = [
+                p for kind, item in media_in_order(conversation) if (p := _check_media(kind, item, processor))
+            ]
+            for kind, message in media_problems:
+                report.problems[kind].append((row_id, message))
+            if not media_problems:
+                report.problems["unusable row"].append((row_id, str(error)))
             continue
         report.lengths.append(length)
         if length > block_size:
