@@ -36,9 +36,8 @@ from mmmmodal_hf import (
     MMMModalImageProjector,
     MMMModalProcessor,
 )
-from mmmmodal_hf.configuration_mmmmodal import encoder_layers_needed
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
-from mmmmodal_hf.modeling_mmmmodal import trim_tower
+from mmmmodal_hf.modeling_mmmmodal import tower_cuts, trim_tower
 
 # The two published variants (DESIGN.md 1): both see through SigLIP-base-384 and hear through
 # Malaysian Whisper-small.
@@ -192,17 +191,10 @@ def build_checkpoint(
         model = MMMModalForConditionalGeneration(config)
     # The loaded parts move in whole, each tower cut at its feature layer; only the projectors are new
     # (PyTorch's default init, as published).
-    dropped = {}
-    for name, tower, layers, keep_norm in (
-        ("vision tower", vision_tower, _layers_kept(config, "vision"), False),
-        (
-            "audio tower",
-            audio_tower,
-            _layers_kept(config, "audio"),
-            _layers_kept(config, "audio") == config.audio_config.encoder_layers,
-        ),
-    ):
-        dropped.update({f"{name} {part}": count for part, count in trim_tower(tower, layers, keep_norm).items()})
+    dropped, cuts = {}, tower_cuts(config)
+    for kind, tower in (("vision", vision_tower), ("audio", audio_tower)):
+        removed = trim_tower(tower, *cuts[kind])
+        dropped.update({f"{kind} tower {part}": count for part, count in removed.items()})
     model.model.vision_tower = vision_tower
     model.model.audio_tower = audio_tower
     model.model.language_model = language_model.model
@@ -239,12 +231,6 @@ def build_checkpoint(
     steps.close()
     files = sorted(p.name for p in output_dir.iterdir())
     return BuildReport(output_dir, parameter_counts(config), added, files, dropped=dropped)
-
-
-def _layers_kept(config: MMMModalConfig, kind: str) -> int:
-    if kind == "vision":
-        return encoder_layers_needed(config.vision_feature_layer, config.vision_config.num_hidden_layers)
-    return encoder_layers_needed(config.audio_feature_layer, config.audio_config.encoder_layers)
 
 
 def _expected_files(size_gb: float, max_shard_size: str) -> list[str]:

@@ -65,6 +65,17 @@ def trim_tower(tower: nn.Module, layers_kept: int, keep_final_norm: bool = False
     return removed
 
 
+def tower_cuts(config: MMMModalConfig) -> dict[str, tuple[int, bool]]:
+    """Per tower ("vision", "audio"): the layers its feature layer needs, and whether its final norm stays.
+
+    SigLIP's hidden states are read before `post_layernorm`; Whisper's last one is tied to the
+    normed output, so its norm stays only when the feature layer is the last layer.
+    """
+    vision = encoder_layers_needed(config.vision_feature_layer, config.vision_config.num_hidden_layers)
+    audio = encoder_layers_needed(config.audio_feature_layer, config.audio_config.encoder_layers)
+    return {"vision": (vision, False), "audio": (audio, audio == config.audio_config.encoder_layers)}
+
+
 def _checkpoint_part(key: str) -> str:
     """`...encoder.layers.11.mlp.fc1.weight` -> `...encoder.layers.11`; `...head.mlp.fc1.bias` -> `...head`."""
     match = re.match(r"(.*?\.layers\.\d+)\.", key) or re.match(r"(.*?\.head)\.", key)
@@ -210,15 +221,15 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
     def __init__(self, config: MMMModalConfig):
         super().__init__(config)
-        vision_layers = encoder_layers_needed(config.vision_feature_layer, config.vision_config.num_hidden_layers)
-        audio_layers = encoder_layers_needed(config.audio_feature_layer, config.audio_config.encoder_layers)
+        cuts = tower_cuts(config)
+        (vision_layers, _), (audio_layers, keep_audio_norm) = cuts["vision"], cuts["audio"]
         vision_config = _trimmed_config(
             config.vision_config, "num_hidden_layers", vision_layers, vision_use_head=False
         )
         self.vision_tower = AutoModel.from_config(vision_config)
         self.audio_tower = WhisperEncoder(_trimmed_config(config.audio_config, "encoder_layers", audio_layers))
         trim_tower(self.vision_tower, vision_layers)
-        trim_tower(self.audio_tower, audio_layers, keep_final_norm=audio_layers == config.audio_config.encoder_layers)
+        trim_tower(self.audio_tower, audio_layers, keep_final_norm=keep_audio_norm)
         self.image_projector = MMMModalImageProjector(config)
         self.audio_projector = MMMModalAudioProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
@@ -522,6 +533,7 @@ MMMModalForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
     "trim_tower",
+    "tower_cuts",
     "MMMModalPreTrainedModel",
     "MMMModalModel",
     "MMMModalForConditionalGeneration",
