@@ -8,7 +8,7 @@ from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
 from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
-from mmmmodal_hf.demo.world import EASY_KINDS, KINDS
+from mmmmodal_hf.demo.world import CHANCE, EASY_KINDS, KINDS
 
 
 def test_quick_demo_learns_saves_and_reloads(tmp_path):
@@ -25,12 +25,16 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["tokenizer"] == "mistral" and metrics["vocabulary"] == 32006
     assert set(metrics["accuracy"]) >= set(KINDS)
-    # Learning happened: the loss fell, and the answers have the form of their kind. (Reaching the
-    # issue's accuracy target on the content needs more than a quick run; see README, limits.)
+    # The towers' stand-in pretraining made them see and hear the world (scored on fresh media).
+    towers = {report["tower"]: report["accuracy"] for report in metrics["encoders"]}
+    assert towers["vision"]["colour"] >= 0.95 and towers["audio"]["pitch"] >= 0.95, towers
+    # Learning happened: the loss fell, the answers have the form of their kind, and the easy kinds
+    # are answered well above chance. (The 90% target on every kind needs the full run; README, limits.)
     losses = [row["loss"] for row in metrics["losses"] if row["stage"] == "finetune"]
     assert losses[-1] < 0.2 * losses[0]
-    for kind in EASY_KINDS:
-        assert metrics["accuracy"][kind]["well_formed"] >= 0.8, metrics["accuracy"][kind]
+    easy = {kind: metrics["accuracy"][kind] for kind in EASY_KINDS}
+    assert all(row["well_formed"] >= 0.8 for row in easy.values()), easy
+    assert sum(row["accuracy"] for row in easy.values()) >= 2 * sum(CHANCE[kind] for kind in EASY_KINDS), easy
     # The fresh-process reload used the folder's own code, and answered every turn of the sample chats.
     assert metrics["reloaded_from"].startswith("transformers_modules.")
     chats = json.loads((report / "sample_chats.json").read_text())
