@@ -63,10 +63,10 @@ def _pretrain_tower(
 ) -> TowerReport:
     started = time.time()
     head = nn.Linear(width, sum(classes))
-    parameters = [p for p in tower.parameters()] + list(head.parameters())
+    parameters = list(tower.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        optimizer, lambda step: min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
     )
     first = classes[0]
 
@@ -94,7 +94,6 @@ def _pretrain_tower(
         fact_names[0]: (out[:, :first].argmax(-1) == first_labels).float().mean().item(),
         fact_names[1]: (out[:, first:].argmax(-1) == second_labels).float().mean().item(),
     }
-    tower.requires_grad_(False)
     return TowerReport(name, steps, time.time() - started, accuracy)
 
 
@@ -133,5 +132,4 @@ def pretrain_encoders(
             rng,
         ),
     ]
-    model.requires_grad_(True)
     return reports
