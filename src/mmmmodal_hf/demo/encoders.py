@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .world import COLOURS, PITCHES, SHAPES, render_image, synthesise_clip
+from .world import COLOURS, MAX_BEEPS, PITCHES, SHAPES, render_image, synthesise_clip
 
 _COLOURS, _SHAPES, _PITCHES = sorted(COLOURS), sorted(SHAPES), sorted(PITCHES)
-MAX_BEEPS = 4
 
 
 @dataclass

@@ -41,6 +41,10 @@ from .report import write_report
 from .tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
 from .world import CHANCE, EASY_KINDS, KINDS, WorldConversation, make_split
 
+# Media geometry shared by the processor and the model config: 4 slots per image and per 1 s clip.
+IMAGE_SIZE, PATCH_SIZE = 32, 16
+AUDIO_CONV_KERNEL = AUDIO_CONV_STRIDE = 12
+
 
 @dataclass
 class DemoSettings:
@@ -90,12 +94,12 @@ def build_processor(settings: DemoSettings, folder: Path, texts: list[str]) -> t
     if tokenizer_folder is None:
         tokenizer_folder, kind = trained_tokenizer_folder(folder / "tokenizer", texts), "trained"
     processor = MMMModalProcessor(
-        image_processor=SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+        image_processor=SiglipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
         feature_extractor=WhisperFeatureExtractor(feature_size=80, chunk_length=1),
         tokenizer=AutoTokenizer.from_pretrained(tokenizer_folder),
-        patch_size=16,
-        audio_conv_kernel=12,
-        audio_conv_stride=12,
+        patch_size=PATCH_SIZE,
+        audio_conv_kernel=AUDIO_CONV_KERNEL,
+        audio_conv_stride=AUDIO_CONV_STRIDE,
     )
     return processor, kind
 
@@ -104,7 +108,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
     """Small towers and LM: 4 slots per 32 px image (16 px patches), 4 slots per 1 s clip (a 12-frame stride).
 
     Four slots carry everything the world asks of a medium once the towers are pretrained, and
-    short media spans make each step cheaper (measured: README, "What the demo reaches").
+    short media spans make each step cheaper (measured: README, Limits).
     """
     hidden = settings.hidden_size
     config = MMMModalConfig(
@@ -113,8 +117,8 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
             intermediate_size=192,
             num_hidden_layers=2,
             num_attention_heads=4,
-            image_size=32,
-            patch_size=16,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
         ),
         audio_config=WhisperConfig(
             d_model=96,
@@ -148,8 +152,8 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
         # Two-layer towers: read their last layer (the published models read layer -2 of 12).
         vision_feature_layer=-1,
         audio_feature_layer=-1,
-        audio_conv_kernel=12,
-        audio_conv_stride=12,
+        audio_conv_kernel=AUDIO_CONV_KERNEL,
+        audio_conv_stride=AUDIO_CONV_STRIDE,
         **processor.special_token_ids,
     )
     torch.manual_seed(settings.seed)

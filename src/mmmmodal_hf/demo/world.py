@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 IMAGE_PIXELS = 64
 SAMPLE_RATE = 16000
 CLIP_SECONDS = 1.0
+MAX_BEEPS = 4
 
 COLOURS = {  # name: (rgb, English, Malay)
     "red": ((220, 30, 30), "Red", "Merah"),
@@ -166,7 +167,7 @@ class MediaPool:
             render_image(colour, shape, rng).save(path)
             self.images.append(ImageFact(path.name, colour, shape))
         for index in range(clips):
-            pitch, beeps = rng.choice(sorted(PITCHES)), rng.randint(1, 4)
+            pitch, beeps = rng.choice(sorted(PITCHES)), rng.randint(1, MAX_BEEPS)
             path = folder / f"clip_{index:04d}.wav"
             soundfile.write(path, synthesise_clip(pitch, beeps, rng), SAMPLE_RATE)
             self.clips.append(ClipFact(path.name, pitch, beeps))
