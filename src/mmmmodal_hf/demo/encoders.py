@@ -20,6 +20,7 @@ from torch import nn
 from .world import COLOURS, MAX_BEEPS, PITCHES, SHAPES, render_image, synthesise_clip
 
 _COLOURS, _SHAPES, _PITCHES = sorted(COLOURS), sorted(SHAPES), sorted(PITCHES)
+TOWER_LEARNING_RATE = 2e-3
 
 
 @dataclass
@@ -103,32 +104,29 @@ def pretrain_encoders(
     rng = random.Random(f"encoders-{seed}")
     torch.manual_seed(seed)
     inner = model.model
+    common = dict(batch_size=batch_size, learning_rate=TOWER_LEARNING_RATE, rng=rng)
     reports = [
         _pretrain_tower(
             "vision",
             inner.vision_tower,
-            model.config.vision_config.hidden_size,
-            (len(_COLOURS), len(_SHAPES)),
-            ("colour", "shape"),
-            lambda n, r: _image_batch(processor, n, r),
-            vision_steps,
-            batch_size,
-            2e-3,
-            120,
-            rng,
+            width=model.config.vision_config.hidden_size,
+            classes=(len(_COLOURS), len(_SHAPES)),
+            fact_names=("colour", "shape"),
+            draw=lambda n, r: _image_batch(processor, n, r),
+            steps=vision_steps,
+            pool_batches=120,  # images are cheap to draw: a large pool, little repetition
+            **common,
         ),
         _pretrain_tower(
             "audio",
             inner.audio_tower,
-            model.config.audio_config.d_model,
-            (len(_PITCHES), MAX_BEEPS),
-            ("pitch", "beeps"),
-            lambda n, r: _clip_batch(processor, n, r),
-            audio_steps,
-            batch_size,
-            2e-3,
-            40,
-            rng,
+            width=model.config.audio_config.d_model,
+            classes=(len(_PITCHES), MAX_BEEPS),
+            fact_names=("pitch", "beeps"),
+            draw=lambda n, r: _clip_batch(processor, n, r),
+            steps=audio_steps,
+            pool_batches=40,  # clips are slow to draw; 40 batches already give 100% on fresh clips
+            **common,
         ),
     ]
     return reports
