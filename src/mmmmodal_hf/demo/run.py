@@ -55,13 +55,13 @@ class DemoSettings:
     train_images: int = 1500
     train_clips: int = 1000
     align_steps: int = 60
-    finetune_steps: int = 500
+    finetune_steps: int = 1000
     align_learning_rate: float = 1e-4  # as published; larger rates let a projector trained against a random LM
     # collapse onto one direction (image features nearly identical), which finetune does not undo
     batch_size: int = 16
     learning_rate: float = 1e-3
-    hidden_size: int = 192
-    layers: int = 3
+    hidden_size: int = 128
+    layers: int = 2
     tokenizer: str = "auto"  # auto | mistral | trained
     threads: int = 2
     vision_pretrain_steps: int = 800  # the towers' stand-in pretraining (see encoders.py)
