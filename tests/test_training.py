@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
 from mmmmodal_hf.training import DEEPSPEED_CONFIGS, parse_args, train
@@ -238,3 +239,45 @@ def test_streaming_data_and_bf16(base_folder, data_file, tmp_path):
     output = run_stage("align", base_folder, data_file, tmp_path / "stream", "--streaming", "True", "--bf16", "True")
     changed, _, _ = changed_weights(base_folder, output)
     assert any("_projector." in name for name in changed)
+
+
+class DeleteMediaAfterFirstEpoch(TrainerCallback):
+    """After epoch 1 the media files are gone: only rows kept in memory can still be served."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        for path in self.folder.iterdir():
+            if path.suffix in (".png", ".wav"):
+                path.unlink()
+
+
+@pytest.mark.parametrize("cache_rows", [True, False])
+def test_cached_rows_serve_later_epochs_without_touching_the_files(base_folder, tmp_path, cache_rows):
+    folder = tmp_path / "data"
+    data = write_tiny_dataset(folder, rows=4, kinds=("image", "audio", "mixed"))
+    args, training_args = parse_args(
+        [
+            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data)),
+            *("--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--per_device_train_batch_size", "2"),
+            *("--report_to", "none", "--save_strategy", "no", "--block_size", "512", "--seed", "0"),
+            *("--dataloader_num_workers", "1", "--dataloader_persistent_workers", "True"),
+            *("--cache_rows", str(cache_rows)),
+        ]
+    )
+    callbacks = [DeleteMediaAfterFirstEpoch(folder)]
+    if cache_rows:
+        output = train(args, training_args, callbacks)  # 2 epochs of 2 steps; the second from memory
+        assert not list(folder.glob("*.png")) and (output / "model.safetensors").exists()
+    else:
+        with pytest.raises(RuntimeError, match="no row of the data set can be used"):
+            train(args, training_args, callbacks)
+
+
+def test_cached_rows_refuse_streaming():
+    with pytest.raises(ValueError, match="does not combine with --streaming"):
+        parse_args(
+            ["--stage", "finetune", "--model", "m", "--data", "d", "--output_dir", "o"]
+            + ["--streaming", "True", "--cache_rows", "True"]
+        )

@@ -278,23 +278,41 @@ class ConversationDataset(_RowEncoder, Dataset):
 
     An unusable row (missing file, tag/file mismatch, too long) is skipped with a warning naming
     it, and the next usable row is served in its place, so every batch stays full.
+
+    `cache_rows=True` keeps every encoded row in memory after its first use, so later epochs skip
+    decoding, resizing, feature extraction and templating. It is for data sets that fit in memory
+    and are seen several times (the demo's); with dataloader workers it needs
+    `dataloader_persistent_workers`, as each worker holds its own cache.
     """
 
-    def __init__(self, rows, processor, block_size=None, train_on="answers", stats: EncodeStats | None = None):
+    def __init__(
+        self,
+        rows,
+        processor,
+        block_size=None,
+        train_on="answers",
+        stats: EncodeStats | None = None,
+        cache_rows: bool = False,
+    ):
         super().__init__(processor, block_size, train_on, stats)
         self.rows = rows
         self._bad: set[int] = set()
+        self._cache: dict[int, dict] | None = {} if cache_rows else None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
         for offset in range(len(self.rows)):
             candidate = (index + offset) % len(self.rows)
             if candidate in self._bad:
                 continue
             encoded = self.encode_row(self.rows[candidate], candidate)
             if encoded is not None:
+                if self._cache is not None:
+                    self._cache[index] = encoded
                 return encoded
             self._bad.add(candidate)
         raise RuntimeError("no row of the data set can be used; see the warnings above")

@@ -46,6 +46,13 @@ class MMMModalTrainArguments:
     )
     train_on: str = field(default="answers", metadata={"help": "answers (default) | all (as the paper did)"})
     streaming: bool = field(default=False, metadata={"help": "stream the data instead of loading it"})
+    cache_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "keep encoded rows in memory after their first epoch (small data seen several times; "
+            "with dataloader workers, set --dataloader_persistent_workers)"
+        },
+    )
     align_modalities: str = field(
         default="image,audio", metadata={"help": "projectors that train in align: image, audio, or both"}
     )
@@ -66,6 +73,8 @@ class MMMModalTrainArguments:
         modalities = set(self.align_modalities.split(","))
         if not modalities or not modalities <= {"image", "audio"}:
             raise ValueError(f"--align_modalities takes image, audio or image,audio; got {self.align_modalities!r}")
+        if self.cache_rows and self.streaming:
+            raise ValueError("--cache_rows keeps the data set in memory; it does not combine with --streaming")
         if self.packing is None:
             self.packing = self.stage != "align"
 
@@ -200,10 +209,14 @@ def init_cpu_distributed(timeout_seconds: int) -> bool:
 
 
 def build_datasets(args: MMMModalTrainArguments, processor, stats: EncodeStats):
-    dataset_class = StreamingConversationDataset if args.streaming else ConversationDataset
-    train = dataset_class(
-        load_rows(args.data, streaming=args.streaming), processor, args.block_size, args.train_on, stats
-    )
+    if args.streaming:
+        train = StreamingConversationDataset(
+            load_rows(args.data, streaming=True), processor, args.block_size, args.train_on, stats
+        )
+    else:
+        train = ConversationDataset(
+            load_rows(args.data), processor, args.block_size, args.train_on, stats, cache_rows=args.cache_rows
+        )
     evaluation = None
     if args.eval_data:
         evaluation = ConversationDataset(load_rows(args.eval_data), processor, args.block_size, args.train_on)
