@@ -173,6 +173,8 @@ def run_stage(
         block_size=1024,
         packing=False,
         train_encoders=stage == "finetune" and bool(settings.train_encoders),
+        # Each row is seen about 3 times: encoding it once leaves both cores to the model after epoch 1.
+        cache_rows=True,
     )
     training_args = TrainingArguments(
         output_dir=str(output),
@@ -188,6 +190,7 @@ def run_stage(
         seed=settings.seed,
         use_cpu=True,
         dataloader_num_workers=1,
+        dataloader_persistent_workers=True,  # the worker keeps its row cache across epochs
         disable_tqdm=False,
         optim="adamw_torch_fused",  # 4-5x faster than the unfused loop over the 32k-row embedding on a CPU
     )
