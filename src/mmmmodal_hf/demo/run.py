@@ -55,7 +55,7 @@ class DemoSettings:
     train_images: int = 1500
     train_clips: int = 1000
     align_steps: int = 60
-    finetune_steps: int = 1000
+    finetune_steps: int = 1700
     align_learning_rate: float = 1e-4  # as published; larger rates let a projector trained against a random LM
     # collapse onto one direction (image features nearly identical), which finetune does not undo
     batch_size: int = 16
