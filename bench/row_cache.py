@@ -1,6 +1,6 @@
 """Finetune throughput with `--cache_rows` against encoding every row on every epoch.
 
-The demo's finetune sees each conversation about three times. Without the cache, the dataloader
+The demo's finetune sees each conversation several times. Without the cache, the dataloader
 worker decodes PNGs, resizes, extracts Whisper features and renders the chat template again each
 epoch, and on a 2-core machine it competes with the training step for the cores. Both contenders
 train the demo's model (`mmmmodal demo` defaults) on the same small demo world for the same number

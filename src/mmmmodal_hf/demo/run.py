@@ -173,7 +173,7 @@ def run_stage(
         block_size=1024,
         packing=False,
         train_encoders=stage == "finetune" and bool(settings.train_encoders),
-        # Each row is seen about 3 times: encoding it once leaves both cores to the model after epoch 1.
+        # Each row is seen 4-5 times: encoding it once leaves both cores to the model after epoch 1.
         cache_rows=True,
     )
     training_args = TrainingArguments(
