@@ -209,14 +209,11 @@ def init_cpu_distributed(timeout_seconds: int) -> bool:
 
 
 def build_datasets(args: MMMModalTrainArguments, processor, stats: EncodeStats):
+    rows = load_rows(args.data, streaming=args.streaming)
     if args.streaming:
-        train = StreamingConversationDataset(
-            load_rows(args.data, streaming=True), processor, args.block_size, args.train_on, stats
-        )
+        train = StreamingConversationDataset(rows, processor, args.block_size, args.train_on, stats)
     else:
-        train = ConversationDataset(
-            load_rows(args.data), processor, args.block_size, args.train_on, stats, cache_rows=args.cache_rows
-        )
+        train = ConversationDataset(rows, processor, args.block_size, args.train_on, stats, args.cache_rows)
     evaluation = None
     if args.eval_data:
         evaluation = ConversationDataset(load_rows(args.eval_data), processor, args.block_size, args.train_on)
