@@ -221,3 +221,9 @@ def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
     encoded = [dataset[i] for i in range(3)]
     assert [e["pixel_values"].shape[0] for e in encoded] == [1, 1, 2]
     assert dataset.stats.skipped == 0
+    # Iterating ends after the last row (the sequence protocol stops on IndexError), as
+    # Trainer's length-grouped sampler does when it reads every row's length.
+    assert [e["pixel_values"].shape[0] for e in dataset] == [1, 1, 2]
+    assert dataset[-1]["pixel_values"].shape[0] == 2
+    with pytest.raises(IndexError, match="row 3 of a data set of 3 rows"):
+        dataset[3]

@@ -303,6 +303,10 @@ class ConversationDataset(_RowEncoder, Dataset):
         return len(self.rows)
 
     def __getitem__(self, index: int) -> dict:
+        # IndexError past the end: `for row in dataset` (and Trainer's length-grouped sampler) stop on it.
+        if not -len(self.rows) <= index < len(self.rows):
+            raise IndexError(f"row {index} of a data set of {len(self.rows)} rows")
+        index %= len(self.rows)
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         for offset in range(len(self.rows)):
