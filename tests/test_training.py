@@ -281,3 +281,27 @@ def test_cached_rows_refuse_streaming():
             ["--stage", "finetune", "--model", "m", "--data", "d", "--output_dir", "o"]
             + ["--streaming", "True", "--cache_rows", "True"]
         )
+
+
+def test_length_grouped_batches_encode_each_row_once(base_folder, tmp_path):
+    """`--train_sampling_strategy group_by_length`: Trainer reads every row's length up front; with
+    `cache_rows` that pass is the only encoding. (Before `ConversationDataset` raised IndexError past
+    its end, that pass never ended.)"""
+    from mmmmodal_hf.training import build_trainer
+
+    data = write_tiny_dataset(tmp_path / "data", rows=12, kinds=("image", "audio", "mixed"))
+    args, training_args = parse_args(
+        [
+            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data)),
+            *("--output_dir", str(tmp_path / "out"), "--max_steps", "12", "--per_device_train_batch_size", "2"),
+            *("--report_to", "none", "--save_strategy", "no", "--block_size", "512", "--seed", "0"),
+            *("--train_sampling_strategy", "group_by_length", "--cache_rows", "True", "--packing", "False"),
+        ]
+    )
+    trainer = build_trainer(args, training_args)
+    dataset = trainer.train_dataset
+    batches = list(trainer.get_train_dataloader())  # one epoch, through the length-grouped sampler
+    assert dataset.stats.rows == 12  # the sampler's length pass encoded each row once; the epoch came from memory
+    assert [len(b["input_ids"]) for b in batches] == [2] * 6
+    trainer.train()  # two epochs of six steps, still from memory
+    assert dataset.stats.rows == 12 and trainer.state.global_step == 12
