@@ -62,6 +62,9 @@ class DemoSettings:
     learning_rate: float = 1e-3
     hidden_size: int = 128
     layers: int = 2
+    # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and binding
+    # "image 2" to its span needs short-range positions: measured in README, Limits
+    rope_theta: float = 100.0
     tokenizer: str = "auto"  # auto | mistral | trained
     threads: int = 2
     vision_pretrain_steps: int = 800  # the towers' stand-in pretraining (see encoders.py)
@@ -145,6 +148,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
             num_key_value_heads=hidden // 32,
             vocab_size=len(processor.tokenizer),
             max_position_embeddings=1024,
+            rope_parameters={"rope_type": "default", "rope_theta": settings.rope_theta},
             bos_token_id=processor.tokenizer.bos_token_id,
             eos_token_id=processor.tokenizer.eos_token_id,
             pad_token_id=processor.tokenizer.pad_token_id,
@@ -434,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--align-learning-rate", type=float, default=None)
+    parser.add_argument("--rope-theta", type=float, default=None)
     parser.add_argument("--tokenizer", choices=["auto", "mistral", "trained"], default=None)
     return parser
 
