@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
-from mmmmodal_hf.training import DEEPSPEED_CONFIGS, parse_args, train
+from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, train
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
 from tiny_parts import tiny_config, write_tiny_dataset
@@ -287,8 +287,6 @@ def test_length_grouped_batches_encode_each_row_once(base_folder, tmp_path):
     """`--train_sampling_strategy group_by_length`: Trainer reads every row's length up front; with
     `cache_rows` that pass is the only encoding. (Before `ConversationDataset` raised IndexError past
     its end, that pass never ended.)"""
-    from mmmmodal_hf.training import build_trainer
-
     data = write_tiny_dataset(tmp_path / "data", rows=12, kinds=("image", "audio", "mixed"))
     args, training_args = parse_args(
         [
