@@ -20,6 +20,7 @@ from common import report
 from torch import nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from mmmmodal_hf.demo.run import DemoSettings
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 
 COLOURS = "Red Green Blue Yellow Purple Orange".split()
@@ -78,12 +79,13 @@ def loss_and_accuracy(model, input_ids, labels) -> tuple[torch.Tensor, float]:
 
 def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int) -> dict[int, float]:
     torch.manual_seed(0)
+    demo = DemoSettings()  # the demo LM's sizes, as `mmmmodal demo` builds it
     config = LlamaConfig(
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=demo.hidden_size,
+        intermediate_size=demo.hidden_size * 3,
+        num_hidden_layers=demo.layers,
+        num_attention_heads=demo.hidden_size // 32,
+        num_key_value_heads=demo.hidden_size // 32,
         vocab_size=len(tokenizer),
         max_position_embeddings=1024,
         rope_parameters={"rope_type": "default", "rope_theta": theta},
