@@ -13,20 +13,23 @@ Reported: answer-token accuracy on 256 held-out sequences every `--every` steps.
 import argparse
 import random
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from common import report
 from torch import nn
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaForCausalLM
 
-from mmmmodal_hf.demo.run import DemoSettings
+from mmmmodal_hf.demo.run import DemoSettings, build_text_config
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
+from mmmmodal_hf.demo.world import COLOURS, NUMBERS, PITCHES, SHAPE_NOUNS
 
-COLOURS = "Red Green Blue Yellow Purple Orange".split()
-SHAPES = "Circle Square Triangle Cross".split()
-PITCHES = "Low Medium High".split()
-COUNTS = "One Two Three Four".split()
+# The demo world's English words, as answers are written: "Red", "Circle", "Low", "Two".
+COLOUR_WORDS = [english for _, english, _ in COLOURS.values()]
+SHAPE_WORDS = [english.capitalize() for english, _ in SHAPE_NOUNS.values()]
+PITCH_WORDS = [english for _, english, _ in PITCHES.values()]
+COUNT_WORDS = [NUMBERS[count][0] for count in range(1, 5)]
 
 
 def sequence(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -38,11 +41,11 @@ def sequence(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
         counts[kind] += 1
         k = counts[kind]
         if kind == "image":
-            colour, shape = rng.choice(COLOURS), rng.choice(SHAPES)
+            colour, shape = rng.choice(COLOUR_WORDS), rng.choice(SHAPE_WORDS)
             text += f" Image {k}: {colour.lower()} {shape.lower()}."
             facts += [(f"colour of image {k}", colour), (f"shape of image {k}", shape)]
         else:
-            pitch, count = rng.choice(PITCHES), rng.choice(COUNTS)
+            pitch, count = rng.choice(PITCH_WORDS), rng.choice(COUNT_WORDS)
             text += f" Audio {k}: {pitch.lower()}, {count.lower()} beeps."
             facts += [(f"pitch of audio {k}", pitch), (f"beeps in audio {k}", count)]
     pieces = [(text, False)]
@@ -79,17 +82,8 @@ def loss_and_accuracy(model, input_ids, labels) -> tuple[torch.Tensor, float]:
 
 def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int) -> dict[int, float]:
     torch.manual_seed(0)
-    demo = DemoSettings()  # the demo LM's sizes, as `mmmmodal demo` builds it
-    config = LlamaConfig(
-        hidden_size=demo.hidden_size,
-        intermediate_size=demo.hidden_size * 3,
-        num_hidden_layers=demo.layers,
-        num_attention_heads=demo.hidden_size // 32,
-        num_key_value_heads=demo.hidden_size // 32,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": theta},
-    )
+    # The demo's LM as `mmmmodal demo` builds it, with only the RoPE base changed.
+    config = build_text_config(replace(DemoSettings(), rope_theta=theta), tokenizer)
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))

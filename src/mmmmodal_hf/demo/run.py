@@ -107,13 +107,30 @@ def build_processor(settings: DemoSettings, folder: Path, texts: list[str]) -> t
     return processor, kind
 
 
+def build_text_config(settings: DemoSettings, tokenizer) -> LlamaConfig:
+    """The demo's Llama-style LM: `hidden_size` wide, `layers` deep, 32-wide heads, RoPE base `rope_theta`."""
+    hidden = settings.hidden_size
+    return LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=settings.layers,
+        num_attention_heads=hidden // 32,
+        num_key_value_heads=hidden // 32,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=1024,
+        rope_parameters={"rope_type": "default", "rope_theta": settings.rope_theta},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
 def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModalForConditionalGeneration:
     """Small towers and LM: 4 slots per 32 px image (16 px patches), 4 slots per 1 s clip (a 12-frame stride).
 
     Four slots carry everything the world asks of a medium once the towers are pretrained, and
     short media spans make each step cheaper (measured: README, Limits).
     """
-    hidden = settings.hidden_size
     config = MMMModalConfig(
         vision_config=SiglipVisionConfig(
             hidden_size=96,
@@ -140,19 +157,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
             decoder_start_token_id=1,
             max_target_positions=16,
         ),
-        text_config=LlamaConfig(
-            hidden_size=hidden,
-            intermediate_size=hidden * 3,
-            num_hidden_layers=settings.layers,
-            num_attention_heads=hidden // 32,
-            num_key_value_heads=hidden // 32,
-            vocab_size=len(processor.tokenizer),
-            max_position_embeddings=1024,
-            rope_parameters={"rope_type": "default", "rope_theta": settings.rope_theta},
-            bos_token_id=processor.tokenizer.bos_token_id,
-            eos_token_id=processor.tokenizer.eos_token_id,
-            pad_token_id=processor.tokenizer.pad_token_id,
-        ),
+        text_config=build_text_config(settings, processor.tokenizer),
         # Two-layer towers: read their last layer (the published models read layer -2 of 12).
         vision_feature_layer=-1,
         audio_feature_layer=-1,
