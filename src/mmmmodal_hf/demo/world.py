@@ -177,7 +177,7 @@ def _answer(pair: tuple[str, str], language: str) -> str:
     return (pair[0] if language == "en" else pair[1]) + "."
 
 
-def _ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact], rng: random.Random):
+def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact], rng: random.Random):
     """A (question, answer) of `kind` about the media seen so far, or None if they cannot support it."""
     en = language == "en"
     if kind == "image_colour" and images:
@@ -308,11 +308,11 @@ def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Ran
                 asked = (
                     _follow_up(language, seen_images, rng)
                     if kind == "follow_up"
-                    else _ask(kind, language, seen_images, seen_clips, rng)
+                    else ask(kind, language, seen_images, seen_clips, rng)
                 )
             else:
-                options = [k for k in _WARMUP_KINDS if _ask(k, language, seen_images, seen_clips, random.Random(0))]
-                asked = _ask(rng.choice(options), language, seen_images, seen_clips, rng) if options else None
+                options = [k for k in _WARMUP_KINDS if ask(k, language, seen_images, seen_clips, random.Random(0))]
+                asked = ask(rng.choice(options), language, seen_images, seen_clips, rng) if options else None
             if asked is None:
                 ok = False
                 break
