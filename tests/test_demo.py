@@ -7,6 +7,7 @@ import sys
 from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
+from mmmmodal_hf.demo.run import accuracy_table, one_and_several
 from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
 from mmmmodal_hf.demo.world import CHANCE, EASY_KINDS, KINDS
 
@@ -20,11 +21,15 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
         timeout=1200,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    assert "target 90% on every kind:" in completed.stdout
+    assert "target 90% on every kind:" in completed.stdout and "one medium     several" in completed.stdout
     report = output / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["tokenizer"] == "mistral" and metrics["vocabulary"] == 32006
     assert set(metrics["accuracy"]) >= set(KINDS)
+    # Each kind is also split by how many media of the asked type its conversations held.
+    for kind in KINDS:
+        groups = metrics["accuracy"][kind]["by_candidates"]
+        assert sum(group["n"] for group in groups.values()) == metrics["accuracy"][kind]["n"], (kind, groups)
     # The towers' stand-in pretraining made them see and hear the world (scored on fresh media).
     towers = {report["tower"]: report["accuracy"] for report in metrics["encoders"]}
     assert towers["vision"]["colour"] >= 0.95 and towers["audio"]["pitch"] >= 0.95, towers
@@ -55,3 +60,20 @@ def test_trained_tokenizer_when_mistral_common_is_missing(tmp_path):
     ids = tokenizer("What colour is the shape in image 2?")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and len(tokenizer) <= 300
     assert tokenizer.decode(ids, skip_special_tokens=True) == "What colour is the shape in image 2?"
+
+
+def test_accuracy_splits_each_kind_by_how_many_media_it_could_mean():
+    """One colour question with a single image (right), two with three images (one right)."""
+    results = [
+        {"kind": "image_colour", "language": "en", "answer": "Red.", "correct": True, "candidates": 1},
+        {"kind": "image_colour", "language": "en", "answer": "Blue.", "correct": False, "candidates": 3},
+        {"kind": "image_colour", "language": "ms", "answer": "Merah.", "correct": True, "candidates": 3},
+    ]
+    table = accuracy_table(results, {"image_colour": {"Red.", "Blue.", "Merah."}})
+    colour = table["image_colour"]
+    assert colour["n"] == 3 and colour["well_formed"] == 1.0
+    assert colour["by_candidates"] == {"1": {"accuracy": 1.0, "n": 1}, "3": {"accuracy": 0.5, "n": 2}}
+    assert one_and_several(colour["by_candidates"]) == ("100% (1)", "50% (2)")
+    # Which image always has two or more images: no "one medium" cell.
+    assert one_and_several({"2": {"accuracy": 0.25, "n": 4}}) == ("-", "25% (4)")
+    assert table["which_image"]["by_candidates"] == {} and table["language_ms"]["accuracy"] == 1.0

@@ -9,6 +9,7 @@ import soundfile
 from PIL import Image
 
 from mmmmodal_hf.demo.world import (
+    ASKED_MEDIUM,
     COLOURS,
     KINDS,
     NUMBERS,
@@ -104,6 +105,10 @@ def test_answers_follow_from_the_media(tmp_path):
         blocks = [b for t in conversation.turns if t["role"] == "user" for b in t["content"]]
         images = [pool_facts[b["path"]] for b in blocks if b["type"] == "image"]
         clips = [pool_facts[b["path"]] for b in blocks if b["type"] == "audio"]
+        # What the demo's "one medium / several" split counts, over all turns.
+        assert (conversation.media_count("image"), conversation.media_count("audio")) == (len(images), len(clips))
+        if conversation.kind in ("which_image", "count_shape", "higher_clip"):
+            assert conversation.media_count(ASKED_MEDIUM[conversation.kind]) >= 2
         question = blocks[-1]["text"]
         number = next((int(w.strip("?:")) for w in question.split() if w.strip("?:").isdigit()), None)
         if conversation.kind == "image_colour":

@@ -74,6 +74,19 @@ CHANCE = {
     "follow_up": 1 / 6,
 }
 LANGUAGES = ("en", "ms")
+# The medium a kind's question singles out by its number (or, for which image and counting, looks
+# through): with one of it in the conversation there is nothing to bind, with several there is.
+ASKED_MEDIUM = {
+    "image_colour": "image",
+    "image_shape": "image",
+    "which_image": "image",
+    "count_shape": "image",
+    "audio_pitch": "audio",
+    "audio_beeps": "audio",
+    "higher_clip": "audio",
+    "image_vs_audio": "audio",
+    "follow_up": "image",
+}
 
 
 @dataclass
@@ -105,6 +118,15 @@ class WorldConversation:
 
     def row(self) -> dict:
         return {"messages": self.turns, "kind": self.kind, "language": self.language}
+
+    def media_count(self, medium: str) -> int:
+        """How many media of `medium` ("image" or "audio") the conversation holds, over all turns."""
+        return sum(
+            block["type"] == medium
+            for turn in self.turns
+            if isinstance(turn["content"], list)
+            for block in turn["content"]
+        )
 
     def prompt(self, media_folder: Path | None = None) -> list[dict]:
         """Every turn but the final answer, media paths made absolute under `media_folder`."""
