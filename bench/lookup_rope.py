@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from common import report
-from torch import nn
+from text_lm import adamw_with_warmup, answer_loss_and_accuracy, train_step
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from mmmmodal_hf.demo.run import DemoSettings, build_text_config
@@ -71,36 +71,22 @@ def batch(tokenizer, rng: random.Random, size: int) -> tuple[torch.Tensor, torch
     return input_ids, labels
 
 
-def loss_and_accuracy(model, input_ids, labels) -> tuple[torch.Tensor, float]:
-    hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
-    targets = labels[:, 1:]
-    answered = targets != -100
-    logits = model.lm_head(hidden[answered])
-    accuracy = (logits.argmax(-1) == targets[answered]).float().mean().item()
-    return nn.functional.cross_entropy(logits, targets[answered]), accuracy
-
-
 def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int) -> dict[int, float]:
     torch.manual_seed(0)
     # The demo's LM as `mmmmodal demo` builds it, with only the RoPE base changed.
     config = build_text_config(replace(DemoSettings(), rope_theta=theta), tokenizer)
     model = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
+    optimizer, schedule = adamw_with_warmup(model)
     held_out = batch(tokenizer, random.Random(99), 256)
     rng, curve = random.Random(0), {}
     for step in range(steps + 1):
         if step % every == 0:
             with torch.no_grad():
-                curve[step] = loss_and_accuracy(model, *held_out)[1]
+                curve[step] = answer_loss_and_accuracy(model, *held_out)[1]
             print(f"rope_theta {theta:g} step {step}: held-out accuracy {curve[step]:.3f}", flush=True)
         if step == steps:
             break
-        loss, _ = loss_and_accuracy(model, *batch(tokenizer, rng, batch_size))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+        train_step(model, optimizer, schedule, *batch(tokenizer, rng, batch_size))
     return curve
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from common import report
-from torch import nn
+from text_lm import adamw_with_warmup, train_step
 from transformers import LlamaForCausalLM
 
 from mmmmodal_hf.demo import world
@@ -104,8 +104,7 @@ def accuracy_per_kind(model, input_ids, spans) -> dict[str, float]:
 def learning_curve(tokenizer, steps: int, batch_size: int, every: int, layers: int) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(build_text_config(DemoSettings(layers=layers), tokenizer))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0, fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
+    optimizer, schedule = adamw_with_warmup(model, fused=True)
     held_out_ids, _, held_out_spans = batch(tokenizer, random.Random(99), 512)
     rng, curve, started = random.Random(0), {}, time.time()
     for step in range(steps + 1):
@@ -116,15 +115,7 @@ def learning_curve(tokenizer, steps: int, batch_size: int, every: int, layers: i
         if step == steps:
             break
         input_ids, labels, _ = batch(tokenizer, rng, batch_size)
-        # Logits only where an answer is: the 32k-word head over every position would dominate the step.
-        hidden = model.model(input_ids=input_ids).last_hidden_state[:, :-1]
-        targets = labels[:, 1:]
-        answered = targets != -100
-        loss = nn.functional.cross_entropy(model.lm_head(hidden[answered]), targets[answered])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
+        train_step(model, optimizer, schedule, input_ids, labels)
     return curve
 
 
