@@ -10,7 +10,7 @@ questions per sequence of the demo's conversations, with no perception to learn.
 Reported per kind: teacher-forced exact match of the whole answer on 512 held-out sequences
 every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
-    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2]
+    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--kinds which_image,...]
 """
 
 import argparse
@@ -41,28 +41,33 @@ def describe(medium: str, fact, language: str) -> str:
     return f"<audio> {pitch} {world.NUMBERS[fact.beeps][column].lower()} </audio>"
 
 
-def sequence(tokenizer, rng: random.Random) -> tuple[list[int], list[int], list[tuple[str, int, int]]]:
-    """1-4 images and 0-3 clips as words, then six questions; returns ids, labels and each answer's span."""
-    language = rng.choice(world.LANGUAGES)
-    images = [
-        world.ImageFact("", rng.choice(sorted(world.COLOURS)), rng.choice(sorted(world.SHAPES)))
-        for _ in range(rng.randint(1, 4))
-    ]
-    clips = [
-        world.ClipFact("", rng.choice(sorted(world.PITCHES)), rng.randint(1, world.MAX_BEEPS))
-        for _ in range(rng.randint(0, 3))
-    ]
-    items = [("image", fact) for fact in images] + [("audio", fact) for fact in clips]
-    rng.shuffle(items)
-    seen_images, seen_clips, media = [], [], "[INST] "
-    for medium, fact in items:
-        seen = seen_images if medium == "image" else seen_clips
-        seen.append(fact)
-        label = ("Image" if language == "en" else "Gambar") if medium == "image" else "Audio"
-        media += f"{label} {len(seen)}:\n{describe(medium, fact, language)}\n"
+def sequence(
+    tokenizer, rng: random.Random, kinds: list[str]
+) -> tuple[list[int], list[int], list[tuple[str, int, int]]]:
+    """1-4 images and 0-3 clips as words, then six questions of `kinds` (media are drawn again until
+    one of them applies); returns ids, labels and each answer's span."""
+    options = []
+    while not options:
+        language = rng.choice(world.LANGUAGES)
+        images = [
+            world.ImageFact("", rng.choice(sorted(world.COLOURS)), rng.choice(sorted(world.SHAPES)))
+            for _ in range(rng.randint(1, 4))
+        ]
+        clips = [
+            world.ClipFact("", rng.choice(sorted(world.PITCHES)), rng.randint(1, world.MAX_BEEPS))
+            for _ in range(rng.randint(0, 3))
+        ]
+        items = [("image", fact) for fact in images] + [("audio", fact) for fact in clips]
+        rng.shuffle(items)
+        seen_images, seen_clips, media = [], [], "[INST] "
+        for medium, fact in items:
+            seen = seen_images if medium == "image" else seen_clips
+            seen.append(fact)
+            label = ("Image" if language == "en" else "Gambar") if medium == "image" else "Audio"
+            media += f"{label} {len(seen)}:\n{describe(medium, fact, language)}\n"
+        options = [k for k in kinds if world.ask(k, language, seen_images, seen_clips, random.Random(0))]
     pieces = [("<s>", None)]
     for index in range(QUESTIONS_PER_SEQUENCE):
-        options = [k for k in KINDS if world.ask(k, language, seen_images, seen_clips, random.Random(0))]
         kind = rng.choice(options)
         question, answer = world.ask(kind, language, seen_images, seen_clips, rng)
         pieces += [((media if index == 0 else "[INST] ") + question + " [/INST]", None), (answer + "</s>", kind)]
@@ -76,8 +81,8 @@ def sequence(tokenizer, rng: random.Random) -> tuple[list[int], list[int], list[
     return ids, labels, spans
 
 
-def batch(tokenizer, rng: random.Random, size: int):
-    rows = [sequence(tokenizer, rng) for _ in range(size)]
+def batch(tokenizer, rng: random.Random, size: int, kinds: list[str]):
+    rows = [sequence(tokenizer, rng, kinds) for _ in range(size)]
     length = max(len(ids) for ids, _, _ in rows)
     input_ids = torch.full((size, length), tokenizer.pad_token_id)
     labels = torch.full((size, length), -100)
@@ -101,20 +106,22 @@ def accuracy_per_kind(model, input_ids, spans) -> dict[str, float]:
     return {kind: sum(values) / len(values) for kind, values in right.items()}
 
 
-def learning_curve(tokenizer, steps: int, batch_size: int, every: int, layers: int) -> dict[int, dict[str, float]]:
+def learning_curve(
+    tokenizer, kinds: list[str], steps: int, batch_size: int, every: int, layers: int
+) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(build_text_config(DemoSettings(layers=layers), tokenizer))
     optimizer, schedule = adamw_with_warmup(model, fused=True)
-    held_out_ids, _, held_out_spans = batch(tokenizer, random.Random(99), 512)
+    held_out_ids, _, held_out_spans = batch(tokenizer, random.Random(99), 512, kinds)
     rng, curve, started = random.Random(0), {}, time.time()
     for step in range(steps + 1):
         if step % every == 0 or step == steps:
             curve[step] = accuracy_per_kind(model, held_out_ids, held_out_spans)
-            scores = " ".join(f"{kind}={curve[step].get(kind, 0):.2f}" for kind in KINDS)
+            scores = " ".join(f"{kind}={curve[step].get(kind, 0):.2f}" for kind in kinds)
             print(f"step {step} ({time.time() - started:.0f} s): {scores}", flush=True)
         if step == steps:
             break
-        input_ids, labels, _ = batch(tokenizer, rng, batch_size)
+        input_ids, labels, _ = batch(tokenizer, rng, batch_size, kinds)
         train_step(model, optimizer, schedule, input_ids, labels)
     return curve
 
@@ -125,22 +132,35 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--layers", type=int, default=DemoSettings.layers, help="the demo's LM has 2")
+    parser.add_argument(
+        "--kinds", default=",".join(KINDS), help="the question kinds asked (default: all but follow-up)"
+    )
     args = parser.parse_args()
+    kinds = args.kinds.split(",")
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise SystemExit(f"--kinds: unknown {unknown}; choose from {','.join(KINDS)}")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as work:
-        processor, kind = build_processor(DemoSettings(tokenizer="mistral"), Path(work), [])
-    curve = learning_curve(processor.tokenizer, args.steps, args.batch_size, args.every, args.layers)
+        processor, tokenizer_kind = build_processor(DemoSettings(tokenizer="mistral"), Path(work), [])
+    curve = learning_curve(processor.tokenizer, kinds, args.steps, args.batch_size, args.every, args.layers)
     last = curve[max(curve)]
     rows = [
         {"kind": kind, "chance": world.CHANCE[kind]}
         | {f"step_{step}": scores.get(kind, 0.0) for step, scores in curve.items() if step}
         | {"over_chance": last.get(kind, 0.0) / world.CHANCE[kind]}
-        for kind in KINDS
+        for kind in kinds
     ]
     report(
         "lookup_world",
         rows,
-        {"steps": args.steps, "batch_size": args.batch_size, "layers": args.layers, "tokenizer": kind},
+        {
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "layers": args.layers,
+            "kinds": kinds,
+            "tokenizer": tokenizer_kind,
+        },
     )
 
 
