@@ -41,30 +41,35 @@ def describe(medium: str, fact, language: str) -> str:
     return f"<audio> {pitch} {world.NUMBERS[fact.beeps][column].lower()} </audio>"
 
 
+def draw_media(rng: random.Random) -> tuple[str, list, list, str]:
+    """A language, 1-4 images and 0-3 clips in a shuffled order, and the media as the demo labels them."""
+    language = rng.choice(world.LANGUAGES)
+    images = [
+        world.ImageFact("", rng.choice(sorted(world.COLOURS)), rng.choice(sorted(world.SHAPES)))
+        for _ in range(rng.randint(1, 4))
+    ]
+    clips = [
+        world.ClipFact("", rng.choice(sorted(world.PITCHES)), rng.randint(1, world.MAX_BEEPS))
+        for _ in range(rng.randint(0, 3))
+    ]
+    items = [("image", fact) for fact in images] + [("audio", fact) for fact in clips]
+    rng.shuffle(items)
+    seen_images, seen_clips, media = [], [], "[INST] "
+    for medium, fact in items:
+        seen = seen_images if medium == "image" else seen_clips
+        seen.append(fact)
+        media += f"{world.media_label(medium, language, len(seen))}\n{describe(medium, fact, language)}\n"
+    return language, seen_images, seen_clips, media
+
+
 def sequence(
     tokenizer, rng: random.Random, kinds: list[str]
 ) -> tuple[list[int], list[int], list[tuple[str, int, int]]]:
-    """1-4 images and 0-3 clips as words, then six questions of `kinds` (media are drawn again until
-    one of them applies); returns ids, labels and each answer's span."""
+    """Media as words, then six questions of `kinds` (media are drawn again until one of them
+    applies); returns ids, labels and each answer's span."""
     options = []
     while not options:
-        language = rng.choice(world.LANGUAGES)
-        images = [
-            world.ImageFact("", rng.choice(sorted(world.COLOURS)), rng.choice(sorted(world.SHAPES)))
-            for _ in range(rng.randint(1, 4))
-        ]
-        clips = [
-            world.ClipFact("", rng.choice(sorted(world.PITCHES)), rng.randint(1, world.MAX_BEEPS))
-            for _ in range(rng.randint(0, 3))
-        ]
-        items = [("image", fact) for fact in images] + [("audio", fact) for fact in clips]
-        rng.shuffle(items)
-        seen_images, seen_clips, media = [], [], "[INST] "
-        for medium, fact in items:
-            seen = seen_images if medium == "image" else seen_clips
-            seen.append(fact)
-            label = ("Image" if language == "en" else "Gambar") if medium == "image" else "Audio"
-            media += f"{label} {len(seen)}:\n{describe(medium, fact, language)}\n"
+        language, seen_images, seen_clips, media = draw_media(rng)
         options = [k for k in kinds if world.ask(k, language, seen_images, seen_clips, random.Random(0))]
     pieces = [("<s>", None)]
     for index in range(QUESTIONS_PER_SEQUENCE):

@@ -301,6 +301,12 @@ _NEEDS = {  # kind -> (min images, min clips)
 _WARMUP_KINDS = ("image_colour", "image_shape", "audio_pitch", "audio_beeps")
 
 
+def media_label(medium: str, language: str, number: int) -> str:
+    """The text that introduces the `number`-th medium of its type: "Image 2:", "Gambar 2:", "Audio 1:"."""
+    word = ("Image" if language == "en" else "Gambar") if medium == "image" else "Audio"
+    return f"{word} {number}:"
+
+
 def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Random) -> WorldConversation:
     """One conversation whose last user turn asks a question of `kind`."""
     min_images, min_clips = _NEEDS[kind]
@@ -323,8 +329,10 @@ def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Ran
             for medium, fact in here:
                 seen = seen_images if medium == "image" else seen_clips
                 seen.append(fact)
-                label = ("Image" if language == "en" else "Gambar") if medium == "image" else "Audio"
-                blocks += [{"type": "text", "text": f"{label} {len(seen)}:"}, {"type": medium, "path": fact.path}]
+                blocks += [
+                    {"type": "text", "text": media_label(medium, language, len(seen))},
+                    {"type": medium, "path": fact.path},
+                ]
             last = turn == n_turns - 1
             if last:
                 asked = (
