@@ -10,7 +10,11 @@ questions per sequence of the demo's conversations, with no perception to learn.
 Reported per kind: teacher-forced exact match of the whole answer on 512 held-out sequences
 every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
-    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--kinds which_image,...]
+    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128]
+                                 [--kinds which_image,...] [--recall-steps 0]
+
+`--recall-steps N` first trains the LM on associative recall (`associative_recall.py`), to see
+whether a ready look-up circuit makes the world's questions come faster.
 """
 
 import argparse
@@ -20,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from associative_recall import warm_up
 from common import report
 from text_lm import adamw_with_warmup, train_step
 from transformers import LlamaForCausalLM
@@ -112,10 +117,12 @@ def accuracy_per_kind(model, input_ids, spans) -> dict[str, float]:
 
 
 def learning_curve(
-    tokenizer, kinds: list[str], steps: int, batch_size: int, every: int, layers: int
+    tokenizer, kinds: list[str], steps: int, batch_size: int, every: int, lm: DemoSettings, recall_steps: int
 ) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(build_text_config(DemoSettings(layers=layers), tokenizer))
+    model = LlamaForCausalLM(build_text_config(lm, tokenizer))
+    if recall_steps:
+        warm_up(model, tokenizer, recall_steps)
     optimizer, schedule = adamw_with_warmup(model, fused=True)
     held_out_ids, _, held_out_spans = batch(tokenizer, random.Random(99), 512, kinds)
     rng, curve, started = random.Random(0), {}, time.time()
@@ -137,6 +144,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--layers", type=int, default=DemoSettings.layers, help="the demo's LM has 2")
+    parser.add_argument("--hidden-size", type=int, default=DemoSettings.hidden_size, help="the demo's LM is 128 wide")
+    parser.add_argument("--recall-steps", type=int, default=0, help="associative-recall warm-up steps of 64 first")
     parser.add_argument(
         "--kinds", default=",".join(KINDS), help="the question kinds asked (default: all but follow-up)"
     )
@@ -148,7 +157,8 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as work:
         processor, tokenizer_kind = build_processor(DemoSettings(tokenizer="mistral"), Path(work), [])
-    curve = learning_curve(processor.tokenizer, kinds, args.steps, args.batch_size, args.every, args.layers)
+    lm = DemoSettings(layers=args.layers, hidden_size=args.hidden_size)
+    curve = learning_curve(processor.tokenizer, kinds, args.steps, args.batch_size, args.every, lm, args.recall_steps)
     last = curve[max(curve)]
     rows = [
         {"kind": kind, "chance": world.CHANCE[kind]}
@@ -163,6 +173,8 @@ def main() -> None:
             "steps": args.steps,
             "batch_size": args.batch_size,
             "layers": args.layers,
+            "hidden_size": args.hidden_size,
+            "recall_steps": args.recall_steps,
             "kinds": kinds,
             "tokenizer": tokenizer_kind,
         },
