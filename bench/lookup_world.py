@@ -11,10 +11,12 @@ Reported per kind: teacher-forced exact match of the whole answer on 512 held-ou
 every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
     python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128]
-                                 [--kinds which_image,...] [--recall-steps 0]
+                                 [--kinds which_image,...] [--recall-steps 0] [--which-image-by shape]
 
 `--recall-steps N` first trains the LM on associative recall (`associative_recall.py`), to see
-whether a ready look-up circuit makes the world's questions come faster.
+whether a ready look-up circuit makes the world's questions come faster. `--which-image-by shape`
+asks which image by a shape only one image holds ("Which image shows the star?") instead of the
+world's colour and shape, to see whether the conjunction is what stalls the reverse look-up.
 """
 
 import argparse
@@ -67,19 +69,33 @@ def draw_media(rng: random.Random) -> tuple[str, list, list, str]:
     return language, seen_images, seen_clips, media
 
 
+def which_image_by_shape(kind: str, language: str, images: list, clips: list, rng: random.Random):
+    """`world.ask`, except that which image names only a shape that one image alone holds."""
+    if kind != "which_image":
+        return world.ask(kind, language, images, clips, rng)
+    unique = [i for i, f in enumerate(images) if sum(g.shape == f.shape for g in images) == 1]
+    if len(images) < 2 or not unique:
+        return None
+    k = rng.choice(unique)
+    en = language == "en"
+    noun = world.SHAPE_NOUNS[images[k].shape][0 if en else 1]
+    question = f"Which image shows the {noun}?" if en else f"Gambar manakah yang menunjukkan {noun}?"
+    return question, (f"Image {k + 1}." if en else f"Gambar {k + 1}.")
+
+
 def sequence(
-    tokenizer, rng: random.Random, kinds: list[str]
+    tokenizer, rng: random.Random, kinds: list[str], ask=world.ask
 ) -> tuple[list[int], list[int], list[tuple[str, int, int]]]:
     """Media as words, then six questions of `kinds` (media are drawn again until one of them
     applies); returns ids, labels and each answer's span."""
     options = []
     while not options:
         language, seen_images, seen_clips, media = draw_media(rng)
-        options = [k for k in kinds if world.ask(k, language, seen_images, seen_clips, random.Random(0))]
+        options = [k for k in kinds if ask(k, language, seen_images, seen_clips, random.Random(0))]
     pieces = [("<s>", None)]
     for index in range(QUESTIONS_PER_SEQUENCE):
         kind = rng.choice(options)
-        question, answer = world.ask(kind, language, seen_images, seen_clips, rng)
+        question, answer = ask(kind, language, seen_images, seen_clips, rng)
         pieces += [((media if index == 0 else "[INST] ") + question + " [/INST]", None), (answer + "</s>", kind)]
     ids, labels, spans = [], [], []
     for piece, kind in pieces:
@@ -91,8 +107,8 @@ def sequence(
     return ids, labels, spans
 
 
-def batch(tokenizer, rng: random.Random, size: int, kinds: list[str]):
-    rows = [sequence(tokenizer, rng, kinds) for _ in range(size)]
+def batch(tokenizer, rng: random.Random, size: int, kinds: list[str], ask=world.ask):
+    rows = [sequence(tokenizer, rng, kinds, ask) for _ in range(size)]
     length = max(len(ids) for ids, _, _ in rows)
     input_ids = torch.full((size, length), tokenizer.pad_token_id)
     labels = torch.full((size, length), -100)
@@ -117,14 +133,21 @@ def accuracy_per_kind(model, input_ids, spans) -> dict[str, float]:
 
 
 def learning_curve(
-    tokenizer, kinds: list[str], steps: int, batch_size: int, every: int, lm: DemoSettings, recall_steps: int
+    tokenizer,
+    kinds: list[str],
+    steps: int,
+    batch_size: int,
+    every: int,
+    lm: DemoSettings,
+    recall_steps: int,
+    ask=world.ask,
 ) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
     model = LlamaForCausalLM(build_text_config(lm, tokenizer))
     if recall_steps:
         warm_up(model, tokenizer, recall_steps)
     optimizer, schedule = adamw_with_warmup(model, fused=True)
-    held_out_ids, _, held_out_spans = batch(tokenizer, random.Random(99), 512, kinds)
+    held_out_ids, _, held_out_spans = batch(tokenizer, random.Random(99), 512, kinds, ask)
     rng, curve, started = random.Random(0), {}, time.time()
     for step in range(steps + 1):
         if step % every == 0 or step == steps:
@@ -133,7 +156,7 @@ def learning_curve(
             print(f"step {step} ({time.time() - started:.0f} s): {scores}", flush=True)
         if step == steps:
             break
-        input_ids, labels, _ = batch(tokenizer, rng, batch_size, kinds)
+        input_ids, labels, _ = batch(tokenizer, rng, batch_size, kinds, ask)
         train_step(model, optimizer, schedule, input_ids, labels)
     return curve
 
@@ -147,6 +170,12 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=DemoSettings.hidden_size, help="the demo's LM is 128 wide")
     parser.add_argument("--recall-steps", type=int, default=0, help="associative-recall warm-up steps of 64 first")
     parser.add_argument(
+        "--which-image-by",
+        choices=["colour_and_shape", "shape"],
+        default="colour_and_shape",
+        help="which image names the world's colour and shape, or only a shape one image holds",
+    )
+    parser.add_argument(
         "--kinds", default=",".join(KINDS), help="the question kinds asked (default: all but follow-up)"
     )
     args = parser.parse_args()
@@ -158,7 +187,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         processor, tokenizer_kind = build_processor(DemoSettings(tokenizer="mistral"), Path(work), [])
     lm = DemoSettings(layers=args.layers, hidden_size=args.hidden_size)
-    curve = learning_curve(processor.tokenizer, kinds, args.steps, args.batch_size, args.every, lm, args.recall_steps)
+    ask = which_image_by_shape if args.which_image_by == "shape" else world.ask
+    curve = learning_curve(
+        processor.tokenizer, kinds, args.steps, args.batch_size, args.every, lm, args.recall_steps, ask
+    )
     last = curve[max(curve)]
     rows = [
         {"kind": kind, "chance": world.CHANCE[kind]}
@@ -175,6 +207,7 @@ def main() -> None:
             "layers": args.layers,
             "hidden_size": args.hidden_size,
             "recall_steps": args.recall_steps,
+            "which_image_by": args.which_image_by,
             "kinds": kinds,
             "tokenizer": tokenizer_kind,
         },
