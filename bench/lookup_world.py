@@ -15,7 +15,7 @@ every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
 `--recall-steps N` first trains the LM on associative recall (`associative_recall.py`), to see
 whether a ready look-up circuit makes the world's questions come faster. `--which-image-by shape`
-asks which image by a shape only one image holds ("Which image shows the star?") instead of the
+asks which image by a shape only one image holds ("Which image shows the cross?") instead of the
 world's colour and shape, to see whether the conjunction is what stalls the reverse look-up.
 """
 
