@@ -11,7 +11,7 @@ import random
 import time
 
 import torch
-from text_lm import adamw_with_warmup, answer_loss_and_accuracy
+from text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded
 
 POOL = range(3000, 3100)  # 100 ordinary word pieces of the Mistral vocabulary
 QUERIES = 12
@@ -39,13 +39,7 @@ def recall_sequence(rng: random.Random, bos: int, mark: int) -> tuple[list[int],
 def recall_batch(tokenizer, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     mark = tokenizer.convert_tokens_to_ids("?")
     rows = [recall_sequence(rng, tokenizer.bos_token_id, mark) for _ in range(BATCH_SIZE)]
-    length = max(len(ids) for ids, _ in rows)
-    input_ids = torch.full((BATCH_SIZE, length), tokenizer.pad_token_id)
-    labels = torch.full((BATCH_SIZE, length), -100)
-    for row, (ids, row_labels) in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(row_labels)] = torch.tensor(row_labels)
-    return input_ids, labels
+    return padded(rows, tokenizer.pad_token_id)
 
 
 def warm_up(model, tokenizer, steps: int) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 from common import report
-from text_lm import adamw_with_warmup, answer_loss_and_accuracy, train_step
+from text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded, train_step
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from mmmmodal_hf.demo.run import DemoSettings, build_text_config
@@ -61,14 +61,7 @@ def sequence(tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
 
 
 def batch(tokenizer, rng: random.Random, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = [sequence(tokenizer, rng) for _ in range(size)]
-    length = max(len(ids) for ids, _ in rows)
-    input_ids = torch.zeros((size, length), dtype=torch.long)
-    labels = torch.full((size, length), -100)
-    for row, (ids, row_labels) in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(row_labels)] = torch.tensor(row_labels)
-    return input_ids, labels
+    return padded([sequence(tokenizer, rng) for _ in range(size)], tokenizer.pad_token_id)
 
 
 def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int) -> dict[int, float]:

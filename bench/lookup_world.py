@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from associative_recall import warm_up
 from common import report
-from text_lm import adamw_with_warmup, train_step
+from text_lm import adamw_with_warmup, padded, train_step
 from transformers import LlamaForCausalLM
 
 from mmmmodal_hf.demo import world
@@ -109,12 +109,7 @@ def sequence(
 
 def batch(tokenizer, rng: random.Random, size: int, kinds: list[str], ask=world.ask):
     rows = [sequence(tokenizer, rng, kinds, ask) for _ in range(size)]
-    length = max(len(ids) for ids, _, _ in rows)
-    input_ids = torch.full((size, length), tokenizer.pad_token_id)
-    labels = torch.full((size, length), -100)
-    for row, (ids, row_labels, _) in enumerate(rows):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(row_labels)] = torch.tensor(row_labels)
+    input_ids, labels = padded([(ids, row_labels) for ids, row_labels, _ in rows], tokenizer.pad_token_id)
     return input_ids, labels, [spans for _, _, spans in rows]
 
 

@@ -4,6 +4,18 @@ import torch
 from torch import nn
 
 
+def padded(rows: list[tuple[list[int], list[int]]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, labels) rows padded at the end to the longest; a causal LM never attends to the pads
+    from the real tokens, and their labels are -100."""
+    length = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), length), pad_token_id)
+    labels = torch.full((len(rows), length), -100)
+    for row, (ids, row_labels) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(row_labels)] = torch.tensor(row_labels)
+    return input_ids, labels
+
+
 def answer_loss_and_accuracy(model, input_ids, labels) -> tuple[torch.Tensor, float]:
     """Loss and token accuracy over answer tokens only; the 32k-word head over every position would
     dominate the step."""
