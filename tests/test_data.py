@@ -145,6 +145,14 @@ def test_bad_rows_are_skipped_with_a_warning_naming_them(processor, media_folder
     assert "rows.jsonl:1" in caplog.text and "more media tags than the 1 files" in caplog.text
 
 
+@pytest.mark.parametrize("answer", ["", "  ", [{"type": "text", "text": ""}]], ids=["empty", "blank", "empty block"])
+def test_an_empty_answer_is_an_unusable_row(answer):
+    # The chat template renders an empty answer (a chat may hold one); training data must not.
+    row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]}
+    with pytest.raises(UnusableRow, match=r"row r7: message 1 \(assistant\) is empty"):
+        conversation_from_row(row, row_id="r7")
+
+
 def test_media_kind_comes_from_the_file_not_its_name(processor, media_folder):
     (media_folder / "one.png").rename(media_folder / "image_named.wav")
     row = {

@@ -75,6 +75,19 @@ def test_undo_and_reset_restore_equality(model, session_processor):
         fresh.undo(), fresh.undo()
 
 
+def test_an_empty_reply_does_not_break_the_next_turn(model, session_processor):
+    eos = session_processor.tokenizer.eos_token_id
+    session = MMMModalChatSession(model, session_processor, **GENERATE)
+    # A bias on </s> makes the model answer nothing at all, as a weak model may.
+    assert (
+        session.send("Say nothing.", images=[random_image(1)], min_new_tokens=0, sequence_bias={(eos,): 100.0}) == ""
+    )
+    assert session.last_reply_ids == [eos]
+    reply = session.send("And now?", audio=[random_clip(2)])
+    assert session.last_reply_ids == from_scratch(model, session_processor, session.messages[:-1])[0]
+    assert session.messages[1] == {"role": "assistant", "content": ""} and session.messages[3]["content"] == reply
+
+
 def test_streaming_pieces_make_the_reply(model, session_processor):
     session = MMMModalChatSession(model, session_processor, **GENERATE)
     pieces = []

@@ -87,7 +87,17 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
             raise UnusableRow(f"row {row_id}: message content must be a string or a list of blocks")
     if tags_seen != len(filenames) and filenames:
         raise UnusableRow(f"row {row_id}: {len(filenames)} files in 'filename' but {tags_seen} media tags in the text")
+    for number, message in enumerate(normalised):
+        # The template renders an empty answer (a chat model may give one); as training data it teaches nothing.
+        if message["role"] == "assistant" and not _text_of(message["content"]).strip():
+            raise UnusableRow(f"row {row_id}: message {number} (assistant) is empty: there is no answer to learn")
     return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id)
+
+
+def _text_of(content) -> str:
+    return (
+        content if isinstance(content, str) else "".join(b.get("text", "") for b in content if b.get("type") == "text")
+    )
 
 
 def _strip_media_value(block: dict) -> dict:

@@ -48,7 +48,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- else -%}{{- raise_exception('Unknown content block type: ' + block['type']) -}}{%- endif -%}"
     "{%- endfor -%}{%- set content = parts.items | join('\\n') -%}{%- endif -%}"
     "{%- set number = loop.index0 + (messages | length) - (loop_messages | length) -%}"
-    "{%- if not content | trim -%}"
+    "{%- if not content | trim and message['role'] != 'assistant' -%}"
     "{{- raise_exception('Message ' ~ number ~ ' (' ~ message['role'] ~ ') is empty') -}}{%- endif -%}"
     "{%- if message['role'] == 'assistant' and ('<image>' in content or '<audio>' in content) -%}"
     "{{- raise_exception('Message ' ~ number ~ ' (assistant) holds an image or audio; media belong in user "
