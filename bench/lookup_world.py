@@ -80,7 +80,7 @@ def which_image_by_shape(kind: str, language: str, images: list, clips: list, rn
     en = language == "en"
     noun = world.SHAPE_NOUNS[images[k].shape][0 if en else 1]
     question = f"Which image shows the {noun}?" if en else f"Gambar manakah yang menunjukkan {noun}?"
-    return question, (f"Image {k + 1}." if en else f"Gambar {k + 1}.")
+    return question, (f"Image {k + 1}." if en else f"Gambar {k + 1}."), None
 
 
 def sequence(
@@ -95,7 +95,7 @@ def sequence(
     pieces = [("<s>", None)]
     for index in range(QUESTIONS_PER_SEQUENCE):
         kind = rng.choice(options)
-        question, answer = ask(kind, language, seen_images, seen_clips, rng)
+        question, answer, _ = ask(kind, language, seen_images, seen_clips, rng)
         pieces += [((media if index == 0 else "[INST] ") + question + " [/INST]", None), (answer + "</s>", kind)]
     ids, labels, spans = [], [], []
     for piece, kind in pieces:

@@ -7,9 +7,9 @@ import sys
 from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
-from mmmmodal_hf.demo.run import accuracy_table, one_and_several
+from mmmmodal_hf.demo.run import accuracy_table, asked_position, one_and_several
 from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
-from mmmmodal_hf.demo.world import CHANCE, EASY_KINDS, KINDS
+from mmmmodal_hf.demo.world import CHANCE, EASY_KINDS, KINDS, make_split
 
 
 def test_quick_demo_learns_saves_and_reloads(tmp_path):
@@ -77,3 +77,62 @@ def test_accuracy_splits_each_kind_by_how_many_media_it_could_mean():
     # Which image always has two or more images: no "one medium" cell.
     assert one_and_several({"2": {"accuracy": 0.25, "n": 4}}) == ("-", "25% (4)")
     assert table["which_image"]["by_candidates"] == {} and table["language_ms"]["accuracy"] == 1.0
+
+
+def test_accuracy_by_the_place_of_the_medium_asked_about(tmp_path):
+    conversations = make_split(tmp_path, 90, seed=3, images=30, clips=20)
+    places = {}
+    for conversation in conversations:
+        places.setdefault(asked_position(conversation), set()).add(conversation.kind)
+    # Only the kinds that point at one medium have a place, and all four places occur.
+    assert places.pop(None) == {"which_image", "count_shape", "higher_clip", "image_vs_audio"}
+    assert set(places) == {"only", "first", "middle", "last"}
+    results = [
+        {
+            "kind": "image_colour",
+            "language": "en",
+            "answer": "Red.",
+            "correct": True,
+            "candidates": 2,
+            "position": "first",
+        },
+        {
+            "kind": "audio_beeps",
+            "language": "en",
+            "answer": "One.",
+            "correct": False,
+            "candidates": 3,
+            "position": "last",
+        },
+        {
+            "kind": "audio_beeps",
+            "language": "ms",
+            "answer": "Dua.",
+            "correct": True,
+            "candidates": 3,
+            "position": "last",
+        },
+        {
+            "kind": "audio_beeps",
+            "language": "ms",
+            "answer": "Satu.",
+            "correct": True,
+            "candidates": 1,
+            "position": "only",
+        },
+        {
+            "kind": "count_shape",
+            "language": "en",
+            "answer": "Two.",
+            "correct": True,
+            "candidates": 2,
+            "position": None,
+        },
+    ]
+    table = accuracy_table(results, {})
+    assert table["audio_beeps"]["by_position"] == {
+        "only": {"accuracy": 1.0, "n": 1},
+        "last": {"accuracy": 0.5, "n": 2},
+    }
+    assert table["count_shape"]["by_position"] == {}
+    assert table["several_by_position"] == {"first": {"accuracy": 1.0, "n": 1}, "last": {"accuracy": 0.5, "n": 2}}

@@ -22,8 +22,9 @@ from mmmmodal_hf.demo.world import (
 
 
 def test_same_seed_same_world(tmp_path):
-    make_split(tmp_path / "a", 90, seed=3, images=40, clips=30)
+    first = make_split(tmp_path / "a", 90, seed=3, images=40, clips=30)
     make_split(tmp_path / "b", 90, seed=3, images=40, clips=30)
+    assert [c.about for c in read_split(tmp_path / "a")] == [c.about for c in first]  # kept in the rows
     make_split(tmp_path / "c", 90, seed=4, images=40, clips=30)
     assert (tmp_path / "a" / "data.jsonl").read_text() == (tmp_path / "b" / "data.jsonl").read_text()
     assert (tmp_path / "a" / "data.jsonl").read_text() != (tmp_path / "c" / "data.jsonl").read_text()
@@ -111,6 +112,12 @@ def test_answers_follow_from_the_media(tmp_path):
             assert conversation.media_count(ASKED_MEDIUM[conversation.kind]) >= 2
         question = blocks[-1]["text"]
         number = next((int(w.strip("?:")) for w in question.split() if w.strip("?:").isdigit()), None)
+        if conversation.kind in ("image_colour", "image_shape", "audio_pitch", "audio_beeps"):
+            assert conversation.about == number - 1  # the medium the question points at
+        elif conversation.kind == "follow_up":
+            assert 0 <= conversation.about < len(images)
+        else:
+            assert conversation.about is None
         if conversation.kind == "image_colour":
             assert english_colours[conversation.answer] == images[number - 1].colour
         elif conversation.kind == "audio_beeps":

@@ -234,17 +234,30 @@ def evaluate(model, processor, conversations: list[WorldConversation], media_fol
                     "correct": answer.strip() == conversation.answer,
                     # How many media of the kind the question could mean: 1 needs no binding.
                     "candidates": conversation.media_count(ASKED_MEDIUM[conversation.kind]),
+                    "position": asked_position(conversation),
                 }
             )
     return results
+
+
+def asked_position(conversation: WorldConversation) -> str | None:
+    """Where the medium the question points at stands among those of its type: only, first, middle or last."""
+    if conversation.about is None:
+        return None
+    count = conversation.media_count(ASKED_MEDIUM[conversation.kind])
+    if count == 1:
+        return "only"
+    return "first" if conversation.about == 0 else "last" if conversation.about == count - 1 else "middle"
 
 
 def accuracy_table(results: list[dict], answer_sets: dict[str, set[str]]) -> dict:
     """Exact match per kind and language; `well_formed` is the share of answers that are *some* valid answer
     of the kind (a colour for a colour question), which shows the format was learned even where the
     content was not. `by_candidates` splits each kind by how many media of the asked type the
-    conversation held (`ASKED_MEDIUM`): the gap between one and several is the cost of binding
-    "image 2" to its media."""
+    conversation held (`ASKED_MEDIUM`): the gap between one and several is the cost of picking out
+    "image 2" among them. `by_position` splits the kinds that point at one medium by where it stands
+    (only, first, middle, last), and `several_by_position` pools them over those kinds: a model
+    that favours the last medium shows it there."""
     table = {}
     for kind in KINDS:
         rows = [r for r in results if r["kind"] == kind]
@@ -254,6 +267,7 @@ def accuracy_table(results: list[dict], answer_sets: dict[str, set[str]]) -> dic
             "n": len(rows),
             "chance": CHANCE[kind],
             "by_candidates": _by_candidates(rows),
+            "by_position": _grouped(rows, "position"),
         }
     for language in ("en", "ms"):
         rows = [r for r in results if r["language"] == language]
@@ -261,6 +275,7 @@ def accuracy_table(results: list[dict], answer_sets: dict[str, set[str]]) -> dic
             "accuracy": _share_correct(rows),
             "n": len(rows),
         }
+    table["several_by_position"] = _grouped(results, "position", ("first", "middle", "last"))
     return table
 
 
@@ -276,6 +291,12 @@ def _by_candidates(rows: list[dict]) -> dict[str, dict]:
     return {
         str(count): {"accuracy": _share_correct(group), "n": len(group)} for count, group in sorted(groups.items())
     }
+
+
+def _grouped(rows: list[dict], key: str, values: tuple[str, ...] = ("only", "first", "middle", "last")) -> dict:
+    """Accuracy per value of `key` among `values`, in that order; values no row has are left out."""
+    groups = {value: [r for r in rows if r.get(key) == value] for value in values}
+    return {value: {"accuracy": _share_correct(group), "n": len(group)} for value, group in groups.items() if group}
 
 
 # Runs in a fresh process where mmmmodal_hf is not importable: only the saved folder's code serves.
@@ -491,6 +512,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{kind:16s} {row['accuracy']:7.1%}   ({row['chance']:4.0%})  {row['well_formed']:7.1%}"
             f"   {one:>10s}  {several:>10s}  n={row['n']}"
         )
+    positions = metrics["accuracy"]["several_by_position"]
+    if positions:
+        cells = ", ".join(f"{where} {cell['accuracy']:.0%} ({cell['n']})" for where, cell in positions.items())
+        print(f"asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place: {cells}")
     print(
         f"target 90% on every kind: {'reached' if metrics['reached_target'] else 'NOT reached'}; "
         f"{metrics['timings']['total_s'] / 60:.1f} min in all"

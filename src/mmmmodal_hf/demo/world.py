@@ -115,9 +115,10 @@ class WorldConversation:
     language: str
     turns: list[dict]
     answer: str
+    about: int | None = None  # the 0-based number of the medium the last question points at, if one
 
     def row(self) -> dict:
-        return {"messages": self.turns, "kind": self.kind, "language": self.language}
+        return {"messages": self.turns, "kind": self.kind, "language": self.language, "about": self.about}
 
     def media_count(self, medium: str) -> int:
         """How many media of `medium` ("image" or "audio") the conversation holds, over all turns."""
@@ -200,18 +201,22 @@ def _answer(pair: tuple[str, str], language: str) -> str:
 
 
 def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact], rng: random.Random):
-    """A (question, answer) of `kind` about the media seen so far, or None if they cannot support it."""
+    """A (question, answer, about) of `kind` about the media seen so far, or None if they cannot support it.
+
+    `about` is the 0-based number of the one medium (of the asked type) the question points at, or
+    None when it points at no single medium (which image, counting, comparisons).
+    """
     en = language == "en"
     if kind == "image_colour" and images:
         k = rng.randrange(len(images))
         question = (
             f"What colour is the shape in image {k + 1}?" if en else f"Apakah warna bentuk dalam gambar {k + 1}?"
         )
-        return question, _answer(COLOURS[images[k].colour][1:], language)
+        return question, _answer(COLOURS[images[k].colour][1:], language), k
     if kind == "image_shape" and images:
         k = rng.randrange(len(images))
         question = f"What shape is in image {k + 1}?" if en else f"Apakah bentuk dalam gambar {k + 1}?"
-        return question, _answer(SHAPES[images[k].shape], language)
+        return question, _answer(SHAPES[images[k].shape], language), k
     if kind == "which_image" and len(images) >= 2:
         unique = [
             i for i, f in enumerate(images) if sum((g.colour, g.shape) == (f.colour, f.shape) for g in images) == 1
@@ -224,13 +229,13 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
         question = (
             f"Which image shows the {colour} {noun}?" if en else f"Gambar manakah yang menunjukkan {noun} {colour}?"
         )
-        return question, (f"Image {k + 1}." if en else f"Gambar {k + 1}.")
+        return question, (f"Image {k + 1}." if en else f"Gambar {k + 1}."), None
     if kind == "count_shape" and len(images) >= 2:
         shape = rng.choice([f.shape for f in images] + [rng.choice(sorted(SHAPES))])
         count = sum(f.shape == shape for f in images)
         noun = SHAPE_NOUNS[shape][0 if en else 1]
         question = f"How many images show a {noun}?" if en else f"Berapa banyak gambar yang menunjukkan {noun}?"
-        return question, _answer(NUMBERS[count], language)
+        return question, _answer(NUMBERS[count], language), None
     if kind == "audio_pitch" and clips:
         k = rng.randrange(len(clips))
         question = (
@@ -238,11 +243,11 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
             if en
             else f"Adakah bunyi dalam audio {k + 1} rendah, sederhana atau tinggi?"
         )
-        return question, _answer(PITCHES[clips[k].pitch][1:], language)
+        return question, _answer(PITCHES[clips[k].pitch][1:], language), k
     if kind == "audio_beeps" and clips:
         k = rng.randrange(len(clips))
         question = f"How many beeps are in audio {k + 1}?" if en else f"Berapa banyak bip dalam audio {k + 1}?"
-        return question, _answer(NUMBERS[clips[k].beeps], language)
+        return question, _answer(NUMBERS[clips[k].beeps], language), k
     if kind == "higher_clip" and len(clips) >= 2:
         pairs = [
             (a, b) for a in range(len(clips)) for b in range(a + 1, len(clips)) if clips[a].pitch != clips[b].pitch
@@ -257,7 +262,7 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
             if en
             else f"Yang manakah lebih tinggi, audio {a + 1} atau audio {b + 1}?"
         )
-        return question, (f"Audio {higher + 1}.")
+        return question, f"Audio {higher + 1}.", None
     if kind == "image_vs_audio" and images and clips:
         k = rng.randrange(len(clips))
         beeps, count = clips[k].beeps, len(images)
@@ -272,7 +277,7 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
             answer = "More beeps." if en else "Lebih banyak bip."
         else:
             answer = "The same." if en else "Sama banyak."
-        return question, answer
+        return question, answer, None
     return None
 
 
@@ -284,7 +289,7 @@ def _follow_up(language, images, rng):
         if language == "en"
         else f"Kembali kepada gambar {ordinal}, apakah warnanya?"
     )
-    return question, _answer(COLOURS[images[k].colour][1:], language)
+    return question, _answer(COLOURS[images[k].colour][1:], language), k
 
 
 _NEEDS = {  # kind -> (min images, min clips)
@@ -346,11 +351,11 @@ def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Ran
             if asked is None:
                 ok = False
                 break
-            question, answer = asked
+            question, answer, about = asked
             turns.append({"role": "user", "content": blocks + [{"type": "text", "text": question}]})
             turns.append({"role": "assistant", "content": answer})
         if ok:
-            return WorldConversation(kind, language, turns, turns[-1]["content"])
+            return WorldConversation(kind, language, turns, turns[-1]["content"], about)
     raise RuntimeError(f"could not make a {kind} conversation")
 
 
@@ -375,6 +380,8 @@ def read_split(folder: Path) -> list[WorldConversation]:
     for line in (folder / "data.jsonl").read_text().splitlines():
         row = json.loads(line)
         conversations.append(
-            WorldConversation(row["kind"], row["language"], row["messages"], row["messages"][-1]["content"])
+            WorldConversation(
+                row["kind"], row["language"], row["messages"], row["messages"][-1]["content"], row.get("about")
+            )
         )
     return conversations
