@@ -22,6 +22,9 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     assert "target 90% on every kind:" in completed.stdout and "one medium     several" in completed.stdout
+    assert "asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place:" in (
+        completed.stdout
+    )
     report = output / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["tokenizer"] == "mistral" and metrics["vocabulary"] == 32006
@@ -30,6 +33,8 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     for kind in KINDS:
         groups = metrics["accuracy"][kind]["by_candidates"]
         assert sum(group["n"] for group in groups.values()) == metrics["accuracy"][kind]["n"], (kind, groups)
+    pooled = metrics["accuracy"]["several_by_position"]
+    assert set(pooled) <= {"first", "middle", "last"} and sum(cell["n"] for cell in pooled.values()) > 0
     # The towers' stand-in pretraining made them see and hear the world (scored on fresh media).
     towers = {report["tower"]: report["accuracy"] for report in metrics["encoders"]}
     assert towers["vision"]["colour"] >= 0.95 and towers["audio"]["pitch"] >= 0.95, towers
