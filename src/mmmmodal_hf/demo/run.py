@@ -240,6 +240,9 @@ def evaluate(model, processor, conversations: list[WorldConversation], media_fol
     return results
 
 
+POSITIONS = ("only", "first", "middle", "last")  # of the medium a question points at, among its type
+
+
 def asked_position(conversation: WorldConversation) -> str | None:
     """Where the medium the question points at stands among those of its type: only, first, middle or last."""
     if conversation.about is None:
@@ -266,8 +269,8 @@ def accuracy_table(results: list[dict], answer_sets: dict[str, set[str]]) -> dic
             "well_formed": sum(r["answer"] in answer_sets.get(kind, ()) for r in rows) / max(1, len(rows)),
             "n": len(rows),
             "chance": CHANCE[kind],
-            "by_candidates": _by_candidates(rows),
-            "by_position": _grouped(rows, "position"),
+            "by_candidates": _grouped(rows, "candidates"),
+            "by_position": _grouped(rows, "position", POSITIONS),
         }
     for language in ("en", "ms"):
         rows = [r for r in results if r["language"] == language]
@@ -275,7 +278,7 @@ def accuracy_table(results: list[dict], answer_sets: dict[str, set[str]]) -> dic
             "accuracy": _share_correct(rows),
             "n": len(rows),
         }
-    table["several_by_position"] = _grouped(results, "position", ("first", "middle", "last"))
+    table["several_by_position"] = _grouped(results, "position", POSITIONS[1:])
     return table
 
 
@@ -283,20 +286,12 @@ def _share_correct(rows: list[dict]) -> float:
     return sum(r["correct"] for r in rows) / max(1, len(rows))
 
 
-def _by_candidates(rows: list[dict]) -> dict[str, dict]:
-    """Accuracy per number of candidate media, keyed "1", "2", ... (JSON keys)."""
-    groups: dict[int, list[dict]] = {}
-    for row in rows:
-        groups.setdefault(row["candidates"], []).append(row)
-    return {
-        str(count): {"accuracy": _share_correct(group), "n": len(group)} for count, group in sorted(groups.items())
-    }
-
-
-def _grouped(rows: list[dict], key: str, values: tuple[str, ...] = ("only", "first", "middle", "last")) -> dict:
-    """Accuracy per value of `key` among `values`, in that order; values no row has are left out."""
-    groups = {value: [r for r in rows if r.get(key) == value] for value in values}
-    return {value: {"accuracy": _share_correct(group), "n": len(group)} for value, group in groups.items() if group}
+def _grouped(rows: list[dict], key: str, values: tuple | None = None) -> dict[str, dict]:
+    """Accuracy per value of `key`, keyed as strings (JSON keys): in the order of `values` (all values
+    the rows have, sorted, when None); values no row has are left out."""
+    values = sorted({row[key] for row in rows}) if values is None else values
+    groups = {value: [row for row in rows if row.get(key) == value] for value in values}
+    return {str(value): {"accuracy": _share_correct(g), "n": len(g)} for value, g in groups.items() if g}
 
 
 # Runs in a fresh process where mmmmodal_hf is not importable: only the saved folder's code serves.
