@@ -33,6 +33,9 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     for kind in KINDS:
         groups = metrics["accuracy"][kind]["by_candidates"]
         assert sum(group["n"] for group in groups.values()) == metrics["accuracy"][kind]["n"], (kind, groups)
+    minutes = metrics["timings"]["total_s"] / 60
+    assert metrics["target_minutes"] == 10 and metrics["within_time"] == (minutes <= 10)
+    assert metrics["reached_target"] == (metrics["reached_accuracy"] and metrics["within_time"])
     pooled = metrics["accuracy"]["several_by_position"]
     assert set(pooled) <= {"first", "middle", "last"} and sum(cell["n"] for cell in pooled.values()) > 0
     # The towers' stand-in pretraining made them see and hear the world (scored on fresh media).
