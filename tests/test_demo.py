@@ -7,9 +7,9 @@ import sys
 from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
-from mmmmodal_hf.demo.run import accuracy_table, asked_position, one_and_several
+from mmmmodal_hf.demo.run import accuracy_table, one_and_several, place_among
 from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
-from mmmmodal_hf.demo.world import CHANCE, EASY_KINDS, KINDS, make_split
+from mmmmodal_hf.demo.world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, make_split
 
 
 def test_quick_demo_learns_saves_and_reloads(tmp_path):
@@ -91,51 +91,21 @@ def test_accuracy_by_the_place_of_the_medium_asked_about(tmp_path):
     conversations = make_split(tmp_path, 90, seed=3, images=30, clips=20)
     places = {}
     for conversation in conversations:
-        places.setdefault(asked_position(conversation), set()).add(conversation.kind)
+        place = place_among(conversation.about, conversation.media_count(ASKED_MEDIUM[conversation.kind]))
+        places.setdefault(place, set()).add(conversation.kind)
     # Only the kinds that point at one medium have a place, and all four places occur.
     assert places.pop(None) == {"which_image", "count_shape", "higher_clip", "image_vs_audio"}
     assert set(places) == {"only", "first", "middle", "last"}
+    keys = ("kind", "language", "answer", "correct", "candidates", "position")
     results = [
-        {
-            "kind": "image_colour",
-            "language": "en",
-            "answer": "Red.",
-            "correct": True,
-            "candidates": 2,
-            "position": "first",
-        },
-        {
-            "kind": "audio_beeps",
-            "language": "en",
-            "answer": "One.",
-            "correct": False,
-            "candidates": 3,
-            "position": "last",
-        },
-        {
-            "kind": "audio_beeps",
-            "language": "ms",
-            "answer": "Dua.",
-            "correct": True,
-            "candidates": 3,
-            "position": "last",
-        },
-        {
-            "kind": "audio_beeps",
-            "language": "ms",
-            "answer": "Satu.",
-            "correct": True,
-            "candidates": 1,
-            "position": "only",
-        },
-        {
-            "kind": "count_shape",
-            "language": "en",
-            "answer": "Two.",
-            "correct": True,
-            "candidates": 2,
-            "position": None,
-        },
+        dict(zip(keys, values))
+        for values in [
+            ("image_colour", "en", "Red.", True, 2, "first"),
+            ("audio_beeps", "en", "One.", False, 3, "last"),
+            ("audio_beeps", "ms", "Dua.", True, 3, "last"),
+            ("audio_beeps", "ms", "Satu.", True, 1, "only"),
+            ("count_shape", "en", "Two.", True, 2, None),
+        ]
     ]
     table = accuracy_table(results, {})
     assert table["audio_beeps"]["by_position"] == {
