@@ -1,13 +1,14 @@
 """How fast the demo's LM learns to look up a numbered medium, for two RoPE bases.
 
 The demo's hard part is binding "image 2" to the span after the label "Image 2:". This isolates
-it from media: the demo's LM (Llama, 128 wide, 2 layers, the Mistral tokenizer) is trained from
+it from media: the demo's LM (128 wide, 2 layers, the Mistral tokenizer; `--lm llama`, as recorded in
+BENCHMARKS.md, or the demo's default `qwen3`, Llama with QK-norm) is trained from
 scratch on dense text where every medium is written as words ("Image 2: red circle.") and six
 questions per sequence ask for one fact of one numbered medium. Both contenders see the same
 batches; the baseline is Llama's default RoPE base (10000), the contender the demo's (100).
 Reported: answer-token accuracy on 256 held-out sequences every `--every` steps.
 
-    python bench/lookup_rope.py [--steps 600] [--batch-size 32] [--thetas 10000,100]
+    python bench/lookup_rope.py [--steps 600] [--batch-size 32] [--thetas 10000,100] [--lm llama|qwen3]
 """
 
 import argparse
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from common import report
 from text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded, train_step
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mmmmodal_hf.demo.run import DemoSettings, build_text_config
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
@@ -64,11 +65,11 @@ def batch(tokenizer, rng: random.Random, size: int) -> tuple[torch.Tensor, torch
     return padded([sequence(tokenizer, rng) for _ in range(size)], tokenizer.pad_token_id)
 
 
-def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int) -> dict[int, float]:
+def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int, lm: str) -> dict[int, float]:
     torch.manual_seed(0)
     # The demo's LM as `mmmmodal demo` builds it, with only the RoPE base changed.
-    config = build_text_config(replace(DemoSettings(), rope_theta=theta), tokenizer)
-    model = LlamaForCausalLM(config)
+    config = build_text_config(replace(DemoSettings(), rope_theta=theta, lm=lm), tokenizer)
+    model = AutoModelForCausalLM.from_config(config)
     optimizer, schedule = adamw_with_warmup(model)
     held_out = batch(tokenizer, random.Random(99), 256)
     rng, curve = random.Random(0), {}
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--thetas", default="10000,100", help="the first is the baseline")
+    parser.add_argument("--lm", choices=["llama", "qwen3"], default="llama", help="the LM's layout (recorded: llama)")
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as work:
@@ -97,14 +99,17 @@ def main() -> None:
             raise SystemExit("this benchmark uses the real Mistral tokenizer: pip install mistral-common")
         tokenizer = AutoTokenizer.from_pretrained(folder)
         thetas = [float(value) for value in args.thetas.split(",")]
-        curves = {theta: learning_curve(tokenizer, theta, args.steps, args.batch_size, args.every) for theta in thetas}
+        curves = {
+            theta: learning_curve(tokenizer, theta, args.steps, args.batch_size, args.every, args.lm)
+            for theta in thetas
+        }
     baseline = curves[thetas[0]]
     rows = [
         {"step": step, **{f"theta_{theta:g}": curves[theta][step] for theta in thetas}}
         | {f"gain_{theta:g}": curves[theta][step] - baseline[step] for theta in thetas[1:]}
         for step in baseline
     ]
-    report("lookup_rope", rows, {"steps": args.steps, "batch_size": args.batch_size})
+    report("lookup_rope", rows, {"steps": args.steps, "batch_size": args.batch_size, "lm": args.lm})
 
 
 if __name__ == "__main__":

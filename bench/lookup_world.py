@@ -1,7 +1,8 @@
 """Which of the demo world's question kinds its LM can learn at all, with media written as words.
 
 `mmmmodal demo` misses its 90% target on every kind (README, Limits). This separates the LM from
-the media: the demo's LM as `mmmmodal demo` builds it (Llama, 128 wide, 2 layers, RoPE base 100,
+the media: the demo's LM as `mmmmodal demo` builds it (128 wide, 2 layers, RoPE base 100, Llama's
+layout with QK-norm, or without it with `--lm llama` as recorded in BENCHMARKS.md,
 the Mistral tokenizer with the processor's tags) is trained from scratch on text in the demo's
 chat format where each medium is written as its facts ("Image 2:\\n<image> red circle </image>"),
 and each sequence asks six of the world's own questions (`world.ask`, every kind but the
@@ -10,7 +11,7 @@ questions per sequence of the demo's conversations, with no perception to learn.
 Reported per kind: teacher-forced exact match of the whole answer on 512 held-out sequences
 every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
-    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128]
+    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128] [--lm qwen3|llama]
                                  [--kinds which_image,...] [--recall-steps 0] [--which-image-by shape]
 
 `--recall-steps N` first trains the LM on associative recall (`associative_recall.py`), to see
@@ -29,7 +30,7 @@ import torch
 from associative_recall import warm_up
 from common import report
 from text_lm import adamw_with_warmup, padded, train_step
-from transformers import LlamaForCausalLM
+from transformers import AutoModelForCausalLM
 
 from mmmmodal_hf.demo import world
 from mmmmodal_hf.demo.run import DemoSettings, build_processor, build_text_config
@@ -138,7 +139,7 @@ def learning_curve(
     ask=world.ask,
 ) -> dict[int, dict[str, float]]:
     torch.manual_seed(0)
-    model = LlamaForCausalLM(build_text_config(lm, tokenizer))
+    model = AutoModelForCausalLM.from_config(build_text_config(lm, tokenizer))
     if recall_steps:
         warm_up(model, tokenizer, recall_steps)
     optimizer, schedule = adamw_with_warmup(model, fused=True)
@@ -163,6 +164,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=150)
     parser.add_argument("--layers", type=int, default=DemoSettings.layers, help="the demo's LM has 2")
     parser.add_argument("--hidden-size", type=int, default=DemoSettings.hidden_size, help="the demo's LM is 128 wide")
+    parser.add_argument(
+        "--lm", choices=["qwen3", "llama"], default=DemoSettings.lm, help="the LM's layout, as the demo's"
+    )
     parser.add_argument("--recall-steps", type=int, default=0, help="associative-recall warm-up steps of 64 first")
     parser.add_argument(
         "--which-image-by",
@@ -181,7 +185,7 @@ def main() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as work:
         processor, tokenizer_kind = build_processor(DemoSettings(tokenizer="mistral"), Path(work), [])
-    lm = DemoSettings(layers=args.layers, hidden_size=args.hidden_size)
+    lm = DemoSettings(layers=args.layers, hidden_size=args.hidden_size, lm=args.lm)
     ask = which_image_by_shape if args.which_image_by == "shape" else world.ask
     curve = learning_curve(
         processor.tokenizer, kinds, args.steps, args.batch_size, args.every, lm, args.recall_steps, ask
@@ -201,6 +205,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "layers": args.layers,
             "hidden_size": args.hidden_size,
+            "lm": args.lm,
             "recall_steps": args.recall_steps,
             "which_image_by": args.which_image_by,
             "kinds": kinds,

@@ -55,9 +55,12 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert Image.open(report / "report.png").size == (1000, 420)
     assert len((report / "heldout_answers.jsonl").read_text().splitlines()) == metrics["settings"]["eval_per_kind"] * 9
     assert check_folder_loads(metrics["model_folder"])["new_tokens"] == 2
-    # The LM's short-range RoPE (the demo's setting, not Llama's 10000) travels with the saved folder.
+    # The LM's short-range RoPE (the demo's setting, not Llama's 10000) and its QK-norm layout travel
+    # with the saved folder, and the fresh-process reload built that LM from it.
     saved = json.loads((output / "model" / "config.json").read_text())
     assert saved["text_config"]["rope_parameters"]["rope_theta"] == metrics["settings"]["rope_theta"] == 100.0
+    assert saved["text_config"]["model_type"] == metrics["settings"]["lm"] == "qwen3"
+    assert metrics["reloaded_language_model"] == "Qwen3Model"
 
 
 def test_trained_tokenizer_when_mistral_common_is_missing(tmp_path):
