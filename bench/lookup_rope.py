@@ -22,7 +22,7 @@ from common import report
 from text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded, train_step
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mmmmodal_hf.demo.run import DemoSettings, build_text_config
+from mmmmodal_hf.demo.run import TEXT_CONFIGS, DemoSettings, build_text_config
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 from mmmmodal_hf.demo.world import COLOURS, NUMBERS, PITCHES, SHAPE_NOUNS
 
@@ -67,7 +67,7 @@ def batch(tokenizer, rng: random.Random, size: int) -> tuple[torch.Tensor, torch
 
 def learning_curve(tokenizer, theta: float, steps: int, batch_size: int, every: int, lm: str) -> dict[int, float]:
     torch.manual_seed(0)
-    # The demo's LM as `mmmmodal demo` builds it, with only the RoPE base changed.
+    # The demo's LM as `mmmmodal demo` builds it, in the layout `lm`, with only the RoPE base changed.
     config = build_text_config(replace(DemoSettings(), rope_theta=theta, lm=lm), tokenizer)
     model = AutoModelForCausalLM.from_config(config)
     optimizer, schedule = adamw_with_warmup(model)
@@ -90,7 +90,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--thetas", default="10000,100", help="the first is the baseline")
-    parser.add_argument("--lm", choices=["llama", "qwen3"], default="llama", help="the LM's layout (recorded: llama)")
+    parser.add_argument(
+        "--lm", choices=sorted(TEXT_CONFIGS), default="llama", help="the LM's layout (recorded: llama)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     with tempfile.TemporaryDirectory() as work:

@@ -33,7 +33,7 @@ from text_lm import adamw_with_warmup, padded, train_step
 from transformers import AutoModelForCausalLM
 
 from mmmmodal_hf.demo import world
-from mmmmodal_hf.demo.run import DemoSettings, build_processor, build_text_config
+from mmmmodal_hf.demo.run import TEXT_CONFIGS, DemoSettings, build_processor, build_text_config
 
 QUESTIONS_PER_SEQUENCE = 6
 KINDS = [kind for kind in world.KINDS if kind != "follow_up"]  # the follow-up is the colour question reworded
@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=DemoSettings.layers, help="the demo's LM has 2")
     parser.add_argument("--hidden-size", type=int, default=DemoSettings.hidden_size, help="the demo's LM is 128 wide")
     parser.add_argument(
-        "--lm", choices=["qwen3", "llama"], default=DemoSettings.lm, help="the LM's layout, as the demo's"
+        "--lm", choices=sorted(TEXT_CONFIGS), default=DemoSettings.lm, help="the LM's layout, as the demo's"
     )
     parser.add_argument("--recall-steps", type=int, default=0, help="associative-recall warm-up steps of 64 first")
     parser.add_argument(

@@ -510,7 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--align-learning-rate", type=float, default=None)
     parser.add_argument("--rope-theta", type=float, default=None)
     parser.add_argument("--tokenizer", choices=["auto", "mistral", "trained"], default=None)
-    parser.add_argument("--lm", choices=sorted(TEXT_CONFIGS), default=None, help="the LM's layout (default qwen3)")
+    parser.add_argument(
+        "--lm", choices=sorted(TEXT_CONFIGS), default=None, help=f"the LM's layout (default {defaults.lm})"
+    )
     return parser
 
 
