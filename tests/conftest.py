@@ -29,16 +29,26 @@ def session_processor(tokenizer_folder):
     return tiny_processor(tokenizer_folder)
 
 
-@pytest.fixture(scope="session")
-def model(session_processor):
+def tiny_model(processor, **overrides) -> MMMModalForConditionalGeneration:
     torch.manual_seed(0)
-    model = MMMModalForConditionalGeneration(tiny_config(session_processor)).eval()
+    model = MMMModalForConditionalGeneration(tiny_config(processor, **overrides)).eval()
     # Random init leaves the projectors tiny next to token embeddings; scale them so media matter to the logits.
     with torch.no_grad():
         for projector in (model.model.image_projector, model.model.audio_projector):
             for parameter in projector.parameters():
                 parameter.mul_(4.0)
     return model
+
+
+@pytest.fixture(scope="session")
+def model(session_processor):
+    return tiny_model(session_processor)
+
+
+@pytest.fixture(scope="session")
+def indexed_model(session_processor):
+    """The tiny model with ordinal embeddings on its media slots (`media_index_embeddings`)."""
+    return tiny_model(session_processor, media_index_embeddings=4)
 
 
 @pytest.fixture(scope="session")

@@ -95,3 +95,8 @@ def test_impossible_layers_and_kernels_are_refused():
         )
     with pytest.raises(ValueError, match=r"kernel \(60\) is longer than the 50 frames"):
         MMMModalConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), audio_conv_kernel=60)
+
+
+def test_a_negative_count_of_media_index_embeddings_is_refused():
+    with pytest.raises(ValueError, match=r"media_index_embeddings=-1: expected 0 \(none\) or more"):
+        MMMModalConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), media_index_embeddings=-1)

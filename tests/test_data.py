@@ -163,7 +163,10 @@ def test_media_kind_comes_from_the_file_not_its_name(processor, media_folder):
         encode_conversation(processor, conversation_from_row(row, str(media_folder)))
 
 
-def test_packed_block_logits_equal_each_conversation_alone(model, session_processor, media_folder):
+@pytest.mark.parametrize("model_fixture", ["model", "indexed_model"])
+def test_packed_block_logits_equal_each_conversation_alone(model_fixture, session_processor, media_folder, request):
+    # With ordinal embeddings, each packed conversation numbers its media from 1 again.
+    model = request.getfixturevalue(model_fixture)
     rows = [
         published_row(),
         {

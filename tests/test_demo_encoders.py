@@ -28,3 +28,15 @@ def test_pretraining_teaches_the_towers_and_touches_nothing_else(tmp_path):
     changed = {name for name, value in model.state_dict().items() if not torch.equal(before[name], value)}
     assert changed and all(name.startswith(("model.vision_tower.", "model.audio_tower.")) for name in changed)
     assert {name: parameter.requires_grad for name, parameter in model.named_parameters()} == trainable
+
+
+def test_each_medium_tag_starts_as_its_digit_scaled_to_be_seen(tmp_path):
+    model, processor = _demo_model(tmp_path)
+    settings = DemoSettings()
+    assert model.config.media_index_embeddings == settings.media_index_embeddings > 0
+    embeddings = model.get_input_embeddings().weight
+    # The questions say "image 2": tag 2 starts as the token "2", scaled past the projected slots' noise.
+    two = processor.tokenizer.convert_tokens_to_ids("2")
+    for projector in (model.model.image_projector, model.model.audio_projector):
+        torch.testing.assert_close(projector.index_embedding.weight[1], embeddings[two] * settings.media_index_scale)
+    assert projector.index_embedding.weight.norm(dim=-1).min() > 10 * embeddings.norm(dim=-1).mean()

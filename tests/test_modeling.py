@@ -246,3 +246,53 @@ def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session
     labelled = int((labels[:, 1:] != -100).sum())
     assert partial.logits.shape == (labelled, model.config.text_config.vocab_size)
     torch.testing.assert_close(partial.loss, full.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_media_index_embeddings_number_each_medium_within_its_sample(indexed_model, session_processor):
+    samples = [
+        ("[INST] <image> <audio> then <image> [/INST]", [random_image(20), random_image(21)], [random_clip(22)]),
+        (
+            "[INST] <audio> <image> <audio> [/INST]",
+            [random_image(23)],
+            [random_clip(24), random_clip(25, seconds=1.4)],
+        ),
+    ]
+    batch = session_processor(
+        text=[s[0] for s in samples],
+        images=[s[1] for s in samples],
+        audio=[s[2] for s in samples],
+        return_tensors="pt",
+    )
+    seen = {}
+    hook = indexed_model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            output = indexed_model(**batch)
+    finally:
+        hook.remove()
+    inner = indexed_model.model
+    for token_id, features, projector, numbers in (
+        (session_processor.image_token_id, output.image_hidden_states, inner.image_projector, [[1, 2], [1]]),
+        # The 1.4 s clip spans two windows but is one medium: its slots all carry number 2.
+        (session_processor.audio_token_id, output.audio_hidden_states, inner.audio_projector, [[1], [1, 2]]),
+    ):
+        slots = batch["input_ids"] == token_id
+        added = seen["embeds"][slots] - features.reshape(-1, features.shape[-1])
+        expected_numbers = []
+        for row, row_numbers in enumerate(numbers):
+            runs = torch.diff(slots[row].long(), prepend=torch.zeros(1, dtype=torch.long)) == 1
+            starts = runs.nonzero().flatten().tolist()
+            assert len(starts) == len(row_numbers), f"sample {row}: one run of slots per medium"
+            run_of_slot = torch.cumsum(runs.long(), 0)[slots[row]] - 1
+            expected_numbers += [row_numbers[run] for run in run_of_slot.tolist()]
+        expected = projector.index_embedding.weight[torch.tensor(expected_numbers) - 1]
+        torch.testing.assert_close(added, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_more_media_than_media_index_embeddings_is_a_clear_error(indexed_model, session_processor):
+    images = [random_image(30 + k) for k in range(5)]
+    batch = session_processor(text="[INST] " + "<image> " * 5 + "[/INST]", images=images, return_tensors="pt")
+    with pytest.raises(ValueError, match=r"at most 4 images per conversation.*sample 0: 5"):
+        indexed_model(**batch)

@@ -38,7 +38,10 @@ def count_encoded(model) -> dict:
     return counts
 
 
-def test_four_turns_equal_from_scratch_and_encode_each_medium_once(model, session_processor):
+@pytest.mark.parametrize("model_fixture", ["model", "indexed_model"])
+def test_four_turns_equal_from_scratch_and_encode_each_medium_once(model_fixture, session_processor, request):
+    # With ordinal embeddings, a cached turn's media must keep counting after the cached ones.
+    model = request.getfixturevalue(model_fixture)
     session = MMMModalChatSession(model, session_processor, system="Answer briefly.", **GENERATE)
     counts = count_encoded(model)
     for number, (text, images, clips) in enumerate(TURNS):

@@ -101,6 +101,10 @@ class MMMModalConfig(PreTrainedConfig):
         in real audio (`num_real_audio_slots`); False keeps all slots of every window, as the released
         checkpoints were trained (a short clip then fills 487 slots, mostly of padding).
     projector_hidden_act (`str`, defaults to "gelu"): activation inside both projectors.
+    media_index_embeddings (`int`, defaults to 0): when positive, each projector learns this many ordinal
+        embeddings and adds the k-th to every slot of the k-th image (or clip) of a conversation, so the
+        slots themselves say which medium they are. The published models have none (0); the demo's small
+        LM, trained from scratch, picks "image 2" out of several more often with them (README, Limits).
     image_token_id, audio_token_id: the slot tokens that projected features replace.
     image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
 
@@ -133,6 +137,7 @@ class MMMModalConfig(PreTrainedConfig):
     audio_conv_stride: int = 3
     trim_audio_padding: bool = True
     projector_hidden_act: str = "gelu"
+    media_index_embeddings: int = 0
     image_start_token_id: int = 32000
     image_end_token_id: int = 32001
     audio_start_token_id: int = 32002
@@ -147,6 +152,8 @@ class MMMModalConfig(PreTrainedConfig):
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
         self._check_layers()
+        if self.media_index_embeddings < 0:  # the strict dataclass already insists on an int
+            raise ValueError(f"media_index_embeddings={self.media_index_embeddings}: expected 0 (none) or more.")
         # Both auto classes give the generation-capable model, so `AutoModel(...).generate()` works.
         self.auto_map = {
             "AutoConfig": "configuration_mmmmodal.MMMModalConfig",

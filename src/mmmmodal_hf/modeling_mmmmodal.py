@@ -120,6 +120,31 @@ class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
     audio_hidden_states: torch.FloatTensor | None = None
 
 
+def _index_embedding(config: MMMModalConfig) -> nn.Embedding | None:
+    """Ordinal embeddings a projector adds to its media's slots (`config.media_index_embeddings`), or None."""
+    if config.media_index_embeddings <= 0:
+        return None
+    return nn.Embedding(config.media_index_embeddings, config.text_config.hidden_size)
+
+
+def media_ordinals(slot_mask: torch.Tensor, position_ids: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """For each position, which medium of its conversation the slot belongs to (1, 2, ...), or 0 off slots.
+
+    A medium is one unbroken run of slots (a long clip's windows are consecutive). Counting restarts
+    wherever `position_ids` does, so conversations packed into one row count separately; `offset`
+    is how many media of this kind the conversation held before these positions (a chat continuing
+    from its KV cache).
+    """
+    previous = nn.functional.pad(slot_mask[:, :-1], (1, 0), value=False)
+    starts = (slot_mask & ~previous).long()
+    count = starts.cumsum(-1)
+    if position_ids is not None and position_ids.dim() == 2 and position_ids.shape == slot_mask.shape:
+        # Media counted before the start of the conversation each position belongs to.
+        before = torch.where(position_ids == 0, count - starts, torch.zeros_like(count))
+        count = count - torch.cummax(before, dim=-1).values
+    return torch.where(slot_mask, count + offset, torch.zeros_like(count))
+
+
 class MMMModalImageProjector(nn.Module):
     """LLaVA-style projector, as published: Linear(d_vision -> H), GELU, Linear(H -> H)."""
 
@@ -129,6 +154,7 @@ class MMMModalImageProjector(nn.Module):
         self.linear_1 = nn.Linear(config.vision_config.hidden_size, hidden_size)
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear_2 = nn.Linear(hidden_size, hidden_size)
+        self.index_embedding = _index_embedding(config)
 
     def forward(self, image_features: torch.Tensor) -> torch.Tensor:
         return self.linear_2(self.act(self.linear_1(image_features)))
@@ -151,6 +177,7 @@ class MMMModalAudioProjector(nn.Module):
         )
         self.act = ACT2FN[config.projector_hidden_act]
         self.linear = nn.Linear(hidden_size, hidden_size)
+        self.index_embedding = _index_embedding(config)
 
     def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
         # (windows, frames, d_audio) -> (windows, d_audio, frames) for the conv, then back.
@@ -288,15 +315,15 @@ class MMMModalModel(MMMModalPreTrainedModel):
         if image_missing:
             empty = self.image_projector.linear_1.weight.new_zeros(0, self.config.vision_config.hidden_size)
             anchor = anchor + self.image_projector(empty).sum() * 0.0
-            branches.append(self.vision_tower)
+            branches += [self.vision_tower, self.image_projector.index_embedding]
         if audio_missing:
             empty = self.audio_projector.conv.weight.new_zeros(
                 0, self.config.audio_conv_kernel, self.config.audio_config.d_model
             )
             anchor = anchor + self.audio_projector(empty).sum() * 0.0
-            branches.append(self.audio_tower)
-        # Encoders are frozen in the published recipe; when one trains, its weights join the same way.
-        for branch in branches:
+            branches += [self.audio_tower, self.audio_projector.index_embedding]
+        # Encoders (frozen in the published recipe) and ordinal embeddings join the same way when they train.
+        for branch in filter(None, branches):
             for parameter in branch.parameters():
                 if parameter.requires_grad:
                     anchor = anchor + parameter.sum() * 0.0
@@ -345,6 +372,30 @@ class MMMModalModel(MMMModalPreTrainedModel):
             )
         return slot_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
+    def _with_media_index(
+        self,
+        features: torch.Tensor,
+        slot_mask: torch.Tensor,
+        projector: nn.Module,
+        position_ids: torch.Tensor | None,
+        offset: int,
+        modality: str,
+    ) -> torch.Tensor:
+        """`features` (one row per slot, in slot order) plus each slot's ordinal embedding, if the model has them."""
+        if projector.index_embedding is None:
+            return features
+        ordinals = media_ordinals(slot_mask, position_ids, offset)
+        limit = projector.index_embedding.num_embeddings
+        most = ordinals.amax(-1)
+        if bool((most > limit).any()):
+            rows = ", ".join(f"sample {row}: {int(n)}" for row, n in enumerate(most.tolist()) if n > limit)
+            raise ValueError(
+                f"This model tells apart at most {limit} {modality}s per conversation "
+                f"(config.media_index_embeddings); the input holds more ({rows}). Split the conversation."
+            )
+        index = projector.index_embedding(ordinals[slot_mask] - 1)
+        return features.reshape(-1, features.shape[-1]) + index.to(features.dtype)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -356,12 +407,16 @@ class MMMModalModel(MMMModalPreTrainedModel):
         past_key_values: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        image_index_offset: int = 0,
+        audio_index_offset: int = 0,
         **kwargs,
     ) -> MMMModalModelOutputWithPast:
         r"""
         pixel_values (`(num_images, 3, height, width)`): every image of the batch, in slot order.
         input_features (`(num_audio_windows, num_mel_bins, num_mel_frames)`): every audio window, in slot order.
         input_features_mask (`(num_audio_windows, num_mel_frames)`): which mel frames hold real audio.
+        image_index_offset, audio_index_offset: images and clips the conversation held before `input_ids`
+            (a chat continuing from its KV cache); used only with `config.media_index_embeddings`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
@@ -381,13 +436,19 @@ class MMMModalModel(MMMModalPreTrainedModel):
             mask = self.get_placeholder_mask(
                 input_ids, inputs_embeds, image_features, self.config.image_token_id, "image"
             )
-            inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
+            slot_features = self._with_media_index(
+                image_features, mask[..., 0], self.image_projector, position_ids, image_index_offset, "image"
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(mask, slot_features)
         if input_features is not None and input_features.shape[0] > 0:
             audio_features = self.get_audio_features(input_features, input_features_mask).to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(
                 input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
             )
-            inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
+            slot_features = self._with_media_index(
+                audio_features, mask[..., 0], self.audio_projector, position_ids, audio_index_offset, "audio"
+            )
+            inputs_embeds = inputs_embeds.masked_scatter(mask, slot_features)
 
         if self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + self._unused_branch_anchor(image_features is None, audio_features is None)
@@ -478,10 +539,14 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_index_offset: int = 0,
+        audio_index_offset: int = 0,
         **kwargs,
     ) -> MMMModalCausalLMOutputWithPast:
         r"""
         labels (`(batch_size, sequence_length)`, *optional*): targets for the next-token loss; -100 is ignored.
+        image_index_offset, audio_index_offset: media the conversation held before `input_ids` (a chat
+            continuing from its KV cache); used only with `config.media_index_embeddings`.
 
         Example:
 
@@ -504,6 +569,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            image_index_offset=image_index_offset,
+            audio_index_offset=audio_index_offset,
             **kwargs,
         )
         if labels is not None and self.training:

@@ -115,6 +115,9 @@ class MMMModalChatSession:
         start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
 
         input_ids = torch.tensor([ids], device=self.model.device)
+        if reused and getattr(self.model.config, "media_index_embeddings", 0):
+            # The cached media keep their numbers; this turn's continue after them.
+            media = {**media, "image_index_offset": start[1], "audio_index_offset": start[2]}
         try:
             output = self._generate(input_ids, media, settings, on_text)
         except BaseException:
@@ -173,7 +176,7 @@ class MMMModalChatSession:
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             "past_key_values": self._cache,
-            **{key: value.to(self.model.device) for key, value in media.items()},
+            **{key: value.to(self.model.device) if torch.is_tensor(value) else value for key, value in media.items()},
             **settings,
         }
         if on_text is None:

@@ -70,6 +70,12 @@ class DemoSettings:
     # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and binding
     # "image 2" to its span needs short-range positions: measured in README, Limits
     rope_theta: float = 100.0
+    # Ordinal embeddings on each medium's slots (config.media_index_embeddings), each started as its
+    # digit's token embedding times `media_index_scale`: the projected slots grow to norms of 20-30 in
+    # training while a token embedding starts near 0.23, so at scale 1 the tag is ~1% of its slot and
+    # does nothing; at 60 it starts near 14 (README, Limits). 0 embeddings leaves them out, as published.
+    media_index_embeddings: int = 8
+    media_index_scale: float = 60.0
     lm: str = "qwen3"  # qwen3: Llama's layout plus QK-norm; llama: without (see build_text_config)
     tokenizer: str = "auto"  # auto | mistral | trained
     threads: int = 2
@@ -175,10 +181,22 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
         audio_feature_layer=-1,
         audio_conv_kernel=AUDIO_CONV_KERNEL,
         audio_conv_stride=AUDIO_CONV_STRIDE,
+        media_index_embeddings=settings.media_index_embeddings,
         **processor.special_token_ids,
     )
     torch.manual_seed(settings.seed)
     model = MMMModalForConditionalGeneration(config)
+    if settings.media_index_embeddings:
+        # Medium k's tag starts as the token "k" the questions use ("image 2"), scaled to be seen.
+        tokenizer = processor.tokenizer
+        digits = [
+            tokenizer(str(k), add_special_tokens=False)["input_ids"][-1]
+            for k in range(1, settings.media_index_embeddings + 1)
+        ]
+        with torch.no_grad():
+            tags = model.get_input_embeddings().weight[digits] * settings.media_index_scale
+            model.model.image_projector.index_embedding.weight.copy_(tags)
+            model.model.audio_projector.index_embedding.weight.copy_(tags)
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     return model
@@ -504,11 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
         "vision_pretrain_steps",
         "audio_pretrain_steps",
         "train_encoders",
+        "media_index_embeddings",
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
     parser.add_argument("--align-learning-rate", type=float, default=None)
     parser.add_argument("--rope-theta", type=float, default=None)
+    parser.add_argument("--media-index-scale", type=float, default=None)
     parser.add_argument("--tokenizer", choices=["auto", "mistral", "trained"], default=None)
     parser.add_argument(
         "--lm", choices=sorted(TEXT_CONFIGS), default=None, help=f"the LM's layout (default {defaults.lm})"
