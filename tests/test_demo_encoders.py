@@ -39,4 +39,4 @@ def test_each_medium_tag_starts_as_its_digit_scaled_to_be_seen(tmp_path):
     two = processor.tokenizer.convert_tokens_to_ids("2")
     for projector in (model.model.image_projector, model.model.audio_projector):
         torch.testing.assert_close(projector.index_embedding.weight[1], embeddings[two] * settings.media_index_scale)
-    assert projector.index_embedding.weight.norm(dim=-1).min() > 10 * embeddings.norm(dim=-1).mean()
+        assert projector.index_embedding.weight.norm(dim=-1).min() > 10 * embeddings.norm(dim=-1).mean()
