@@ -11,6 +11,7 @@ from mmmmodal_hf.collator import MMMModalDataCollator, MMMModalPackingCollator
 from mmmmodal_hf.data import (
     ConversationDataset,
     EncodeStats,
+    LengthGroupedBatchSampler,
     UnusableRow,
     conversation_from_row,
     encode_conversation,
@@ -238,3 +239,47 @@ def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
     assert dataset[-1]["pixel_values"].shape[0] == 2
     with pytest.raises(IndexError, match="row 3 of a data set of 3 rows"):
         dataset[3]
+
+
+def test_approximate_lengths_without_decoding_media(processor, media_folder):
+    """Exact for images and text (their slots depend only on the processor); a clip counts one full
+    window, which its trimmed padding can only shorten."""
+    image_row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "one.png"}, {"type": "text", "text": "Apa ini?"}]},
+            {"role": "assistant", "content": "Bulatan."},
+        ]
+    }
+    text_row = {"messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi."}]}
+    broken_row = {"messages": [{"role": "narrator", "content": "Once upon a time."}]}
+    rows = [dict(image_row, _base_dir=str(media_folder)), text_row, dict(published_row(), _base_dir=str(media_folder))]
+    dataset = ConversationDataset(rows + [broken_row], processor)
+    lengths = dataset.lengths()
+    assert dataset.stats.rows == 0  # nothing was encoded to measure them
+    encoded = [len(dataset[i]["input_ids"]) for i in range(3)]
+    assert lengths[:2] == encoded[:2]
+    assert encoded[2] <= lengths[2] <= encoded[2] + CLIP_SLOTS  # one clip, counted as a whole window
+    assert lengths[3] == 0  # a row the template refuses: skipped when served
+
+
+def test_length_grouped_batches_hold_like_lengths_in_random_order():
+    lengths = [int(n) for n in np.random.default_rng(0).integers(40, 200, size=803)]
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=16)
+    torch.manual_seed(0)
+    order = list(sampler)
+    assert sorted(order) == list(range(803)) and len(sampler) == 803
+    batches = [order[i : i + 16] for i in range(0, 800, 16)]
+
+    def padding(batch):
+        return 1 - sum(lengths[i] for i in batch) / (len(batch) * max(lengths[i] for i in batch))
+
+    shuffled = np.random.default_rng(1).permutation(803)
+    random_padding = np.mean([padding(shuffled[i : i + 16]) for i in range(0, 800, 16)])
+    assert np.mean([padding(b) for b in batches]) < random_padding / 5  # about 0.3 for random batches
+    # No sweep from long to short rows (Trainer's LengthGroupedSampler sorts each group of 50 batches
+    # longest first): the longest row of each batch goes up as often as down from one batch to the next.
+    longest = [max(lengths[i] for i in b) for b in batches]
+    rises = sum(b > a for a, b in zip(longest, longest[1:]))
+    assert 15 <= rises <= 34
+    torch.manual_seed(1)
+    assert list(sampler) != order  # a new order each epoch

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.data import LengthGroupedBatchSampler
 from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, train
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
@@ -283,10 +284,9 @@ def test_cached_rows_refuse_streaming():
         )
 
 
-def test_length_grouped_batches_encode_each_row_once(base_folder, tmp_path):
-    """`--train_sampling_strategy group_by_length`: Trainer reads every row's length up front; with
-    `cache_rows` that pass is the only encoding. (Before `ConversationDataset` raised IndexError past
-    its end, that pass never ended.)"""
+def test_length_grouped_batches_measure_rows_without_encoding_them(base_folder, tmp_path):
+    """`--train_sampling_strategy group_by_length`: every row's length comes from its text and media
+    counts, so no row is encoded before it is served; with `cache_rows` each is encoded once."""
     data = write_tiny_dataset(tmp_path / "data", rows=12, kinds=("image", "audio", "mixed"))
     args, training_args = parse_args(
         [
@@ -298,8 +298,9 @@ def test_length_grouped_batches_encode_each_row_once(base_folder, tmp_path):
     )
     trainer = build_trainer(args, training_args)
     dataset = trainer.train_dataset
+    assert isinstance(trainer._get_train_sampler(), LengthGroupedBatchSampler)
+    assert len(dataset.lengths()) == 12 and dataset.stats.rows == 0  # measured, nothing encoded
     batches = list(trainer.get_train_dataloader())  # one epoch, through the length-grouped sampler
-    assert dataset.stats.rows == 12  # the sampler's length pass encoded each row once; the epoch came from memory
-    assert [len(b["input_ids"]) for b in batches] == [2] * 6
-    trainer.train()  # two epochs of six steps, still from memory
+    assert dataset.stats.rows == 12 and [len(b["input_ids"]) for b in batches] == [2] * 6
+    trainer.train()  # two epochs of six steps, from memory
     assert dataset.stats.rows == 12 and trainer.state.global_step == 12

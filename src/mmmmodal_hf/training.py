@@ -21,7 +21,13 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
-from .data import ConversationDataset, EncodeStats, StreamingConversationDataset, load_rows
+from .data import (
+    ConversationDataset,
+    EncodeStats,
+    LengthGroupedBatchSampler,
+    StreamingConversationDataset,
+    load_rows,
+)
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
 from .processing_mmmmodal import MMMModalProcessor
 
@@ -177,12 +183,20 @@ def export_lora(peft_model, processor, output_dir: str | Path) -> Path:
 
 
 class MMMModalTrainer(Trainer):
-    """`Trainer` that applies no weight decay to an embedding of which only some rows train."""
+    """`Trainer` that applies no weight decay to an embedding of which only some rows train, and groups
+    conversations by length (`train_sampling_strategy="group_by_length"`) without encoding them first."""
 
     def get_decay_parameter_names(self, model) -> list[str]:
         names = super().get_decay_parameter_names(model)
         rows_only = {n for n, p in model.named_parameters() if getattr(p, "_mmmmodal_rows_only", False)}
         return [name for name in names if name not in rows_only]
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if self.args.train_sampling_strategy == "group_by_length" and isinstance(dataset, ConversationDataset):
+            group = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedBatchSampler(dataset.lengths(), group)
+        return super()._get_train_sampler(train_dataset)
 
 
 class DataStatsCallback(TrainerCallback):
