@@ -209,8 +209,11 @@ def run_stage(
         stage=stage,
         model=str(model_folder),
         data=str(data),
-        block_size=1024,
-        packing=False,
+        # Each step's 16 conversations packed into blocks of 256 tokens (a demo conversation has 200 at
+        # most), position ids restarting per conversation: 1.18x the steps per second of batches padded
+        # to their longest row, the same loss (BENCHMARKS.md section 10).
+        block_size=256,
+        packing=True,
         train_encoders=stage == "finetune" and bool(settings.train_encoders),
         # Each row is seen 4-5 times: encoding it once leaves both cores to the model after epoch 1.
         cache_rows=True,
