@@ -287,10 +287,16 @@ def load_rows(path: str | Path, streaming: bool = False):
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
+def row_conversation(row: dict, index: int) -> Conversation:
+    """Row `index` of `load_rows` (or any dataset of rows) as a `Conversation`: paths resolved against
+    its file's folder, errors naming it by file and line (`_base_dir`, `_row_id`) or else by index."""
+    return conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+
+
 def conversations_from_dataset(rows):
     """Rows of `load_rows` (or any dataset of rows) as `Conversation`s."""
     for index, row in enumerate(rows):
-        yield conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+        yield row_conversation(row, index)
 
 
 class _RowEncoder:
@@ -302,7 +308,7 @@ class _RowEncoder:
 
     def encode_row(self, row: dict, index: int) -> dict | None:
         try:
-            conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+            conversation = row_conversation(row, index)
             encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
         except UnusableRow as error:
             self.stats.skipped += 1
@@ -348,7 +354,7 @@ class ConversationDataset(_RowEncoder, Dataset):
             self._lengths = []
             for index, row in enumerate(self.rows):
                 try:
-                    conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+                    conversation = row_conversation(row, index)
                     self._lengths.append(approximate_length(self.processor, conversation))
                 except UnusableRow:
                     self._lengths.append(0)  # skipped when served, as `__getitem__` says

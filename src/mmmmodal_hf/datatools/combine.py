@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data import Conversation, UnusableRow, conversation_from_row, load_rows
+from ..data import Conversation, UnusableRow, load_rows, row_conversation
 from .rows import media_kind, to_published, write_rows
 
 KINDS = ("image", "audio", "mixed")
@@ -130,7 +130,7 @@ def combine_rows(
 
 
 def _conversation(row: dict, index: int) -> Conversation:
-    conversation = conversation_from_row(row, row.get("_base_dir"), row.get("_row_id", str(index)))
+    conversation = row_conversation(row, index)
     # Paths resolved against the source file's folder become absolute, so they can be re-anchored on output.
     conversation.images = [str(Path(p).resolve()) if _is_local(p) else p for p in conversation.images]
     conversation.audio = [str(Path(p).resolve()) if _is_local(p) else p for p in conversation.audio]
