@@ -349,7 +349,8 @@ class ConversationDataset(_RowEncoder, Dataset):
         return len(self.rows)
 
     def lengths(self) -> list[int]:
-        """Every row's `approximate_length` (0 for a row that cannot be read), measured once."""
+        """Every row's `approximate_length`, measured once; 0 for a row whose messages the chat template or
+        the placeholder count refuses (a missing file is found only when the row is served)."""
         if self._lengths is None:
             self._lengths = []
             for index, row in enumerate(self.rows):
