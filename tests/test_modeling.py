@@ -5,6 +5,7 @@ import torch
 from transformers import LlamaForCausalLM, MistralConfig
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
+from mmmmodal_hf.modeling_mmmmodal import CACHE_NAME
 
 from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
 
@@ -84,6 +85,35 @@ def test_greedy_generate_with_cache_equals_full_forward_each_step(model, session
             ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert generated.shape[1] == inputs["input_ids"].shape[1] + steps
     assert torch.equal(generated, ids)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_kv_cache_is_taken_under_either_name(model, session_processor, name):
+    """transformers 5.24 renamed `past_key_values` to `cache`: callers written for either side decode alike."""
+    inputs = session_processor.apply_chat_template(
+        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        cache = getattr(prefill, CACHE_NAME)
+        token = prefill.logits[:, -1:].argmax(-1)
+        ids = torch.cat([inputs["input_ids"], token], dim=1)
+        step = model(input_ids=token, attention_mask=torch.ones_like(ids), use_cache=True, **{name: cache})
+        media = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+        full = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False, **media)
+    assert getattr(step, CACHE_NAME).get_seq_length() == ids.shape[1]
+    torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_kv_cache_given_twice_is_refused(model, session_processor):
+    inputs = session_processor.apply_chat_template(
+        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        first = getattr(model(**inputs, use_cache=True), CACHE_NAME)
+        second = getattr(model(**inputs, use_cache=True), CACHE_NAME)
+        with pytest.raises(ValueError, match="Pass the KV cache once"):
+            model(input_ids=inputs["input_ids"][:, -1:], cache=first, past_key_values=second)
 
 
 def test_encoders_run_only_at_prefill(model, session_processor):

@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 # a final norm or SigLIP's pooling head. Such keys come from checkpoints saved before towers were trimmed.
 _UNUSED_TOWER_KEY = re.compile(r"(^|\.)(vision_tower|audio_tower)\.")
 
+# transformers 5.24 renamed the KV cache argument and output field `past_key_values` to `cache` (the
+# old name is accepted, with a warning, until 5.40). This module speaks the installed version's name
+# to the language model and in its outputs, and its `forward` takes either, so one Hub checkout
+# works on both sides of the rename.
+CACHE_NAME = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 def _tower_parts(tower: nn.Module) -> tuple[nn.ModuleList, str]:
     """The layer list and the name of the final norm of a SigLIP vision model or a Whisper encoder."""
@@ -90,11 +96,18 @@ def _trimmed_config(sub_config, depth_attribute: str, layers_kept: int, **overri
     return config
 
 
+def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
+    """The KV cache a caller passed as `cache` (transformers >= 5.24) or `past_key_values` (before)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise ValueError("Pass the KV cache once, as `cache` or as `past_key_values`, not both.")
+    return cache if cache is not None else past_key_values
+
+
 @dataclass
 class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
     r"""
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`).
-    past_key_values (`Cache`, *optional*): the language model's KV cache.
+    cache (`Cache`, *optional*): the language model's KV cache (`past_key_values` before transformers 5.24).
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*):
         projected image features, as scattered into the image slots.
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_slot_positions, hidden_size)`, *optional*):
@@ -111,7 +124,7 @@ class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
     loss (`torch.FloatTensor` of shape `(1,)`, *optional*): next-token loss, when `labels` are given.
     logits (`torch.FloatTensor` of shape `(batch_size, sequence_length, vocab_size)`): in training mode with
         `labels`, only the labelled positions' logits, `(num_labelled, vocab_size)` (the head runs nowhere else).
-    past_key_values (`Cache`, *optional*): the language model's KV cache.
+    cache (`Cache`, *optional*): the language model's KV cache (`past_key_values` before transformers 5.24).
     image_hidden_states (`torch.FloatTensor` of shape `(num_images, num_image_slots, hidden_size)`, *optional*).
     audio_hidden_states (`torch.FloatTensor` of shape `(num_audio_slot_positions, hidden_size)`, *optional*).
     """
@@ -191,7 +204,7 @@ class MMMModalPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "audio", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -404,9 +417,10 @@ class MMMModalModel(MMMModalPreTrainedModel):
         input_features_mask: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
+        past_key_values: Cache | None = None,
         image_index_offset: int = 0,
         audio_index_offset: int = 0,
         **kwargs,
@@ -415,12 +429,14 @@ class MMMModalModel(MMMModalPreTrainedModel):
         pixel_values (`(num_images, 3, height, width)`): every image of the batch, in slot order.
         input_features (`(num_audio_windows, num_mel_bins, num_mel_frames)`): every audio window, in slot order.
         input_features_mask (`(num_audio_windows, num_mel_frames)`): which mel frames hold real audio.
+        cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         image_index_offset, audio_index_offset: images and clips the conversation held before `input_ids`
             (a chat continuing from its KV cache); used only with `config.media_index_embeddings`.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = _one_cache(cache, past_key_values)
+        past_length = cache.get_seq_length() if cache is not None else 0
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2 and past_length == 0:
             # Left-padded rows start counting at their first real token, as `generate` does.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -458,14 +474,14 @@ class MMMModalModel(MMMModalPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            **{CACHE_NAME: cache},
             **kwargs,
         )
         return MMMModalModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=image_features,
@@ -534,17 +550,19 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         input_features_mask: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         image_index_offset: int = 0,
         audio_index_offset: int = 0,
         **kwargs,
     ) -> MMMModalCausalLMOutputWithPast:
         r"""
         labels (`(batch_size, sequence_length)`, *optional*): targets for the next-token loss; -100 is ignored.
+        cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         image_index_offset, audio_index_offset: media the conversation held before `input_ids` (a chat
             continuing from its KV cache); used only with `config.media_index_embeddings`.
 
@@ -566,7 +584,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             input_features_mask=input_features_mask,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             image_index_offset=image_index_offset,
@@ -588,7 +606,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         return MMMModalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,

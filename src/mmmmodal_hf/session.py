@@ -13,6 +13,8 @@ import threading
 import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
+from .modeling_mmmmodal import CACHE_NAME
+
 
 def _as_list(items) -> list:
     if items is None:
@@ -175,7 +177,7 @@ class MMMModalChatSession:
         inputs = {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
-            "past_key_values": self._cache,
+            CACHE_NAME: self._cache,
             **{key: value.to(self.model.device) if torch.is_tensor(value) else value for key, value in media.items()},
             **settings,
         }
