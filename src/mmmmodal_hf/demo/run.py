@@ -23,9 +23,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoTokenizer,
-    LlamaConfig,
-    PreTrainedConfig,
-    Qwen3Config,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     TrainingArguments,
@@ -39,6 +36,7 @@ from ..modeling_mmmmodal import MMMModalForConditionalGeneration
 from ..processing_mmmmodal import MMMModalProcessor
 from ..training import MMMModalTrainArguments, build_trainer, save_stage_output
 from .encoders import pretrain_encoders
+from .language_model import TEXT_CONFIGS, build_text_config, start_match_heads
 from .report import write_report
 from .tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
 from .world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, WorldConversation, make_split
@@ -48,7 +46,6 @@ TARGET_ACCURACY, TARGET_MINUTES = 0.9, 10  # exact match on every kind, within t
 # Media geometry shared by the processor and the model config: 4 slots per image and per 1 s clip.
 IMAGE_SIZE, PATCH_SIZE = 32, 16
 AUDIO_CONV_KERNEL = AUDIO_CONV_STRIDE = 12
-TEXT_CONFIGS = {"qwen3": Qwen3Config, "llama": LlamaConfig}  # the demo LM's layouts, by `DemoSettings.lm`
 
 
 @dataclass
@@ -70,6 +67,11 @@ class DemoSettings:
     # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and binding
     # "image 2" to its span needs short-range positions: measured in README, Limits
     rope_theta: float = 100.0
+    # Off: RoPE pairs slowed 1000-fold to match content at any distance (e.g. 8 of each head's 16), and
+    # heads of layer 0 started matching like with like on them (language_model.py). One seed gained,
+    # another lost (README, Limits).
+    position_free_pairs: int = 0
+    match_heads: int = 0
     # Ordinal embeddings on each medium's slots (config.media_index_embeddings), each started as its
     # digit's token embedding times `media_index_scale`: the projected slots grow to norms of 20-30 in
     # training while a token embedding starts near 0.23, so at scale 1 the tag is ~1% of its slot and
@@ -119,30 +121,6 @@ def build_processor(settings: DemoSettings, folder: Path, texts: list[str]) -> t
     return processor, kind
 
 
-def build_text_config(settings: DemoSettings, tokenizer) -> PreTrainedConfig:
-    """The demo's LM: `hidden_size` wide, `layers` deep, 32-wide heads, RoPE base `rope_theta`.
-
-    Llama's layout (RMSNorm, SwiGLU, RoPE); `lm="qwen3"` adds Qwen3's QK-norm, an RMSNorm on each
-    head's queries and keys, which measured better at picking one medium out of several (README, Limits).
-    """
-    hidden = settings.hidden_size
-    return TEXT_CONFIGS[settings.lm](
-        hidden_size=hidden,
-        intermediate_size=hidden * 3,
-        num_hidden_layers=settings.layers,
-        num_attention_heads=hidden // 32,
-        num_key_value_heads=hidden // 32,
-        head_dim=32,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
-        rope_parameters={"rope_type": "default", "rope_theta": settings.rope_theta},
-        tie_word_embeddings=False,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-
-
 def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModalForConditionalGeneration:
     """Small towers and LM: 4 slots per 32 px image (16 px patches), 4 slots per 1 s clip (a 12-frame stride).
 
@@ -186,6 +164,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
     )
     torch.manual_seed(settings.seed)
     model = MMMModalForConditionalGeneration(config)
+    start_match_heads(model.model.language_model, settings.match_heads, settings.position_free_pairs)
     if settings.media_index_embeddings:
         # Medium k's tag starts as the token "k" the questions use ("image 2"), scaled to be seen.
         tokenizer = processor.tokenizer
@@ -526,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
         "audio_pretrain_steps",
         "train_encoders",
         "media_index_embeddings",
+        "position_free_pairs",
+        "match_heads",
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)
