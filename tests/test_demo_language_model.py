@@ -12,16 +12,15 @@ SETTINGS = DemoSettings(position_free_pairs=8, match_heads=1)
 
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
-    settings = SETTINGS
-    processor, _ = build_processor(settings, tmp_path_factory.mktemp("demo"), [])
-    return build_model(settings, processor), processor
+    processor, _ = build_processor(SETTINGS, tmp_path_factory.mktemp("demo"), [])
+    return build_model(SETTINGS, processor), processor
 
 
 def test_position_free_pairs_turn_a_thousand_times_slower_and_the_rest_as_at_base_100(demo_model):
-    settings, config = SETTINGS, demo_model[0].config.text_config
+    config = demo_model[0].config.text_config
     frequencies, _ = ROPE_INIT_FUNCTIONS[config.rope_parameters["rope_type"]](config)
     plain = 1.0 / 100.0 ** (torch.arange(0, HEAD_DIM, 2).float() / HEAD_DIM)
-    turning = HEAD_DIM // 2 - settings.position_free_pairs
+    turning = HEAD_DIM // 2 - SETTINGS.position_free_pairs
     torch.testing.assert_close(frequencies[:turning], plain[:turning])
     torch.testing.assert_close(frequencies[turning:], plain[turning:] / 1000)
     assert rope_parameters(100.0, 0) == {"rope_type": "default", "rope_theta": 100.0}
