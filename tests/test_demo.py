@@ -55,6 +55,12 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert Image.open(report / "report.png").size == (1000, 420)
     assert len((report / "heldout_answers.jsonl").read_text().splitlines()) == metrics["settings"]["eval_per_kind"] * 9
     assert check_folder_loads(metrics["model_folder"])["new_tokens"] == 2
+    # Media stand unlabelled, as a chat user sends them: each user turn's only text is its question.
+    assert metrics["settings"]["media_labels"] == 0
+    for line in (output / "world" / "train" / "data.jsonl").read_text().splitlines()[:50]:
+        for turn in json.loads(line)["messages"]:
+            if turn["role"] == "user":
+                assert [block["type"] for block in turn["content"]].count("text") == 1, turn
     # The LM's short-range RoPE (the demo's setting, not Llama's 10000) and its QK-norm layout travel
     # with the saved folder, and the fresh-process reload built that LM from it.
     saved = json.loads((output / "model" / "config.json").read_text())

@@ -52,6 +52,33 @@ def test_kinds_and_languages_are_balanced_and_conversations_have_the_promised_sh
     )
 
 
+def test_media_stand_unlabelled_and_labels_only_add_their_numbers(tmp_path):
+    plain = make_split(tmp_path / "plain", 90, seed=3, images=40, clips=30)
+    labelled = make_split(tmp_path / "labelled", 90, seed=3, images=40, clips=30, labels=True)
+    for bare, named in zip(plain, labelled, strict=True):
+        assert (bare.kind, bare.language, bare.answer, bare.about) == (
+            named.kind,
+            named.language,
+            named.answer,
+            named.about,
+        )
+        seen = Counter()  # media are numbered per type over the whole conversation
+        for bare_turn, named_turn in zip(bare.turns, named.turns, strict=True):
+            if bare_turn["role"] == "assistant":
+                assert bare_turn == named_turn
+                continue
+            content = bare_turn["content"]
+            assert [b["type"] for b in content].count("text") == 1 and content[-1]["type"] == "text"  # the question
+            expected = []
+            for block in content:
+                if block["type"] != "text":
+                    seen[block["type"]] += 1
+                    word = "Audio" if block["type"] == "audio" else "Image" if bare.language == "en" else "Gambar"
+                    expected.append({"type": "text", "text": f"{word} {seen[block['type']]}:"})
+                expected.append(block)
+            assert named_turn["content"] == expected
+
+
 def dominant_colour(image: Image.Image) -> tuple[int, int, int]:
     pixels = np.asarray(image).reshape(-1, 3).astype(int)
     saturated = pixels[(pixels.max(1) - pixels.min(1)) > 60]  # backgrounds are light and grey-ish

@@ -57,7 +57,7 @@ class DemoSettings:
     train_images: int = 1500
     train_clips: int = 1000
     align_steps: int = 60
-    finetune_steps: int = 1250  # the whole run in 9.8-10.6 min on 2-core AMD EPYC machines (README, Limits)
+    finetune_steps: int = 1250  # the whole run in 8.5-8.8 min on 2-core AMD EPYC machines (README, Limits)
     align_learning_rate: float = 1e-4  # as published; larger rates let a projector trained against a random LM
     # collapse onto one direction (image features nearly identical), which finetune does not undo
     batch_size: int = 16
@@ -78,6 +78,10 @@ class DemoSettings:
     # does nothing; at 60 it starts near 14 (README, Limits). 0 embeddings leaves them out, as published.
     media_index_embeddings: int = 8
     media_index_scale: float = 60.0
+    # 1: "Image 2:" before each medium, as the world had until 2026-11-29. Off, media stand unlabelled
+    # as a chat user sends them, the tags alone number them, and conversations are ~20% shorter
+    # (README, Limits).
+    media_labels: int = 0
     lm: str = "qwen3"  # qwen3: Llama's layout plus QK-norm; llama: without (see build_text_config)
     tokenizer: str = "auto"  # auto | mistral | trained
     threads: int = 2
@@ -380,6 +384,7 @@ def run_demo(settings: DemoSettings) -> dict:
         settings.seed,
         settings.train_images,
         settings.train_clips,
+        labels=bool(settings.media_labels),
     )
     eval_split = make_split(
         output / "world" / "heldout",
@@ -387,6 +392,7 @@ def run_demo(settings: DemoSettings) -> dict:
         settings.seed + 1,
         max(60, settings.eval_per_kind * 12),
         max(40, settings.eval_per_kind * 8),
+        labels=bool(settings.media_labels),
     )
     timings["world_s"] = time.time() - started
 
@@ -507,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
         "media_index_embeddings",
         "position_free_pairs",
         "match_heads",
+        "media_labels",
     ):
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None)
     parser.add_argument("--learning-rate", type=float, default=None)

@@ -107,8 +107,11 @@ class ClipFact:
 class WorldConversation:
     """A content-block row plus what evaluation needs: the kind, language and expected answer.
 
-    Each medium is introduced by a text label ("Image 2:", "Audio 1:"), numbered over the whole
-    conversation, so that questions can point at it by number.
+    Media are numbered per type in the order they appear over the whole conversation, and questions
+    point at them by that number ("image 2": the second image shown). No text names them, as a
+    chat user attaches media without labelling them; the model tells them apart by the ordinal
+    tags on their slots (`MMMModalConfig.media_index_embeddings`). With labels (the demo's world
+    until 2026-11-29), each medium is introduced by one ("Image 2:", "Audio 1:").
     """
 
     kind: str
@@ -312,8 +315,10 @@ def media_label(medium: str, language: str, number: int) -> str:
     return f"{word} {number}:"
 
 
-def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Random) -> WorldConversation:
-    """One conversation whose last user turn asks a question of `kind`."""
+def make_conversation(
+    kind: str, language: str, pool: MediaPool, rng: random.Random, labels: bool = False
+) -> WorldConversation:
+    """One conversation whose last user turn asks a question of `kind`; `labels` puts "Image 2:" before each medium."""
     min_images, min_clips = _NEEDS[kind]
     for _attempt in range(100):
         n_images = rng.randint(max(1, min_images), 4)
@@ -334,10 +339,9 @@ def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Ran
             for medium, fact in here:
                 seen = seen_images if medium == "image" else seen_clips
                 seen.append(fact)
-                blocks += [
-                    {"type": "text", "text": media_label(medium, language, len(seen))},
-                    {"type": medium, "path": fact.path},
-                ]
+                if labels:
+                    blocks.append({"type": "text", "text": media_label(medium, language, len(seen))})
+                blocks.append({"type": medium, "path": fact.path})
             last = turn == n_turns - 1
             if last:
                 asked = (
@@ -359,15 +363,17 @@ def make_conversation(kind: str, language: str, pool: MediaPool, rng: random.Ran
     raise RuntimeError(f"could not make a {kind} conversation")
 
 
-def make_split(folder: Path, conversations: int, seed: int, images: int, clips: int) -> list[WorldConversation]:
-    """A balanced split: kinds and languages in turn, media from the split's own pool."""
+def make_split(
+    folder: Path, conversations: int, seed: int, images: int, clips: int, labels: bool = False
+) -> list[WorldConversation]:
+    """A balanced split: kinds and languages in turn, media from the split's own pool (see `make_conversation`)."""
     rng = random.Random(seed)
     pool = MediaPool(folder, rng, images, clips)
     rows = []
     for index in range(conversations):
         kind = KINDS[index % len(KINDS)]
         language = LANGUAGES[(index // len(KINDS)) % len(LANGUAGES)]
-        rows.append(make_conversation(kind, language, pool, rng))
+        rows.append(make_conversation(kind, language, pool, rng, labels))
     rng.shuffle(rows)
     with open(folder / "data.jsonl", "w") as handle:
         for conversation in rows:
