@@ -1,6 +1,6 @@
 """Which of the demo world's question kinds its LM can learn at all, with media written as words.
 
-`mmmmodal demo` misses its 90% target on every kind (README, Limits). This separates the LM from
+`mmmmodal demo` misses its 90% target on every kind (DEMO_EXPERIMENTS.md). This separates the LM from
 the media: the demo's LM as `mmmmodal demo` builds it (128 wide, 2 layers, RoPE base 100, Llama's
 layout with QK-norm, or without it with `--lm llama` as recorded in BENCHMARKS.md,
 the Mistral tokenizer with the processor's tags) is trained from scratch on text in the demo's

@@ -104,7 +104,7 @@ class MMMModalConfig(PreTrainedConfig):
     media_index_embeddings (`int`, defaults to 0): when positive, each projector learns this many ordinal
         embeddings and adds the k-th to every slot of the k-th image (or clip) of a conversation, so the
         slots themselves say which medium they are. The published models have none (0); the demo's small
-        LM, trained from scratch, picks "image 2" out of several more often with them (README, Limits).
+        LM, trained from scratch, picks "image 2" out of several more often with them (mmmmodal-hf, DEMO_EXPERIMENTS.md).
     image_token_id, audio_token_id: the slot tokens that projected features replace.
     image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
 

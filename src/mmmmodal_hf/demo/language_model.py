@@ -16,7 +16,7 @@ accuracy on one seed of two:
   the label's digit (the identical token) rather than the tagged slots, and on unlabelled media
   the pair of options still lost to the default (mean 63% against 71%).
 
-Measured in README, Limits.
+Measured in DEMO_EXPERIMENTS.md.
 """
 
 import math
@@ -55,7 +55,7 @@ def build_text_config(settings, tokenizer) -> PreTrainedConfig:
     """The demo's LM (`settings`: a `DemoSettings`): `hidden_size` wide, `layers` deep, 32-wide heads.
 
     Llama's layout (RMSNorm, SwiGLU, RoPE); `lm="qwen3"` adds Qwen3's QK-norm, an RMSNorm on each
-    head's queries and keys, which measured better at picking one medium out of several (README, Limits).
+    head's queries and keys, which measured better at picking one medium out of several (DEMO_EXPERIMENTS.md).
     """
     hidden = settings.hidden_size
     return TEXT_CONFIGS[settings.lm](

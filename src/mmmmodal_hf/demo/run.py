@@ -57,7 +57,7 @@ class DemoSettings:
     train_images: int = 1500
     train_clips: int = 1000
     align_steps: int = 60
-    finetune_steps: int = 1250  # the whole run in 8.5-8.8 min on 2-core AMD EPYC machines (README, Limits)
+    finetune_steps: int = 1250  # the whole run in 8.5-8.8 min on 2-core AMD EPYC machines (DEMO_EXPERIMENTS.md)
     align_learning_rate: float = 1e-4  # as published; larger rates let a projector trained against a random LM
     # collapse onto one direction (image features nearly identical), which finetune does not undo
     batch_size: int = 16
@@ -65,22 +65,22 @@ class DemoSettings:
     hidden_size: int = 128
     layers: int = 2
     # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and binding
-    # "image 2" to its span needs short-range positions: measured in README, Limits
+    # "image 2" to its span needs short-range positions: measured in DEMO_EXPERIMENTS.md
     rope_theta: float = 100.0
     # Off: RoPE pairs slowed 1000-fold to match content at any distance (e.g. 8 of each head's 16), and
     # heads of layer 0 started matching like with like on them (language_model.py). One seed gained,
-    # another lost (README, Limits).
+    # another lost (DEMO_EXPERIMENTS.md).
     position_free_pairs: int = 0
     match_heads: int = 0
     # Ordinal embeddings on each medium's slots (config.media_index_embeddings), each started as its
     # digit's token embedding times `media_index_scale`: the projected slots grow to norms of 20-30 in
     # training while a token embedding starts near 0.23, so at scale 1 the tag is ~1% of its slot and
-    # does nothing; at 60 it starts near 14 (README, Limits). 0 embeddings leaves them out, as published.
+    # does nothing; at 60 it starts near 14 (DEMO_EXPERIMENTS.md). 0 embeddings leaves them out, as published.
     media_index_embeddings: int = 8
     media_index_scale: float = 60.0
     # 1: "Image 2:" before each medium, as the world had until 2026-11-29. Off, media stand unlabelled
     # as a chat user sends them, the tags alone number them, and conversations are ~20% shorter
-    # (README, Limits).
+    # (DEMO_EXPERIMENTS.md).
     media_labels: int = 0
     lm: str = "qwen3"  # qwen3: Llama's layout plus QK-norm; llama: without (see build_text_config)
     tokenizer: str = "auto"  # auto | mistral | trained
@@ -129,7 +129,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
     """Small towers and LM: 4 slots per 32 px image (16 px patches), 4 slots per 1 s clip (a 12-frame stride).
 
     Four slots carry everything the world asks of a medium once the towers are pretrained, and
-    short media spans make each step cheaper (measured: README, Limits).
+    short media spans make each step cheaper (measured: DEMO_EXPERIMENTS.md).
     """
     config = MMMModalConfig(
         vision_config=SiglipVisionConfig(
