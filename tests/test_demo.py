@@ -61,10 +61,14 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
         for turn in json.loads(line)["messages"]:
             if turn["role"] == "user":
                 assert [block["type"] for block in turn["content"]].count("text") == 1, turn
-    # The LM's short-range RoPE (the demo's setting, not Llama's 10000) and its QK-norm layout travel
-    # with the saved folder, and the fresh-process reload built that LM from it.
+    # The LM's short-range RoPE (the demo's setting, not Llama's 10000) with half of each head's pairs
+    # slowed 1000-fold (position-free, Llama 3's scaling) and its QK-norm layout travel with the saved
+    # folder, and the fresh-process reload built that LM from it.
     saved = json.loads((output / "model" / "config.json").read_text())
-    assert saved["text_config"]["rope_parameters"]["rope_theta"] == metrics["settings"]["rope_theta"] == 100.0
+    rope = saved["text_config"]["rope_parameters"]
+    assert rope["rope_theta"] == metrics["settings"]["rope_theta"] == 100.0
+    assert metrics["settings"]["position_free_pairs"] == 8
+    assert (rope["rope_type"], rope["factor"]) == ("llama3", 1000.0)
     assert saved["text_config"]["model_type"] == metrics["settings"]["lm"] == "qwen3"
     assert metrics["reloaded_language_model"] == "Qwen3Model"
 

@@ -57,7 +57,7 @@ class DemoSettings:
     train_images: int = 1500
     train_clips: int = 1000
     align_steps: int = 60
-    finetune_steps: int = 1250  # the whole run in 8.5-8.8 min on 2-core AMD EPYC machines (DEMO_EXPERIMENTS.md)
+    finetune_steps: int = 1250  # the whole run in 8.8-9.2 min on 2-core AMD EPYC machines (DEMO_EXPERIMENTS.md)
     align_learning_rate: float = 1e-4  # as published; larger rates let a projector trained against a random LM
     # collapse onto one direction (image features nearly identical), which finetune does not undo
     batch_size: int = 16
@@ -67,10 +67,11 @@ class DemoSettings:
     # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and binding
     # "image 2" to its span needs short-range positions: measured in DEMO_EXPERIMENTS.md
     rope_theta: float = 100.0
-    # Off: RoPE pairs slowed 1000-fold to match content at any distance (e.g. 8 of each head's 16), and
-    # heads of layer 0 started matching like with like on them (language_model.py). One seed gained,
-    # another lost (DEMO_EXPERIMENTS.md).
-    position_free_pairs: int = 0
+    # The slowest 8 of each head's 16 RoPE pairs slowed 1000-fold: a question's "2" can find the slots
+    # tagged 2 by content at any distance, while the other pairs keep short-range positions
+    # (language_model.py). On unlabelled media a middle medium of several rose from 42-55% to 68-92%
+    # (DEMO_EXPERIMENTS.md). Match heads (layer-0 heads started matching like with like) stay off.
+    position_free_pairs: int = 8
     match_heads: int = 0
     # Ordinal embeddings on each medium's slots (config.media_index_embeddings), each started as its
     # digit's token embedding times `media_index_scale`: the projected slots grow to norms of 20-30 in
