@@ -64,8 +64,8 @@ class DemoSettings:
     learning_rate: float = 1e-3
     hidden_size: int = 128
     layers: int = 2
-    # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and binding
-    # "image 2" to its span needs short-range positions: measured in DEMO_EXPERIMENTS.md
+    # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and tying
+    # "image 2" to its medium measured better with short-range positions (with labels then; DEMO_EXPERIMENTS.md)
     rope_theta: float = 100.0
     # The slowest 8 of each head's 16 RoPE pairs slowed 1000-fold: a question's "2" can find the slots
     # tagged 2 by content at any distance, while the other pairs keep short-range positions
