@@ -6,8 +6,7 @@ with `--media-labels 1`, the label "Image 3:". Two options aim at that match. Po
 are on by default since 2026-11-29 (8 of 16): on unlabelled media, over three seeds, they lifted a
 middle medium on two and the mean by about a point, the third seed losing 3. With labels, they had
 gained on one seed and lost on the other, as the question's digit could match the label's digit
-instead. Match heads stay off.
-The two options:
+instead. Match heads stay off. The two options:
 
 - Position-free frequency pairs: RoPE turns every query and key by its position, so on the
   usual spectrum a match by content fades with distance. Here the slowest `position_free_pairs`

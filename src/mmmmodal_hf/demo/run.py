@@ -68,10 +68,8 @@ class DemoSettings:
     # "image 2" to its medium measured better with short-range positions (with labels then; DEMO_EXPERIMENTS.md)
     rope_theta: float = 100.0
     # The slowest 8 of each head's 16 RoPE pairs slowed 1000-fold: a question's "2" can find the slots
-    # tagged 2 by content at any distance, while the other pairs keep short-range positions
-    # (language_model.py). Over three seeds a middle medium of several went from 42-76% to 68-92% and
-    # the mean up by about a point, one seed losing 3 (DEMO_EXPERIMENTS.md). Match heads (layer-0
-    # heads started matching like with like) stay off.
+    # tagged 2 by content at any distance, while the other pairs keep short-range positions. Match
+    # heads stay off. What each measured: language_model.py's docstring and DEMO_EXPERIMENTS.md.
     position_free_pairs: int = 8
     match_heads: int = 0
     # Ordinal embeddings on each medium's slots (config.media_index_embeddings), each started as its
