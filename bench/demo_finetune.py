@@ -9,11 +9,16 @@ until 2026-11-28) against the same 16 packed into blocks of `--block-sizes` toke
 restarting per conversation. The conversations and the loss per step are the same; only the
 padding differs.
 
+`--compare towers`: packed and cached as the demo trains, with the frozen towers run on every
+step's media against run once per distinct medium (`--remember_tower_outputs`). The world's media
+recur as often as in the demo's (a pool a quarter and a sixth of the conversations).
+
 Every contender trains the demo's model (`mmmmodal demo` defaults) on the same small demo world
 for the same number of epochs, with one persistent dataloader worker, as the demo does.
 
     python bench/demo_finetune.py --compare cache_rows [--conversations 320] [--epochs 3] [--repeats 2]
     python bench/demo_finetune.py --compare packing [--block-sizes 512,1024]
+    python bench/demo_finetune.py --compare towers --conversations 480
 """
 
 import argparse
@@ -31,7 +36,14 @@ from mmmmodal_hf.training import MMMModalTrainArguments, build_trainer
 
 
 def train(
-    base: Path, data: Path, output: Path, steps: int, batch_size: int, cache_rows: bool, block_size: int = 0
+    base: Path,
+    data: Path,
+    output: Path,
+    steps: int,
+    batch_size: int,
+    cache_rows: bool,
+    block_size: int = 0,
+    remember_tower_outputs: int = 0,
 ) -> None:
     """One finetune run (trainer set-up included: the same for every contender); `block_size` 0 pads."""
     args = MMMModalTrainArguments(
@@ -41,6 +53,7 @@ def train(
         block_size=block_size or 1024,
         packing=bool(block_size),
         cache_rows=cache_rows,
+        remember_tower_outputs=remember_tower_outputs,
     )
     training_args = TrainingArguments(
         output_dir=str(output),
@@ -60,7 +73,7 @@ def train(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--compare", choices=["cache_rows", "packing"], default="cache_rows")
+    parser.add_argument("--compare", choices=["cache_rows", "packing", "towers"], default="cache_rows")
     parser.add_argument("--block-sizes", default="512,1024")
     parser.add_argument("--conversations", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=3)
@@ -71,19 +84,28 @@ def main() -> None:
     steps = options.epochs * options.conversations // settings.batch_size
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        world = make_split(work / "world", options.conversations, seed=0, images=200, clips=120)
+        if options.compare == "towers":  # media recur as often as in the demo's world (6,000 : 1,500 : 1,000)
+            images, clips = options.conversations // 4, options.conversations // 6
+        else:
+            images, clips = 200, 120
+        world = make_split(work / "world", options.conversations, seed=0, images=images, clips=clips)
         processor, _ = build_processor(settings, work, [t["content"] for c in world for t in c.turns])
         base = work / "base"
         build_model(settings, processor).save_pretrained(base)
         processor.save_pretrained(base)
         data = work / "world" / "data.jsonl"
 
-        def contender(cache_rows: bool, block_size: int = 0):
-            return lambda: train(base, data, work / "out", steps, settings.batch_size, cache_rows, block_size)
+        def contender(cache_rows: bool, block_size: int = 0, remember: int = 0):
+            return lambda: train(
+                base, data, work / "out", steps, settings.batch_size, cache_rows, block_size, remember
+            )
 
         if options.compare == "cache_rows":
             baseline, contenders = "encode every epoch", {"encode every epoch": contender(False)}
             contenders["cache_rows"] = contender(True)
+        elif options.compare == "towers":
+            baseline = "towers run every step"
+            contenders = {baseline: contender(True, 256), "towers remembered": contender(True, 256, 100_000)}
         else:
             baseline, contenders = "padded batches", {"padded batches": contender(True)}
             for size in map(int, options.block_sizes.split(",")):

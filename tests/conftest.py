@@ -7,7 +7,7 @@ import torch
 from mmmmodal_hf import MMMModalForConditionalGeneration
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 
-from tiny_parts import tiny_config, tiny_processor
+from tiny_parts import tiny_config, tiny_model, tiny_processor
 
 # Offline, and at most the 2 threads the CI machine has.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -27,17 +27,6 @@ def processor(tokenizer_folder):
 @pytest.fixture(scope="session")
 def session_processor(tokenizer_folder):
     return tiny_processor(tokenizer_folder)
-
-
-def tiny_model(processor, **overrides) -> MMMModalForConditionalGeneration:
-    torch.manual_seed(0)
-    model = MMMModalForConditionalGeneration(tiny_config(processor, **overrides)).eval()
-    # Random init leaves the projectors tiny next to token embeddings; scale them so media matter to the logits.
-    with torch.no_grad():
-        for projector in (model.model.image_projector, model.model.audio_projector):
-            for parameter in projector.parameters():
-                parameter.mul_(4.0)
-    return model
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
 
-from tiny_parts import random_clip, random_image, tiny_audio_config, tiny_config, tiny_vision_config
+from tiny_parts import random_clip, random_image, tiny_audio_config, tiny_config, tiny_model, tiny_vision_config
 
 
 def full_towers_like(model):
@@ -94,3 +94,75 @@ def test_checkpoint_with_full_towers_loads_with_a_notice(session_processor, tmp_
     )
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def _count_tower_rows(model) -> dict[str, int]:
+    """How many media rows each tower has run on, counted by forward hooks on the real towers."""
+    rows = {"vision": 0, "audio": 0}
+    for name, tower in (("vision", model.model.vision_tower), ("audio", model.model.audio_tower)):
+        tower.register_forward_hook(
+            lambda module, args, output, name=name: rows.__setitem__(name, rows[name] + len(args[0]))
+        )
+    return rows
+
+
+def test_remembered_tower_outputs_give_the_same_logits_and_run_each_medium_once(session_processor):
+    model = tiny_model(session_processor).requires_grad_(False)
+    rows = _count_tower_rows(model)
+    both = session_processor(
+        text="<image> <image> <audio>",
+        images=[random_image(0), random_image(1)],
+        audio=random_clip(2),
+        return_tensors="pt",
+    )
+    with torch.no_grad():
+        expected = model(**both).logits
+        model.model.remember_tower_outputs(max_media=8)
+        rows.update(vision=0, audio=0)
+        first = model(**both).logits
+        assert rows == {"vision": 2, "audio": 1}
+        second = model(**both).logits
+        assert rows == {"vision": 2, "audio": 1}, "seen media must not reach the towers again"
+        assert torch.allclose(first, expected, atol=1e-6) and torch.equal(first, second)
+        # A new image beside a seen one: only the new one runs; the same image twice in a batch runs once.
+        model(
+            **session_processor(text="<image> <image>", images=[random_image(1), random_image(3)], return_tensors="pt")
+        )
+        assert rows["vision"] == 3
+        model(
+            **session_processor(text="<image> <image>", images=[random_image(4), random_image(4)], return_tensors="pt")
+        )
+        assert rows["vision"] == 4
+        model.model.forget_tower_outputs()
+        model(**both)
+        assert rows == {"vision": 6, "audio": 2}
+
+
+def test_remembered_tower_outputs_keep_the_most_recent_media(session_processor):
+    model = tiny_model(session_processor).requires_grad_(False)
+    rows = _count_tower_rows(model)
+    model.model.remember_tower_outputs(max_media=2)
+    images = [session_processor(text="<image>", images=random_image(seed), return_tensors="pt") for seed in range(3)]
+    with torch.no_grad():
+        for inputs in images:
+            model(**inputs)
+        assert len(model.model.tower_memos["vision"].outputs) == 2
+        model(**images[2])  # kept: no new run
+        assert rows["vision"] == 3
+        model(**images[0])  # the oldest was dropped: it runs again
+        assert rows["vision"] == 4
+
+
+def test_towers_that_train_or_drop_out_are_not_remembered(session_processor):
+    with pytest.raises(RuntimeError, match="the vision tower has trainable parameters"):
+        tiny_model(session_processor).model.remember_tower_outputs(max_media=4)
+    with pytest.raises(ValueError, match="the audio tower has dropout 0.1"):
+        tiny_model(session_processor, audio_config=tiny_audio_config(dropout=0.1)).model.remember_tower_outputs(4)
+    model = tiny_model(session_processor).requires_grad_(False)
+    with pytest.raises(ValueError, match="max_media must be at least 1"):
+        model.model.remember_tower_outputs(max_media=0)
+    model.model.remember_tower_outputs(max_media=4)
+    model.model.audio_tower.requires_grad_(True)  # unfrozen after the memo was made
+    inputs = session_processor(text="<audio>", audio=random_clip(0), return_tensors="pt")
+    with pytest.raises(RuntimeError, match="the audio tower has trainable parameters"):
+        model(**inputs)

@@ -304,3 +304,57 @@ def test_length_grouped_batches_measure_rows_without_encoding_them(base_folder, 
     assert dataset.stats.rows == 12 and [len(b["input_ids"]) for b in batches] == [2] * 6
     trainer.train()  # two epochs of six steps, from memory
     assert dataset.stats.rows == 12 and trainer.state.global_step == 12
+
+
+class RememberedMedia(TrainerCallback):
+    """Reads, at the end of training, how many media each tower memo holds."""
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.counts = {name: len(memo.outputs) for name, memo in model.model.tower_memos.items()}
+
+
+def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_path):
+    """`--remember_tower_outputs`: frozen towers run once per medium, and the trained weights are those of a plain run."""
+    data = write_tiny_dataset(tmp_path / "data", rows=4, kinds=("image", "audio", "mixed"))
+    common = ["--max_steps", "4", "--per_device_train_batch_size", "2"]  # two epochs: the second from memory
+    plain = run_stage("finetune", base_folder, data, tmp_path / "plain", *common)
+    args, training_args = parse_args(
+        [
+            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data), "--seed", "0"),
+            *("--output_dir", str(tmp_path / "memo"), *common, "--learning_rate", "1e-2", "--block_size", "512"),
+            *("--report_to", "none", "--save_strategy", "no", "--remember_tower_outputs", "64"),
+        ]
+    )
+    media = RememberedMedia()
+    remembered = train(args, training_args, [media])
+    files = {name for line in data.read_text().splitlines() for name in json.loads(line)["filename"]}
+    assert media.counts["vision"] + media.counts["audio"] == len(files) > 0
+    before, after = load_file(plain / "model.safetensors"), load_file(remembered / "model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.allclose(before[name], after[name], atol=1e-5), name
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--remember_tower_outputs", "-1"], "takes a number of media"),
+        (["--remember_tower_outputs", "8", "--train_encoders", "True"], "needs frozen towers"),
+    ],
+)
+def test_remembered_tower_outputs_refuse_what_they_cannot_serve(extra, message):
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--stage", "finetune", "--model", "m", "--data", "d", "--output_dir", "o", *extra])
+
+
+def test_remembered_tower_outputs_refuse_sharded_towers(base_folder, data_file, tmp_path):
+    """A rank that found its media remembered would skip the weight gather its peers wait in."""
+    args, training_args = parse_args(
+        [
+            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data_file)),
+            *("--output_dir", str(tmp_path), "--report_to", "none", "--remember_tower_outputs", "8"),
+            *("--fsdp", "full_shard"),
+        ]
+    )
+    with pytest.raises(ValueError, match="does not combine with DeepSpeed ZeRO-3 or FSDP"):
+        build_trainer(args, training_args)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from transformers import (
     AutoTokenizer,
@@ -13,7 +14,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from mmmmodal_hf import MMMModalConfig, MMMModalProcessor
+from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
 
 IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 image slots
 MAX_SOURCE_POSITIONS = 50  # 100 mel frames = 1 s window at 16 kHz
@@ -214,3 +215,14 @@ def save_tiny_source_models(folder: Path, tokenizer_folder: Path, language_model
     WhisperForConditionalGeneration(tiny_audio_config()).save_pretrained(paths["whisper"])
     WhisperFeatureExtractor(feature_size=80, chunk_length=1).save_pretrained(paths["whisper"])
     return paths
+
+
+def tiny_model(processor, **overrides) -> MMMModalForConditionalGeneration:
+    torch.manual_seed(0)
+    model = MMMModalForConditionalGeneration(tiny_config(processor, **overrides)).eval()
+    # Random init leaves the projectors tiny next to token embeddings; scale them so media matter to the logits.
+    with torch.no_grad():
+        for projector in (model.model.image_projector, model.model.audio_projector):
+            for parameter in projector.parameters():
+                parameter.mul_(4.0)
+    return model

@@ -8,8 +8,10 @@ this module only fills them, so there is no Python loop over items.
 """
 
 import copy
+import hashlib
 import logging
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -198,6 +200,59 @@ class MMMModalAudioProjector(nn.Module):
         return self.linear(self.act(hidden_states))
 
 
+class TowerOutputMemo:
+    """A frozen tower's outputs for the media it has already seen, recognised by their input bytes.
+
+    Training shows the same media again and again (each epoch, and in every conversation that
+    reuses one), and a frozen tower gives the same features each time. The memo runs the tower only
+    on inputs it has not seen and keeps at most `max_media` outputs, dropping the least recently
+    used first. Each kept output is one medium's slots by the tower's width (SigLIP so400m at 384
+    pixels: 729 x 1152 floats, 3.4 MB in float32), on the tower's device.
+    """
+
+    def __init__(self, name: str, tower: nn.Module, max_media: int):
+        if max_media < 1:
+            raise ValueError(f"max_media must be at least 1; got {max_media}")
+        self.name, self.tower, self.max_media = name, tower, max_media
+        self.outputs: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.check_frozen()
+
+    def check_frozen(self) -> None:
+        trainable = [n for n, p in self.tower.named_parameters() if p.requires_grad]
+        if trainable:
+            raise RuntimeError(
+                f"the {self.name} tower has trainable parameters ({trainable[0]}, ...): its outputs change as it "
+                "trains and cannot be remembered. Freeze it or call `forget_tower_outputs()` first."
+            )
+
+    @staticmethod
+    def key(row: torch.Tensor) -> bytes:
+        data = row.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+        digest = hashlib.blake2b(data.tobytes(), digest_size=16)
+        digest.update(f"{row.dtype}{row.device}{tuple(row.shape)}".encode())
+        return digest.digest()
+
+    def __call__(self, inputs: torch.Tensor, run) -> torch.Tensor:
+        """`run(inputs)`'s result, with the tower run only on rows not seen before."""
+        self.check_frozen()
+        keys = [self.key(row) for row in inputs]
+        first_row = {}
+        for row, k in enumerate(keys):
+            first_row.setdefault(k, row)
+        missing = [k for k in first_row if k not in self.outputs]  # each new medium once, even if repeated
+        if missing:
+            with torch.no_grad():
+                computed = run(inputs[[first_row[k] for k in missing]])
+            for k, output in zip(missing, computed):
+                self.outputs[k] = output
+        for k in keys:
+            self.outputs.move_to_end(k)
+        result = torch.stack([self.outputs[k] for k in keys])
+        while len(self.outputs) > self.max_media:
+            self.outputs.popitem(last=False)
+        return result
+
+
 class MMMModalPreTrainedModel(PreTrainedModel):
     config: MMMModalConfig
     config_class = MMMModalConfig
@@ -273,6 +328,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         self.image_projector = MMMModalImageProjector(config)
         self.audio_projector = MMMModalAudioProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        self.tower_memos: dict[str, TowerOutputMemo] = {}
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:
@@ -281,6 +337,38 @@ class MMMModalModel(MMMModalPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.language_model.set_input_embeddings(value)
 
+    def remember_tower_outputs(self, max_media: int) -> None:
+        """Run each frozen tower once per distinct medium and reuse its output (see `TowerOutputMemo`).
+
+        For training with frozen towers, as both published stages are: the projectors and the LM still
+        see every medium each time. Refused for a tower that trains or has dropout, whose outputs vary.
+        """
+        dropout = {
+            "vision": [self.config.vision_config.attention_dropout],
+            "audio": [
+                getattr(self.config.audio_config, name)
+                for name in ("dropout", "attention_dropout", "activation_dropout")
+            ],
+        }
+        for name, rates in dropout.items():
+            if any(rates):
+                raise ValueError(f"the {name} tower has dropout {max(rates)}: its outputs vary between calls")
+        self.tower_memos = {
+            "vision": TowerOutputMemo("vision", self.vision_tower, max_media),
+            "audio": TowerOutputMemo("audio", self.audio_tower, max_media),
+        }
+
+    def forget_tower_outputs(self) -> None:
+        """Drop the remembered tower outputs and run the towers on every call again."""
+        self.tower_memos = {}
+
+    def _tower_output(self, name: str, tower: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+        def run(rows):
+            return tower(rows).last_hidden_state
+
+        memo = self.tower_memos.get(name)
+        return run(inputs) if memo is None else memo(inputs, run)
+
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """SigLIP hidden state at `vision_feature_layer` (no pooling), projected.
 
@@ -288,7 +376,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         """
         tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
         # The tower ends at the feature layer with no final norm: its last hidden state is the feature.
-        return self.image_projector(self.vision_tower(pixel_values.to(tower_dtype)).last_hidden_state)
+        return self.image_projector(self._tower_output("vision", self.vision_tower, pixel_values.to(tower_dtype)))
 
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
@@ -301,7 +389,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         `(num_audio_slot_positions, hidden_size)`, windows in order.
         """
         tower_dtype = self.audio_tower.conv1.weight.dtype
-        features = self.audio_projector(self.audio_tower(input_features.to(tower_dtype)).last_hidden_state)
+        features = self.audio_projector(self._tower_output("audio", self.audio_tower, input_features.to(tower_dtype)))
         if not self.config.trim_audio_padding or input_features_mask is None:
             return features.reshape(-1, features.shape[-1])
         window_slots = features.shape[1]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
 from .data import (
@@ -70,6 +71,13 @@ class MMMModalTrainArguments:
     train_encoders: bool = field(
         default=False, metadata={"help": "let the SigLIP and Whisper towers train in finetune (published: frozen)"}
     )
+    remember_tower_outputs: int = field(
+        default=0,
+        metadata={
+            "help": "run each frozen tower once per distinct medium and reuse its output, keeping up to this many "
+            "media (0: off; memory per medium: slots x tower width floats, see TowerOutputMemo)"
+        },
+    )
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -81,6 +89,12 @@ class MMMModalTrainArguments:
             raise ValueError(f"--align_modalities takes image, audio or image,audio; got {self.align_modalities!r}")
         if self.cache_rows and self.streaming:
             raise ValueError("--cache_rows keeps the data set in memory; it does not combine with --streaming")
+        if self.remember_tower_outputs < 0:
+            raise ValueError(
+                f"--remember_tower_outputs takes a number of media, 0 for off; got {self.remember_tower_outputs}"
+            )
+        if self.remember_tower_outputs and self.train_encoders:
+            raise ValueError("--remember_tower_outputs needs frozen towers; it does not combine with --train_encoders")
         if self.packing is None:
             self.packing = self.stage != "align"
 
@@ -241,6 +255,10 @@ def build_collator(args: MMMModalTrainArguments, processor, stats: EncodeStats):
 
 def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments, callbacks=()):
     """The model prepared for `args.stage`, its data, and a `Trainer` ready to run."""
+    if args.remember_tower_outputs and (is_deepspeed_zero3_enabled() or training_args.fsdp):
+        # Sharded towers gather their weights collectively in forward; a rank that found all its
+        # media remembered would skip a gather its peers wait in.
+        raise ValueError("--remember_tower_outputs does not combine with DeepSpeed ZeRO-3 or FSDP")
     dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     model = MMMModalForConditionalGeneration.from_pretrained(args.model, dtype=dtype)
     processor = MMMModalProcessor.from_pretrained(args.model)
@@ -254,6 +272,9 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         tuple(args.lora_target_modules.split(",")),
         args.train_encoders,
     )
+    if args.remember_tower_outputs:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.model.remember_tower_outputs(args.remember_tower_outputs)
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
     return MMMModalTrainer(

@@ -188,6 +188,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
 def run_stage(
     stage: str, model_folder: Path, data: Path, output: Path, steps: int, settings: DemoSettings, learning_rate: float
 ) -> tuple[Path, list[dict]]:
+    train_encoders = stage == "finetune" and bool(settings.train_encoders)
     args = MMMModalTrainArguments(
         stage=stage,
         model=str(model_folder),
@@ -197,7 +198,10 @@ def run_stage(
         # to their longest row, the same loss (BENCHMARKS.md section 10).
         block_size=256,
         packing=True,
-        train_encoders=stage == "finetune" and bool(settings.train_encoders),
+        train_encoders=train_encoders,
+        # Frozen towers run once per distinct medium (2,500 in the world), which recurs in ~10
+        # conversations an epoch (BENCHMARKS.md section 10).
+        remember_tower_outputs=0 if train_encoders else 8192,
         # Each row is seen 4-5 times: encoding it once leaves both cores to the model after epoch 1.
         cache_rows=True,
     )
