@@ -126,6 +126,15 @@ def test_lora_trains_merges_and_reloads_through_auto_model(base_folder, data_fil
         assert torch.equal(results["auto_model_logits"], model(**inputs).logits)
 
 
+def test_lora_runs_with_one_seed_reach_the_same_weights(base_folder, data_file, tmp_path):
+    """The adapters are initialised from `--seed`, not from whatever the process drew before."""
+    first = run_stage("lora", base_folder, data_file, tmp_path / "first")
+    torch.rand(7)  # the global generator moves on between the runs
+    second = run_stage("lora", base_folder, data_file, tmp_path / "second")
+    changed, _, _ = changed_weights(first, second)
+    assert changed == set()
+
+
 def test_train_command_runs_a_stage(base_folder, data_file, tmp_path):
     completed = subprocess.run(
         [
@@ -310,17 +319,19 @@ class RememberedMedia(TrainerCallback):
     """Reads, at the end of training, how many media each tower memo holds."""
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.counts = {name: len(memo.outputs) for name, memo in model.model.tower_memos.items()}
+        inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model  # lora: PEFT
+        self.counts = {name: len(memo.outputs) for name, memo in inner.tower_memos.items()}
 
 
-def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_path):
+@pytest.mark.parametrize("stage", ["finetune", "lora"])
+def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_path, stage):
     """`--remember_tower_outputs`: frozen towers run once per medium, and the trained weights are those of a plain run."""
     data = write_tiny_dataset(tmp_path / "data", rows=4, kinds=("image", "audio", "mixed"))
     common = ["--max_steps", "4", "--per_device_train_batch_size", "2"]  # two epochs: the second from memory
-    plain = run_stage("finetune", base_folder, data, tmp_path / "plain", *common)
+    plain = run_stage(stage, base_folder, data, tmp_path / "plain", *common)
     args, training_args = parse_args(
         [
-            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data), "--seed", "0"),
+            *("--stage", stage, "--model", str(base_folder), "--data", str(data), "--seed", "0"),
             *("--output_dir", str(tmp_path / "memo"), *common, "--learning_rate", "1e-2", "--block_size", "512"),
             *("--report_to", "none", "--save_strategy", "no", "--remember_tower_outputs", "64"),
         ]

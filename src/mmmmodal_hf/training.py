@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
@@ -259,6 +259,9 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         # Sharded towers gather their weights collectively in forward; a rank that found all its
         # media remembered would skip a gather its peers wait in.
         raise ValueError("--remember_tower_outputs does not combine with DeepSpeed ZeRO-3 or FSDP")
+    # Seeded before the stage is prepared, as transformers' example scripts do: LoRA's adapters are
+    # initialised from the global generator there, before `Trainer` seeds it.
+    set_seed(training_args.seed)
     dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     model = MMMModalForConditionalGeneration.from_pretrained(args.model, dtype=dtype)
     processor = MMMModalProcessor.from_pretrained(args.model)
