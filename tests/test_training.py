@@ -23,7 +23,7 @@ def data_file(tmp_path_factory):
     return write_tiny_dataset(tmp_path_factory.mktemp("data"), rows=8)
 
 
-def run_stage(stage, base_folder, data_file, output_dir, *extra):
+def run_stage(stage, base_folder, data_file, output_dir, *extra, callbacks=()):
     args, training_args = parse_args(
         [
             "--stage",
@@ -51,7 +51,7 @@ def run_stage(stage, base_folder, data_file, output_dir, *extra):
             *extra,
         ]
     )
-    return train(args, training_args)
+    return train(args, training_args, callbacks)
 
 
 def changed_weights(before_folder, after_folder):
@@ -329,15 +329,10 @@ def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_pat
     data = write_tiny_dataset(tmp_path / "data", rows=4, kinds=("image", "audio", "mixed"))
     common = ["--max_steps", "4", "--per_device_train_batch_size", "2"]  # two epochs: the second from memory
     plain = run_stage(stage, base_folder, data, tmp_path / "plain", *common)
-    args, training_args = parse_args(
-        [
-            *("--stage", stage, "--model", str(base_folder), "--data", str(data), "--seed", "0"),
-            *("--output_dir", str(tmp_path / "memo"), *common, "--learning_rate", "1e-2", "--block_size", "512"),
-            *("--report_to", "none", "--save_strategy", "no", "--remember_tower_outputs", "64"),
-        ]
-    )
     media = RememberedMedia()
-    remembered = train(args, training_args, [media])
+    remembered = run_stage(
+        stage, base_folder, data, tmp_path / "memo", *common, "--remember_tower_outputs", "64", callbacks=[media]
+    )
     files = {name for line in data.read_text().splitlines() for name in json.loads(line)["filename"]}
     assert media.counts["vision"] + media.counts["audio"] == len(files) > 0
     before, after = load_file(plain / "model.safetensors"), load_file(remembered / "model.safetensors")
