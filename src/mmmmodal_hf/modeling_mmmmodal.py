@@ -218,10 +218,10 @@ class TowerOutputMemo:
         self.check_frozen()
 
     def check_frozen(self) -> None:
-        trainable = [n for n, p in self.tower.named_parameters() if p.requires_grad]
-        if trainable:
+        trainable = next((n for n, p in self.tower.named_parameters() if p.requires_grad), None)
+        if trainable is not None:
             raise RuntimeError(
-                f"the {self.name} tower has trainable parameters ({trainable[0]}, ...): its outputs change as it "
+                f"the {self.name} tower has trainable parameters ({trainable}, ...): its outputs change as it "
                 "trains and cannot be remembered. Freeze it or call `forget_tower_outputs()` first."
             )
 
