@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 from collections import Counter
 
 import numpy as np
@@ -151,7 +152,11 @@ def test_answers_follow_from_the_media(tmp_path):
             assert numbers[conversation.answer] == clips[number - 1].beeps
         elif conversation.kind == "higher_clip":
             a, b = [int(w.strip("?,")) for w in question.split() if w.strip("?,").isdigit()]
-            higher = int(conversation.answer.split()[1].strip("."))
+            # The worked answer: each clip's pitch, in the question's order, then the higher one.
+            pitch_words = {PITCHES[p][i].lower(): p for p in PITCHES for i in (1, 2)}
+            heard = re.findall(r"Audio (\d): (\w+)\.", conversation.answer)
+            assert [(int(n), pitch_words[w]) for n, w in heard] == [(a, clips[a - 1].pitch), (b, clips[b - 1].pitch)]
+            higher = int(conversation.answer.rstrip(".").split()[-1])
             lower = b if higher == a else a
             order = list(PITCHES)
             assert order.index(clips[higher - 1].pitch) > order.index(clips[lower - 1].pitch)

@@ -265,7 +265,11 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
             if en
             else f"Yang manakah lebih tinggi, audio {a + 1} atau audio {b + 1}?"
         )
-        return question, f"Audio {higher + 1}.", None
+        # The answer hears both clips before it names one ("Audio 1: low. Audio 3: high. So audio 3."):
+        # two look-ups by number, which the demo's LM learns, then a comparison of two nearby words.
+        heard = " ".join(f"Audio {i + 1}: {PITCHES[clips[i].pitch][1 if en else 2].lower()}." for i in (a, b))
+        verdict = f"So audio {higher + 1}." if en else f"Jadi audio {higher + 1}."
+        return question, f"{heard} {verdict}", None
     if kind == "image_vs_audio" and images and clips:
         k = rng.randrange(len(clips))
         beeps, count = clips[k].beeps, len(images)
