@@ -7,8 +7,8 @@ import sys
 from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
-from mmmmodal_hf.demo.run import accuracy_table, one_and_several, place_among
-from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
+from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among
+from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
 from mmmmodal_hf.demo.world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, make_split
 
 
@@ -81,6 +81,16 @@ def test_trained_tokenizer_when_mistral_common_is_missing(tmp_path):
     ids = tokenizer("What colour is the shape in image 2?")["input_ids"]
     assert ids[0] == tokenizer.bos_token_id and len(tokenizer) <= 300
     assert tokenizer.decode(ids, skip_special_tokens=True) == "What colour is the shape in image 2?"
+
+
+def test_every_answer_fits_what_evaluation_generates(tmp_path):
+    from transformers import AutoTokenizer
+
+    # Evaluation and the sample chats stop after ANSWER_TOKENS: a longer answer would be cut and scored wrong.
+    tokenizer = AutoTokenizer.from_pretrained(mistral_tokenizer_folder(tmp_path / "tokenizer"))
+    answers = {c.answer for c in make_split(tmp_path / "world", 900, seed=0, images=60, clips=40)}
+    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    assert longest + 1 <= ANSWER_TOKENS  # and the end-of-sequence token
 
 
 def test_accuracy_splits_each_kind_by_how_many_media_it_could_mean():

@@ -129,6 +129,7 @@ def test_answers_follow_from_the_media(tmp_path):
     pool_facts.update({f.path: f for f in pool.images + pool.clips})
     english_colours = {COLOURS[c][1] + ".": c for c in COLOURS} | {COLOURS[c][2] + ".": c for c in COLOURS}
     numbers = {NUMBERS[n][0] + ".": n for n in NUMBERS} | {NUMBERS[n][1] + ".": n for n in NUMBERS}
+    pitch_words = {PITCHES[p][i].lower(): p for p in PITCHES for i in (1, 2)}
     checked = Counter()
     for conversation in conversations:
         blocks = [b for t in conversation.turns if t["role"] == "user" for b in t["content"]]
@@ -153,7 +154,6 @@ def test_answers_follow_from_the_media(tmp_path):
         elif conversation.kind == "higher_clip":
             a, b = [int(w.strip("?,")) for w in question.split() if w.strip("?,").isdigit()]
             # The worked answer: each clip's pitch, in the question's order, then the higher one.
-            pitch_words = {PITCHES[p][i].lower(): p for p in PITCHES for i in (1, 2)}
             heard = re.findall(r"Audio (\d): (\w+)\.", conversation.answer)
             assert [(int(n), pitch_words[w]) for n, w in heard] == [(a, clips[a - 1].pitch), (b, clips[b - 1].pitch)]
             higher = int(conversation.answer.rstrip(".").split()[-1])
