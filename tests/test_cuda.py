@@ -1,0 +1,100 @@
+"""On a CUDA device the model keeps its contract: same answers as on the CPU, batching, bf16 training.
+
+These run only where `torch.cuda.is_available()` (as transformers' own `require_torch_accelerator`
+tests do); CI's machine has no GPU. On a GPU machine: `pytest tests/test_cuda.py tests/test_training.py`
+(the training tests then run the `Trainer` on the GPU as well).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from mmmmodal_hf import MMMModalChatSession
+
+from test_modeling import two_turn_chat
+from tiny_parts import random_clip, random_image
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def full_precision_matmuls():
+    """TF32 convolutions and matmuls would round the GPU's results away from the CPU's."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.fixture(scope="module")
+def cuda_model(model):
+    return copy.deepcopy(model).to("cuda")
+
+
+def chat_inputs(processor, device):
+    return processor.apply_chat_template(
+        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    ).to(device)
+
+
+def test_logits_and_greedy_generation_equal_the_cpu(model, cuda_model, session_processor):
+    with torch.no_grad():
+        cpu_inputs, gpu_inputs = chat_inputs(session_processor, "cpu"), chat_inputs(session_processor, "cuda")
+        torch.testing.assert_close(
+            cuda_model(**gpu_inputs).logits.cpu(), model(**cpu_inputs).logits, atol=1e-4, rtol=1e-4
+        )
+        settings = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+        on_gpu = cuda_model.generate(**gpu_inputs, **settings)
+        on_cpu = model.generate(**cpu_inputs, **settings)
+    assert on_gpu.device.type == "cuda"
+    assert torch.equal(on_gpu.cpu(), on_cpu)
+
+
+def test_left_padded_batch_matches_each_sample_alone(cuda_model, session_processor):
+    samples = [
+        ("[INST] Hello there, how are you? [/INST]", [], []),
+        ("[INST] <image> <audio> <audio> Describe. [/INST]", [random_image(10)], [random_clip(11), random_clip(12)]),
+        ("[INST] <image><image> and <image> which is red? [/INST]", [random_image(i) for i in (13, 14, 15)], []),
+    ]
+    batch = session_processor(
+        text=[s[0] for s in samples],
+        images=[s[1] for s in samples],
+        audio=[s[2] for s in samples],
+        return_tensors="pt",
+    ).to("cuda")
+    with torch.no_grad():
+        batch_generated = cuda_model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    for index, (text, images, clips) in enumerate(samples):
+        alone = session_processor(text=text, images=images or None, audio=clips or None, return_tensors="pt").to(
+            "cuda"
+        )
+        with torch.no_grad():
+            alone_generated = cuda_model.generate(**alone, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+        new = batch_generated[index, batch["input_ids"].shape[1] :]
+        assert torch.equal(new, alone_generated[0, alone["input_ids"].shape[1] :]), f"sample {index}"
+
+
+def test_bf16_training_step_and_generation(model, session_processor):
+    bf16 = copy.deepcopy(model).to("cuda", torch.bfloat16).train()
+    inputs = chat_inputs(session_processor, "cuda")
+    out = bf16(**inputs, labels=inputs["input_ids"])
+    out.loss.backward()  # the loss itself is taken in float32, as transformers' loss functions upcast
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    for name in ("model.image_projector", "model.audio_projector", "model.language_model", "lm_head"):
+        grads = [p.grad for n, p in bf16.named_parameters() if n.startswith(name)]
+        assert grads and all(g is not None and torch.isfinite(g.float()).all() for g in grads), name
+    bf16.eval()
+    with torch.no_grad():
+        generated = bf16.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 8
+
+
+def test_chat_session_keeps_its_cache_on_the_gpu(cuda_model, session_processor):
+    pieces = []
+    session = MMMModalChatSession(cuda_model, session_processor, max_new_tokens=6, min_new_tokens=6)
+    first = session.send("What is this?", images=[random_image(20)], on_text=pieces.append)
+    second = session.send("And this sound?", audio=[random_clip(21)])
+    assert "".join(pieces) == first and second is not None
+    assert session.cached_tokens > 0
+    assert all(layer.keys.device.type == "cuda" for layer in session._cache.layers)
