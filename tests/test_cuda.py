@@ -12,8 +12,7 @@ import torch
 
 from mmmmodal_hf import MMMModalChatSession
 
-from test_modeling import two_turn_chat
-from tiny_parts import random_clip, random_image
+from tiny_parts import random_clip, random_image, two_turn_chat
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

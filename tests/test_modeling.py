@@ -7,30 +7,7 @@ from transformers import LlamaForCausalLM, MistralConfig
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
 from mmmmodal_hf.modeling_mmmmodal import CACHE_NAME
 
-from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
-
-
-def two_turn_chat():
-    """2 images and 2 clips over 2 user turns, with an assistant answer between them."""
-    return [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": random_image(1)},
-                {"type": "audio", "audio": random_clip(2)},
-                {"type": "text", "text": "Apa warna bentuk dalam gambar ini?"},
-            ],
-        },
-        {"role": "assistant", "content": "Merah."},
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": random_image(3)},
-                {"type": "audio", "audio": random_clip(4)},
-                {"type": "text", "text": "And which clip is higher?"},
-            ],
-        },
-    ]
+from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image, two_turn_chat
 
 
 def test_forward_fills_every_slot_once(model, session_processor):

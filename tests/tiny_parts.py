@@ -124,6 +124,29 @@ def random_clip(seed: int, seconds: float = 0.6, rate: int = 16000) -> np.ndarra
     return (tone + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
+def two_turn_chat():
+    """2 images and 2 clips over 2 user turns, with an assistant answer between them."""
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_image(1)},
+                {"type": "audio", "audio": random_clip(2)},
+                {"type": "text", "text": "Apa warna bentuk dalam gambar ini?"},
+            ],
+        },
+        {"role": "assistant", "content": "Merah."},
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_image(3)},
+                {"type": "audio", "audio": random_clip(4)},
+                {"type": "text", "text": "And which clip is higher?"},
+            ],
+        },
+    ]
+
+
 def write_tiny_dataset(folder: Path, rows: int = 8, kinds=("image", "audio", "mixed", "text"), seed: int = 0) -> Path:
     """A JSONL file of published-format rows with real PNG and WAV files beside it.
 
