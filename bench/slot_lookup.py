@@ -25,15 +25,18 @@ the answer's last token (the digit, the colour, the count) on 256 held-out seque
 import argparse
 import math
 import random
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 from common import report
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mmmmodal_hf.demo.language_model import HEAD_DIM, TEXT_CONFIGS, rope_parameters
+from mmmmodal_hf.demo.language_model import TEXT_CONFIGS, build_text_config
 from mmmmodal_hf.demo.run import DemoSettings
+from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 
 COLOURS, SHAPES, MAX_IMAGES, FEATURE = 6, 4, 4, 64
 WORDS = ["<pad>", "<s>", "[INST]", "[/INST]", "What", "colour", "is", "image", "Which", "shows", "the", "?", "Image"]
@@ -69,25 +72,25 @@ def conversation(rng: random.Random, kind: str, slots: int):
     return tokens + answer, slot_facts, len(tokens)
 
 
+def demo_text_config(args):
+    """The demo's LM config (`build_text_config`, with the Mistral tokenizer it gets), on this vocabulary."""
+    folder = mistral_tokenizer_folder(Path(tempfile.mkdtemp(prefix="slot-lookup-")) / "tokenizer")
+    if folder is None:
+        raise SystemExit(
+            "this benchmark builds the demo's LM with the real Mistral tokenizer: pip install mistral-common"
+        )
+    config = build_text_config(DemoSettings(layers=args.layers, lm=args.lm), AutoTokenizer.from_pretrained(folder))
+    config.vocab_size = len(WORDS)
+    return config
+
+
 class SlotLM(torch.nn.Module):
     """The demo's LM with media slots: stand-in features, a projector, ordinal tags scaled as the demo starts them."""
 
     def __init__(self, args):
         super().__init__()
-        settings = DemoSettings(layers=args.layers, lm=args.lm)
-        hidden = settings.hidden_size
-        config = TEXT_CONFIGS[settings.lm](
-            hidden_size=hidden,
-            intermediate_size=hidden * 3,
-            num_hidden_layers=settings.layers,
-            num_attention_heads=hidden // HEAD_DIM,
-            num_key_value_heads=hidden // HEAD_DIM,
-            head_dim=HEAD_DIM,
-            vocab_size=len(WORDS),
-            max_position_embeddings=256,
-            rope_parameters=rope_parameters(settings.rope_theta, settings.position_free_pairs),
-            tie_word_embeddings=False,
-        )
+        config = demo_text_config(args)
+        hidden = config.hidden_size
         self.model = AutoModelForCausalLM.from_config(config)
         generator = torch.Generator().manual_seed(123)
         self.register_buffer("colour_features", torch.randn(COLOURS, FEATURE, generator=generator))
