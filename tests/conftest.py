@@ -12,6 +12,8 @@ from tiny_parts import tiny_config, tiny_model, tiny_processor
 # Offline, and at most the 2 threads the CI machine has.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# On a GPU, TF32 matmuls and convolutions would round results away from the CPU's that tests compare with.
+torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
-"""On a CUDA device the model keeps its contract: same answers as on the CPU, batching, bf16 training.
+"""On a CUDA device the model keeps its contract: same answers as on the CPU, bf16 training, the chat cache.
 
 These run only where `torch.cuda.is_available()` (as transformers' own `require_torch_accelerator`
-tests do); CI's machine has no GPU. On a GPU machine: `pytest tests/test_cuda.py tests/test_training.py`
-(the training tests then run the `Trainer` on the GPU as well).
+tests do); CI's machine has no GPU. On a GPU machine: `pytest tests/test_cuda.py tests/test_modeling.py
+tests/test_training.py` (the batching test then runs on the GPU too, and the training tests' `Trainer`).
 """
 
 import copy
@@ -15,15 +15,6 @@ from mmmmodal_hf import MMMModalChatSession
 from tiny_parts import random_clip, random_image, two_turn_chat
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def full_precision_matmuls():
-    """TF32 convolutions and matmuls would round the GPU's results away from the CPU's."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
@@ -48,30 +39,6 @@ def test_logits_and_greedy_generation_equal_the_cpu(model, cuda_model, session_p
         on_cpu = model.generate(**cpu_inputs, **settings)
     assert on_gpu.device.type == "cuda"
     assert torch.equal(on_gpu.cpu(), on_cpu)
-
-
-def test_left_padded_batch_matches_each_sample_alone(cuda_model, session_processor):
-    samples = [
-        ("[INST] Hello there, how are you? [/INST]", [], []),
-        ("[INST] <image> <audio> <audio> Describe. [/INST]", [random_image(10)], [random_clip(11), random_clip(12)]),
-        ("[INST] <image><image> and <image> which is red? [/INST]", [random_image(i) for i in (13, 14, 15)], []),
-    ]
-    batch = session_processor(
-        text=[s[0] for s in samples],
-        images=[s[1] for s in samples],
-        audio=[s[2] for s in samples],
-        return_tensors="pt",
-    ).to("cuda")
-    with torch.no_grad():
-        batch_generated = cuda_model.generate(**batch, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-    for index, (text, images, clips) in enumerate(samples):
-        alone = session_processor(text=text, images=images or None, audio=clips or None, return_tensors="pt").to(
-            "cuda"
-        )
-        with torch.no_grad():
-            alone_generated = cuda_model.generate(**alone, max_new_tokens=6, min_new_tokens=6, do_sample=False)
-        new = batch_generated[index, batch["input_ids"].shape[1] :]
-        assert torch.equal(new, alone_generated[0, alone["input_ids"].shape[1] :]), f"sample {index}"
 
 
 def test_bf16_training_step_and_generation(model, session_processor):

@@ -1,5 +1,7 @@
 """The model's contract: cache, batching, text-only parity, bf16, and the published layout."""
 
+import copy
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM, MistralConfig
@@ -7,7 +9,7 @@ from transformers import LlamaForCausalLM, MistralConfig
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
 from mmmmodal_hf.modeling_mmmmodal import CACHE_NAME
 
-from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image, two_turn_chat
+from tiny_parts import CLIP_SLOTS, DEVICES, IMAGE_SLOTS, random_clip, random_image, two_turn_chat
 
 
 def test_forward_fills_every_slot_once(model, session_processor):
@@ -111,7 +113,9 @@ def test_encoders_run_only_at_prefill(model, session_processor):
     assert calls == {"vision": 1, "audio": 1}
 
 
-def test_left_padded_batch_matches_each_sample_alone(model, session_processor):
+@pytest.mark.parametrize("device", DEVICES)
+def test_left_padded_batch_matches_each_sample_alone(model, session_processor, device):
+    model = copy.deepcopy(model).to(device) if device != "cpu" else model
     # Media counts differ per sample: (images, clips) = (0, 0), (1, 2), (3, 0), (0, 2).
     samples = [
         ("[INST] Hello, how are you today? [/INST]", [], []),
@@ -132,7 +136,7 @@ def test_left_padded_batch_matches_each_sample_alone(model, session_processor):
         images=[s[1] for s in samples],
         audio=[s[2] for s in samples],
         return_tensors="pt",
-    )
+    ).to(device)
     assert batch["attention_mask"][:, 0].tolist().count(0) >= 1, "expected left padding in the batch"
     with torch.no_grad():
         batch_logits = model(**batch).logits[:, -1]
@@ -140,6 +144,7 @@ def test_left_padded_batch_matches_each_sample_alone(model, session_processor):
     new_tokens = batch_generated[:, batch["input_ids"].shape[1] :]
     for index, (text, images, clips) in enumerate(samples):
         alone = session_processor(text=text, images=images or None, audio=clips or None, return_tensors="pt")
+        alone = alone.to(device)
         with torch.no_grad():
             alone_logits = model(**alone).logits[0, -1]
             alone_generated = model.generate(**alone, max_new_tokens=6, min_new_tokens=6, do_sample=False)
