@@ -12,9 +12,9 @@ import torch
 
 from mmmmodal_hf import MMMModalChatSession
 
-from tiny_parts import random_clip, random_image, two_turn_chat
+from tiny_parts import random_clip, random_image, requires_cuda, two_turn_chat
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = requires_cuda
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,9 @@ from transformers import (
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
 
-# The CPU, and a CUDA device where there is one (CI has none).
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
-]
+# Tests that need a GPU run where one is (as transformers' `require_torch_accelerator`); CI has none.
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]  # a test parametrized over them runs on each
 IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 image slots
 MAX_SOURCE_POSITIONS = 50  # 100 mel frames = 1 s window at 16 kHz
 AUDIO_CONV_KERNEL, AUDIO_CONV_STRIDE = 4, 3  # (50 - 4) // 3 + 1 = 16 audio slots per window
