@@ -14,11 +14,22 @@ question form per kind, so neither the tokenizer nor a second language is in the
 - count: "How many show a circle ?" -> "circle : two", the shape drawn as the world draws it.
 
 Each sequence holds 2-4 images and asks colour, or the kind under test with probability `--share`
-(`--early-share` for the first `--early-frac` of the steps: a curriculum). Reported: accuracy of
-the answer's last token (the digit, the colour, the count) on 256 held-out sequences per kind every
-`--steps / 5` steps, against chance.
+(`--early-share` for the first `--early-frac` of the steps: a curriculum; `--weight` multiplies
+its answers' loss). `--form` works the answer image by image after restating what was asked:
+
+- which, `verdict`: "c1 s2 : d1 c0 s3 no d2 c1 s2 yes Image d2"; `running`: each image followed
+  by the number of the match found so far (n0 before it); `compact`: the numbers and verdicts only;
+- count, `running`: "s2 : d1 s0 n0 d2 s2 n1 n1", a running count after each image's shape;
+  `restated`: the asked shape again before each count; `compact`: the numbers and counts only.
+
+`--demo-like` (count) brings in what the demo's text has and this vocabulary lacks: counts written
+with the images' digits, half the shape words two tokens long, and a bare "_" before every digit
+(the Mistral tokenizer's "▁"). Reported every `--steps / 5` steps on 256 held-out sequences per
+kind: accuracy of the answer's last token (the digit, the colour, the count) and exact match (every
+answer token right under teacher forcing, which is what greedy decoding would reproduce).
 
     python bench/slot_lookup.py [--kind which|count] [--share 0.5] [--steps 1000] [--early-share S --early-frac F]
+                                [--form plain|verdict|running|restated|compact] [--demo-like] [--weight 1]
                                 [--slots 4] [--layers 2] [--lm qwen3|llama] [--tag-scale 60]
 """
 
@@ -40,13 +51,22 @@ from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 
 COLOURS, SHAPES, MAX_IMAGES, FEATURE = 6, 4, 4, 64
 WORDS = ["<pad>", "<s>", "[INST]", "[/INST]", "What", "colour", "is", "image", "Which", "shows", "the", "?", "Image"]
-WORDS += ["How", "many", "show", "a", ":"] + [f"c{i}" for i in range(COLOURS)] + [f"s{i}" for i in range(SHAPES)]
-WORDS += [f"d{i}" for i in range(1, MAX_IMAGES + 1)] + [f"n{i}" for i in range(MAX_IMAGES + 1)] + ["<slot>"]
+WORDS += (
+    ["How", "many", "show", "a", ":", "yes", "no"]
+    + [f"c{i}" for i in range(COLOURS)]
+    + [f"s{i}" for i in range(SHAPES)]
+)
+WORDS += [f"d{i}" for i in range(1, MAX_IMAGES + 1)] + [f"n{i}" for i in range(MAX_IMAGES + 1)] + ["<slot>", "x", "_"]
 IDS = {word: index for index, word in enumerate(WORDS)}
 CHANCE = {"colour": 1 / COLOURS, "which": 1 / 3, "count": 1 / 3}
 
 
-def conversation(rng: random.Random, kind: str, slots: int):
+def shape_words(shape: int, demo_like: bool) -> list[str]:
+    """A shape's word; with `demo_like`, half the shapes take two tokens, as Malay's "segi empat" does."""
+    return [f"s{shape}"] + (["x"] if demo_like and shape >= SHAPES // 2 else [])
+
+
+def conversation(rng: random.Random, kind: str, slots: int, form: str = "plain", demo_like: bool = False):
     """Tokens, each slot's (colour, shape, image number), and where the answer starts."""
     while True:
         images = [(rng.randrange(COLOURS), rng.randrange(SHAPES)) for _ in range(rng.randint(2, MAX_IMAGES))]
@@ -63,11 +83,35 @@ def conversation(rng: random.Random, kind: str, slots: int):
     elif kind == "which":
         k = rng.choice(unique)
         colour, shape = images[k]
-        question, answer = ["Which", "image", "shows", "the", f"c{colour}", f"s{shape}", "?"], ["Image", f"d{k + 1}"]
+        question, answer = ["Which", "image", "shows", "the", f"c{colour}", f"s{shape}", "?"], []
+        if form != "plain":  # the asked thing restated, then each image with a verdict
+            answer += [f"c{colour}", f"s{shape}", ":"]
+            mark = "n0"  # running form: the number of the match found so far
+            for number, image in enumerate(images):
+                if image == (colour, shape):
+                    mark = f"d{number + 1}"
+                verdict = ("yes" if image == (colour, shape) else "no") if form == "verdict" else mark
+                described = [] if form == "compact" else [f"c{image[0]}", f"s{image[1]}"]
+                answer += (
+                    [f"d{number + 1}"]
+                    + described
+                    + [verdict if form != "compact" else ("yes" if image == (colour, shape) else "no")]
+                )
+        answer += ["Image", f"d{k + 1}"]
     else:
         shape = rng.choice([s for _, s in images] + [rng.randrange(SHAPES)])
         count = sum(s == shape for _, s in images)
-        question, answer = ["How", "many", "show", "a", f"s{shape}", "?"], [f"s{shape}", ":", f"n{count}"]
+        question = ["How", "many", "show", "a"] + shape_words(shape, demo_like) + ["?"]
+        answer = shape_words(shape, demo_like) + [":"]
+        running = 0
+        for number, (_, image_shape) in enumerate(images if form != "plain" else []):
+            running += image_shape == shape
+            restated = [f"s{shape}"] if form == "restated" else []
+            described = [] if form == "compact" else shape_words(image_shape, demo_like)
+            count_word = (f"d{running}" if running else "n0") if demo_like else f"n{running}"
+            space = ["_"] if demo_like else []  # the Mistral tokenizer's bare "▁" before each digit
+            answer += space + [f"d{number + 1}"] + described + restated + space + [count_word]
+        answer += [f"n{count}"]
     tokens += question + ["[/INST]"]
     return tokens + answer, slot_facts, len(tokens)
 
@@ -111,8 +155,8 @@ class SlotLM(torch.nn.Module):
         return self.model(inputs_embeds=embeds, attention_mask=mask).logits
 
 
-def batch(rng: random.Random, kinds: list[str], slots: int):
-    rows = [conversation(rng, kind, slots) for kind in kinds]
+def batch(rng: random.Random, kinds: list[str], slots: int, form: str = "plain", demo_like: bool = False):
+    rows = [conversation(rng, kind, slots, form, demo_like) for kind in kinds]
     length = max(len(tokens) for tokens, _, _ in rows)
     ids = torch.zeros(len(rows), length, dtype=torch.long)
     labels = torch.full((len(rows), length), -100)
@@ -126,7 +170,8 @@ def batch(rng: random.Random, kinds: list[str], slots: int):
     return ids, mask, labels, slot_facts
 
 
-def last_answer_accuracy(model, held_out) -> tuple[float, Counter]:
+def answer_accuracy(model, held_out) -> tuple[float, float, Counter]:
+    """The answer's last token right, and every answer token right (what greedy decoding would match exactly)."""
     ids, mask, labels, slot_facts = held_out
     with torch.no_grad():
         predicted = model(ids, mask, slot_facts)[:, :-1].argmax(-1)
@@ -134,7 +179,8 @@ def last_answer_accuracy(model, held_out) -> tuple[float, Counter]:
     last = (target != -100).long().cumsum(1).argmax(1)  # the answer's last token
     rows = torch.arange(len(ids))
     guesses = Counter(WORDS[t] for t in predicted[rows, last].tolist())
-    return (predicted[rows, last] == target[rows, last]).float().mean().item(), guesses
+    exact = ((predicted == target) | (target == -100)).all(1)
+    return (predicted[rows, last] == target[rows, last]).float().mean().item(), exact.float().mean().item(), guesses
 
 
 def main():
@@ -150,11 +196,24 @@ def main():
     parser.add_argument("--lm", choices=sorted(TEXT_CONFIGS), default="qwen3")
     parser.add_argument("--tag-scale", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--demo-like", action="store_true", help="counts written with the images' digits, two-token shape words"
+    )
+    parser.add_argument("--weight", type=float, default=1.0, help="loss weight of the tested kind's answers")
+    parser.add_argument(
+        "--form",
+        choices=["plain", "running", "restated", "verdict", "compact"],
+        default="plain",
+        help="the answer: plain, or worked image by image (see the module docstring)",
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
     rng, held_out_rng = random.Random(args.seed), random.Random(999)
     model = SlotLM(args)
-    held_out = {kind: batch(held_out_rng, [kind] * 256, args.slots) for kind in ("colour", args.kind)}
+    held_out = {
+        kind: batch(held_out_rng, [kind] * 256, args.slots, args.form, args.demo_like)
+        for kind in ("colour", args.kind)
+    }
     # The demo's finetune: AdamW at 1e-3, beta2 0.95, warmup then cosine, no weight decay.
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
     warmup = max(1, args.steps // 20)
@@ -167,9 +226,13 @@ def main():
         early = args.early_share is not None and step <= args.early_frac * args.steps
         share = args.early_share if early else args.share
         kinds = [args.kind if rng.random() < share else "colour" for _ in range(args.batch_size)]
-        ids, mask, labels, slot_facts = batch(rng, kinds, args.slots)
+        ids, mask, labels, slot_facts = batch(rng, kinds, args.slots, args.form, args.demo_like)
         logits = model(ids, mask, slot_facts)
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        token_losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none"
+        )  # (rows, positions), 0 where unlabelled
+        weights = torch.tensor([args.weight if kind == args.kind else 1.0 for kind in kinds]).unsqueeze(1)
+        loss = (token_losses * weights).sum() / (labels[:, 1:] != -100).sum()
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -178,7 +241,7 @@ def main():
         if step % max(1, args.steps // 5) == 0:
             row = {"step": step, "seconds": round(time.time() - start)}
             for kind, data in held_out.items():
-                row[kind], guesses = last_answer_accuracy(model, data)
+                row[kind], row[f"{kind}_exact"], guesses = answer_accuracy(model, data)
                 row[f"{kind}_most_said"] = "/".join(f"{w}:{n}" for w, n in guesses.most_common(2))
             rows.append(row)
             print(row, flush=True)
