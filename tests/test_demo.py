@@ -7,7 +7,7 @@ import sys
 from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
-from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among
+from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among, verdict
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
 from mmmmodal_hf.demo.world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, make_split
 
@@ -100,14 +100,28 @@ def test_accuracy_splits_each_kind_by_how_many_media_it_could_mean():
         {"kind": "image_colour", "language": "en", "answer": "Blue.", "correct": False, "candidates": 3},
         {"kind": "image_colour", "language": "ms", "answer": "Merah.", "correct": True, "candidates": 3},
     ]
+    results = [dict(r, expected=r["answer"] if r["correct"] else "Green.") for r in results]
     table = accuracy_table(results, {"image_colour": {"Red.", "Blue.", "Merah."}})
     colour = table["image_colour"]
-    assert colour["n"] == 3 and colour["well_formed"] == 1.0
+    assert colour["n"] == 3 and colour["well_formed"] == 1.0 and colour["verdict_right"] == 2 / 3
     assert colour["by_candidates"] == {"1": {"accuracy": 1.0, "n": 1}, "3": {"accuracy": 0.5, "n": 2}}
     assert one_and_several(colour["by_candidates"]) == ("100% (1)", "50% (2)")
     # Which image always has two or more images: no "one medium" cell.
     assert one_and_several({"2": {"accuracy": 0.25, "n": 4}}) == ("-", "25% (4)")
     assert table["which_image"]["by_candidates"] == {} and table["language_ms"]["accuracy"] == 1.0
+
+
+def test_a_worked_answer_is_judged_by_its_verdict_too():
+    assert verdict("circle: 1 square 0, 2 circle 1. Two.") == "Two."
+    assert verdict("Audio 1: low. Audio 3: high. So audio 3.") == "So audio 3."
+    assert verdict("Red.") == "Red."
+    row = {"kind": "count_shape", "language": "en", "candidates": 2, "correct": False}
+    wrong_step = dict(
+        row, answer="circle: 1 circle 0, 2 circle 2. Two.", expected="circle: 1 circle 1, 2 circle 2. Two."
+    )
+    wrong_verdict = dict(row, answer="circle: 1 circle 1, 2 circle 1. One.", expected=wrong_step["expected"])
+    count = accuracy_table([wrong_step, wrong_verdict], {"count_shape": {"One.", "Two."}})["count_shape"]
+    assert count["accuracy"] == 0 and count["verdict_right"] == 0.5 and count["well_formed"] == 1.0
 
 
 def test_accuracy_by_the_place_of_the_medium_asked_about(tmp_path):
@@ -121,7 +135,7 @@ def test_accuracy_by_the_place_of_the_medium_asked_about(tmp_path):
     assert set(places) == {"only", "first", "middle", "last"}
     keys = ("kind", "language", "answer", "correct", "candidates", "position")
     results = [
-        dict(zip(keys, values))
+        dict(zip(keys, values), expected=values[2])
         for values in [
             ("image_colour", "en", "Red.", True, 2, "first"),
             ("audio_beeps", "en", "One.", False, 3, "last"),

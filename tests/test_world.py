@@ -16,6 +16,8 @@ from mmmmodal_hf.demo.world import (
     NUMBERS,
     PITCHES,
     SAMPLE_RATE,
+    SHAPE_NOUNS,
+    SHAPES,
     MediaPool,
     make_split,
     read_split,
@@ -130,6 +132,9 @@ def test_answers_follow_from_the_media(tmp_path):
     english_colours = {COLOURS[c][1] + ".": c for c in COLOURS} | {COLOURS[c][2] + ".": c for c in COLOURS}
     numbers = {NUMBERS[n][0] + ".": n for n in NUMBERS} | {NUMBERS[n][1] + ".": n for n in NUMBERS}
     pitch_words = {PITCHES[p][i].lower(): p for p in PITCHES for i in (1, 2)}
+    shape_words = {SHAPE_NOUNS[s][i]: s for s in SHAPE_NOUNS for i in (0, 1)}
+    thing_words = {(c, s, "en"): f"{COLOURS[c][1].lower()} {SHAPE_NOUNS[s][0]}" for c in COLOURS for s in SHAPES}
+    thing_words |= {(c, s, "ms"): f"{SHAPE_NOUNS[s][1]} {COLOURS[c][2].lower()}" for c in COLOURS for s in SHAPES}
     checked = Counter()
     for conversation in conversations:
         blocks = [b for t in conversation.turns if t["role"] == "user" for b in t["content"]]
@@ -160,7 +165,33 @@ def test_answers_follow_from_the_media(tmp_path):
             lower = b if higher == a else a
             order = list(PITCHES)
             assert order.index(clips[higher - 1].pitch) > order.index(clips[lower - 1].pitch)
+        elif conversation.kind == "which_image":
+            # The worked answer: the asked thing, each image in order against it, then its number.
+            asked, steps, verdict = re.fullmatch(
+                r"(.+?): (.+)\. (?:Image|Gambar) (\d)\.", conversation.answer
+            ).groups()
+            target = images[int(verdict) - 1]
+            assert [(f.colour, f.shape) for f in images].count((target.colour, target.shape)) == 1
+            assert asked == thing_words[(target.colour, target.shape, conversation.language)]
+            yes, no = ("yes", "no") if conversation.language == "en" else ("ya", "tidak")
+            for number, (step, image) in enumerate(zip(steps.split(", "), images), start=1):
+                # An image whose first word (English: colour, Malay: shape) differs from the asked
+                # thing's is dismissed after that word.
+                first = (
+                    COLOURS[image.colour][1].lower() if conversation.language == "en" else SHAPE_NOUNS[image.shape][1]
+                )
+                words = thing_words[(image.colour, image.shape, conversation.language)]
+                said = words if asked.startswith(first + " ") else first
+                assert step == f"{number} {said} {yes if number == int(verdict) else no}"
         elif conversation.kind == "count_shape":
-            assert 0 <= numbers[conversation.answer] <= len(images)
+            # The worked answer: the asked shape, a running count image by image, then the count.
+            asked, steps, final = re.fullmatch(r"(.+?): (.+)\. (\w+\.)", conversation.answer).groups()
+            shape = shape_words[asked]
+            running = [numbers[s.rsplit(" ", 1)[-1].capitalize() + "."] for s in steps.split(", ")]
+            assert running == list(np.cumsum([f.shape == shape for f in images]))
+            assert numbers[final] == running[-1] == sum(f.shape == shape for f in images)
         checked[conversation.kind] += 1
-    assert checked["image_colour"] >= 20 and checked["audio_beeps"] >= 20 and checked["higher_clip"] >= 20
+    assert (
+        min(checked[kind] for kind in ("image_colour", "audio_beeps", "higher_clip", "which_image", "count_shape"))
+        >= 20
+    )
