@@ -205,11 +205,9 @@ def _answer(pair: tuple[str, str], language: str) -> str:
 
 def _thing_words(fact: ImageFact, language: str) -> tuple[str, str]:
     """("red", "circle") in English, ("bulatan", "merah") in Malay: a colour and a shape in the language's order."""
-    colour, noun = (
-        COLOURS[fact.colour][1 if language == "en" else 2].lower(),
-        SHAPE_NOUNS[fact.shape][language == "ms"],
-    )
-    return (colour, noun) if language == "en" else (noun, colour)
+    en = language == "en"
+    colour, noun = COLOURS[fact.colour][1 if en else 2].lower(), SHAPE_NOUNS[fact.shape][0 if en else 1]
+    return (colour, noun) if en else (noun, colour)
 
 
 def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
@@ -243,9 +241,9 @@ def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
     word = 0 if language == "en" else 1
     noun = SHAPE_NOUNS[shape][word]
     running, steps = 0, []
-    for i, f in enumerate(images):
-        running += f.shape == shape
-        steps.append(f"{i + 1} {SHAPE_NOUNS[f.shape][word]} {NUMBERS[running][word].lower()}")
+    for i, fact in enumerate(images):
+        running += fact.shape == shape
+        steps.append(f"{i + 1} {SHAPE_NOUNS[fact.shape][word]} {NUMBERS[running][word].lower()}")
     return f"{noun}: {', '.join(steps)}. {_answer(NUMBERS[running], language)}"
 
 
