@@ -88,15 +88,11 @@ def conversation(rng: random.Random, kind: str, slots: int, form: str = "plain",
             answer += [f"c{colour}", f"s{shape}", ":"]
             mark = "n0"  # running form: the number of the match found so far
             for number, image in enumerate(images):
-                if image == (colour, shape):
-                    mark = f"d{number + 1}"
-                verdict = ("yes" if image == (colour, shape) else "no") if form == "verdict" else mark
+                match = image == (colour, shape)
+                mark = f"d{number + 1}" if match else mark
+                verdict = mark if form in ("running", "restated") else ("yes" if match else "no")
                 described = [] if form == "compact" else [f"c{image[0]}", f"s{image[1]}"]
-                answer += (
-                    [f"d{number + 1}"]
-                    + described
-                    + [verdict if form != "compact" else ("yes" if image == (colour, shape) else "no")]
-                )
+                answer += [f"d{number + 1}"] + described + [verdict]
         answer += ["Image", f"d{k + 1}"]
     else:
         shape = rng.choice([s for _, s in images] + [rng.randrange(SHAPES)])
