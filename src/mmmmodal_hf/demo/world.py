@@ -271,15 +271,11 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
         if not unique:
             return None
         k = rng.choice(unique)
-        colour = COLOURS[images[k].colour][1 if en else 2].lower()
-        noun = SHAPE_NOUNS[images[k].shape][0 if en else 1]
-        question = (
-            f"Which image shows the {colour} {noun}?" if en else f"Gambar manakah yang menunjukkan {noun} {colour}?"
-        )
+        thing = " ".join(_thing_words(images[k], language))
+        question = f"Which image shows the {thing}?" if en else f"Gambar manakah yang menunjukkan {thing}?"
         return question, worked_which_image(images, k, language), None
     if kind == "count_shape" and len(images) >= 2:
         shape = rng.choice([f.shape for f in images] + [rng.choice(sorted(SHAPES))])
-        count = sum(f.shape == shape for f in images)
         noun = SHAPE_NOUNS[shape][0 if en else 1]
         question = f"How many images show a {noun}?" if en else f"Berapa banyak gambar yang menunjukkan {noun}?"
         return question, worked_count(images, shape, language), None
