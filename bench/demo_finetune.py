@@ -13,12 +13,17 @@ padding differs.
 step's media against run once per distinct medium (`--remember_tower_outputs`). The world's media
 recur as often as in the demo's (a pool a quarter and a sixth of the conversations).
 
+`--compare head`: as the demo trains (packed, cached, towers remembered), the LM head over the
+whole 32k vocabulary at every labelled position against `--grow_head_from_targets` (the head
+computed on the rows of tokens the answers use; the same loss for that head).
+
 Every contender trains the demo's model (`mmmmodal demo` defaults) on the same small demo world
 for the same number of epochs, with one persistent dataloader worker, as the demo does.
 
     python bench/demo_finetune.py --compare cache_rows [--conversations 320] [--epochs 3] [--repeats 2]
     python bench/demo_finetune.py --compare packing [--block-sizes 512,1024]
     python bench/demo_finetune.py --compare towers --conversations 480
+    python bench/demo_finetune.py --compare head --conversations 960
 """
 
 import argparse
@@ -44,6 +49,7 @@ def train(
     cache_rows: bool,
     block_size: int = 0,
     remember_tower_outputs: int = 0,
+    grow_head: bool = False,
 ) -> None:
     """One finetune run (trainer set-up included: the same for every contender); `block_size` 0 pads."""
     args = MMMModalTrainArguments(
@@ -54,6 +60,7 @@ def train(
         packing=bool(block_size),
         cache_rows=cache_rows,
         remember_tower_outputs=remember_tower_outputs,
+        grow_head_from_targets=grow_head,
     )
     training_args = TrainingArguments(
         output_dir=str(output),
@@ -67,13 +74,14 @@ def train(
         dataloader_persistent_workers=True,
         disable_tqdm=True,
         optim="adamw_torch_fused",
+        adam_beta2=0.95,
     )
     build_trainer(args, training_args).train()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--compare", choices=["cache_rows", "packing", "towers"], default="cache_rows")
+    parser.add_argument("--compare", choices=["cache_rows", "packing", "towers", "head"], default="cache_rows")
     parser.add_argument("--block-sizes", default="512,1024")
     parser.add_argument("--conversations", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=3)
@@ -84,7 +92,10 @@ def main() -> None:
     steps = options.epochs * options.conversations // settings.batch_size
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        if options.compare == "towers":  # media recur as often as in the demo's world (6,000 : 1,500 : 1,000)
+        if options.compare in (
+            "towers",
+            "head",
+        ):  # media recur as often as in the demo's world (6,000 : 1,500 : 1,000)
             images, clips = options.conversations // 4, options.conversations // 6
         else:
             images, clips = 200, 120
@@ -95,9 +106,9 @@ def main() -> None:
         processor.save_pretrained(base)
         data = work / "world" / "data.jsonl"
 
-        def contender(cache_rows: bool, block_size: int = 0, remember: int = 0):
+        def contender(cache_rows: bool, block_size: int = 0, remember: int = 0, grow_head: bool = False):
             return lambda: train(
-                base, data, work / "out", steps, settings.batch_size, cache_rows, block_size, remember
+                base, data, work / "out", steps, settings.batch_size, cache_rows, block_size, remember, grow_head
             )
 
         if options.compare == "cache_rows":
@@ -106,6 +117,12 @@ def main() -> None:
         elif options.compare == "towers":
             baseline = "towers run every step"
             contenders = {baseline: contender(True, 256), "towers remembered": contender(True, 256, 100_000)}
+        elif options.compare == "head":
+            baseline = "head over the whole vocabulary"
+            contenders = {
+                baseline: contender(True, 256, 100_000),
+                "head grown from targets": contender(True, 256, 100_000, True),
+            }
         else:
             baseline, contenders = "padded batches", {"padded batches": contender(True)}
             for size in map(int, options.block_sizes.split(",")):

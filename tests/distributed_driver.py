@@ -48,6 +48,15 @@ def main() -> None:
     if type(wrapped).__name__ == "DeepSpeedEngine":
         report["zero_stage"] = wrapped.zero_optimization_stage()
         report["offload_optimizer"] = wrapped.zero_cpu_offload()
+    model = trainer.model
+    if getattr(model, "head_rows_in_use", None) is not None:  # --grow_head_from_targets
+        in_use, groups = model.head_rows_in_use.cpu(), model.head_row_groups.cpu()
+        head = model.lm_head.weight.detach().cpu()
+        report["head_rows_in_use"] = in_use.nonzero().squeeze(1).tolist()
+        # Each group's rows no target has reached must still be one row: 1 here, on every rank.
+        report["distinct_unused_rows_per_group"] = max(
+            len(head[~in_use & (groups == group)].unique(dim=0)) for group in groups.unique()
+        )
     report["initial_weights_sha256"] = initial
     report["weights_sha256"] = weights_digest(trainer.model)
     with open(os.path.join(report_dir, f"report_rank{rank}.json"), "w") as handle:

@@ -93,6 +93,14 @@ def test_ddp_text_only_rank_and_mixed_rank(tmp_path, base_folder):
     assert all(r["wrapper"] == "DistributedDataParallel" and r["find_unused_parameters"] is False for r in reports)
 
 
+def test_ddp_grown_head_ranks_agree_on_the_rows_in_use(tmp_path, base_folder):
+    """Ranks whose answers hold different tokens: a row one rank trains must be in use on every rank."""
+    reports = run_two_ranks(tmp_path, base_folder, [("image",), ("audio",)], "--grow_head_from_targets", "True")
+    assert_really_distributed(reports)
+    assert reports[0]["head_rows_in_use"] == reports[1]["head_rows_in_use"]
+    assert all(report["distinct_unused_rows_per_group"] == 1 for report in reports)
+
+
 def test_deepspeed_zero2_offload_image_rank_and_audio_rank(tmp_path, base_folder):
     pytest.importorskip("deepspeed", reason="DeepSpeed is the optional [deepspeed] extra; CI installs it")
     # The shipped config, by name. The first run compiles DeepSpeed's CPU Adam (about 100 s); later runs reuse it.

@@ -237,8 +237,9 @@ def test_published_projector_sizes(text_config, hidden, audio_params, image_para
     assert round(audio_params / 1e6) in (67, 143) and round(image_params / 1e6, 1) in (5.8, 19.9)
 
 
-def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session_processor):
-    inputs = session_processor(
+def labelled_text_and_audio(processor, model):
+    """A batch of two rows, right-padded, with labels on all but their first eight tokens."""
+    inputs = processor(
         text=["<image> Apa ini? Kucing comel.", "<audio> What is it? A dog barking loudly."],
         images=[[random_image(0)], []],
         audio=[[], [random_clip(1)]],
@@ -248,6 +249,11 @@ def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session
     labels = inputs["input_ids"].clone()
     labels[:, :8] = -100
     labels[inputs["attention_mask"] == 0] = -100
+    return inputs, labels
+
+
+def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session_processor):
+    inputs, labels = labelled_text_and_audio(session_processor, model)
     with torch.no_grad():
         full = model(**inputs, labels=labels)
         model.train()
@@ -258,6 +264,48 @@ def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session
     labelled = int((labels[:, 1:] != -100).sum())
     assert partial.logits.shape == (labelled, model.config.text_config.vocab_size)
     torch.testing.assert_close(partial.loss, full.loss, atol=1e-5, rtol=1e-5)
+
+
+def assert_groups_share_one_row(model):
+    """Within each group, the head rows no target has reached are one and the same row."""
+    head, unused = model.lm_head.weight.detach(), ~model.head_rows_in_use
+    for group in model.head_row_groups.unique():
+        rows = head[unused & (model.head_row_groups == group)]
+        assert torch.equal(rows, rows[:1].expand_as(rows)), int(group)
+
+
+def test_grown_head_gives_the_loss_and_gradients_of_the_whole_vocabulary(model, session_processor):
+    """`grow_head_from_targets`: a group's rows that no target has reached stand as one column."""
+    inputs, labels = labelled_text_and_audio(session_processor, model)
+    targets = labels[:, 1:][labels[:, 1:] != -100].unique()
+    grown = copy.deepcopy(model)
+    # As after some training: rows reached by earlier targets hold their own values.
+    earlier = torch.cat([targets[::2], torch.tensor([5, 6])]).unique()
+    grown.grow_head_from_targets(earlier, groups=4)
+    assert_groups_share_one_row(grown)
+    assert len(grown.lm_head.weight[~grown.head_rows_in_use].unique(dim=0)) == 4
+    whole = copy.deepcopy(grown)
+    whole.head_rows_in_use = None  # the head over every labelled position's whole vocabulary
+
+    grown.train(), whole.train()
+    out, reference = grown(**inputs, labels=labels), whole(**inputs, labels=labels)
+    out.loss.backward(), reference.loss.backward()
+    assert out.logits is None
+    torch.testing.assert_close(out.loss, reference.loss, atol=1e-5, rtol=1e-5)
+    for (name, parameter), (_, expected) in zip(grown.named_parameters(), whole.named_parameters(), strict=True):
+        if expected.grad is not None:
+            scale = float(expected.grad.abs().max())  # float sums in another order: ~1e-5 of the largest entry
+            torch.testing.assert_close(parameter.grad, expected.grad, atol=1e-4 * scale + 1e-7, rtol=1e-3, msg=name)
+    assert set(grown.head_rows_in_use.nonzero().squeeze(1).tolist()) == set(earlier.tolist()) | set(targets.tolist())
+
+    # A group's rows not in use get equal gradients, so an optimizer step keeps them one row.
+    torch.optim.AdamW(grown.parameters(), lr=1e-2, weight_decay=0.1).step()
+    assert_groups_share_one_row(grown)
+
+
+def test_grown_head_refuses_more_groups_than_tokens(model):
+    with pytest.raises(ValueError, match="groups must be between 1 and the vocabulary size"):
+        copy.deepcopy(model).grow_head_from_targets(groups=model.config.text_config.vocab_size + 1)
 
 
 def test_media_index_embeddings_number_each_medium_within_its_sample(indexed_model, session_processor):

@@ -348,21 +348,66 @@ def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_pat
     [
         (["--remember_tower_outputs", "-1"], "takes a number of media"),
         (["--remember_tower_outputs", "8", "--train_encoders", "True"], "needs frozen towers"),
+        (["--grow_head_from_targets", "True", "--stage", "align"], "is for the finetune stage; got --stage align"),
+        (["--grow_head_from_targets", "True", "--stage", "lora"], "is for the finetune stage; got --stage lora"),
     ],
 )
-def test_remembered_tower_outputs_refuse_what_they_cannot_serve(extra, message):
+def test_training_options_refuse_what_they_cannot_serve(extra, message):
     with pytest.raises(ValueError, match=message):
         parse_args(["--stage", "finetune", "--model", "m", "--data", "d", "--output_dir", "o", *extra])
 
 
-def test_remembered_tower_outputs_refuse_sharded_towers(base_folder, data_file, tmp_path):
-    """A rank that found its media remembered would skip the weight gather its peers wait in."""
+@pytest.mark.parametrize(
+    "option",
+    [
+        # A rank that found its media remembered would skip the weight gather its peers wait in.
+        ("--remember_tower_outputs", "8"),
+        # The grown head reads rows of the head's weight outside its forward, where a shard is all there is.
+        ("--grow_head_from_targets", "True"),
+    ],
+)
+def test_options_that_read_whole_weights_refuse_sharded_training(base_folder, data_file, tmp_path, option):
     args, training_args = parse_args(
         [
             *("--stage", "finetune", "--model", str(base_folder), "--data", str(data_file)),
-            *("--output_dir", str(tmp_path), "--report_to", "none", "--remember_tower_outputs", "8"),
+            *("--output_dir", str(tmp_path), "--report_to", "none", *option),
             *("--fsdp", "full_shard"),
         ]
     )
     with pytest.raises(ValueError, match="does not combine with DeepSpeed ZeRO-3 or FSDP"):
         build_trainer(args, training_args)
+
+
+def test_grown_head_starts_the_answers_rows_apart_and_trains_every_target_row(base_folder, data_file, tmp_path):
+    """`--grow_head_from_targets`: the answers' tokens are read ahead, and every label's row is in use after training."""
+    args, training_args = parse_args(
+        [
+            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data_file)),
+            *("--output_dir", str(tmp_path), "--report_to", "none", "--save_strategy", "no"),
+            *("--max_steps", "3", "--per_device_train_batch_size", "4", "--learning_rate", "1e-2"),
+            *("--grow_head_from_targets", "True", "--use_cpu", "True", "--block_size", "512"),
+        ]
+    )
+    trainer = build_trainer(args, training_args)
+    model, tokenizer = trainer.model, trainer.processing_class.tokenizer
+    rows = [json.loads(line) for line in data_file.read_text().splitlines()]
+    answers = [m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant"]
+    read_ahead = set(model.head_rows_in_use.nonzero().squeeze(1).tolist())
+    assert read_ahead == {t for ids in tokenizer(answers, add_special_tokens=False)["input_ids"] for t in ids} | {
+        tokenizer.eos_token_id
+    }
+    before = model.lm_head.weight.detach().clone()
+    assert len(before[model.head_rows_in_use].unique(dim=0)) == len(read_ahead)  # each its own start
+    targets = set()
+    for row in trainer.train_dataset:
+        labels = torch.as_tensor(row["labels"])[1:]
+        targets |= set(labels[labels != -100].tolist())
+
+    trainer.train()
+    in_use = model.head_rows_in_use
+    assert set(in_use.nonzero().squeeze(1).tolist()) == read_ahead | targets
+    head = model.lm_head.weight.detach()
+    assert not torch.equal(head[in_use], before[in_use])
+    for group in model.head_row_groups.unique():
+        shared = head[~in_use & (model.head_row_groups == group)]
+        assert torch.equal(shared, shared[:1].expand_as(shared)), int(group)

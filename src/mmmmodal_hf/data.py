@@ -252,6 +252,23 @@ def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
     return result
 
 
+def answer_token_ids(rows, tokenizer) -> list[int]:
+    """The tokens of every answer in `rows` (raw rows, either format), each answer tokenized on its own, and EOS.
+
+    Nearly the tokens the answers' labels hold: within the chat template an answer's first token
+    can differ. For `grow_head_from_targets`, which starts these head rows apart and adds any other
+    target's row when it first appears.
+    """
+    answers = [
+        _text_of(message.get("content") or "")
+        for row in rows
+        for message in (row.get("conversations") or row.get("messages") or [])
+        if message.get("role") == "assistant"
+    ]
+    ids = {token for answer in tokenizer(answers, add_special_tokens=False)["input_ids"] for token in answer}
+    return sorted(ids | {tokenizer.eos_token_id})
+
+
 def data_files(path: str | Path) -> list[Path]:
     """The data files at `path`: the file itself, or every JSONL/JSON/Parquet file in a folder."""
     path = Path(path)

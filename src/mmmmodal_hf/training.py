@@ -27,6 +27,7 @@ from .data import (
     EncodeStats,
     LengthGroupedBatchSampler,
     StreamingConversationDataset,
+    answer_token_ids,
     load_rows,
 )
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
@@ -78,6 +79,14 @@ class MMMModalTrainArguments:
             "media (0: off; memory per medium: slots x tower width floats, see TowerOutputMemo)"
         },
     )
+    grow_head_from_targets: bool = field(
+        default=False,
+        metadata={
+            "help": "finetune only, for an LM trained from scratch: compute the LM head on the rows of tokens the "
+            "answers hold and one shared row per run of unused tokens (the whole head's loss and gradients; "
+            "much faster with a large, little-used vocabulary; a pretrained head would lose its unused rows)"
+        },
+    )
 
     def __post_init__(self):
         if self.stage not in STAGES:
@@ -95,6 +104,9 @@ class MMMModalTrainArguments:
             )
         if self.remember_tower_outputs and self.train_encoders:
             raise ValueError("--remember_tower_outputs needs frozen towers; it does not combine with --train_encoders")
+        if self.grow_head_from_targets and self.stage != "finetune":
+            # In align and lora the head does not train: making its unused rows equal would only lose them.
+            raise ValueError(f"--grow_head_from_targets is for the finetune stage; got --stage {self.stage}")
         if self.packing is None:
             self.packing = self.stage != "align"
 
@@ -255,10 +267,14 @@ def build_collator(args: MMMModalTrainArguments, processor, stats: EncodeStats):
 
 def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments, callbacks=()):
     """The model prepared for `args.stage`, its data, and a `Trainer` ready to run."""
-    if args.remember_tower_outputs and (is_deepspeed_zero3_enabled() or training_args.fsdp):
+    sharded = is_deepspeed_zero3_enabled() or training_args.fsdp
+    if args.remember_tower_outputs and sharded:
         # Sharded towers gather their weights collectively in forward; a rank that found all its
         # media remembered would skip a gather its peers wait in.
         raise ValueError("--remember_tower_outputs does not combine with DeepSpeed ZeRO-3 or FSDP")
+    if args.grow_head_from_targets and sharded:
+        # The grown head reads rows of the head's weight outside its forward, where a shard is all there is.
+        raise ValueError("--grow_head_from_targets does not combine with DeepSpeed ZeRO-3 or FSDP")
     # Seeded before the stage is prepared, as transformers' example scripts do: LoRA's adapters are
     # initialised from the global generator there, before `Trainer` seeds it.
     set_seed(training_args.seed)
@@ -280,6 +296,10 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         base.model.remember_tower_outputs(args.remember_tower_outputs)
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
+    if args.grow_head_from_targets:
+        # A streamed data set cannot be read ahead: its answers' rows are added as they come.
+        known = None if args.streaming else answer_token_ids(train_dataset.rows, processor.tokenizer)
+        model.grow_head_from_targets(known)
     return MMMModalTrainer(
         model=model,
         args=training_args,

@@ -93,6 +93,7 @@ class DemoSettings:
     vision_pretrain_steps: int = 800  # the towers' stand-in pretraining (see encoders.py)
     audio_pretrain_steps: int = 200
     train_encoders: int = 0  # 0: the towers stay frozen in finetune, as published; 1: they train too
+    grow_head: int = 1  # 1: finetune's LM head computed on the answers' tokens (`--grow_head_from_targets`)
 
     @classmethod
     def quick(cls, **overrides) -> "DemoSettings":
@@ -209,6 +210,9 @@ def run_stage(
         remember_tower_outputs=0 if train_encoders else 8192,
         # Each row is seen 4-5 times: encoding it once leaves both cores to the model after epoch 1.
         cache_rows=True,
+        # The answers use 175 of the tokenizer's 32k tokens; the head over all of them took half of
+        # each step (BENCHMARKS.md section 10).
+        grow_head_from_targets=stage == "finetune" and bool(settings.grow_head),
     )
     training_args = TrainingArguments(
         output_dir=str(output),
@@ -530,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vision_pretrain_steps",
         "audio_pretrain_steps",
         "train_encoders",
+        "grow_head",
         "media_index_embeddings",
         "position_free_pairs",
         "match_heads",
