@@ -174,14 +174,12 @@ def test_answers_follow_from_the_media(tmp_path):
             assert [(f.colour, f.shape) for f in images].count((target.colour, target.shape)) == 1
             assert asked == thing_words[(target.colour, target.shape, conversation.language)]
             yes, no = ("yes", "no") if conversation.language == "en" else ("ya", "tidak")
+            word = 1 if conversation.language == "en" else 2
             for number, (step, image) in enumerate(zip(steps.split(", "), images), start=1):
-                # An image whose first word (English: colour, Malay: shape) differs from the asked
-                # thing's is dismissed after that word.
-                first = (
-                    COLOURS[image.colour][1].lower() if conversation.language == "en" else SHAPE_NOUNS[image.shape][1]
-                )
-                words = thing_words[(image.colour, image.shape, conversation.language)]
-                said = words if asked.startswith(first + " ") else first
+                # Each image's colour first, in both languages; one whose colour differs from the
+                # asked thing's is dismissed after it.
+                colour, noun = COLOURS[image.colour][word].lower(), SHAPE_NOUNS[image.shape][word - 1]
+                said = f"{colour} {noun}" if image.colour == target.colour else colour
                 assert step == f"{number} {said} {yes if number == int(verdict) else no}"
         elif conversation.kind == "count_shape":
             # The worked answer: the asked shape, a running count image by image, then the count.
@@ -190,8 +188,24 @@ def test_answers_follow_from_the_media(tmp_path):
             running = [numbers[s.rsplit(" ", 1)[-1].capitalize() + "."] for s in steps.split(", ")]
             assert running == list(np.cumsum([f.shape == shape for f in images]))
             assert numbers[final] == running[-1] == sum(f.shape == shape for f in images)
+        elif conversation.kind == "image_vs_audio":
+            # The worked answer: the asked clip's beeps, whether that many images and one more were given.
+            clip_number, beeps, first, first_given, second, second_given, verdict = re.fullmatch(
+                r"Audio (\d): (\w+) (?:beeps?|bip)\. (?:Image|Gambar) (\d) (\w+), (?:image|gambar) (\d) (\w+)\. (.+)",
+                conversation.answer,
+            ).groups()
+            clip = clips[number - 1]
+            assert int(clip_number) == number and numbers[beeps.capitalize() + "."] == clip.beeps
+            assert (int(first), int(second)) == (clip.beeps, clip.beeps + 1)
+            given = {"yes": True, "ada": True, "no": False, "tiada": False}
+            assert (given[first_given], given[second_given]) == (len(images) >= clip.beeps, len(images) > clip.beeps)
+            en = conversation.language == "en"
+            if len(images) > clip.beeps:
+                assert verdict == ("More images." if en else "Lebih banyak gambar.")
+            elif len(images) < clip.beeps:
+                assert verdict == ("More beeps." if en else "Lebih banyak bip.")
+            else:
+                assert verdict == ("The same." if en else "Sama banyak.")
         checked[conversation.kind] += 1
-    assert (
-        min(checked[kind] for kind in ("image_colour", "audio_beeps", "higher_clip", "which_image", "count_shape"))
-        >= 20
-    )
+    kinds = ("image_colour", "audio_beeps", "higher_clip", "which_image", "count_shape", "image_vs_audio")
+    assert min(checked[kind] for kind in kinds) >= 20

@@ -203,11 +203,16 @@ def _answer(pair: tuple[str, str], language: str) -> str:
     return (pair[0] if language == "en" else pair[1]) + "."
 
 
+def _colour_and_noun(fact: ImageFact, language: str) -> tuple[str, str]:
+    """("red", "circle") in English, ("merah", "bulatan") in Malay: the words for an image's colour and shape."""
+    en = language == "en"
+    return COLOURS[fact.colour][1 if en else 2].lower(), SHAPE_NOUNS[fact.shape][0 if en else 1]
+
+
 def _thing_words(fact: ImageFact, language: str) -> tuple[str, str]:
     """("red", "circle") in English, ("bulatan", "merah") in Malay: a colour and a shape in the language's order."""
-    en = language == "en"
-    colour, noun = COLOURS[fact.colour][1 if en else 2].lower(), SHAPE_NOUNS[fact.shape][0 if en else 1]
-    return (colour, noun) if en else (noun, colour)
+    colour, noun = _colour_and_noun(fact, language)
+    return (colour, noun) if language == "en" else (noun, colour)
 
 
 def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
@@ -215,19 +220,21 @@ def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
 
     The 2-layer demo LM does not find the image that matches a thing asked a sentence before in one
     step (DEMO_EXPERIMENTS.md). Written image by image, each step is a look-up by number and a
-    comparison of one word with the same word restated: an image whose first word (the colour in
-    English, the shape in Malay) differs from the asked one's is "no" at once, else its second
-    word decides.
+    comparison of one word with the same word restated: an image whose colour differs from the
+    asked one's is "no" at once, else its shape decides. Each step names the colour first in Malay
+    too ("bulatan merah: 1 biru tidak, 2 merah segi empat tidak, ..."): shape first, two Malay shapes
+    begin with the same word ("segi tiga", "segi empat"), and the colour written after a matching
+    shape was often the asked one, whatever the image showed.
     """
     yes, no = ("yes", "no") if language == "en" else ("ya", "tidak")
-    asked = _thing_words(images[k], language)
+    asked_colour, _ = _colour_and_noun(images[k], language)
     steps = []
     for i, fact in enumerate(images):
-        first, second = _thing_words(fact, language)
-        words = f"{first} {second}" if first == asked[0] else first
+        colour, noun = _colour_and_noun(fact, language)
+        words = f"{colour} {noun}" if colour == asked_colour else colour
         steps.append(f"{i + 1} {words} {yes if i == k else no}")
     image = "Image" if language == "en" else "Gambar"
-    return f"{' '.join(asked)}: {', '.join(steps)}. {image} {k + 1}."
+    return f"{' '.join(_thing_words(images[k], language))}: {', '.join(steps)}. {image} {k + 1}."
 
 
 def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
@@ -245,6 +252,30 @@ def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
         running += fact.shape == shape
         steps.append(f"{i + 1} {SHAPE_NOUNS[fact.shape][word]} {NUMBERS[running][word].lower()}")
     return f"{noun}: {', '.join(steps)}. {_answer(NUMBERS[running], language)}"
+
+
+def worked_image_vs_audio(images: int, clip: int, beeps: int, language: str) -> str:
+    """ "Audio 2: two beeps. Image 2 yes, image 3 no. The same.": the clip's beeps, whether images that many and one more were given, the verdict.
+
+    Written as two counts and a verdict ("Images four, beeps two. More images."), the counts were
+    right and the verdict, a comparison of two number words, was not learned in the demo's budget
+    (DEMO_EXPERIMENTS.md). Here each step is what the demo LM does well: a look-up by number (the
+    clip's beeps, its number written just before, as the higher clip's answer does), then whether
+    an image of that number, and of the next, was given; the verdict follows from the two words
+    just written.
+    """
+    en = language == "en"
+    given = lambda n: ("yes" if en else "ada") if n <= images else ("no" if en else "tiada")  # noqa: E731
+    image = "image" if en else "gambar"
+    if images > beeps:
+        verdict = "More images." if en else "Lebih banyak gambar."
+    elif beeps > images:
+        verdict = "More beeps." if en else "Lebih banyak bip."
+    else:
+        verdict = "The same." if en else "Sama banyak."
+    heard = f"{NUMBERS[beeps][0 if en else 1].lower()} {('beeps' if beeps > 1 else 'beep') if en else 'bip'}"
+    checks = f"{image.capitalize()} {beeps} {given(beeps)}, {image} {beeps + 1} {given(beeps + 1)}."
+    return f"Audio {clip}: {heard}. {checks} {verdict}"
 
 
 def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact], rng: random.Random):
@@ -318,13 +349,7 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
             if en
             else f"Adakah lebih banyak gambar atau lebih banyak bip dalam audio {k + 1}?"
         )
-        if count > beeps:
-            answer = "More images." if en else "Lebih banyak gambar."
-        elif beeps > count:
-            answer = "More beeps." if en else "Lebih banyak bip."
-        else:
-            answer = "The same." if en else "Sama banyak."
-        return question, answer, None
+        return question, worked_image_vs_audio(count, k + 1, beeps, language), None
     return None
 
 
