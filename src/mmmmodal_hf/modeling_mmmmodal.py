@@ -653,14 +653,19 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         self.head_rows_in_use = in_use
         rows = in_use.nonzero().squeeze(1)
         weight = self.lm_head.weight
-        group = self.head_row_groups.to(targets.device)
+        group = self.head_row_groups = self.head_row_groups.to(targets.device)
         groups = int(group[-1]) + 1
-        # Each group's rows not in use are equal: their mean is each of them, and its gradient, spread
-        # evenly over them, is what each would get on its own.
+        unused = (~in_use).nonzero().squeeze(1)
+        members = torch.bincount(group[unused], minlength=groups)
+        # Each group's rows not in use are equal: the first of them is the group's row, exactly in any
+        # dtype. Their mean's gradient, spread evenly over them, is what each would get on its own:
+        # the group's row takes its value from the first and its gradient from the mean.
+        first = torch.zeros(groups, dtype=torch.long, device=unused.device)
+        first = first.scatter_reduce(0, group[unused], unused, reduce="amin", include_self=False)
         sums = weight.new_zeros(groups, weight.shape[1]).index_add(0, group, weight)
         sums = sums - weight.new_zeros(groups, weight.shape[1]).index_add(0, group[rows], weight[rows])
-        members = torch.bincount(group[~in_use], minlength=groups)
-        shared_rows = sums / members.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        mean = sums / members.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        shared_rows = weight[first].detach() + (mean - mean.detach())
         logits = nn.functional.linear(hidden_states, torch.cat([weight[rows], shared_rows])).float()
         # log(0) = -inf: a group whose every row is in use adds nothing.
         logits[:, rows.numel() :] += members.float().log()
