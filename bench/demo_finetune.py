@@ -92,10 +92,8 @@ def main() -> None:
     steps = options.epochs * options.conversations // settings.batch_size
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
-        if options.compare in (
-            "towers",
-            "head",
-        ):  # media recur as often as in the demo's world (6,000 : 1,500 : 1,000)
+        # As the demo trains, media recur as often as in its world (6,000 : 1,500 : 1,000).
+        if options.compare in ("towers", "head"):
             images, clips = options.conversations // 4, options.conversations // 6
         else:
             images, clips = 200, 120
