@@ -43,6 +43,15 @@ def indexed_model(session_processor):
 
 
 @pytest.fixture(scope="session")
+def mixed_model(session_processor):
+    """The tiny model with the previous token's embedding mapped into each input (`previous_token_mix`), the map random."""
+    model = tiny_model(session_processor, previous_token_mix=True)
+    with torch.no_grad():
+        model.model.previous_token_mix.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
+    return model
+
+
+@pytest.fixture(scope="session")
 def base_folder(tmp_path_factory, session_processor):
     """An untrained tiny checkpoint on disk: what `mmmmodal train` starts from."""
     folder = tmp_path_factory.mktemp("base_checkpoint")

@@ -164,9 +164,10 @@ def test_media_kind_comes_from_the_file_not_its_name(processor, media_folder):
         encode_conversation(processor, conversation_from_row(row, str(media_folder)))
 
 
-@pytest.mark.parametrize("model_fixture", ["model", "indexed_model"])
+@pytest.mark.parametrize("model_fixture", ["model", "indexed_model", "mixed_model"])
 def test_packed_block_logits_equal_each_conversation_alone(model_fixture, session_processor, media_folder, request):
     # With ordinal embeddings, each packed conversation numbers its media from 1 again.
+    # With the previous token mixed in, a packed conversation's first token sees none before it.
     model = request.getfixturevalue(model_fixture)
     rows = [
         published_row(),

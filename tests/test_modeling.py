@@ -9,7 +9,7 @@ from transformers import LlamaForCausalLM, MistralConfig
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
 from mmmmodal_hf.modeling_mmmmodal import CACHE_NAME
 
-from tiny_parts import CLIP_SLOTS, DEVICES, IMAGE_SLOTS, random_clip, random_image, two_turn_chat
+from tiny_parts import CLIP_SLOTS, DEVICES, IMAGE_SLOTS, random_clip, random_image, tiny_model, two_turn_chat
 
 
 def test_forward_fills_every_slot_once(model, session_processor):
@@ -44,7 +44,10 @@ def test_labels_give_a_loss(model, session_processor):
     model.zero_grad()
 
 
-def test_greedy_generate_with_cache_equals_full_forward_each_step(model, session_processor):
+@pytest.mark.parametrize("model_fixture", ["model", "mixed_model"])
+def test_greedy_generate_with_cache_equals_full_forward_each_step(model_fixture, session_processor, request):
+    # With the previous token mixed in, each cached step is given the token before it.
+    model = request.getfixturevalue(model_fixture)
     inputs = session_processor.apply_chat_template(
         two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
@@ -113,8 +116,10 @@ def test_encoders_run_only_at_prefill(model, session_processor):
     assert calls == {"vision": 1, "audio": 1}
 
 
+@pytest.mark.parametrize("model_fixture", ["model", "mixed_model"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_left_padded_batch_matches_each_sample_alone(model, session_processor, device):
+def test_left_padded_batch_matches_each_sample_alone(model_fixture, session_processor, device, request):
+    model = request.getfixturevalue(model_fixture)
     model = copy.deepcopy(model).to(device) if device != "cpu" else model
     # Media counts differ per sample: (images, clips) = (0, 0), (1, 2), (3, 0), (0, 2).
     samples = [
@@ -150,6 +155,38 @@ def test_left_padded_batch_matches_each_sample_alone(model, session_processor, d
             alone_generated = model.generate(**alone, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         torch.testing.assert_close(batch_logits[index], alone_logits, atol=1e-4, rtol=1e-4)
         assert torch.equal(new_tokens[index], alone_generated[0, alone["input_ids"].shape[1] :]), f"sample {index}"
+
+
+def test_previous_token_mix_starts_at_zero_and_then_changes_the_logits(model, mixed_model, session_processor):
+    fresh = tiny_model(session_processor, previous_token_mix=True)
+    assert not fresh.model.previous_token_mix.weight.any()
+    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
+    assert missing == ["model.previous_token_mix.weight"] and not unexpected
+    inputs = session_processor.apply_chat_template(
+        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        torch.testing.assert_close(fresh(**inputs).logits, plain)
+        mixed = mixed_model(**inputs).logits
+    # The first token has no previous one: the map changes every position but it.
+    torch.testing.assert_close(mixed[:, 0], plain[:, 0])
+    assert not torch.allclose(mixed[:, 1:], plain[:, 1:], atol=1e-3)
+
+
+def test_previous_token_mix_continuing_a_cache_needs_the_previous_tokens(mixed_model, session_processor):
+    inputs = session_processor.apply_chat_template(
+        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        prefill = mixed_model(**inputs, use_cache=True)
+        token = prefill.logits[:, -1:].argmax(-1)
+        with pytest.raises(ValueError, match="pass previous_token_ids"):
+            mixed_model(input_ids=token, cache=getattr(prefill, CACHE_NAME))
+        with pytest.raises(ValueError, match="previous_token_ids has shape"):
+            mixed_model(input_ids=token, cache=getattr(prefill, CACHE_NAME), previous_token_ids=inputs["input_ids"])
+        with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
+            mixed_model(inputs_embeds=torch.zeros(1, 3, mixed_model.config.text_config.hidden_size))
 
 
 def test_text_only_logits_equal_the_bare_language_model(model, session_processor):

@@ -38,7 +38,7 @@ def count_encoded(model) -> dict:
     return counts
 
 
-@pytest.mark.parametrize("model_fixture", ["model", "indexed_model"])
+@pytest.mark.parametrize("model_fixture", ["model", "indexed_model", "mixed_model"])
 def test_four_turns_equal_from_scratch_and_encode_each_medium_once(model_fixture, session_processor, request):
     # With ordinal embeddings, a cached turn's media must keep counting after the cached ones.
     model = request.getfixturevalue(model_fixture)

@@ -93,6 +93,17 @@ def test_finetune_trains_language_model_and_projectors_not_encoders(base_folder,
     assert {n for n in before if "_projector." in n} <= changed
 
 
+def test_the_previous_token_map_trains_in_finetune_not_in_align(data_file, tmp_path, session_processor):
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    MMMModalForConditionalGeneration(tiny_config(session_processor, previous_token_mix=True)).save_pretrained(base)
+    session_processor.save_pretrained(base)
+    aligned = run_stage("align", base, data_file, tmp_path / "align")
+    assert "model.previous_token_mix.weight" not in changed_weights(base, aligned)[0]
+    finetuned = run_stage("finetune", base, data_file, tmp_path / "finetune")
+    assert "model.previous_token_mix.weight" in changed_weights(base, finetuned)[0]
+
+
 def test_resume_reaches_the_same_weights(base_folder, data_file, tmp_path):
     common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
     straight = run_stage("finetune", base_folder, data_file, tmp_path / "straight", *common)

@@ -105,6 +105,10 @@ class MMMModalConfig(PreTrainedConfig):
         embeddings and adds the k-th to every slot of the k-th image (or clip) of a conversation, so the
         slots themselves say which medium they are. The published models have none (0); the demo's small
         LM, trained from scratch, picks "image 2" out of several more often with them (mmmmodal-hf, DEMO_EXPERIMENTS.md).
+    previous_token_mix (`bool`, defaults to False): add to each position's input a learned linear map
+        (started at zero) of the previous token's embedding, so that a word of several tokens is whole
+        at its last token before the first layer. The published models have none; the demo's 2-layer
+        LM, trained from scratch, compares Malay words of 2-4 tokens with it (DEMO_EXPERIMENTS.md).
     image_token_id, audio_token_id: the slot tokens that projected features replace.
     image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
 
@@ -138,6 +142,7 @@ class MMMModalConfig(PreTrainedConfig):
     trim_audio_padding: bool = True
     projector_hidden_act: str = "gelu"
     media_index_embeddings: int = 0
+    previous_token_mix: bool = False
     image_start_token_id: int = 32000
     image_end_token_id: int = 32001
     audio_start_token_id: int = 32002

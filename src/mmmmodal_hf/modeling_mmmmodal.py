@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -160,6 +161,46 @@ def media_ordinals(slot_mask: torch.Tensor, position_ids: torch.Tensor | None = 
     return torch.where(slot_mask, count + offset, torch.zeros_like(count))
 
 
+class MMMModalPreviousTokenMix(nn.Module):
+    """A learned linear map of the previous token's embedding, added to each position's input (`config.previous_token_mix`).
+
+    Started at zero, so a new model computes what it would without it. A conversation's first token
+    (position 0: each packed conversation's, each left-padded row's first real one) has no previous
+    token and gets nothing. The previous token is a token id, as the tokenizer wrote it: a medium's
+    slots get the slot token's embedding mapped, never a feature.
+    """
+
+    def __init__(self, config: MMMModalConfig):
+        super().__init__()
+        hidden_size = config.text_config.hidden_size
+        self.weight = nn.Parameter(torch.zeros(hidden_size, hidden_size))
+
+    def forward(
+        self,
+        token_embeds: torch.Tensor,
+        embed_tokens: nn.Module,
+        previous_token_ids: torch.LongTensor | None,
+        position_ids: torch.LongTensor | None,
+    ) -> torch.Tensor:
+        """What to add to inputs whose token embeddings are `token_embeds`; `previous_token_ids` when they continue a cache."""
+        has_previous = torch.ones(token_embeds.shape[:2], dtype=torch.bool, device=token_embeds.device)
+        if previous_token_ids is None:
+            # The embeddings one position back, computed once with the inputs'.
+            previous = nn.functional.pad(token_embeds[:, :-1], (0, 0, 1, 0))
+            has_previous[:, 0] = False
+        elif previous_token_ids.shape != token_embeds.shape[:2]:
+            raise ValueError(
+                f"previous_token_ids has shape {tuple(previous_token_ids.shape)}; expected that of input_ids, "
+                f"{tuple(token_embeds.shape[:2])}: the token before each of them"
+            )
+        else:
+            previous = embed_tokens(previous_token_ids)
+        if position_ids is not None and position_ids.dim() == 2 and position_ids.shape == has_previous.shape:
+            has_previous &= position_ids != 0
+        mixed = nn.functional.linear(previous, self.weight.to(previous.dtype))
+        return mixed * has_previous.unsqueeze(-1).to(mixed.dtype)
+
+
 class MMMModalImageProjector(nn.Module):
     """LLaVA-style projector, as published: Linear(d_vision -> H), GELU, Linear(H -> H)."""
 
@@ -288,6 +329,11 @@ class MMMModalPreTrainedModel(PreTrainedModel):
                 "trust, with `mmmmodal convert` or `model.save_pretrained(folder)`, which writes safetensors."
             ) from error
 
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, MMMModalPreviousTokenMix):
+            init.zeros_(module.weight)  # a new model computes what it would without the mix
+
     def _adjust_missing_and_unexpected_keys(self, loading_info) -> None:
         """Checkpoints from before the towers were trimmed hold weights that never reach the features:
         they are dropped with one notice instead of transformers' unexpected-keys report."""
@@ -328,6 +374,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         self.image_projector = MMMModalImageProjector(config)
         self.audio_projector = MMMModalAudioProjector(config)
         self.language_model = AutoModel.from_config(config.text_config)
+        self.previous_token_mix = MMMModalPreviousTokenMix(config) if config.previous_token_mix else None
         self.tower_memos: dict[str, TowerOutputMemo] = {}
         self.post_init()
 
@@ -511,6 +558,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         past_key_values: Cache | None = None,
         image_index_offset: int = 0,
         audio_index_offset: int = 0,
+        previous_token_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> MMMModalModelOutputWithPast:
         r"""
@@ -520,11 +568,24 @@ class MMMModalModel(MMMModalPreTrainedModel):
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         image_index_offset, audio_index_offset: images and clips the conversation held before `input_ids`
             (a chat continuing from its KV cache); used only with `config.media_index_embeddings`.
+        previous_token_ids (`(batch_size, sequence_length)`, *optional*): the token before each of
+            `input_ids`, needed with `config.previous_token_mix` when they continue a KV cache (`generate`
+            passes them).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         cache = _one_cache(cache, past_key_values)
         past_length = cache.get_seq_length() if cache is not None else 0
+        if self.previous_token_mix is not None:
+            if input_ids is None:
+                raise ValueError(
+                    "config.previous_token_mix maps the previous token's id: pass input_ids, not inputs_embeds"
+                )
+            if past_length and previous_token_ids is None:
+                raise ValueError(
+                    f"config.previous_token_mix: input_ids continue a cache of {past_length} positions; pass "
+                    "previous_token_ids, the token before each of them (generate does)"
+                )
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2 and past_length == 0:
             # Left-padded rows start counting at their first real token, as `generate` does.
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -533,6 +594,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
             self._check_context(position_ids, past_length + new_positions)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+        token_embeds = inputs_embeds  # before the media's features replace their slots
 
         image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
@@ -554,6 +616,10 @@ class MMMModalModel(MMMModalPreTrainedModel):
             )
             inputs_embeds = inputs_embeds.masked_scatter(mask, slot_features)
 
+        if self.previous_token_mix is not None:
+            inputs_embeds = inputs_embeds + self.previous_token_mix(
+                token_embeds, self.get_input_embeddings(), previous_token_ids, position_ids
+            ).to(inputs_embeds.dtype)
         if self.training and torch.is_grad_enabled():
             inputs_embeds = inputs_embeds + self._unused_branch_anchor(image_features is None, audio_features is None)
             if use_cache is None:
@@ -695,6 +761,14 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model.get_image_features(pixel_values)
 
+    def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
+        """As `GenerationMixin`'s, plus the token before each new one when they continue a cache (`config.previous_token_mix`)."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
+        new_ids = model_inputs.get("input_ids")
+        if self.model.previous_token_mix is not None and new_ids is not None and new_ids.shape[1] < input_ids.shape[1]:
+            model_inputs["previous_token_ids"] = input_ids[:, -new_ids.shape[1] - 1 : -1]
+        return model_inputs
+
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
@@ -716,6 +790,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         past_key_values: Cache | None = None,
         image_index_offset: int = 0,
         audio_index_offset: int = 0,
+        previous_token_ids: torch.LongTensor | None = None,
         **kwargs,
     ) -> MMMModalCausalLMOutputWithPast:
         r"""
@@ -723,6 +798,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         image_index_offset, audio_index_offset: media the conversation held before `input_ids` (a chat
             continuing from its KV cache); used only with `config.media_index_embeddings`.
+        previous_token_ids: the token before each of `input_ids` (`config.previous_token_mix`, with a cache).
 
         Example:
 
@@ -747,6 +823,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             use_cache=use_cache,
             image_index_offset=image_index_offset,
             audio_index_offset=audio_index_offset,
+            previous_token_ids=previous_token_ids,
             **kwargs,
         )
         if labels is not None and self.training:

@@ -2,7 +2,8 @@
 
 - align: encoders and language model frozen; the projectors train, and so do the embedding rows
   of the four tag tokens (the reference code left them at random init).
-- finetune: encoders frozen; the language model and the projectors train.
+- finetune: encoders frozen; the language model and the projectors train (and the previous-token map,
+  if the model has one).
 - lora: PEFT LoRA on the language model, projectors trained fully; `export_lora` merges.
 
 Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
@@ -149,6 +150,8 @@ def prepare_stage(
     if stage == "finetune":
         inner.language_model.requires_grad_(True)
         model.lm_head.requires_grad_(True)
+        if inner.previous_token_mix is not None:  # it feeds the language model's input: it trains with it
+            inner.previous_token_mix.requires_grad_(True)
         if train_encoders:
             inner.vision_tower.requires_grad_(True)
             inner.audio_tower.requires_grad_(True)
