@@ -6,6 +6,7 @@ import re
 from collections import Counter
 
 import numpy as np
+import pytest
 import soundfile
 from PIL import Image
 
@@ -13,6 +14,7 @@ from mmmmodal_hf.demo.world import (
     ASKED_MEDIUM,
     COLOURS,
     KINDS,
+    NEAR_MISS_ATTRIBUTE,
     NUMBERS,
     PITCHES,
     SAMPLE_RATE,
@@ -53,6 +55,37 @@ def test_kinds_and_languages_are_balanced_and_conversations_have_the_promised_sh
     assert (
         read_split(tmp_path)[0].turns == json.loads((tmp_path / "data.jsonl").read_text().splitlines()[0])["messages"]
     )
+
+
+def test_near_misses_give_which_image_and_counting_images_alike_and_leave_the_default_world_alone(tmp_path):
+    default = make_split(tmp_path / "default", 180, seed=5, images=60, clips=40)
+    make_split(tmp_path / "none", 180, seed=5, images=60, clips=40, near_misses=0.0)
+    assert (tmp_path / "default" / "data.jsonl").read_text() == (tmp_path / "none" / "data.jsonl").read_text()
+    near = make_split(tmp_path / "near", 180, seed=5, images=60, clips=40, near_misses=1.0)
+    facts = {f.path: f for f in MediaPool(tmp_path / "pool", random.Random(5), images=60, clips=40).images}
+
+    def alike_pairs(conversations, kind):
+        """Of the pairs of images within the conversations of `kind`, the share alike in the kind's attribute."""
+        alike = pairs = 0
+        for conversation in conversations:
+            if conversation.kind != kind:
+                continue
+            paths = [
+                b["path"]
+                for t in conversation.turns
+                if t["role"] == "user"
+                for b in t["content"]
+                if b["type"] == "image"
+            ]
+            values = [getattr(facts[p], NEAR_MISS_ATTRIBUTE[kind]) for p in paths]
+            assert len(set(paths)) == len(paths)  # no image twice
+            pairs += len(values) * (len(values) - 1) // 2
+            alike += sum(a == b for i, a in enumerate(values) for b in values[i + 1 :])
+        return alike / pairs
+
+    for kind in NEAR_MISS_ATTRIBUTE:
+        assert alike_pairs(near, kind) > 2 * alike_pairs(default, kind), kind
+    assert Counter(c.kind for c in near) == Counter(c.kind for c in default)
 
 
 def test_media_stand_unlabelled_and_labels_only_add_their_numbers(tmp_path):
@@ -124,8 +157,9 @@ def test_media_facts_match_the_rendered_pixels_and_samples(tmp_path):
         assert beeps_and_pitch(clip) == (fact.beeps, fact.pitch), fact
 
 
-def test_answers_follow_from_the_media(tmp_path):
-    conversations = make_split(tmp_path, 270, seed=1, images=60, clips=40)
+@pytest.mark.parametrize("near_misses", [0.0, 1.0])
+def test_answers_follow_from_the_media(tmp_path, near_misses):
+    conversations = make_split(tmp_path, 270, seed=1, images=60, clips=40, near_misses=near_misses)
     pool_facts = {}
     pool = MediaPool(tmp_path / "again", random.Random(1), images=60, clips=40)  # the same draws as the split
     pool_facts.update({f.path: f for f in pool.images + pool.clips})

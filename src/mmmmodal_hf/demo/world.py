@@ -384,16 +384,45 @@ def media_label(medium: str, language: str, number: int) -> str:
     return f"{word} {number}:"
 
 
+# The attribute a kind's near misses share: an image of the asked colour but another shape is what
+# which image gets wrong; images of one shape give counting its larger counts.
+NEAR_MISS_ATTRIBUTE = {"which_image": "colour", "count_shape": "shape"}
+
+
+def _with_near_misses(images: list[ImageFact], attribute: str, pool: MediaPool, rng: random.Random) -> list[ImageFact]:
+    """`images` with each after a random first one, by even odds, replaced by a pool image sharing the first's `attribute`."""
+    anchor = rng.choice(images)
+    alike = [f for f in pool.images if getattr(f, attribute) == getattr(anchor, attribute) and f not in images]
+    result = []
+    for fact in images:
+        if fact is not anchor and alike and rng.random() < 0.5:
+            fact = alike.pop(rng.randrange(len(alike)))
+        result.append(fact)
+    return result
+
+
 def make_conversation(
-    kind: str, language: str, pool: MediaPool, rng: random.Random, labels: bool = False
+    kind: str,
+    language: str,
+    pool: MediaPool,
+    rng: random.Random,
+    labels: bool = False,
+    near_misses: float = 0.0,
 ) -> WorldConversation:
-    """One conversation whose last user turn asks a question of `kind`; `labels` puts "Image 2:" before each medium."""
+    """One conversation whose last user turn asks a question of `kind`; `labels` puts "Image 2:" before each medium.
+
+    `near_misses`: the share of which-image and counting conversations whose images are drawn alike
+    (`NEAR_MISS_ATTRIBUTE`), for training; drawn at random, an image of the asked colour but another
+    shape, the case which image gets wrong, is in one step of ten. 0 draws every image at random.
+    """
     min_images, min_clips = _NEEDS[kind]
     for _attempt in range(100):
         n_images = rng.randint(max(1, min_images), 4)
         n_clips = rng.randint(min_clips, 3)
         n_turns = rng.randint(2 if kind == "follow_up" else 1, 3)
         images = rng.sample(pool.images, n_images)
+        if near_misses and kind in NEAR_MISS_ATTRIBUTE and rng.random() < near_misses:
+            images = _with_near_misses(images, NEAR_MISS_ATTRIBUTE[kind], pool, rng)
         clips = rng.sample(pool.clips, n_clips)
         # Media are dealt over the turns (the last turn of a follow-up gets none); each medium once.
         media_turns = n_turns - 1 if kind == "follow_up" else n_turns
@@ -433,7 +462,13 @@ def make_conversation(
 
 
 def make_split(
-    folder: Path, conversations: int, seed: int, images: int, clips: int, labels: bool = False
+    folder: Path,
+    conversations: int,
+    seed: int,
+    images: int,
+    clips: int,
+    labels: bool = False,
+    near_misses: float = 0.0,
 ) -> list[WorldConversation]:
     """A balanced split: kinds and languages in turn, media from the split's own pool (see `make_conversation`)."""
     rng = random.Random(seed)
@@ -442,7 +477,7 @@ def make_split(
     for index in range(conversations):
         kind = KINDS[index % len(KINDS)]
         language = LANGUAGES[(index // len(KINDS)) % len(LANGUAGES)]
-        rows.append(make_conversation(kind, language, pool, rng, labels))
+        rows.append(make_conversation(kind, language, pool, rng, labels, near_misses))
     rng.shuffle(rows)
     with open(folder / "data.jsonl", "w") as handle:
         for conversation in rows:
