@@ -17,6 +17,10 @@ recur as often as in the demo's (a pool a quarter and a sixth of the conversatio
 whole 32k vocabulary at every labelled position against `--grow_head_from_targets` (the head
 computed on the rows of tokens the answers use; the same loss for that head).
 
+`--compare mix`: as the demo trains (packed, cached, towers remembered, head grown), the model
+without `previous_token_mix` against the demo's, with it: what the map of the previous token's
+embedding costs per step.
+
 Every contender trains the demo's model (`mmmmodal demo` defaults) on the same small demo world
 for the same number of epochs, with one persistent dataloader worker, as the demo does.
 
@@ -24,10 +28,12 @@ for the same number of epochs, with one persistent dataloader worker, as the dem
     python bench/demo_finetune.py --compare packing [--block-sizes 512,1024]
     python bench/demo_finetune.py --compare towers --conversations 480
     python bench/demo_finetune.py --compare head --conversations 960
+    python bench/demo_finetune.py --compare mix --conversations 960
 """
 
 import argparse
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -81,7 +87,7 @@ def train(
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--compare", choices=["cache_rows", "packing", "towers", "head"], default="cache_rows")
+    parser.add_argument("--compare", choices=["cache_rows", "packing", "towers", "head", "mix"], default="cache_rows")
     parser.add_argument("--block-sizes", default="512,1024")
     parser.add_argument("--conversations", type=int, default=320)
     parser.add_argument("--epochs", type=int, default=3)
@@ -93,20 +99,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work = Path(work)
         # As the demo trains, media recur as often as in its world (6,000 : 1,500 : 1,000).
-        if options.compare in ("towers", "head"):
+        if options.compare in ("towers", "head", "mix"):
             images, clips = options.conversations // 4, options.conversations // 6
         else:
             images, clips = 200, 120
         world = make_split(work / "world", options.conversations, seed=0, images=images, clips=clips)
         processor, _ = build_processor(settings, work, [t["content"] for c in world for t in c.turns])
-        base = work / "base"
-        build_model(settings, processor).save_pretrained(base)
-        processor.save_pretrained(base)
+        bases = {}
+        for mix in (True, False):
+            bases[mix] = work / f"base_mix{int(mix)}"
+            build_model(replace(settings, previous_token_mix=int(mix)), processor).save_pretrained(bases[mix])
+            processor.save_pretrained(bases[mix])
         data = work / "world" / "data.jsonl"
 
-        def contender(cache_rows: bool, block_size: int = 0, remember: int = 0, grow_head: bool = False):
+        def contender(
+            cache_rows: bool, block_size: int = 0, remember: int = 0, grow_head: bool = False, mix: bool = True
+        ):
             return lambda: train(
-                base, data, work / "out", steps, settings.batch_size, cache_rows, block_size, remember, grow_head
+                bases[mix], data, work / "out", steps, settings.batch_size, cache_rows, block_size, remember, grow_head
             )
 
         if options.compare == "cache_rows":
@@ -120,6 +130,12 @@ def main() -> None:
             contenders = {
                 baseline: contender(True, 256, 100_000),
                 "head grown from targets": contender(True, 256, 100_000, True),
+            }
+        elif options.compare == "mix":
+            baseline = "without the previous token's map"
+            contenders = {
+                baseline: contender(True, 256, 100_000, True, mix=False),
+                "previous_token_mix": contender(True, 256, 100_000, True),
             }
         else:
             baseline, contenders = "padded batches", {"padded batches": contender(True)}
