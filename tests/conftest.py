@@ -44,8 +44,8 @@ def indexed_model(session_processor):
 
 @pytest.fixture(scope="session")
 def mixed_model(session_processor):
-    """The tiny model with the previous token's embedding mapped into each input (`previous_token_mix`), the map random."""
-    model = tiny_model(session_processor, previous_token_mix=True)
+    """The tiny model with the 3 tokens before each position mapped into its input (`previous_token_mix`), the maps random."""
+    model = tiny_model(session_processor, previous_token_mix=3)
     with torch.no_grad():
         model.model.previous_token_mix.weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(1))
     return model

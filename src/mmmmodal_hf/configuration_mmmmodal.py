@@ -105,10 +105,11 @@ class MMMModalConfig(PreTrainedConfig):
         embeddings and adds the k-th to every slot of the k-th image (or clip) of a conversation, so the
         slots themselves say which medium they are. The published models have none (0); the demo's small
         LM, trained from scratch, picks "image 2" out of several more often with them (mmmmodal-hf, DEMO_EXPERIMENTS.md).
-    previous_token_mix (`bool`, defaults to False): add to each position's input a learned linear map
-        (started at zero) of the previous token's embedding, so that a word of several tokens is whole
-        at its last token before the first layer. The published models have none; the demo's 2-layer
-        LM, trained from scratch, compares Malay words of 2-4 tokens with it (DEMO_EXPERIMENTS.md).
+    previous_token_mix (`int`, defaults to 0): how many tokens before each position its input gets a
+        learned linear map (started at zero) of, one map per distance; `True` reads as 1. A word of
+        several tokens is then whole at its last token before the first layer. The published models
+        have none (0); the demo's 2-layer LM, trained from scratch, compares Malay words of 2-4 tokens
+        with it (DEMO_EXPERIMENTS.md).
     image_token_id, audio_token_id: the slot tokens that projected features replace.
     image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
 
@@ -142,7 +143,7 @@ class MMMModalConfig(PreTrainedConfig):
     trim_audio_padding: bool = True
     projector_hidden_act: str = "gelu"
     media_index_embeddings: int = 0
-    previous_token_mix: bool = False
+    previous_token_mix: int | bool = 0
     image_start_token_id: int = 32000
     image_end_token_id: int = 32001
     audio_start_token_id: int = 32002
@@ -159,6 +160,9 @@ class MMMModalConfig(PreTrainedConfig):
         self._check_layers()
         if self.media_index_embeddings < 0:  # the strict dataclass already insists on an int
             raise ValueError(f"media_index_embeddings={self.media_index_embeddings}: expected 0 (none) or more.")
+        self.previous_token_mix = int(self.previous_token_mix)  # True, as configs saved before 2026-11-30 hold
+        if self.previous_token_mix < 0:
+            raise ValueError(f"previous_token_mix={self.previous_token_mix}: expected 0 (none) or more tokens.")
         # Both auto classes give the generation-capable model, so `AutoModel(...).generate()` works.
         self.auto_map = {
             "AutoConfig": "configuration_mmmmodal.MMMModalConfig",

@@ -162,18 +162,22 @@ def media_ordinals(slot_mask: torch.Tensor, position_ids: torch.Tensor | None = 
 
 
 class MMMModalPreviousTokenMix(nn.Module):
-    """A learned linear map of the previous token's embedding, added to each position's input (`config.previous_token_mix`).
+    """Learned linear maps of the tokens just before each position, added to its input (`config.previous_token_mix`).
 
-    Started at zero, so a new model computes what it would without it. A conversation's first token
-    (position 0: each packed conversation's, each left-padded row's first real one) has no previous
-    token and gets nothing. The previous token is a token id, as the tokenizer wrote it: a medium's
-    slots get the slot token's embedding mapped, never a feature.
+    The j-th map reads the token j positions back, for j = 1 .. `config.previous_token_mix`: a short
+    causal mixing of token embeddings before the first layer, as short convolutions do in Mamba and
+    Hyena, so a word of several tokens is whole at its last one. Started at zero, so a new model
+    computes what it would without it. A token counts only within its conversation: j back needs
+    position >= j (each packed conversation and each left-padded row starts at position 0). The
+    tokens are ids, as the tokenizer wrote them: a medium's slots give the slot token's embedding,
+    never a feature.
     """
 
     def __init__(self, config: MMMModalConfig):
         super().__init__()
         hidden_size = config.text_config.hidden_size
-        self.weight = nn.Parameter(torch.zeros(hidden_size, hidden_size))
+        self.window = int(config.previous_token_mix)
+        self.weight = nn.Parameter(torch.zeros(self.window, hidden_size, hidden_size))
 
     def forward(
         self,
@@ -182,23 +186,42 @@ class MMMModalPreviousTokenMix(nn.Module):
         previous_token_ids: torch.LongTensor | None,
         position_ids: torch.LongTensor | None,
     ) -> torch.Tensor:
-        """What to add to inputs whose token embeddings are `token_embeds`; `previous_token_ids` when they continue a cache."""
-        has_previous = torch.ones(token_embeds.shape[:2], dtype=torch.bool, device=token_embeds.device)
+        """What to add to inputs whose token embeddings are `token_embeds`.
+
+        `previous_token_ids`, shape (batch, up to window): the tokens just before the first input,
+        when the inputs continue a KV cache (fewer only when the cache holds fewer); without them
+        nothing comes before the first input.
+        """
+        batch, length = token_embeds.shape[:2]
         if previous_token_ids is None:
-            # The embeddings one position back, computed once with the inputs'.
-            previous = nn.functional.pad(token_embeds[:, :-1], (0, 0, 1, 0))
-            has_previous[:, 0] = False
-        elif previous_token_ids.shape != token_embeds.shape[:2]:
+            context, known = token_embeds, 0
+        elif (
+            previous_token_ids.dim() != 2
+            or previous_token_ids.shape[0] != batch
+            or not (1 <= previous_token_ids.shape[1] <= self.window)
+        ):
             raise ValueError(
-                f"previous_token_ids has shape {tuple(previous_token_ids.shape)}; expected that of input_ids, "
-                f"{tuple(token_embeds.shape[:2])}: the token before each of them"
+                f"previous_token_ids has shape {tuple(previous_token_ids.shape)}; expected {(batch, self.window)}: "
+                f"the {self.window} token(s) just before the first of input_ids in each row"
             )
         else:
-            previous = embed_tokens(previous_token_ids)
-        if position_ids is not None and position_ids.dim() == 2 and position_ids.shape == has_previous.shape:
-            has_previous &= position_ids != 0
-        mixed = nn.functional.linear(previous, self.weight.to(previous.dtype))
-        return mixed * has_previous.unsqueeze(-1).to(mixed.dtype)
+            context = torch.cat([embed_tokens(previous_token_ids).to(token_embeds.dtype), token_embeds], dim=1)
+            known = previous_token_ids.shape[1]
+        # `window` positions before the first input, zeros where nothing was given.
+        context = nn.functional.pad(context, (0, 0, self.window - known, 0))
+        index = torch.arange(length, device=token_embeds.device)
+        positions = None
+        if position_ids is not None and position_ids.dim() == 2 and tuple(position_ids.shape) == (batch, length):
+            positions = position_ids
+        mixed = torch.zeros_like(token_embeds)
+        for back in range(1, self.window + 1):
+            has_token = (index >= back - known).expand(batch, length)
+            if positions is not None:
+                has_token = has_token & (positions >= back)
+            tokens = context[:, self.window - back : self.window - back + length]
+            mapped = nn.functional.linear(tokens, self.weight[back - 1].to(tokens.dtype))
+            mixed = mixed + mapped * has_token.unsqueeze(-1).to(mapped.dtype)
+        return mixed
 
 
 class MMMModalImageProjector(nn.Module):
@@ -568,7 +591,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         image_index_offset, audio_index_offset: images and clips the conversation held before `input_ids`
             (a chat continuing from its KV cache); used only with `config.media_index_embeddings`.
-        previous_token_ids (`(batch_size, sequence_length)`, *optional*): the token before each of
+        previous_token_ids (`(batch_size, config.previous_token_mix)`, *optional*): the tokens just before
             `input_ids`, needed with `config.previous_token_mix` when they continue a KV cache (`generate`
             passes them).
         """
@@ -579,12 +602,12 @@ class MMMModalModel(MMMModalPreTrainedModel):
         if self.previous_token_mix is not None:
             if input_ids is None:
                 raise ValueError(
-                    "config.previous_token_mix maps the previous token's id: pass input_ids, not inputs_embeds"
+                    "config.previous_token_mix maps the previous tokens' ids: pass input_ids, not inputs_embeds"
                 )
             if past_length and previous_token_ids is None:
                 raise ValueError(
                     f"config.previous_token_mix: input_ids continue a cache of {past_length} positions; pass "
-                    "previous_token_ids, the token before each of them (generate does)"
+                    "previous_token_ids, the tokens just before them (generate does)"
                 )
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2 and past_length == 0:
             # Left-padded rows start counting at their first real token, as `generate` does.
@@ -762,11 +785,14 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         return self.model.get_image_features(pixel_values)
 
     def prepare_inputs_for_generation(self, input_ids, *args, **kwargs):
-        """As `GenerationMixin`'s, plus the token before each new one when they continue a cache (`config.previous_token_mix`)."""
+        """As `GenerationMixin`'s, plus the tokens before the new ones when they continue a cache (`config.previous_token_mix`)."""
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, **kwargs)
         new_ids = model_inputs.get("input_ids")
-        if self.model.previous_token_mix is not None and new_ids is not None and new_ids.shape[1] < input_ids.shape[1]:
-            model_inputs["previous_token_ids"] = input_ids[:, -new_ids.shape[1] - 1 : -1]
+        mix = self.model.previous_token_mix
+        if mix is not None and new_ids is not None and new_ids.shape[1] < input_ids.shape[1]:
+            model_inputs["previous_token_ids"] = input_ids[:, : input_ids.shape[1] - new_ids.shape[1]][
+                :, -mix.window :
+            ]
         return model_inputs
 
     def get_audio_features(
@@ -798,7 +824,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         image_index_offset, audio_index_offset: media the conversation held before `input_ids` (a chat
             continuing from its KV cache); used only with `config.media_index_embeddings`.
-        previous_token_ids: the token before each of `input_ids` (`config.previous_token_mix`, with a cache).
+        previous_token_ids: the tokens just before `input_ids` (`config.previous_token_mix`, with a cache).
 
         Example:
 
