@@ -216,11 +216,17 @@ def test_answers_follow_from_the_media(tmp_path, near_misses):
                 said = f"{colour} {noun}" if image.colour == target.colour else colour
                 assert step == f"{number} {said} {yes if number == int(verdict) else no}"
         elif conversation.kind == "count_shape":
-            # The worked answer: the asked shape, a running count image by image, then the count.
+            # The worked answer: the asked shape; each image's shape, whether it is the asked one and
+            # the count so far; then the count.
             asked, steps, final = re.fullmatch(r"(.+?): (.+)\. (\w+\.)", conversation.answer).groups()
             shape = shape_words[asked]
+            yes, no = ("yes", "no") if conversation.language == "en" else ("ya", "tidak")
+            word = 0 if conversation.language == "en" else 1
+            matches = [f.shape == shape for f in images]
+            for number, (step, image, match) in enumerate(zip(steps.split(", "), images, matches), start=1):
+                assert step.rsplit(" ", 2)[:2] == [f"{number} {SHAPE_NOUNS[image.shape][word]}", yes if match else no]
             running = [numbers[s.rsplit(" ", 1)[-1].capitalize() + "."] for s in steps.split(", ")]
-            assert running == list(np.cumsum([f.shape == shape for f in images]))
+            assert running == list(np.cumsum(matches))
             assert numbers[final] == running[-1] == sum(f.shape == shape for f in images)
         elif conversation.kind == "image_vs_audio":
             # The worked answer: the asked clip's beeps, whether that many images and one more were given.

@@ -87,10 +87,11 @@ class DemoSettings:
     # does nothing; at 60 it starts near 14 (DEMO_EXPERIMENTS.md). 0 embeddings leaves them out, as published.
     media_index_embeddings: int = 8
     media_index_scale: float = 60.0
-    # 1: each position's input gets a learned map of the previous token's embedding
-    # (config.previous_token_mix), so a Malay colour or shape of 2-4 tokens is whole at its last token
-    # before the first layer, where an English one is a single token (DEMO_EXPERIMENTS.md).
-    previous_token_mix: int = 1
+    # Each position's input gets a learned map of each of the 3 tokens before it
+    # (config.previous_token_mix; 0 leaves them out, as published), so a Malay colour or shape of 2-4
+    # tokens is whole at its last token before the first layer, where an English one is a single
+    # token, and "segi" knows the image number before it (DEMO_EXPERIMENTS.md).
+    previous_token_mix: int = 3
     # 1: "Image 2:" before each medium, as the world had until 2026-11-29. Off, media stand unlabelled
     # as a chat user sends them, the tags alone number them, and conversations are ~20% shorter
     # (DEMO_EXPERIMENTS.md).
@@ -99,7 +100,7 @@ class DemoSettings:
     tokenizer: str = "auto"  # auto | mistral | trained
     threads: int = 2
     vision_pretrain_steps: int = 800  # the towers' stand-in pretraining (see encoders.py)
-    audio_pretrain_steps: int = 200
+    audio_pretrain_steps: int = 120  # 100% on fresh clips' pitch and 99.6-100% on their beeps, as 200 gave
     train_encoders: int = 0  # 0: the towers stay frozen in finetune, as published; 1: they train too
     grow_head: int = 1  # 1: finetune's LM head computed on the answers' tokens (`--grow_head_from_targets`)
 
@@ -180,7 +181,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
         audio_conv_kernel=AUDIO_CONV_KERNEL,
         audio_conv_stride=AUDIO_CONV_STRIDE,
         media_index_embeddings=settings.media_index_embeddings,
-        previous_token_mix=bool(settings.previous_token_mix),
+        previous_token_mix=settings.previous_token_mix,
         **processor.special_token_ids,
     )
     torch.manual_seed(settings.seed)

@@ -238,19 +238,24 @@ def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
 
 
 def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
-    """ "circle: 1 square zero, 2 circle one, 3 circle two. Two.": the asked shape, a running count, the count.
+    """ "circle: 1 square no zero, 2 circle yes one, 3 circle yes two. Two.": the asked shape, a running count, the count.
 
     Summing a match over the images in one step is beyond the demo LM; a running count needs only
-    the image's shape (a look-up by number), the shape restated, and the count one step back. The
-    counts are words: the Mistral tokenizer writes a digit after a bare "▁", one position further
-    from what decides it, and that slowed learning the count twofold (`bench/slot_lookup.py`).
+    the image's shape (a look-up by number), whether it is the asked one (written out, as which
+    image's steps are), and the count one step back plus the verdict just written. Without the
+    written verdict, comparing and counting in one word, the LM took Malay's "segi tiga" for
+    "segi empat" and back in nearly all its counting misses (DEMO_EXPERIMENTS.md). The counts are
+    words: the Mistral tokenizer writes a digit after a bare "▁", one position further from what
+    decides it, and that slowed learning the count twofold (`bench/slot_lookup.py`).
     """
     word = 0 if language == "en" else 1
+    yes, no = ("yes", "no") if language == "en" else ("ya", "tidak")
     noun = SHAPE_NOUNS[shape][word]
     running, steps = 0, []
     for i, fact in enumerate(images):
         running += fact.shape == shape
-        steps.append(f"{i + 1} {SHAPE_NOUNS[fact.shape][word]} {NUMBERS[running][word].lower()}")
+        verdict = yes if fact.shape == shape else no
+        steps.append(f"{i + 1} {SHAPE_NOUNS[fact.shape][word]} {verdict} {NUMBERS[running][word].lower()}")
     return f"{noun}: {', '.join(steps)}. {_answer(NUMBERS[running], language)}"
 
 
