@@ -159,6 +159,10 @@ def test_left_padded_batch_matches_each_sample_alone(model_fixture, session_proc
 
 def test_previous_token_mix_starts_at_zero_and_then_changes_the_logits(model, mixed_model, session_processor):
     fresh = tiny_model(session_processor, previous_token_mix=True)
+    hidden_size = fresh.config.text_config.hidden_size
+    # One token back: the hidden x hidden weight that folders saved with `previous_token_mix: true` hold.
+    assert fresh.model.previous_token_mix.weight.shape == (hidden_size, hidden_size)
+    assert mixed_model.model.previous_token_mix.weight.shape == (hidden_size, 3 * hidden_size)
     assert not fresh.model.previous_token_mix.weight.any()
     missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
     assert missing == ["model.previous_token_mix.weight"] and not unexpected

@@ -160,7 +160,7 @@ class MMMModalConfig(PreTrainedConfig):
         self._check_layers()
         if self.media_index_embeddings < 0:  # the strict dataclass already insists on an int
             raise ValueError(f"media_index_embeddings={self.media_index_embeddings}: expected 0 (none) or more.")
-        self.previous_token_mix = int(self.previous_token_mix)  # True, as configs saved before 2026-11-30 hold
+        self.previous_token_mix = int(self.previous_token_mix)  # True: one token, as configs saved before hold
         if self.previous_token_mix < 0:
             raise ValueError(f"previous_token_mix={self.previous_token_mix}: expected 0 (none) or more tokens.")
         # Both auto classes give the generation-capable model, so `AutoModel(...).generate()` works.

@@ -170,14 +170,15 @@ class MMMModalPreviousTokenMix(nn.Module):
     computes what it would without it. A token counts only within its conversation: j back needs
     position >= j (each packed conversation and each left-padded row starts at position 0). The
     tokens are ids, as the tokenizer wrote them: a medium's slots give the slot token's embedding,
-    never a feature.
+    never a feature. The maps lie side by side in one hidden x (window x hidden) weight, the j-th
+    in its j-th block of columns, so a one-token mix has the hidden x hidden weight it always had.
     """
 
     def __init__(self, config: MMMModalConfig):
         super().__init__()
-        hidden_size = config.text_config.hidden_size
+        self.hidden_size = config.text_config.hidden_size
         self.window = int(config.previous_token_mix)
-        self.weight = nn.Parameter(torch.zeros(self.window, hidden_size, hidden_size))
+        self.weight = nn.Parameter(torch.zeros(self.hidden_size, self.window * self.hidden_size))
 
     def forward(
         self,
@@ -219,7 +220,8 @@ class MMMModalPreviousTokenMix(nn.Module):
             if positions is not None:
                 has_token = has_token & (positions >= back)
             tokens = context[:, self.window - back : self.window - back + length]
-            mapped = nn.functional.linear(tokens, self.weight[back - 1].to(tokens.dtype))
+            weight = self.weight[:, (back - 1) * self.hidden_size : back * self.hidden_size]
+            mapped = nn.functional.linear(tokens, weight.to(tokens.dtype))
             mixed = mixed + mapped * has_token.unsqueeze(-1).to(mapped.dtype)
         return mixed
 
@@ -790,9 +792,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         new_ids = model_inputs.get("input_ids")
         mix = self.model.previous_token_mix
         if mix is not None and new_ids is not None and new_ids.shape[1] < input_ids.shape[1]:
-            model_inputs["previous_token_ids"] = input_ids[:, : input_ids.shape[1] - new_ids.shape[1]][
-                :, -mix.window :
-            ]
+            model_inputs["previous_token_ids"] = input_ids[:, : -new_ids.shape[1]][:, -mix.window :]
         return model_inputs
 
     def get_audio_features(
