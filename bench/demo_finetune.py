@@ -18,8 +18,8 @@ whole 32k vocabulary at every labelled position against `--grow_head_from_target
 computed on the rows of tokens the answers use; the same loss for that head).
 
 `--compare mix`: as the demo trains (packed, cached, towers remembered, head grown), the model
-without `previous_token_mix` against the demo's, with it: what the map of the previous token's
-embedding costs per step.
+without `previous_token_mix` against the demo's, with it (3 tokens back): what the maps of the
+tokens before each position cost per step.
 
 Every contender trains the demo's model (`mmmmodal demo` defaults) on the same small demo world
 for the same number of epochs, with one persistent dataloader worker, as the demo does.
@@ -108,7 +108,8 @@ def main() -> None:
         bases = {}
         for mix in (True, False):
             bases[mix] = work / f"base_mix{int(mix)}"
-            build_model(replace(settings, previous_token_mix=int(mix)), processor).save_pretrained(bases[mix])
+            window = settings.previous_token_mix if mix else 0
+            build_model(replace(settings, previous_token_mix=window), processor).save_pretrained(bases[mix])
             processor.save_pretrained(bases[mix])
         data = work / "world" / "data.jsonl"
 
@@ -132,7 +133,7 @@ def main() -> None:
                 "head grown from targets": contender(True, 256, 100_000, True),
             }
         elif options.compare == "mix":
-            baseline = "without the previous token's map"
+            baseline = "without the previous tokens' maps"
             contenders = {
                 baseline: contender(True, 256, 100_000, True, mix=False),
                 "previous_token_mix": contender(True, 256, 100_000, True),
