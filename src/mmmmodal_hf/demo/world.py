@@ -199,6 +199,11 @@ class MediaPool:
             self.clips.append(ClipFact(path.name, pitch, beeps))
 
 
+def _yes_no(language: str) -> tuple[str, str]:
+    """A worked step's verdict words: ("yes", "no") in English, ("ya", "tidak") in Malay."""
+    return ("yes", "no") if language == "en" else ("ya", "tidak")
+
+
 def _answer(pair: tuple[str, str], language: str) -> str:
     return (pair[0] if language == "en" else pair[1]) + "."
 
@@ -226,7 +231,7 @@ def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
     begin with the same word ("segi tiga", "segi empat"), and the colour written after a matching
     shape was often the asked one, whatever the image showed.
     """
-    yes, no = ("yes", "no") if language == "en" else ("ya", "tidak")
+    yes, no = _yes_no(language)
     asked_colour, _ = _colour_and_noun(images[k], language)
     steps = []
     for i, fact in enumerate(images):
@@ -249,13 +254,15 @@ def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
     decides it, and that slowed learning the count twofold (`bench/slot_lookup.py`).
     """
     word = 0 if language == "en" else 1
-    yes, no = ("yes", "no") if language == "en" else ("ya", "tidak")
+    yes, no = _yes_no(language)
     noun = SHAPE_NOUNS[shape][word]
     running, steps = 0, []
     for i, fact in enumerate(images):
-        running += fact.shape == shape
-        verdict = yes if fact.shape == shape else no
-        steps.append(f"{i + 1} {SHAPE_NOUNS[fact.shape][word]} {verdict} {NUMBERS[running][word].lower()}")
+        match = fact.shape == shape
+        running += match
+        steps.append(
+            f"{i + 1} {SHAPE_NOUNS[fact.shape][word]} {yes if match else no} {NUMBERS[running][word].lower()}"
+        )
     return f"{noun}: {', '.join(steps)}. {_answer(NUMBERS[running], language)}"
 
 
