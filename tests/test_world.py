@@ -190,6 +190,10 @@ def test_answers_follow_from_the_media(tmp_path, near_misses):
             assert english_colours[conversation.answer] == images[number - 1].colour
         elif conversation.kind == "audio_beeps":
             assert numbers[conversation.answer] == clips[number - 1].beeps
+        elif conversation.kind == "audio_pitch":
+            # The clip's number, then its pitch ("Audio 2: high.").
+            named, word = re.fullmatch(r"Audio (\d): (\w+)\.", conversation.answer).groups()
+            assert int(named) == number and pitch_words[word] == clips[number - 1].pitch
         elif conversation.kind == "higher_clip":
             a, b = [int(w.strip("?,")) for w in question.split() if w.strip("?,").isdigit()]
             # The worked answer: each clip's pitch, in the question's order, then the higher one.

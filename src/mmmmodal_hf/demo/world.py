@@ -220,6 +220,11 @@ def _thing_words(fact: ImageFact, language: str) -> tuple[str, str]:
     return (colour, noun) if language == "en" else (noun, colour)
 
 
+def heard_pitch(clips: list[ClipFact], k: int, language: str) -> str:
+    """ "Audio 2: high.": clip k's (0-based) pitch after its number."""
+    return f"Audio {k + 1}: {PITCHES[clips[k].pitch][1 if language == 'en' else 2].lower()}."
+
+
 def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
     """ "red circle: 1 blue no, 2 red square no, 3 red circle yes. Image 3.": the asked thing, each image, the verdict.
 
@@ -329,7 +334,9 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
             if en
             else f"Adakah bunyi dalam audio {k + 1} rendah, sederhana atau tinggi?"
         )
-        return question, _answer(PITCHES[clips[k].pitch][1:], language), k
+        # The answer names the clip before its pitch ("Audio 2: high."), as the higher clip's does:
+        # the number written just before the pitch word is what the look-up among three clips needs.
+        return question, heard_pitch(clips, k, language), k
     if kind == "audio_beeps" and clips:
         k = rng.randrange(len(clips))
         question = f"How many beeps are in audio {k + 1}?" if en else f"Berapa banyak bip dalam audio {k + 1}?"
@@ -350,7 +357,7 @@ def ask(kind: str, language: str, images: list[ImageFact], clips: list[ClipFact]
         )
         # The answer hears both clips before it names one ("Audio 1: low. Audio 3: high. So audio 3."):
         # two look-ups by number, which the demo's LM learns, then a comparison of two nearby words.
-        heard = " ".join(f"Audio {i + 1}: {PITCHES[clips[i].pitch][1 if en else 2].lower()}." for i in (a, b))
+        heard = " ".join(heard_pitch(clips, i, language) for i in (a, b))
         verdict = f"So audio {higher + 1}." if en else f"Jadi audio {higher + 1}."
         return question, f"{heard} {verdict}", None
     if kind == "image_vs_audio" and images and clips:
