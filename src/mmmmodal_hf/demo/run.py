@@ -222,7 +222,7 @@ def run_stage(
         remember_tower_outputs=0 if train_encoders else 8192,
         # Each row is seen 4-5 times: encoding it once leaves both cores to the model after epoch 1.
         cache_rows=True,
-        # The answers use 175 of the tokenizer's 32k tokens; the head over all of them took half of
+        # The answers use under 200 of the tokenizer's 32k tokens; the head over all of them took half of
         # each step (BENCHMARKS.md section 10).
         grow_head_from_targets=stage == "finetune" and bool(settings.grow_head),
     )
