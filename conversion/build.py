@@ -204,6 +204,7 @@ def build_checkpoint(
     resize_token_embeddings_to_mean(model, tokens_before, vocab)
     model.generation_config = language_model.generation_config
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.suppress_slot_tokens()
     max_positions = getattr(language_model.config, "max_position_embeddings", None)
     if max_positions and processor.tokenizer.model_max_length > max_positions:
         processor.tokenizer.model_max_length = max_positions

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-# Runs in the child process. `mmmmodal_hf` is made unimportable, so only the code in the folder can serve.
-FRESH_PROCESS_SCRIPT = textwrap.dedent(
+# Starts every child script: `mmmmodal_hf` is made unimportable, so only the code in the folder can serve.
+BLOCK_PACKAGE = textwrap.dedent(
     """
     import sys, importlib.abc
 
@@ -20,18 +20,22 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, BlockPackage())
+    try:
+        import mmmmodal_hf  # noqa: F401
+        raise SystemExit("mmmmodal_hf should not be importable here")
+    except ImportError:
+        pass
+    """
+)
+
+FRESH_PROCESS_SCRIPT = textwrap.dedent(
+    """
     import numpy as np, torch
     from PIL import Image
     from safetensors.torch import save_file
     from transformers import AutoModel, AutoModelForCausalLM, AutoProcessor
 
     folder, media_folder, out_file = sys.argv[1:4]
-    try:
-        import mmmmodal_hf  # noqa: F401
-        raise SystemExit("mmmmodal_hf should not be importable here")
-    except ImportError:
-        pass
-
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     chat = [
         {"role": "user", "content": [
@@ -56,29 +60,37 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
+def run_in_fresh_process(script: str, folder: Path, work_folder: Path) -> dict:
+    """Run `script` in a child process that cannot import `mmmmodal_hf`; return the tensors it saved.
+
+    The script gets `sys.argv[1:4]` = folder, work folder, and the safetensors file to save its results in.
+    """
+    out_file = Path(work_folder) / "fresh_process_results.safetensors"
+    env = {
+        **os.environ,
+        "HF_MODULES_CACHE": str(Path(work_folder) / "hf_modules"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": "",
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", BLOCK_PACKAGE + script, str(folder), str(work_folder), str(out_file)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=work_folder,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    return load_file(out_file)
+
+
 def load_in_fresh_process(folder: Path, media_folder: Path) -> dict:
     """AutoProcessor + AutoModel + AutoModelForCausalLM (trust_remote_code) on `folder`, in a child process.
 
     `media_folder` must hold a.png, b.png and a.wav. Returns the child's input ids, logits and
     greedy generations for a fixed two-turn chat over those files.
     """
-    out_file = Path(media_folder) / "fresh_process_results.safetensors"
-    env = {
-        **os.environ,
-        "HF_MODULES_CACHE": str(Path(media_folder) / "hf_modules"),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": "",
-    }
-    completed = subprocess.run(
-        [sys.executable, "-c", FRESH_PROCESS_SCRIPT, str(folder), str(media_folder), str(out_file)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=media_folder,
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
-    return load_file(out_file)
+    return run_in_fresh_process(FRESH_PROCESS_SCRIPT, folder, media_folder)
 
 
 def fresh_process_chat(media_folder: Path) -> list[dict]:

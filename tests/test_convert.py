@@ -8,64 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoTokenizer, SiglipModel, WhisperModel
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
 from mmmmodal_hf.conversion.convert import UnmappedKeys, convert_checkpoint
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
-from tiny_parts import save_tiny_source_models, tiny_audio_config, tiny_siglip_config, tiny_text_config
-
-
-def write_published_checkpoint(folder, tokenizer_folder):
-    """What `mesolitica/*-mmmmodal` holds: full SigLIP and Whisper models, the LM, two projectors."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(1)
-    siglip = SiglipModel(tiny_siglip_config())
-    whisper = WhisperModel(tiny_audio_config())
-    llm = LlamaForCausalLM(tiny_text_config(32004))
-    image_projector = nn.ModuleDict({"linear_1": nn.Linear(32, 64), "linear_2": nn.Linear(64, 64)})
-    audio_projector = nn.ModuleDict(
-        {"linear_1": nn.Conv1d(32, 64, kernel_size=40, stride=3), "linear_2": nn.Linear(64, 64)}
-    )
-    state = {}
-    for prefix, module in (
-        ("image_encoder", siglip),
-        ("audio_encoder", whisper),
-        ("llm", llm),
-        ("image_projector", image_projector),
-        ("audio_projector", audio_projector),
-    ):
-        state.update({f"{prefix}.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()})
-    if "llm.lm_head.weight" not in state:
-        state["llm.lm_head.weight"] = llm.lm_head.weight.detach().clone()
-    folder.mkdir(parents=True)
-    keys = sorted(state)
-    half = len(keys) // 2
-    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
-    for name, names in shards.items():
-        save_file({k: state[k] for k in names}, folder / name, metadata={"format": "pt"})
-    index = {"metadata": {}, "weight_map": {k: name for name, names in shards.items() for k in names}}
-    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    (folder / "config.json").write_text(
-        json.dumps(
-            {
-                "model_type": "mm_llms",
-                "architectures": ["MM_LLMs"],
-                "image_config": siglip.config.to_dict(),
-                "audio_config": whisper.config.to_dict(),
-                "llm_config": llm.config.to_dict(),
-                "vision_select_layer": -2,
-                "audio_select_layer": -2,
-            }
-        )
-    )
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
-    tokenizer.add_tokens(["<image>", "</image>", "<audio>", "</audio>"], special_tokens=True)
-    assert len(tokenizer) == 32004
-    tokenizer.save_pretrained(folder)
-    return state
+from published_reference import write_published_checkpoint
+from tiny_parts import save_tiny_source_models
 
 
 @pytest.fixture(scope="module")

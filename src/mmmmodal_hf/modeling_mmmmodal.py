@@ -261,8 +261,9 @@ class MMMModalAudioProjector(nn.Module):
         self.index_embedding = _index_embedding(config)
 
     def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
-        # (windows, frames, d_audio) -> (windows, d_audio, frames) for the conv, then back.
-        hidden_states = self.conv(audio_features.transpose(1, 2)).transpose(1, 2)
+        # (windows, frames, d_audio) -> (windows, d_audio, frames) for the conv, then back. Contiguous as
+        # published: a linear layer on the transposed view rounds differently (1e-7), and moves every logit.
+        hidden_states = self.conv(audio_features.transpose(1, 2).contiguous()).transpose(1, 2).contiguous()
         return self.linear(self.act(hidden_states))
 
 
@@ -344,7 +345,7 @@ class MMMModalPreTrainedModel(PreTrainedModel):
             raise ValueError("MMMModal loads safetensors weights only; gguf_file is not supported.")
         kwargs["use_safetensors"] = True
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except OSError as error:
             if "safetensors" not in str(error) and ".bin" not in str(error):
                 raise
@@ -353,6 +354,9 @@ class MMMModalPreTrainedModel(PreTrainedModel):
                 "weights (pytorch_model.bin can execute code when read). Convert them once, in a process you "
                 "trust, with `mmmmodal convert` or `model.save_pretrained(folder)`, which writes safetensors."
             ) from error
+        if hasattr(model, "suppress_slot_tokens"):  # a folder saved before the slots were suppressed
+            model.suppress_slot_tokens()
+        return model
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -686,6 +690,13 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         self.head_rows_in_use: torch.Tensor | None = None
         self.head_row_groups: torch.Tensor | None = None
         self.post_init()
+        self.suppress_slot_tokens()
+
+    def suppress_slot_tokens(self) -> None:
+        """Add the two slot tokens to `generation_config.suppress_tokens`: they are inputs only, never a reply."""
+        config = self.generation_config
+        slots = {self.config.image_token_id, self.config.audio_token_id}
+        config.suppress_tokens = sorted(slots | set(config.suppress_tokens or ()))
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

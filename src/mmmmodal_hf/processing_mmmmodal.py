@@ -1,10 +1,13 @@
 """MMMModal processor: text with `<image>`/`<audio>` placeholders plus any number of media per sample.
 
 It loads every medium (`media_mmmmodal`), runs SigLIP's image processor and Whisper's feature
-extractor once per batch, and rewrites each placeholder as opening tag, N slot tokens, closing
-tag, with N from the shared slot arithmetic (`configuration_mmmmodal`). The model only fills the
-slots. Audio longer than one Whisper window is cut into consecutive windows whose slots follow
-each other inside one `<audio> ... </audio>` span, so no clip is silently shortened.
+extractor once per batch, and puts N slot tokens right after each opening tag, with N from the
+shared slot arithmetic (`configuration_mmmmodal`); the text that follows stays as written. That
+is the published layout: `<image> </image>` becomes `<image>`, N slots, `▁`, `</image>`, as the
+released checkpoints were trained and run (the published code inserts the features after the
+opening tag's token). The model only fills the slots. Audio longer than one Whisper window is cut
+into consecutive windows whose slots follow each other after one `<audio>`, so no clip is
+silently shortened.
 """
 
 import math
@@ -247,13 +250,7 @@ class MMMModalProcessor(ProcessorMixin):
         expanded, offsets = self._expand_placeholders(
             [texts[i] for i in kept], [placeholders[i] for i in kept], image_slots, audio_slots
         )
-        encoding = self.tokenizer(
-            expanded,
-            padding=padding,
-            padding_side=padding_side,
-            add_special_tokens=add_special_tokens,
-            **text_kwargs,
-        )
+        encoding = self._tokenize(expanded, add_special_tokens, padding, padding_side, text_kwargs)
         data = {**encoding, **data}
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
@@ -262,6 +259,30 @@ class MMMModalProcessor(ProcessorMixin):
             batch.kept_samples = kept
             batch.skipped_samples = [{"sample": index, "error": problems[index]} for index in sorted(problems)]
         return batch
+
+    def _tokenize(self, texts: list[str], add_special_tokens: bool, padding, padding_side: str, text_kwargs: dict):
+        """The tokenizer's encoding, its special tokens added only to texts that do not already start with BOS.
+
+        A plain prompt gets what `tokenizer(prompt)` adds (`<s>`); one that starts with `<s>` (as the
+        chat template renders it) gets no second. transformers' `apply_chat_template` decides this for
+        a whole batch; here it is decided per text, so a batch may mix both kinds.
+        """
+        bos = self.tokenizer.bos_token
+        has_bos = [bool(add_special_tokens and bos and text.startswith(bos)) for text in texts]
+        if not any(has_bos) or all(has_bos):
+            return self.tokenizer(
+                texts,
+                padding=padding,
+                padding_side=padding_side,
+                add_special_tokens=add_special_tokens and not all(has_bos),
+                **text_kwargs,
+            )
+        # A mixed batch: each text alone, then padded together.
+        rows = [
+            self.tokenizer(text, add_special_tokens=not starts, **text_kwargs) for text, starts in zip(texts, has_bos)
+        ]
+        merged = {key: [row[key] for row in rows] for key in rows[0]}
+        return self.tokenizer.pad(merged, padding=padding, padding_side=padding_side)
 
     def encode_media(self, images=(), audio=(), sampling_rate: int | None = None, return_tensors="pt"):
         """Load and preprocess media on their own: `(features, image_slots, audio_slots)`.
@@ -382,17 +403,18 @@ class MMMModalProcessor(ProcessorMixin):
         return data, slots
 
     def _expand_placeholders(self, texts, placeholders, image_slots, audio_slots):
-        """Rewrite each placeholder as opening tag + N slot tokens + closing tag."""
+        """Put each medium's N slot tokens right after its opening tag; the rest of the text stays as it is."""
         image_slots, audio_slots = iter(image_slots), iter(audio_slots)
         expanded_texts, all_offsets = [], []
         for text, matches in zip(texts, placeholders):
             pieces, offsets, last, shift = [], [], 0, 0
             for match in matches:
                 if match.lastgroup == "image":
-                    replacement = IMAGE_START_TOKEN + IMAGE_SLOT_TOKEN * next(image_slots) + IMAGE_END_TOKEN
+                    tag, replacement = IMAGE_START_TOKEN, IMAGE_START_TOKEN + IMAGE_SLOT_TOKEN * next(image_slots)
                 else:
-                    replacement = AUDIO_START_TOKEN + AUDIO_SLOT_TOKEN * next(audio_slots) + AUDIO_END_TOKEN
-                start, end = match.span()
+                    tag, replacement = AUDIO_START_TOKEN, AUDIO_START_TOKEN + AUDIO_SLOT_TOKEN * next(audio_slots)
+                start = match.start()
+                end = start + len(tag)
                 pieces += [text[last:start], replacement]
                 offsets.append(
                     {
