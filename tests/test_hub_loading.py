@@ -37,6 +37,8 @@ def test_folder_holds_code_auto_map_and_one_processor_config(saved_folder):
         "AutoConfig": "configuration_mmmmodal.MMMModalConfig",
         "AutoModel": "modeling_mmmmodal.MMMModalForConditionalGeneration",
         "AutoModelForCausalLM": "modeling_mmmmodal.MMMModalForConditionalGeneration",
+        "AutoModelForImageTextToText": "modeling_mmmmodal.MMMModalForConditionalGeneration",
+        "AutoModelForMultimodalLM": "modeling_mmmmodal.MMMModalForConditionalGeneration",
     }
     processor_config = json.loads((saved_folder / "processor_config.json").read_text())
     assert processor_config["auto_map"] == {"AutoProcessor": "processing_mmmmodal.MMMModalProcessor"}

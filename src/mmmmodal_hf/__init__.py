@@ -9,6 +9,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoModelForMultimodalLM,
     AutoProcessor,
 )
 
@@ -27,7 +28,7 @@ from .session import MMMModalChatSession
 __version__ = "0.1.0"
 
 AutoConfig.register("mmmmodal", MMMModalConfig, exist_ok=True)
-for _auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText):
+for _auto_class in (AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoModelForMultimodalLM):
     _auto_class.register(MMMModalConfig, MMMModalForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(MMMModalConfig, MMMModalProcessor, exist_ok=True)
 

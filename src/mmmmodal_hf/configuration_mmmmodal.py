@@ -163,11 +163,16 @@ class MMMModalConfig(PreTrainedConfig):
         self.previous_token_mix = int(self.previous_token_mix)  # True: one token, as configs saved before hold
         if self.previous_token_mix < 0:
             raise ValueError(f"previous_token_mix={self.previous_token_mix}: expected 0 (none) or more tokens.")
-        # Both auto classes give the generation-capable model, so `AutoModel(...).generate()` works.
+        # Every auto class gives the generation-capable model, so `AutoModel(...).generate()` works, and so do
+        # transformers' pipelines: "any-to-any" loads AutoModelForMultimodalLM, "image-text-to-text"
+        # AutoModelForImageTextToText.
+        generation_model = "modeling_mmmmodal.MMMModalForConditionalGeneration"
         self.auto_map = {
             "AutoConfig": "configuration_mmmmodal.MMMModalConfig",
-            "AutoModel": "modeling_mmmmodal.MMMModalForConditionalGeneration",
-            "AutoModelForCausalLM": "modeling_mmmmodal.MMMModalForConditionalGeneration",
+            **dict.fromkeys(
+                ("AutoModel", "AutoModelForCausalLM", "AutoModelForImageTextToText", "AutoModelForMultimodalLM"),
+                generation_model,
+            ),
             **(getattr(self, "auto_map", None) or {}),
         }
 
