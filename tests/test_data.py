@@ -187,11 +187,10 @@ def test_packed_block_logits_equal_each_conversation_alone(model_fixture, sessio
     samples = [encode_conversation(session_processor, conversation_from_row(r, str(media_folder))) for r in rows]
     total = sum(len(s["input_ids"]) for s in samples)
     stats = EncodeStats()
-    packed = MMMModalPackingCollator(session_processor.tokenizer.pad_token_id, block_size=total + 7, stats=stats)(
-        samples
-    )
-    assert packed["input_ids"].shape == (1, total + 7) and "attention_mask" not in packed
-    assert stats.as_logs()["data/padding_fraction"] == round(7 / (total + 7), 4)
+    packed = MMMModalPackingCollator(session_processor.tokenizer.pad_token_id, block_size=8192, stats=stats)(samples)
+    # One row, no padding tail, although the block (8192) is far longer than the LM's context (1024).
+    assert packed["input_ids"].shape == (1, total) and "attention_mask" not in packed
+    assert stats.as_logs()["data/padding_fraction"] == 0.0
     with torch.no_grad():
         packed_logits = model(**{k: v for k, v in packed.items() if k != "labels"}, use_cache=False).logits[0]
         cursor = 0
@@ -207,13 +206,78 @@ def test_packed_block_logits_equal_each_conversation_alone(model_fixture, sessio
         torch.testing.assert_close(model(**packed, use_cache=False).loss, model(**padded).loss, atol=1e-5, rtol=1e-5)
 
 
-def test_packing_fills_several_blocks(session_processor):
-    samples = [{"input_ids": np.arange(n), "labels": np.arange(n)} for n in (6, 5, 4, 3)]
-    packed = MMMModalPackingCollator(0, block_size=10)(samples)
-    assert packed["input_ids"].shape == (2, 10)
-    assert packed["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1, 2, 3]
-    assert packed["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 0, 1]
-    assert packed["labels"][0, 6] == -100 and packed["labels"][0, 7] == 1
+def test_packed_loss_and_gradients_equal_the_conversations_one_by_one(session_processor, media_folder):
+    from tiny_parts import tiny_model
+
+    model = tiny_model(session_processor).train()
+    rows = [
+        published_row(),
+        {
+            "conversations": [
+                {"role": "user", "content": "Hai?"},
+                {"role": "assistant", "content": "Baik, terima kasih."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "path": "two.jpg"}, {"type": "text", "text": "?"}]},
+                {"role": "assistant", "content": "Gambar kedua."},
+            ]
+        },
+    ]
+    samples = [encode_conversation(session_processor, conversation_from_row(r, str(media_folder))) for r in rows]
+    pad = session_processor.tokenizer.pad_token_id
+    parameters = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_gradients(batches_and_weights):
+        model.zero_grad()
+        total = 0.0
+        for batch, weight in batches_and_weights:
+            loss = model(**batch).loss * weight
+            loss.backward()
+            total += float(loss.detach())
+        return total, [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in parameters]
+
+    packed = MMMModalPackingCollator(pad, block_size=8192)(samples)
+    assert packed["input_ids"].shape[0] == 1
+    packed_loss, packed_grads = loss_and_gradients([(packed, 1.0)])
+    # One by one, each conversation's mean loss weighted by its share of the step's labelled tokens.
+    counts = [int((np.asarray(s["labels"][1:]) != -100).sum()) for s in samples]
+    alone = [(MMMModalDataCollator(pad)([s]), n / sum(counts)) for s, n in zip(samples, counts)]
+    alone_loss, alone_grads = loss_and_gradients(alone)
+    assert abs(packed_loss - alone_loss) < 1e-5
+    for parameter_grad, expected in zip(packed_grads, alone_grads):
+        torch.testing.assert_close(parameter_grad, expected, atol=1e-6, rtol=1e-4)
+    assert any(float(g.abs().sum()) > 0 for g in packed_grads)
+
+
+def test_a_step_longer_than_the_block_fills_rows_of_nearly_equal_length():
+    lengths = [6, 5, 4, 3, 3]
+    samples = [{"input_ids": np.arange(n), "labels": np.arange(n)} for n in lengths]
+    stats = EncodeStats()
+    packed = MMMModalPackingCollator(0, block_size=11, stats=stats)(samples)
+    # 21 tokens in blocks of 11: rows of 11 (5 + 3 + 3) and 10 (6 + 4), each in the step's order; positions
+    # restart for each conversation, and the one padding token is at position 0.
+    assert packed["position_ids"].tolist() == [
+        [0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2],
+        [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0],
+    ]
+    assert stats.as_logs()["data/padding_fraction"] == round(1 / 22, 4)
+    assert packed["labels"][1].tolist() == [-100, 1, 2, 3, 4, 5, -100, 1, 2, 3, -100]
+    with pytest.raises(ValueError, match="conversation 2 of this step has 12 tokens, more than --block_size 11"):
+        MMMModalPackingCollator(0, block_size=11)([samples[0], {"input_ids": np.arange(12), "labels": np.arange(12)}])
+
+
+def test_balanced_rows_keep_every_conversation_once_and_under_the_block():
+    from mmmmodal_hf.collator import balanced_rows
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = rng.integers(1, 900, size=int(rng.integers(1, 40))).tolist()
+        rows = balanced_rows(lengths, 1024)
+        assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+        totals = [sum(lengths[i] for i in row) for row in rows]
+        assert max(totals) <= 1024 and all(totals)
 
 
 def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):

@@ -1,4 +1,4 @@
-"""Batches for training: right-padded rows, or packed blocks of several conversations.
+"""Batches for training: right-padded rows, or padding-free rows of several conversations side by side.
 
 Media features are concatenated in the order their slots appear in the batch (row by row, left
 to right), which is the order the model's scatter fills them.
@@ -45,13 +45,62 @@ class MMMModalDataCollator:
         return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask, **_concat_media(samples)}
 
 
+def balanced_rows(lengths: list[int], block_size: int) -> list[list[int]]:
+    """Split conversations of `lengths` into as few rows of at most `block_size` tokens as fit, rows nearly equal.
+
+    Returns each row's conversation indices, in order. Longest first, each to the shortest row so far; then
+    the longest and the shortest row trade a conversation (or one moves) while that brings them
+    closer. Rows are padded to the longest, so near-equal rows waste almost nothing (BENCHMARKS.md 4).
+    """
+    too_long = [(index, n) for index, n in enumerate(lengths) if n > block_size]
+    if too_long:
+        index, n = too_long[0]
+        raise ValueError(f"conversation {index + 1} of this step has {n} tokens, more than --block_size {block_size}")
+    count = max(1, -(-sum(lengths) // block_size))
+    while True:
+        rows: list[list[int]] = [[] for _ in range(count)]
+        totals = [0] * count
+        for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+            shortest = totals.index(min(totals))
+            rows[shortest].append(index)
+            totals[shortest] += lengths[index]
+        for _ in range(4 * len(lengths)):
+            long_row, short_row = totals.index(max(totals)), totals.index(min(totals))
+            gap = totals[long_row] - totals[short_row]
+            # Trade x (from the long row) for y (from the short row, or nothing): best when x - y is half the gap.
+            trades = [
+                (abs(gap - 2 * (lengths[x] - (lengths[y] if y is not None else 0))), x, y)
+                for x in rows[long_row]
+                for y in [None, *rows[short_row]]
+                if 0 < lengths[x] - (lengths[y] if y is not None else 0) < gap
+            ]
+            if not trades:
+                break
+            _, x, y = min(trades, key=lambda trade: trade[0])
+            moved = lengths[x] - (lengths[y] if y is not None else 0)
+            rows[long_row].remove(x)
+            rows[short_row].append(x)
+            if y is not None:
+                rows[short_row].remove(y)
+                rows[long_row].append(y)
+            totals[long_row] -= moved
+            totals[short_row] += moved
+        if max(totals) <= block_size:
+            return [sorted(row) for row in rows]  # each row in the step's order
+        count += 1
+
+
 @dataclass
 class MMMModalPackingCollator:
-    """Packs conversations into blocks of `block_size` tokens (first fit, in order).
+    """Padding-free batches: a step's conversations side by side in one row, as `DataCollatorWithFlattening` does.
 
-    Position ids restart at 0 for each conversation and no attention mask is returned, so the
-    language model builds a block-diagonal causal mask: no conversation sees another. The first
-    label of each conversation is -100, as it would be in a row of its own.
+    Position ids restart at 0 for each conversation and no attention mask is returned: transformers'
+    mask code finds the restarts and keeps attention inside each conversation (SDPA, eager and flash
+    alike), so the loss and gradients are those of the conversations run one by one. The first label
+    of each conversation is -100, as it would be in a row of its own. `block_size` caps a row, which
+    bounds memory (SDPA's mask is row x row): a step holding more tokens fills several rows of nearly
+    equal length (`balanced_rows`), padded to the longest with position 0 at every padding token, so
+    no position ever exceeds the language model's context.
     """
 
     pad_token_id: int
@@ -59,25 +108,12 @@ class MMMModalPackingCollator:
     stats: EncodeStats = field(default_factory=EncodeStats)
 
     def __call__(self, samples: list[dict]) -> dict:
-        blocks: list[list[int]] = []  # sample indices per block
-        free: list[int] = []
-        for index, sample in enumerate(samples):
-            n = len(sample["input_ids"])
-            if n > self.block_size:
-                raise ValueError(f"a conversation of {n} tokens does not fit a block of {self.block_size}")
-            target = next((b for b, space in enumerate(free) if space >= n), None)
-            if target is None:
-                blocks.append([])
-                free.append(self.block_size)
-                target = len(blocks) - 1
-            blocks[target].append(index)
-            free[target] -= n
-
-        input_ids = torch.full((len(blocks), self.block_size), self.pad_token_id, dtype=torch.long)
+        rows = balanced_rows([len(sample["input_ids"]) for sample in samples], self.block_size)
+        width = max(sum(len(samples[i]["input_ids"]) for i in row) for row in rows)
+        input_ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full_like(input_ids, IGNORE_INDEX)
-        position_ids = torch.zeros_like(input_ids)
-        order = []
-        for row, members in enumerate(blocks):
+        position_ids = torch.zeros_like(input_ids)  # padding: position 0 each, a sequence of one never attended to
+        for row, members in enumerate(rows):
             cursor = 0
             for index in members:
                 sample = samples[index]
@@ -88,12 +124,8 @@ class MMMModalPackingCollator:
                 labels[row, cursor : cursor + n] = sample_labels
                 position_ids[row, cursor : cursor + n] = torch.arange(n)
                 cursor += n
-                order.append(index)
-            # The padded tail counts as one more sequence of its own, never attended to by real tokens.
-            position_ids[row, cursor:] = torch.arange(self.block_size - cursor)
-        real = sum(len(s["input_ids"]) for s in samples)
-        self.stats.real_tokens += real
+        self.stats.real_tokens += sum(len(s["input_ids"]) for s in samples)
         self.stats.positions += input_ids.numel()
         batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
-        batch.update(_concat_media([samples[i] for i in order]))
+        batch.update(_concat_media([samples[i] for row in rows for i in row]))
         return batch
