@@ -8,7 +8,8 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
 
-REQUIRED_METADATA = ("language", "license", "base_model", "pipeline_tag", "library_name")
+# base_model too where there is one; a model trained from scratch (the demo's) has none.
+REQUIRED_METADATA = ("language", "license", "pipeline_tag", "library_name")
 
 
 def human_count(count: int) -> str:
@@ -39,22 +40,30 @@ def parameter_counts(config: MMMModalConfig) -> dict[str, int]:
 def render_model_card(
     folder: str | Path,
     repo_id: str,
-    text_model: str,
-    vision_model: str,
-    audio_model: str,
+    text_model: str | None,
+    vision_model: str | None,
+    audio_model: str | None,
     training: str,
     summary: str = "",
     license: str = "apache-2.0",
     extra_limits: str = "",
+    base_models: list[str] | None = None,
 ) -> ModelCard:
-    """Write README.md into `folder` and return the card (its metadata checked by `check_card`)."""
+    """Write README.md into `folder` and return the card (its metadata checked by `check_card`).
+
+    `text_model`, `vision_model`, `audio_model`: where the three parts came from (None: not known, e.g.
+    built from configs and trained from scratch, as the demo's are), kept in the card's `mmmmodal_parts` so a
+    later stage's card can credit them again. `base_models` (the card's `base_model`) defaults to
+    those of the three that are Hub ids; a part read from a local folder has no Hub id to credit.
+    """
     folder = Path(folder)
     config = MMMModalConfig.from_pretrained(folder)
     processor = MMMModalProcessor.from_pretrained(folder)
     counts = parameter_counts(config)
     image_size = processor.image_processor.size
-    # A part read from a local folder has no Hub id to credit; the card then omits it from base_model.
-    base_models = [name for name in (text_model, vision_model, audio_model) if not Path(name).exists()]
+    parts = {"language_model": text_model, "vision": vision_model, "audio": audio_model}
+    if base_models is None:
+        base_models = [name for name in parts.values() if name and not Path(name).exists()]
     card_data = ModelCardData(
         language=["en", "ms"],
         license=license,
@@ -63,6 +72,7 @@ def render_model_card(
         base_model=base_models or None,
         tags=["mmmmodal", "multimodal", "siglip", "whisper", "malay", "custom_code"],
         model_name=repo_id.split("/")[-1],
+        mmmmodal_parts=parts,
     )
     with resources.as_file(resources.files("mmmmodal_hf.hub_templates") / "model_card.md") as template:
         card = ModelCard.from_template(
@@ -89,6 +99,28 @@ def render_model_card(
         )
     card.save(folder / "README.md")
     return card
+
+
+def render_trained_model_card(folder: str | Path, start: str, training: str) -> ModelCard:
+    """The card of a folder trained from `start` (a folder or Hub id): its parts credited as `start`'s card does.
+
+    `base_model` is `start` when it is a Hub id (the model this one was trained from), else what
+    `start`'s own card credits; a start without a card (a model built from configs) credits none.
+    """
+    start_card = Path(start) / "README.md"
+    data = ModelCard.load(start_card).data.to_dict() if start_card.is_file() else {}
+    parts = data.get("mmmmodal_parts") or {}
+    is_hub_id = not Path(start).exists()
+    return render_model_card(
+        folder,
+        repo_id=Path(folder).name,
+        text_model=parts.get("language_model"),
+        vision_model=parts.get("vision"),
+        audio_model=parts.get("audio"),
+        training=training,
+        summary=f"Trained from `{start}` with this package (below).",
+        base_models=[start] if is_hub_id else list(data.get("base_model") or []),
+    )
 
 
 def check_card(path: str | Path) -> ModelCard:

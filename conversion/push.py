@@ -10,6 +10,7 @@ process and generate. The token comes from `--token`, `HF_TOKEN` or `huggingface
 
 import argparse
 import json
+import re
 import sys
 from importlib import resources
 from pathlib import Path
@@ -26,12 +27,20 @@ class RefusedToPush(ValueError):
     """The folder is not fit to publish; the message says why."""
 
 
+def _run_state(relative: Path) -> bool:
+    """Trainer's own state beside the exported model (`checkpoint-N` folders, TensorBoard's `runs/`): not the model."""
+    top = relative.parts[0]
+    return len(relative.parts) > 1 and (top == "runs" or re.fullmatch(r"checkpoint-\d+", top) is not None)
+
+
 def files_to_upload(folder: str | Path) -> list[str]:
-    """Every file `push` sends, relative to `folder`, sorted; caches and VCS folders are left out."""
+    """Every file `push` sends, relative to `folder`, sorted; caches, VCS folders and Trainer's run state are left out."""
     folder = Path(folder)
     files = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
+        if _run_state(relative):
+            continue
         if path.is_file() and not (set(relative.parts) & _SKIPPED_PARTS) and path.name not in _SKIPPED_NAMES:
             if not path.name.endswith(".pyc"):
                 files.append(relative.as_posix())

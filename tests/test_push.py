@@ -73,7 +73,7 @@ def test_card_without_required_metadata_is_refused(built, tmp_path):
     folder = tmp_path / "bad_card"
     folder.mkdir()
     (folder / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A model\n")
-    with pytest.raises(RefusedToPush, match="lacks language, base_model, pipeline_tag, library_name"):
+    with pytest.raises(RefusedToPush, match="lacks language, pipeline_tag, library_name"):
         check_folder(folder, load_check=False)
 
 

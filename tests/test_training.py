@@ -184,6 +184,55 @@ def test_train_command_runs_a_stage(base_folder, data_file, tmp_path):
     assert "data/skipped_rows" in completed.stderr + completed.stdout
 
 
+@pytest.mark.parametrize("stage", ["align", "finetune", "lora"])
+def test_what_a_stage_writes_can_be_published(stage, base_folder, data_file, tmp_path):
+    """`mmmmodal push --dry-run` takes each stage's folder as it is: no pickles, a model card, it loads."""
+    from huggingface_hub import ModelCard
+
+    output = run_stage(
+        stage, base_folder, data_file, tmp_path / stage, "--save_strategy", "steps", "--save_steps", "2"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(output), "--repo-id", "someone/tiny", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    listed = json.loads(completed.stdout.splitlines()[1])
+    assert "README.md" in listed and "model.safetensors" in listed
+    assert not [name for name in listed if name.endswith((".bin", ".pt", ".pth")) or "checkpoint-" in name]
+    # Trainer's own state stays in the run's checkpoints.
+    assert (tmp_path / stage / "checkpoint-2" / "training_args.bin").exists()
+    card = ModelCard.load(output / "README.md")
+    assert f"--stage {stage}" in card.text and "3 steps" in card.text
+    trained = {"align": "image projector, audio projector, language model", "finetune": "LM head"}
+    assert trained.get(stage, "projector") in card.text
+
+
+def test_finetune_packs_a_default_block_on_a_language_model_of_shorter_context(base_folder, data_file, tmp_path):
+    """The published block (8192) on an LM of 1024 positions: padding-free rows, no padding tail."""
+    assert json.loads((base_folder / "config.json").read_text())["text_config"]["max_position_embeddings"] == 1024
+    logged = []
+
+    class KeepLogs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logged.append(dict(logs or {}))
+
+    args, training_args = parse_args(
+        [
+            *("--stage", "finetune", "--model", str(base_folder), "--data", str(data_file)),
+            *("--output_dir", str(tmp_path / "out"), "--max_steps", "4", "--per_device_train_batch_size", "4"),
+            *("--logging_steps", "1", "--report_to", "none", "--save_strategy", "no"),
+        ]
+    )
+    assert (args.packing, args.block_size) == (True, 8192)
+    train(args, training_args, callbacks=[KeepLogs()])
+    padding = [logs["data/padding_fraction"] for logs in logged if "data/padding_fraction" in logs]
+    assert len(padding) >= 4 and max(padding) < 0.01, padding
+
+
 def test_bad_stage_is_refused():
     with pytest.raises(ValueError, match="--stage must be one of"):
         parse_args(["--stage", "pretrain", "--model", "m", "--data", "d", "--output_dir", "o"])

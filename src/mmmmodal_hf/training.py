@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
 from .data import (
@@ -200,6 +201,14 @@ def combine_alignments(image_run: str | Path, audio_run: str | Path, output_dir:
         model.get_input_embeddings().weight[rows] = audio_model.get_input_embeddings().weight[rows]
     model.save_pretrained(output_dir)
     MMMModalProcessor.from_pretrained(image_run).save_pretrained(output_dir)
+    from .conversion.model_card import render_trained_model_card
+
+    render_trained_model_card(
+        output_dir,
+        str(image_run),
+        training=f"`mmmmodal align-combine`: the vision alignment of `{image_run}` with the audio projector and "
+        f"the `<audio>`/`</audio>` embeddings of `{audio_run}`, as the published recipe combined its two align runs.",
+    )
     return Path(output_dir)
 
 
@@ -315,18 +324,51 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
 
 
 def save_stage_output(trainer: Trainer, stage: str) -> Path:
-    """Write the trained model as a Hub-ready folder (LoRA adapters merged) and return its path."""
+    """Write the trained model as a Hub-ready folder (LoRA adapters merged) and return its path.
+
+    The folder holds what a Hub repo should: safetensors, configs, tokenizer, processor, the model
+    code and a model card saying how it was trained; `mmmmodal push` takes it as it is. Trainer's own
+    state (its arguments, optimizer, scheduler) stays in the run's `checkpoint-N` folders.
+    """
     output_dir = Path(trainer.args.output_dir)
     processor = trainer.processing_class
+    model = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+    start, trained = model.name_or_path, _trained_parts(model)
     if stage == "lora":
         output_dir = output_dir / "merged"
         if trainer.is_world_process_zero():
             export_lora(trainer.model, processor, output_dir)
     else:
-        trainer.save_model(str(output_dir))
+        trainer.save_model(str(output_dir))  # gathers sharded weights (ZeRO-3, FSDP) where needed
         if trainer.is_world_process_zero():
+            (output_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # pickled: not for a Hub repo
             processor.save_pretrained(output_dir)
+    if trainer.is_world_process_zero():
+        from .conversion.model_card import render_trained_model_card
+
+        args = trainer.args
+        render_trained_model_card(
+            output_dir,
+            start,
+            training=f"`mmmmodal train --stage {stage}` from `{start}`: {trainer.state.global_step} steps at "
+            f"learning rate {args.learning_rate:g}, {args.per_device_train_batch_size} conversations per device "
+            f"step; trained: {', '.join(trained) or 'nothing'} (everything else frozen).",
+        )
     return output_dir
+
+
+def _trained_parts(model) -> list[str]:
+    """The model's parts (towers, projectors, language model, head) that have trainable parameters."""
+    inner = model.model
+    parts = {
+        "vision tower": inner.vision_tower,
+        "audio tower": inner.audio_tower,
+        "image projector": inner.image_projector,
+        "audio projector": inner.audio_projector,
+        "language model": inner.language_model,
+        "LM head": model.lm_head,
+    }
+    return [name for name, part in parts.items() if any(p.requires_grad for p in part.parameters())]
 
 
 def train(args: MMMModalTrainArguments, training_args: TrainingArguments, callbacks=()) -> Path:
