@@ -55,6 +55,24 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert Image.open(report / "report.png").size == (1000, 420)
     assert len((report / "heldout_answers.jsonl").read_text().splitlines()) == metrics["settings"]["eval_per_kind"] * 9
     assert check_folder_loads(metrics["model_folder"])["new_tokens"] == 2
+    # The saved model is a Hub repo as it stands: `mmmmodal push --dry-run` takes it (no pickles, a card).
+    pushed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mmmmodal_hf.cli",
+            "push",
+            metrics["model_folder"],
+            "--repo-id",
+            "you/demo",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pushed.returncode == 0, pushed.stderr[-3000:]
+    assert "README.md" in json.loads(pushed.stdout.splitlines()[1])
     # Media stand unlabelled, as a chat user sends them: each user turn's only text is its question.
     assert metrics["settings"]["media_labels"] == 0
     for line in (output / "world" / "train" / "data.jsonl").read_text().splitlines()[:50]:

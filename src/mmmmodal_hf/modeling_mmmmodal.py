@@ -32,6 +32,16 @@ logger = logging.getLogger(__name__)
 # a final norm or SigLIP's pooling head. Such keys come from checkpoints saved before towers were trimmed.
 _UNUSED_TOWER_KEY = re.compile(r"(^|\.)(vision_tower|audio_tower)\.")
 
+# Left unquantized by bitsandbytes unless `llm_int8_skip_modules` says otherwise: the towers and projectors are
+# under a tenth of a 7B model's weights, and every image and audio slot passes through them; the LM head as usual.
+UNQUANTIZED_PARTS = (
+    "model.vision_tower",
+    "model.audio_tower",
+    "model.image_projector",
+    "model.audio_projector",
+    "lm_head",
+)
+
 # transformers 5.24 renamed the KV cache argument and output field `past_key_values` to `cache` (the
 # old name is accepted, with a warning, until 5.40). This module speaks the installed version's name
 # to the language model and in its outputs, and its `forward` takes either, so one Hub checkout
@@ -334,7 +344,8 @@ class MMMModalPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
-        """As `PreTrainedModel.from_pretrained`, but weights load from safetensors only.
+        """As `PreTrainedModel.from_pretrained`, but weights load from safetensors only, and a bitsandbytes
+        `quantization_config` quantizes the language model alone (see `UNQUANTIZED_PARTS`).
 
         A pickled checkpoint (`pytorch_model.bin`) can run code when unpickled; a folder or repo
         holding only that is refused with a message saying how to convert it.
@@ -344,6 +355,13 @@ class MMMModalPreTrainedModel(PreTrainedModel):
         if kwargs.get("gguf_file") is not None:
             raise ValueError("MMMModal loads safetensors weights only; gguf_file is not supported.")
         kwargs["use_safetensors"] = True
+        quantization = kwargs.get("quantization_config")
+        if (
+            getattr(quantization, "quant_method", None) == "bitsandbytes"
+            and quantization.llm_int8_skip_modules is None
+        ):
+            kwargs["quantization_config"] = quantization = copy.deepcopy(quantization)
+            quantization.llm_int8_skip_modules = list(UNQUANTIZED_PARTS)
         try:
             model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except OSError as error:
