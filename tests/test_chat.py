@@ -62,7 +62,7 @@ def test_two_turns_with_image_and_audio_commands(model_folder, tmp_path):
     assert "(image attached to the next turn" in out and "(audio attached to the next turn" in out
     answers = [line[len("model> ") :] for line in out.splitlines() if line.startswith("model> ")]
     assert len(answers) == 2 and all(answer.strip() for answer in answers)
-    assert "error: no such file" in out
+    assert "error: image 2 (" in out and "missing.png): no such file" in out
     saved = json.loads((tmp_path / "conversation.json").read_text())["messages"]
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
     assert [b["type"] for b in saved[0]["content"]] == ["image", "audio", "text"]
@@ -84,3 +84,95 @@ def test_one_shot_prompt(model_folder, tmp_path):
     broken.write_bytes(b"not a png")
     completed = chat(model_folder, "--image", str(broken), "-p", "Apa ini?")
     assert completed.returncode == 1 and "not a readable image" in completed.stderr
+
+
+def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(model_folder, tmp_path):
+    """A corrupt image or a text file named .wav is refused once, numbered as the chat counts; later turns work."""
+    random_image(0).save(tmp_path / "good.png")
+    (tmp_path / "corrupt.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
+    (tmp_path / "notes.wav").write_text("not audio at all")
+    script = "\n".join(
+        [
+            f"/image {tmp_path / 'corrupt.png'}",
+            "Apa ini?",
+            f"/audio {tmp_path / 'notes.wav'}",
+            f"/image {tmp_path / 'good.png'}",
+            "Dan ini?",
+            "Terima kasih.",
+            "/quit",
+        ]
+    )
+    completed = chat(model_folder, stdin=script + "\n")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    errors = [line for line in completed.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 2, completed.stdout
+    assert "image 1 (" in errors[0] and "corrupt.png" in errors[0] and "not attached" in errors[0]
+    assert "audio 1 (" in errors[1] and "notes.wav" in errors[1] and "not attached" in errors[1]
+    answers = [line for line in completed.stdout.splitlines() if line.startswith("model> ")]
+    assert len(answers) == 3 and all(answer[len("model> ") :].strip() for answer in answers)
+
+
+def test_media_given_without_a_prompt_go_with_the_first_turn(model_folder, tmp_path):
+    random_image(0).save(tmp_path / "a.png")
+    completed = chat(
+        model_folder, "--image", str(tmp_path / "a.png"), stdin=f"Apa ini?\n/save {tmp_path / 'c.json'}\n/quit\n"
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "(image attached to the first turn:" in completed.stdout
+    saved = json.loads((tmp_path / "c.json").read_text())["messages"]
+    assert [block["type"] for block in saved[0]["content"]] == ["image", "text"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["-p", "  "], "the prompt (-p) is empty"),
+        (["--image", "nowhere.png", "-p", "Apa?"], "image 1 (nowhere.png): no such file"),
+    ],
+)
+def test_bad_arguments_end_with_one_line_and_a_nonzero_exit(model_folder, args, message):
+    completed = chat(model_folder, *args)
+    assert completed.returncode != 0
+    assert message in completed.stderr and "Traceback" not in completed.stderr
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+
+
+def test_a_model_path_that_does_not_exist(tmp_path):
+    completed = chat(tmp_path / "no_model_here", "-p", "Apa?")
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("mmmmodal chat: cannot load an MMMModal model from")
+
+
+def test_ctrl_c_at_the_prompt_in_a_terminal(model_folder):
+    """Driven through a pseudo-terminal, as a person types: one answer, then Ctrl-C at the next prompt."""
+    import os
+    import pty
+    import time
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: the chat on the terminal's side
+        os.execv(
+            sys.executable,
+            [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(model_folder), "--max-new-tokens", "3"],
+        )
+    screen = b""
+
+    def read_until(marker: bytes, count: int, timeout: float = 180) -> None:
+        nonlocal screen
+        deadline = time.time() + timeout
+        while screen.count(marker) < count and time.time() < deadline:
+            try:
+                screen += os.read(fd, 4096)
+            except OSError:
+                break
+
+    read_until(b"you> ", 1)
+    os.write(fd, b"Apa khabar?\r")
+    read_until(b"you> ", 2)
+    assert b"model> " in screen
+    os.write(fd, b"\x03")  # Ctrl-C
+    read_until(b"interrupted", 1, timeout=60)
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 130
+    assert b"mmmmodal chat: interrupted" in screen and b"Traceback" not in screen

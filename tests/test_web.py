@@ -118,7 +118,10 @@ def test_broken_upload_shows_an_error_and_the_next_turn_works(web_app, tmp_path)
         page.wait_for_function(
             "document.querySelector('#status').innerText.includes('Could not use a file')", timeout=30000
         )
-        assert "broken.png" in page.locator("#status").inner_text()
+        status = page.locator("#status").inner_text()
+        # Said as the user would: which file (as uploaded) and what is wrong with it, no server path.
+        assert "broken.png: the image data is corrupt or truncated" in status, status
+        assert "/tmp" not in status and "neither" not in status
         assert page.locator("#conversation [data-testid=bot]").count() == 0
         page.locator("#message textarea").fill("")
         send(page, "Then what is in this one?", [media["blue_square"]])
@@ -154,3 +157,53 @@ def test_the_core_package_does_not_import_gradio():
 
     code = "import sys, mmmmodal_hf, mmmmodal_hf.chat, mmmmodal_hf.cli; assert 'gradio' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300).returncode == 0
+
+
+def test_the_command_names_its_own_share_flag(model_folder_for_web):
+    """`mmmmodal web` starts, says where it serves, and points at `--share` (not Gradio's `share=True`)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(model_folder_for_web), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        deadline = time.time() + 240
+        while time.time() < deadline and not any("--share" in line for line in lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        out = "".join(lines)
+        assert f"MMMModal chat on http://127.0.0.1:{port}" in out, out
+        assert "pass --share for a temporary public link" in out and "share=True" not in out
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def test_a_wrong_model_path_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(tmp_path / "nothing")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    assert completed.stderr.strip().splitlines()[-1].startswith("mmmmodal web: cannot load an MMMModal model from")
+
+
+@pytest.fixture(scope="module")
+def model_folder_for_web(tmp_path_factory, model, session_processor):
+    folder = tmp_path_factory.mktemp("web_model")
+    model.save_pretrained(folder)
+    session_processor.save_pretrained(folder)
+    return folder

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
+from .media_mmmmodal import load_audio, load_image
 from .session import MMMModalChatSession
 
 HELP = "commands: /image PATH, /audio PATH, /undo, /reset, /save FILE, /quit"
@@ -44,17 +45,35 @@ class ChatSession:
         self.chat.undo()
 
     def attach(self, kind: str, path: str) -> None:
+        """Attach a file to the next turn, once it reads as that kind; a bad one is refused and nothing else changes."""
+        number = sum(k == kind for k, _ in self.pending) + 1 + self._sent(kind)
+        where = f"{kind} {number} ({path})"
         if not Path(path).is_file():
-            raise ValueError(f"no such file: {path}")
+            raise ValueError(f"{where}: no such file")
+        try:
+            if kind == "image":
+                load_image(path, max_pixels=self.chat.processor.max_image_pixels)
+            else:
+                load_audio(path, self.chat.processor.feature_extractor.sampling_rate)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}; not attached") from error
         self.pending.append((kind, str(Path(path).resolve())))
 
+    def _sent(self, kind: str) -> int:
+        """Media of `kind` the conversation already holds: the next one is numbered after them, as the chat counts."""
+        blocks = [b for m in self.messages if isinstance(m["content"], list) for b in m["content"]]
+        return sum(block.get("type") == kind for block in blocks)
+
     def send(self, text: str, on_text=None) -> str:
-        """Answer one user turn with the attached media, streaming pieces to `on_text`."""
+        """Answer one user turn with the attached media, streaming pieces to `on_text`.
+
+        The attachments go with this turn whatever happens: if it fails, they are dropped with it
+        (the error says why) and the conversation goes on as it was.
+        """
         images = [path for kind, path in self.pending if kind == "image"]
         clips = [path for kind, path in self.pending if kind == "audio"]
-        answer = self.chat.send(text, images=images, audio=clips, on_text=on_text)  # bad media raise first
         self.pending = []
-        return answer
+        return self.chat.send(text, images=images, audio=clips, on_text=on_text)
 
     def save(self, path: str) -> Path:
         """The conversation as a training row in the content-block format (`mmmmodal train` reads it)."""
@@ -63,9 +82,17 @@ class ChatSession:
         return path
 
 
+class ModelNotLoaded(RuntimeError):
+    """The model or processor could not be loaded; the message says from where and why."""
+
+
 def load(model_name: str):
-    model = AutoModel.from_pretrained(model_name, trust_remote_code=True).eval()
-    processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
+    try:
+        model = AutoModel.from_pretrained(model_name, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelNotLoaded(f"cannot load an MMMModal model from {model_name!r}: {reason}") from error
     return model, processor
 
 
@@ -93,8 +120,14 @@ def interactive(session: ChatSession, lines, write) -> None:
             elif line.startswith("/"):
                 write(f"unknown command; {HELP}\n")
             else:
+                dropped = len(session.pending)
                 write("model> ")
-                session.send(line, on_text=write)
+                try:
+                    session.send(line, on_text=write)
+                except ValueError:
+                    if dropped:
+                        write("(the turn's attachments were dropped with it)\n")
+                    raise
                 write("\n")
         except ValueError as error:
             write(f"error: {error}\n")
@@ -102,47 +135,68 @@ def interactive(session: ChatSession, lines, write) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mmmmodal chat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="mmmmodal chat",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", help="folder or Hub id of an MMMModal model")
-    parser.add_argument("-p", "--prompt", help="ask one question and exit")
-    parser.add_argument("--image", action="append", default=[], help="image for the one-shot prompt (repeatable)")
-    parser.add_argument("--audio", action="append", default=[], help="audio for the one-shot prompt (repeatable)")
-    parser.add_argument("--system", help="a system message")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--min-new-tokens", type=int, default=None)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 means greedy")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("-p", "--prompt", help="ask one question and exit (default: an interactive chat)")
+    parser.add_argument(
+        "--image", action="append", default=[], help="image for the first turn; repeatable (default: none)"
+    )
+    parser.add_argument(
+        "--audio", action="append", default=[], help="audio for the first turn; repeatable (default: none)"
+    )
+    parser.add_argument("--system", help="a system message put before the first turn (default: none)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default: 256)")
+    parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens (default: none)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)"
+    )
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature (default: 1.0)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.prompt is not None and not args.prompt.strip():
+        print("mmmmodal chat: the prompt (-p) is empty; write a question", file=sys.stderr)
+        return 2
+    for kind in ("image", "audio"):  # before the model loads: a typo should not cost a minute
+        missing = next((path for path in getattr(args, kind) if not Path(path).is_file()), None)
+        if missing is not None:
+            number = getattr(args, kind).index(missing) + 1
+            print(f"mmmmodal chat: {kind} {number} ({missing}): no such file", file=sys.stderr)
+            return 2
     generate_kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.min_new_tokens:
         generate_kwargs["min_new_tokens"] = args.min_new_tokens
     if args.temperature > 0:
         generate_kwargs.update(do_sample=True, temperature=args.temperature, top_p=args.top_p)
-    session = ChatSession(*load(args.model), system=args.system, **generate_kwargs)
 
     def write(text: str) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    if args.prompt is not None:
-        try:
-            for path in args.image:
-                session.attach("image", path)
-            for path in args.audio:
-                session.attach("audio", path)
+    try:
+        session = ChatSession(*load(args.model), system=args.system, **generate_kwargs)
+        for kind in ("image", "audio"):
+            for path in getattr(args, kind):
+                session.attach(kind, path)
+                if args.prompt is None:
+                    write(f"({kind} attached to the first turn: {path})\n")
+        if args.prompt is not None:
             session.send(args.prompt, on_text=write)
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 1
-        write("\n")
-        return 0
-    lines = _prompted_lines(write) if sys.stdin.isatty() else sys.stdin
-    interactive(session, lines, write)
+            write("\n")
+            return 0
+        lines = _prompted_lines(write) if sys.stdin.isatty() else sys.stdin
+        interactive(session, lines, write)
+    except (ModelNotLoaded, ValueError) as error:
+        print(f"mmmmodal chat: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nmmmmodal chat: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -28,18 +28,26 @@ INTRO = (
 )
 
 
-def media_kind(path: str) -> str:
-    """image or audio, decided by decoding the file (never by its name)."""
+def media_kind(path: str, name: str | None = None) -> str:
+    """image or audio, decided by decoding the file (never by its name).
+
+    A file that is one kind but broken (a truncated PNG, a cut-off WAV) is reported with that kind's
+    own error, named as `name` (the file as it was uploaded), never by the server's temporary path.
+    """
+    name = name or Path(path).name
     try:
         load_image(path)
         return "image"
-    except ValueError:
-        pass
+    except ValueError as error:
+        if not str(error).startswith("not a readable image"):
+            raise ValueError(f"{name}: {error}") from None
     try:
         load_audio(path, 16000)
         return "audio"
     except ValueError as error:
-        raise ValueError(f"{Path(path).name} is neither a readable image nor readable audio ({error})") from None
+        if not str(error).startswith("not a readable audio file"):
+            raise ValueError(f"{name}: {error}") from None
+    raise ValueError(f"{name} is neither an image nor audio this page can read (Pillow and libsndfile formats)")
 
 
 def example_media(folder: str | Path | None = None) -> dict[str, str]:
@@ -238,23 +246,45 @@ def build_app(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmmmodal web", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmmmodal web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("model", help="folder or Hub id of an MMMModal model")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve a network)")
-    parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--share", action="store_true", help="a temporary public gradio.live link")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves your network (default: 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument(
+        "--share",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a temporary public gradio.live link (default: off)",
+    )
     args = parser.parse_args(argv)
     try:
         import gradio  # noqa: F401
     except ImportError:
         print('mmmmodal web needs Gradio: pip install "mmmmodal-hf[web]"', file=sys.stderr)
         return 1
-    from .chat import load
+    from .chat import ModelNotLoaded, load
 
-    model, processor = load(args.model)
-    build_app(model, processor, title=f"MMMModal chat: {args.model}").launch(
-        server_name=args.host, server_port=args.port, share=args.share
-    )
+    try:
+        model, processor = load(args.model)
+    except ModelNotLoaded as error:
+        print(f"mmmmodal web: {error}", file=sys.stderr)
+        return 1
+    app = build_app(model, processor, title=f"MMMModal chat: {args.model}")
+    # Gradio's own banner names `share=True` in `launch()`; this command's users have the flag instead.
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
+    print(f"MMMModal chat on {app.local_url}", flush=True)
+    if args.share:
+        print(f"public link: {app.share_url}", flush=True)
+    else:
+        print("pass --share for a temporary public link, or --host 0.0.0.0 to serve your network", flush=True)
+    try:
+        app.block_thread()
+    except KeyboardInterrupt:
+        app.close()
     return 0
 
 

@@ -211,9 +211,9 @@ def run_stage(
         stage=stage,
         model=str(model_folder),
         data=str(data),
-        # Each step's 16 conversations packed into blocks of 256 tokens (a demo conversation has 200 at
-        # most), position ids restarting per conversation: 1.18x the steps per second of batches padded
-        # to their longest row, the same loss (BENCHMARKS.md section 10).
+        # Each step's 16 conversations side by side in rows of at most 256 tokens (a demo conversation has
+        # about 200 at most), position ids restarting per conversation, rows of nearly equal length: packed
+        # blocks ran 1.18x the steps per second of batches padded to their longest row (BENCHMARKS.md 10).
         block_size=256,
         packing=True,
         train_encoders=train_encoders,
