@@ -147,6 +147,7 @@ def test_ctrl_c_at_the_prompt_in_a_terminal(model_folder):
     """Driven through a pseudo-terminal, as a person types: one answer, then Ctrl-C at the next prompt."""
     import os
     import pty
+    import select
     import time
 
     pid, fd = pty.fork()
@@ -161,9 +162,12 @@ def test_ctrl_c_at_the_prompt_in_a_terminal(model_folder):
         nonlocal screen
         deadline = time.time() + timeout
         while screen.count(marker) < count and time.time() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)  # never block past the deadline
+            if not ready:
+                continue
             try:
                 screen += os.read(fd, 4096)
-            except OSError:
+            except OSError:  # the child closed the terminal
                 break
 
     read_until(b"you> ", 1)
