@@ -142,15 +142,15 @@ def test_bad_rows_are_skipped_with_a_warning_naming_them(processor, media_folder
         first = dataset[0]
     assert first["pixel_values"].shape[0] == 2  # row 2 served in place of the broken rows 0 and 1
     assert dataset.stats.skipped == 2 and dataset.stats.rows == 1
-    assert "rows.jsonl:0" in caplog.text and "no such file" in caplog.text
-    assert "rows.jsonl:1" in caplog.text and "more media tags than the 1 files" in caplog.text
+    assert "rows.jsonl:1" in caplog.text and "no such file" in caplog.text
+    assert "rows.jsonl:2" in caplog.text and "more media tags than the 1 files" in caplog.text
 
 
 @pytest.mark.parametrize("answer", ["", "  ", [{"type": "text", "text": ""}]], ids=["empty", "blank", "empty block"])
 def test_an_empty_answer_is_an_unusable_row(answer):
     # The chat template renders an empty answer (a chat may hold one); training data must not.
     row = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": answer}]}
-    with pytest.raises(UnusableRow, match=r"row r7: message 1 \(assistant\) is empty"):
+    with pytest.raises(UnusableRow, match=r"row r7: message 2 \(assistant\) is empty"):
         conversation_from_row(row, row_id="r7")
 
 
@@ -293,7 +293,7 @@ def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
     (media_folder / "published.jsonl").write_text(json.dumps(published_row()) + "\n")
     rows = load_rows(media_folder)
     assert len(rows) == 3
-    assert {row["_row_id"] for row in rows} == {"blocks.parquet:0", "blocks.parquet:1", "published.jsonl:0"}
+    assert {row["_row_id"] for row in rows} == {"blocks.parquet:1", "blocks.parquet:2", "published.jsonl:1"}
     dataset = ConversationDataset(rows, processor)
     encoded = [dataset[i] for i in range(3)]
     assert [e["pixel_values"].shape[0] for e in encoded] == [1, 1, 2]

@@ -86,27 +86,27 @@ def test_validate_passes_a_clean_dataset(tmp_path, base_folder):
 def test_validate_finds_every_planted_defect(tmp_path, session_processor):
     write_media(tmp_path)
     rows = [
-        image_row("media/red.png"),  # 0: fine
-        image_row("media/gone.png"),  # 1: missing file
-        {**image_row("media/red.png"), "filename": ["media/red.png", "media/blue.png"]},  # 2: 1 tag, 2 files
-        image_row("media/tone.wav"),  # 3: an audio file behind an image tag
-        {  # 4: six images in one turn: over the block of 120
+        image_row("media/red.png"),  # line 1: fine
+        image_row("media/gone.png"),  # line 2: missing file
+        {**image_row("media/red.png"), "filename": ["media/red.png", "media/blue.png"]},  # line 3: 1 tag, 2 files
+        image_row("media/tone.wav"),  # line 4: an audio file behind an image tag
+        {  # line 5: six images in one turn: over the block of 120
             "conversations": [
                 {"role": "user", "content": "<image> </image>\n" * 6 + "Describe them all."},
                 {"role": "assistant", "content": "Six squares."},
             ],
             "filename": ["media/red.png"] * 6,
         },
-        audio_row("media/beep.wav"),  # 5: fine
+        audio_row("media/beep.wav"),  # line 6: fine
     ]
     data = write_jsonl(tmp_path / "planted.jsonl", rows)
     report = validate_dataset(data, session_processor, block_size=120)
     found = {kind: [row for row, _ in items] for kind, items in report.problems.items() if items}
     assert found == {
-        "missing file": ["planted.jsonl:1"],
-        "unusable row": ["planted.jsonl:2"],
-        "wrong media kind": ["planted.jsonl:3"],
-        "too long": ["planted.jsonl:4"],
+        "missing file": ["planted.jsonl:2"],
+        "unusable row": ["planted.jsonl:3"],
+        "wrong media kind": ["planted.jsonl:4"],
+        "too long": ["planted.jsonl:5"],
     }
     messages = {kind: items[0][1] for kind, items in report.problems.items() if items}
     assert "gone.png does not exist" in messages["missing file"]

@@ -1,7 +1,7 @@
 """Every kind of broken or odd input users send: a clear error naming sample and item, or the right result.
 
 Each bad medium is placed second, in the second sample of a two-sample batch, so the error must
-name `Sample 1, image 1` (or `audio 1`); with `skip_bad_samples=True` the first sample comes out
+name `Sample 2, image 2` (or `audio 2`), counted from 1; with `skip_bad_samples=True` the first sample comes out
 exactly as it does alone.
 """
 
@@ -99,7 +99,7 @@ BAD_AUDIO = {
 
 
 def with_bad_second_item(kind: str, bad) -> dict:
-    """Two samples; the bad item is item 1 of sample 1."""
+    """Two samples; the bad item is the second of the second sample."""
     if kind == "image":
         return {"text": ["<image> one", "<image> <image> two"], "images": [[GOOD_PNG], [GOOD_PNG, bad]]}
     return {"text": ["<audio> one", "<audio> <audio> two"], "audio": [[GOOD_WAV], [GOOD_WAV, bad]]}
@@ -116,14 +116,14 @@ def with_bad_second_item(kind: str, bad) -> dict:
 def test_broken_media_error_names_sample_and_item_and_can_be_skipped(processor, case):
     kind, _, bad, message = case
     inputs = with_bad_second_item(kind, bad)
-    with pytest.raises(ValueError, match=rf"Sample 1, {kind} 1 \(<\d+ bytes>\): .*({message})"):
+    with pytest.raises(ValueError, match=rf"Sample 2, {kind} 2 \(<\d+ bytes>\): .*({message})"):
         processor(**inputs)
 
     kept = processor(**inputs, skip_bad_samples=True, return_tensors="pt")
     alone = processor(**{key: value[:1] for key, value in inputs.items()}, return_tensors="pt")
     assert kept.kept_samples == [0]
     assert [s["sample"] for s in kept.skipped_samples] == [1]
-    assert kept.skipped_samples[0]["error"].startswith(f"Sample 1, {kind} 1")
+    assert kept.skipped_samples[0]["error"].startswith(f"Sample 2, {kind} 2")
     assert set(kept) == set(alone)
     for key in alone:
         assert torch.equal(kept[key], alone[key]), key
@@ -160,9 +160,9 @@ def test_every_common_sampling_rate_resamples_to_the_same_length(processor, rate
 
 
 def test_placeholder_and_media_count_mismatches(processor):
-    with pytest.raises(ValueError, match=r"Sample 1 has 2 <image> placeholder\(s\) but 1 image\(s\) were given"):
+    with pytest.raises(ValueError, match=r"Sample 2 has 2 <image> placeholder\(s\) but 1 image\(s\) were given"):
         processor(text=["<image>", "<image> <image>"], images=[[GOOD_PNG], [GOOD_PNG]])
-    with pytest.raises(ValueError, match=r"Sample 0 has 0 <audio> placeholder\(s\) but 1 audio\(s\) were given"):
+    with pytest.raises(ValueError, match=r"Sample 1 has 0 <audio> placeholder\(s\) but 1 audio\(s\) were given"):
         processor(text=["no audio here", "<audio>"], audio=[[GOOD_WAV], [GOOD_WAV]])
     with pytest.raises(ValueError, match=r"3 image\(s\) were given but the text holds only 2 <image>"):
         processor(text=["<image>", "<image>"], images=[GOOD_PNG] * 3)
@@ -171,7 +171,7 @@ def test_placeholder_and_media_count_mismatches(processor):
 
 
 def test_empty_text_and_every_sample_bad(processor):
-    with pytest.raises(ValueError, match="Sample 1: the text is empty"):
+    with pytest.raises(ValueError, match="Sample 2: the text is empty"):
         processor(text=["fine", "  "])
     with pytest.raises(ValueError, match="Every sample of the batch is unusable"):
         processor(text=["", " "], skip_bad_samples=True)
@@ -185,18 +185,18 @@ def test_empty_text_and_every_sample_bad(processor):
                 {"role": "user", "content": "Look"},
                 {"role": "assistant", "content": [{"type": "image", "image": GOOD_PNG}]},
             ],
-            r"Message 1 \(assistant\) holds an image or audio",
+            r"Message 2 \(assistant\) holds an image or audio",
         ),
         (
             [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "It is <audio> here"}],
-            r"Message 1 \(assistant\) holds an image or audio",
+            r"Message 2 \(assistant\) holds an image or audio",
         ),
         ([{"role": "narrator", "content": "hi"}], "Unknown role 'narrator'"),
         (
             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": ""}],
-            r"Message 1 \(user\) is empty",
+            r"Message 2 \(user\) is empty",
         ),
-        ([{"role": "user", "content": []}], r"Message 0 \(user\) is empty"),
+        ([{"role": "user", "content": []}], r"Message 1 \(user\) is empty"),
     ],
     ids=["media block in an answer", "placeholder in an answer", "unknown role", "empty text", "no blocks"],
 )
@@ -219,7 +219,7 @@ def test_conversation_longer_than_the_context_fails_before_any_compute(session_p
     )
     too_long = int(inputs["attention_mask"][1].sum())
     with pytest.raises(
-        ValueError, match=rf"context of 48 positions \(sample 1: {too_long} positions, {too_long - 48} too"
+        ValueError, match=rf"context of 48 positions \(sample 2: {too_long} positions, {too_long - 48} too"
     ):
         model(**inputs)
     assert encoder_calls == []  # refused before the vision tower ran

@@ -67,7 +67,7 @@ def test_trimmed_features_are_each_windows_leading_slots(session_processor):
 def test_max_audio_seconds_limits_each_sample(processor):
     processor.max_audio_seconds = 2.0
     processor(text=["<audio> <audio>", "<audio>"], audio=[[random_clip(0), random_clip(1)], [random_clip(2, 1.9)]])
-    with pytest.raises(ValueError, match=r"Sample 1: its audio lasts 2\.5 s up to and including audio 1"):
+    with pytest.raises(ValueError, match=r"Sample 2: its audio lasts 2\.5 s up to and including audio 2"):
         processor(
             text=["<audio>", "<audio> <audio>"],
             audio=[[random_clip(0)], [random_clip(1, seconds=1.5), random_clip(2, seconds=1.0)]],

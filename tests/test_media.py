@@ -89,18 +89,18 @@ def test_kind_is_read_from_the_bytes_not_the_extension(processor, tmp_path):
     disguised = tmp_path / "actually_a_png.wav"
     Image.new("RGB", (8, 8), "red").save(disguised, format="PNG")
     assert load_image(disguised).getpixel((0, 0)) == (255, 0, 0)
-    with pytest.raises(ValueError, match=r"Sample 0, audio 0 .*actually_a_png.wav.*not a readable audio file"):
+    with pytest.raises(ValueError, match=r"Sample 1, audio 1 .*actually_a_png.wav.*not a readable audio file"):
         processor(text="<audio>", audio=disguised)
 
 
 @pytest.mark.parametrize(
     "texts, images, message",
     [
-        (["<image> <image>"], [[1]], r"Sample 0 has 2 <image> placeholder\(s\) but 1 image\(s\) were given"),
-        (["<image>", "<image><image>"], ["a", "b"], r"Sample 1 has 2 <image> placeholder\(s\) but only 1 of the 2"),
+        (["<image> <image>"], [[1]], r"Sample 1 has 2 <image> placeholder\(s\) but 1 image\(s\) were given"),
+        (["<image>", "<image><image>"], ["a", "b"], r"Sample 2 has 2 <image> placeholder\(s\) but only 1 of the 2"),
         (["no placeholder"], ["a"], r"1 image\(s\) were given but the text holds only 0 <image> placeholder"),
         (["<image>", "x"], [["a"]], r"Images were given for 1 samples, but the text holds 2 samples"),
-        (["x </image>"], None, r"Sample 0: '</image>' at character 2 closes a medium that was never opened"),
+        (["x </image>"], None, r"Sample 1: '</image>' at character 2 closes a medium that was never opened"),
     ],
 )
 def test_placeholder_media_mismatch_names_the_sample(processor, texts, images, message):
@@ -113,30 +113,30 @@ def test_unreadable_image_file_names_sample_and_item(processor, tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     good = tmp_path / "good.png"
     Image.new("RGB", (8, 8)).save(good)
-    with pytest.raises(ValueError, match=r"Sample 1, image 1 \('.*broken.png'\): not a readable image"):
+    with pytest.raises(ValueError, match=r"Sample 2, image 2 \('.*broken.png'\): not a readable image"):
         processor(text=["<image>", "<image> <image>"], images=[[good], [good, broken]])
-    with pytest.raises(ValueError, match=r"Sample 0, image 0 .*no such file"):
+    with pytest.raises(ValueError, match=r"Sample 1, image 1 .*no such file"):
         processor(text="<image>", images=tmp_path / "missing.png")
 
 
 def test_empty_audio_names_sample_and_item(processor, tmp_path):
     empty = tmp_path / "empty.wav"
     soundfile.write(empty, np.zeros(0, dtype=np.float32), 16000)
-    with pytest.raises(ValueError, match=r"Sample 0, audio 1 \('.*empty.wav'\): the audio is empty"):
+    with pytest.raises(ValueError, match=r"Sample 1, audio 2 \('.*empty.wav'\): the audio is empty"):
         processor(text="<audio> <audio>", audio=[random_clip(0), empty])
-    with pytest.raises(ValueError, match=r"Sample 1, audio 0 .*: the audio is empty"):
+    with pytest.raises(ValueError, match=r"Sample 2, audio 1 .*: the audio is empty"):
         processor(text=["x", "<audio>"], audio=[[], [np.zeros(0, dtype=np.float32)]])
 
 
 def test_non_finite_audio_is_refused(processor):
     clip = random_clip(0)
     clip[10] = np.nan
-    with pytest.raises(ValueError, match=r"Sample 0, audio 0 .*NaN or infinite"):
+    with pytest.raises(ValueError, match=r"Sample 1, audio 1 .*NaN or infinite"):
         processor(text="<audio>", audio=clip)
 
 
 def test_unsupported_items_are_named_in_the_error(processor):
-    with pytest.raises(ValueError, match=r"Sample 0, image 0 \(<ndarray \(\)>\): an image array must be"):
+    with pytest.raises(ValueError, match=r"Sample 1, image 1 \(<ndarray \(\)>\): an image array must be"):
         processor(text="<image>", images=[np.array(3.0)])
-    with pytest.raises(ValueError, match=r"Sample 0, audio 0 \(<int>\): audio must be a path"):
+    with pytest.raises(ValueError, match=r"Sample 1, audio 1 \(<int>\): audio must be a path"):
         processor(text="<audio>", audio=[7])

@@ -395,5 +395,5 @@ def test_media_index_embeddings_number_each_medium_within_its_sample(indexed_mod
 def test_more_media_than_media_index_embeddings_is_a_clear_error(indexed_model, session_processor):
     images = [random_image(30 + k) for k in range(5)]
     batch = session_processor(text="[INST] " + "<image> " * 5 + "[/INST]", images=images, return_tensors="pt")
-    with pytest.raises(ValueError, match=r"at most 4 images per conversation.*sample 0: 5"):
+    with pytest.raises(ValueError, match=r"at most 4 images per conversation.*sample 1: 5"):
         indexed_model(**batch)

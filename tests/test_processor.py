@@ -132,7 +132,7 @@ def test_long_audio_policies(processor, tokenizer_folder):
         audio_conv_stride=3,
         long_audio="error",
     )
-    with pytest.raises(ValueError, match=r"Sample 0, audio 0 .* lasts 2.5 s"):
+    with pytest.raises(ValueError, match=r"Sample 1, audio 1 .* lasts 2.5 s"):
         strict(text="<audio>", audio=clip)
     with pytest.raises(ValueError, match="long_audio must be one of"):
         MMMModalProcessor(

@@ -113,6 +113,6 @@ def test_bad_media_leave_the_session_unchanged(model, session_processor, tmp_pat
     session.send("Hi", images=[random_image(0)])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\nbroken")
-    with pytest.raises(ValueError, match="image 0"):
+    with pytest.raises(ValueError, match="image 1"):
         session.send("And this?", images=[str(broken)])
     assert len(session.messages) == 2

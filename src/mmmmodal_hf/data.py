@@ -89,7 +89,7 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
             raise UnusableRow(f"row {row_id}: message content must be a string or a list of blocks")
     if tags_seen != len(filenames) and filenames:
         raise UnusableRow(f"row {row_id}: {len(filenames)} files in 'filename' but {tags_seen} media tags in the text")
-    for number, message in enumerate(normalised):
+    for number, message in enumerate(normalised, start=1):
         # The template renders an empty answer (a chat model may give one); as training data it teaches nothing.
         if message["role"] == "assistant" and not _text_of(message["content"]).strip():
             raise UnusableRow(f"row {row_id}: message {number} (assistant) is empty: there is no answer to learn")
@@ -296,7 +296,7 @@ def load_rows(path: str | Path, streaming: bool = False):
         part = part.map(
             lambda row, index, base=str(file.parent), name=file.name: {
                 "_base_dir": base,
-                "_row_id": f"{name}:{index}",
+                "_row_id": f"{name}:{index + 1}",  # rows counted from 1, as lines are
             },
             with_indices=True,
         )

@@ -536,7 +536,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         too_long = [(row, int(length)) for row, length in enumerate(lengths) if length > limit]
         if too_long:
             details = "; ".join(
-                f"sample {row}: {length} positions, {length - limit} too many" for row, length in too_long
+                f"sample {row + 1}: {length} positions, {length - limit} too many" for row, length in too_long
             )
             raise ValueError(
                 f"The input does not fit the language model's context of {limit} positions ({details}). "
@@ -583,7 +583,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         limit = projector.index_embedding.num_embeddings
         most = ordinals.amax(-1)
         if bool((most > limit).any()):
-            rows = ", ".join(f"sample {row}: {int(n)}" for row, n in enumerate(most.tolist()) if n > limit)
+            rows = ", ".join(f"sample {row + 1}: {int(n)}" for row, n in enumerate(most.tolist()) if n > limit)
             raise ValueError(
                 f"This model tells apart at most {limit} {modality}s per conversation "
                 f"(config.media_index_embeddings); the input holds more ({rows}). Split the conversation."

@@ -50,7 +50,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{%- elif block['type'] == 'audio' -%}{%- set parts.items = parts.items + ['<audio> </audio>'] -%}"
     "{%- else -%}{{- raise_exception('Unknown content block type: ' + block['type']) -}}{%- endif -%}"
     "{%- endfor -%}{%- set content = parts.items | join('\\n') -%}{%- endif -%}"
-    "{%- set number = loop.index0 + (messages | length) - (loop_messages | length) -%}"
+    "{%- set number = loop.index + (messages | length) - (loop_messages | length) -%}"
     "{%- if not content | trim and message['role'] != 'assistant' -%}"
     "{{- raise_exception('Message ' ~ number ~ ' (' ~ message['role'] ~ ') is empty') -}}{%- endif -%}"
     "{%- if message['role'] == 'assistant' and ('<image>' in content or '<audio>' in content) -%}"
@@ -311,20 +311,20 @@ class MMMModalProcessor(ProcessorMixin):
     def _read_text(self, index: int, text) -> tuple[list[re.Match], str | None]:
         """The sample's placeholders, and what is wrong with its text (None when nothing is)."""
         if not isinstance(text, str):
-            return [], f"Sample {index}: text must be a string; got {type(text).__name__}."
+            return [], f"Sample {index + 1}: text must be a string; got {type(text).__name__}."
         matches = list(_PLACEHOLDER_RE.finditer(text))
         if not text.strip():
-            return matches, f"Sample {index}: the text is empty."
+            return matches, f"Sample {index + 1}: the text is empty."
         for slot_token in (IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN):
             if slot_token in text:
                 return matches, (
-                    f"Sample {index}: the text already holds {slot_token} tokens; write one <image> or "
+                    f"Sample {index + 1}: the text already holds {slot_token} tokens; write one <image> or "
                     "<audio> placeholder per medium and let the processor expand it."
                 )
         for match in matches:
             if match.lastgroup == "stray":
                 return matches, (
-                    f"Sample {index}: '{match.group()}' at character {match.start()} closes a medium that was "
+                    f"Sample {index + 1}: '{match.group()}' at character {match.start()} closes a medium that was "
                     "never opened; write `<image> </image>` or `<audio> </audio>` (or just `<image>`/`<audio>`)."
                 )
         return [m for m in matches if m.lastgroup != "stray"], None
@@ -335,7 +335,9 @@ class MMMModalProcessor(ProcessorMixin):
             try:
                 loaded.append(load_image(item, max_pixels=self.max_image_pixels))
             except ValueError as error:
-                raise ValueError(f"Sample {index}, image {position} ({describe_media(item)}): {error}") from error
+                raise ValueError(
+                    f"Sample {index + 1}, image {position + 1} ({describe_media(item)}): {error}"
+                ) from error
         return loaded
 
     def _load_audio(self, index: int, items: list, sampling_rate: int | None) -> list[np.ndarray]:
@@ -343,7 +345,7 @@ class MMMModalProcessor(ProcessorMixin):
         extractor = self.feature_extractor
         waveforms, seconds = [], 0.0
         for position, item in enumerate(items):
-            where = f"Sample {index}, audio {position} ({describe_media(item)})"
+            where = f"Sample {index + 1}, audio {position + 1} ({describe_media(item)})"
             try:
                 waveform = load_audio(item, extractor.sampling_rate, sampling_rate)
             except ValueError as error:
@@ -357,7 +359,7 @@ class MMMModalProcessor(ProcessorMixin):
             seconds += duration
             if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
                 raise ValueError(
-                    f"Sample {index}: its audio lasts {seconds:.1f} s up to and including audio {position}, "
+                    f"Sample {index + 1}: its audio lasts {seconds:.1f} s up to and including audio {position + 1}, "
                     f"more than max_audio_seconds={self.max_audio_seconds:g}."
                 )
             waveforms.append(waveform)
@@ -507,7 +509,7 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
         for index, (count, items) in enumerate(zip(counts, media)):
             if count != len(items) and index not in problems:
                 problems[index] = (
-                    f"Sample {index} has {count} <{kind}> placeholder(s) but {len(items)} {kind}(s) were given for it."
+                    f"Sample {index + 1} has {count} <{kind}> placeholder(s) but {len(items)} {kind}(s) were given for it."
                 )
         return [list(items) for items in media]
 
@@ -515,7 +517,7 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
     for index, count in enumerate(counts):
         if cursor + count > len(media):
             raise ValueError(
-                f"Sample {index} has {count} <{kind}> placeholder(s) but only {len(media) - cursor} of the "
+                f"Sample {index + 1} has {count} <{kind}> placeholder(s) but only {len(media) - cursor} of the "
                 f"{len(media)} {kind}(s) given are left for it."
             )
         assigned.append(list(media[cursor : cursor + count]))
@@ -523,7 +525,7 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
     if cursor != len(media):
         raise ValueError(
             f"{len(media)} {kind}(s) were given but the text holds only {cursor} <{kind}> placeholder(s); "
-            f"{kind} {cursor} and after have no place."
+            f"{kind} {cursor + 1} and after have no place."
         )
     return assigned
 
