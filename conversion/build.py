@@ -36,6 +36,7 @@ from mmmmodal_hf import (
     MMMModalImageProjector,
     MMMModalProcessor,
 )
+from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
 from mmmmodal_hf.modeling_mmmmodal import tower_cuts, trim_tower
 
@@ -272,22 +273,31 @@ def _parse_size_gb(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmmmodal build", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("mmmmodal build", __doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), help="the published parts as defaults")
     parser.add_argument("--llm", help="causal LM: Hub id or folder")
     parser.add_argument("--vision", help="SigLIP model: Hub id or folder")
     parser.add_argument("--audio", help="Whisper model: Hub id or folder")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", required=True, help="folder to write the checkpoint to")
     parser.add_argument("--repo-id", help="the Hub repo the card's usage snippet names")
     for part in ("llm", "vision", "audio"):
         parser.add_argument(f"--{part}-name", help=f"Hub id the model card credits for --{part} given as a folder")
-    parser.add_argument("--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES))
-    parser.add_argument("--max-shard-size", default="2GB")
-    parser.add_argument("--audio-conv-kernel", type=int, default=40)
-    parser.add_argument("--audio-conv-stride", type=int, default=3)
-    parser.add_argument("--dry-run", action="store_true", help="say what would be built; write nothing")
+    parser.add_argument(
+        "--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="dtype to store the weights in"
+    )
+    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors file; bigger models are sharded")
+    parser.add_argument(
+        "--audio-conv-kernel", type=int, default=40, help="the audio projector's Conv1d kernel (published: 40)"
+    )
+    parser.add_argument(
+        "--audio-conv-stride", type=int, default=3, help="the audio projector's Conv1d stride (published: 3)"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="say what would be built; write nothing",
+    )
     return parser
 
 

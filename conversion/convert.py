@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
+from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.build import PRESETS, mean_initialise_new_rows
 from mmmmodal_hf.conversion.model_card import render_model_card
 
@@ -233,11 +234,9 @@ def _write_index(staging: Path, files: list[Path]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmmmodal convert", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("mmmmodal convert", __doc__)
     parser.add_argument("source", help="released checkpoint: Hub id or folder")
-    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--output-dir", required=True, help="folder to write the converted model to")
     parser.add_argument(
         "--vision-processor",
         default=PRESETS["tinyllama"]["vision"],
@@ -250,9 +249,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--repo-id", help="the Hub repo the card's usage snippet names")
     parser.add_argument("--llm-name", help="Hub id the model card credits for the language model")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--max-shard-size", default="2GB")
-    parser.add_argument("--dry-run", action="store_true", help="map and report every key; write nothing")
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="dtype to store the weights in (None: as the source)",
+    )
+    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors file; bigger models are sharded")
+    parser.add_argument(
+        "--dry-run",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="map and report every key; write nothing",
+    )
     return parser
 
 

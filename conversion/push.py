@@ -15,6 +15,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.convert import PICKLE_SUFFIXES
 from mmmmodal_hf.conversion.model_card import check_card
 from mmmmodal_hf.conversion.verify import FolderDoesNotLoad, check_folder_loads
@@ -151,23 +152,28 @@ def push_space(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmmmodal push", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("mmmmodal push", __doc__)
     parser.add_argument("folder", help="a folder written by `mmmmodal build`, `convert` or `train`")
-    parser.add_argument("--repo-id", required=True)
-    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--repo-id", required=True, help="the model repo to create or update, e.g. you/model")
+    parser.add_argument(
+        "--private", action=argparse.BooleanOptionalAction, default=False, help="create the repo private"
+    )
     parser.add_argument("--revision", help="branch to push to (created if needed)")
-    parser.add_argument("--commit-message", default="Upload MMMModal model")
-    parser.add_argument("--token", help="defaults to HF_TOKEN or the stored login")
-    parser.add_argument("--dry-run", action="store_true", help="run every check and list the files; send nothing")
+    parser.add_argument("--commit-message", default="Upload MMMModal model", help="the Hub commit's message")
+    parser.add_argument("--token", help="a Hub token (None: HF_TOKEN or the stored login)")
+    parser.add_argument(
+        "--dry-run",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run every check and list the files; send nothing",
+    )
     parser.add_argument(
         "--space", help="also write a Gradio Space serving the model (`mmmmodal web`) to this Space id"
     )
     parser.add_argument(
         "--space-package", default="mmmmodal-hf[web]", help="requirement line that installs this package"
     )
-    parser.add_argument("--space-dir", help="write the Space folder here (default: a temporary folder)")
+    parser.add_argument("--space-dir", help="write the Space folder here (None: a temporary folder)")
     return parser
 
 

@@ -7,7 +7,7 @@ import sys
 from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
-from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among, verdict
+from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among, quick_checks, verdict
 from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
 from mmmmodal_hf.demo.world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, make_split
 
@@ -21,7 +21,9 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
         timeout=1200,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    assert "target 90% on every kind:" in completed.stdout and "one medium     several" in completed.stdout
+    # The quick run states its own checks and whether they passed, not the full run's 90% target.
+    assert "quick run: 4 of 4 checks passed" in completed.stdout and "NOT reached" not in completed.stdout
+    assert "one medium     several" in completed.stdout
     assert "asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place:" in (
         completed.stdout
     )
@@ -38,15 +40,13 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert metrics["reached_target"] == (metrics["reached_accuracy"] and metrics["within_time"])
     pooled = metrics["accuracy"]["several_by_position"]
     assert set(pooled) <= {"first", "middle", "last"} and sum(cell["n"] for cell in pooled.values()) > 0
-    # The towers' stand-in pretraining made them see and hear the world (scored on fresh media).
+    # The quick run's checks, as computed here from the metrics: the towers' stand-in pretraining made them
+    # see and hear the world (fresh media), the loss fell, the easy kinds' answers are well formed and
+    # well above chance. (The 90% target on every kind needs the full run; README, limits.)
+    assert metrics["quick_checks"] == quick_checks(metrics) and all(metrics["quick_checks"].values())
     towers = {report["tower"]: report["accuracy"] for report in metrics["encoders"]}
     assert towers["vision"]["colour"] >= 0.95 and towers["audio"]["pitch"] >= 0.95, towers
-    # Learning happened: the loss fell, the answers have the form of their kind, and the easy kinds
-    # are answered well above chance. (The 90% target on every kind needs the full run; README, limits.)
-    losses = [row["loss"] for row in metrics["losses"] if row["stage"] == "finetune"]
-    assert losses[-1] < 0.2 * losses[0]
     easy = {kind: metrics["accuracy"][kind] for kind in EASY_KINDS}
-    assert all(row["well_formed"] >= 0.8 for row in easy.values()), easy
     assert sum(row["accuracy"] for row in easy.values()) >= 2 * sum(CHANCE[kind] for kind in EASY_KINDS), easy
     # The fresh-process reload used the folder's own code, and answered every turn of the sample chats.
     assert metrics["reloaded_from"].startswith("transformers_modules.")
@@ -169,3 +169,27 @@ def test_accuracy_by_the_place_of_the_medium_asked_about(tmp_path):
     }
     assert table["count_shape"]["by_position"] == {}
     assert table["several_by_position"] == {"first": {"accuracy": 1.0, "n": 1}, "last": {"accuracy": 0.5, "n": 2}}
+
+
+def test_the_report_picture_marks_kinds_below_chance_and_a_quick_run():
+    from mmmmodal_hf.demo.report import _HEIGHT, _MARGIN, _WIDTH, BAR, BELOW_CHANCE, draw_report
+
+    accuracy = {kind: {"accuracy": 0.95, "chance": CHANCE[kind]} for kind in KINDS}
+    accuracy["which_image"]["accuracy"] = 0.2  # below its chance, 1/3
+    losses = [{"stage": "align", "step": s, "loss": 9.0 - s / 10} for s in range(1, 11)]
+    losses += [{"stage": "finetune", "step": s, "loss": 8.0 / s} for s in range(1, 101)]
+    metrics = {"losses": losses, "accuracy": accuracy, "settings": {"quick_run": False}}
+    full, quick = draw_report(metrics), draw_report({**metrics, "settings": {"quick_run": True}})
+    assert full.size == (_WIDTH, _HEIGHT)
+    left, right, bottom = _WIDTH // 2 + _MARGIN // 2, _WIDTH - _MARGIN // 2, _HEIGHT - _MARGIN
+    width = (right - left) / len(KINDS)
+    bar_colour = [full.getpixel((int(left + (i + 0.5) * width), bottom - 3)) for i in range(len(KINDS))]
+    assert bar_colour[KINDS.index("which_image")] == BELOW_CHANCE
+    assert {colour for i, colour in enumerate(bar_colour) if KINDS[i] != "which_image"} == {BAR}
+    # The quick run's label is drawn above the loss chart; the full run's picture has none there.
+    label = (_MARGIN, 0, _WIDTH // 2, 14)
+    assert full.crop(label).getcolors() == [(full.crop(label).width * 14, (255, 255, 255))]
+    assert len(quick.crop(label).getcolors()) > 1
+    # The loss chart's step axis is numbered up to the last step (10 align + 100 finetune).
+    axis = full.crop((_MARGIN, bottom + 5, _WIDTH // 2, bottom + 20))
+    assert len(axis.getcolors(4096)) > 1

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
+from .cli_help import command_parser
 from .media_mmmmodal import load_audio, load_image
 from .session import MMMModalChatSession
 
@@ -134,26 +135,16 @@ def interactive(session: ChatSession, lines, write) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mmmmodal chat",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("mmmmodal chat", __doc__)
     parser.add_argument("model", help="folder or Hub id of an MMMModal model")
-    parser.add_argument("-p", "--prompt", help="ask one question and exit (default: an interactive chat)")
-    parser.add_argument(
-        "--image", action="append", default=[], help="image for the first turn; repeatable (default: none)"
-    )
-    parser.add_argument(
-        "--audio", action="append", default=[], help="audio for the first turn; repeatable (default: none)"
-    )
-    parser.add_argument("--system", help="a system message put before the first turn (default: none)")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens (default: 256)")
-    parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens (default: none)")
-    parser.add_argument(
-        "--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default: 0)"
-    )
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature (default: 1.0)")
+    parser.add_argument("-p", "--prompt", help="ask one question and exit (None: an interactive chat)")
+    parser.add_argument("--image", action="append", default=[], help="image for the first turn; repeatable")
+    parser.add_argument("--audio", action="append", default=[], help="audio for the first turn; repeatable")
+    parser.add_argument("--system", help="a system message put before the first turn")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
+    parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature")
     return parser
 
 

@@ -3,6 +3,8 @@
 import argparse
 import sys
 
+from .cli_help import command_parser
+
 
 def _train(argv: list[str]) -> int:
     from .training import main
@@ -10,15 +12,19 @@ def _train(argv: list[str]) -> int:
     return main(argv)
 
 
-def _align_combine(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mmmmodal align-combine",
-        description="Join an image-only and an audio-only `align` run (made from the same base) into one checkpoint.",
+def align_combine_parser() -> argparse.ArgumentParser:
+    parser = command_parser(
+        "mmmmodal align-combine",
+        "Join an image-only and an audio-only `align` run (made from the same base) into one checkpoint.",
     )
     parser.add_argument("image_run", help="output folder of `mmmmodal train --stage align --align_modalities image`")
     parser.add_argument("audio_run", help="output folder of `mmmmodal train --stage align --align_modalities audio`")
-    parser.add_argument("output_dir")
-    args = parser.parse_args(argv)
+    parser.add_argument("output_dir", help="folder to write the combined checkpoint to")
+    return parser
+
+
+def _align_combine(argv: list[str]) -> int:
+    args = align_combine_parser().parse_args(argv)
     from .training import combine_alignments
 
     print(f"saved {combine_alignments(args.image_run, args.audio_run, args.output_dir)}")

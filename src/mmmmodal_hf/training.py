@@ -50,11 +50,18 @@ class MMMModalTrainArguments:
     model: str = field(metadata={"help": "folder or Hub id of an MMMModal checkpoint (from `mmmmodal build`)"})
     data: str = field(metadata={"help": "JSONL/JSON/Parquet file or a folder of them"})
     eval_data: str | None = field(default=None, metadata={"help": "held-out data, same formats"})
-    block_size: int = field(default=8192, metadata={"help": "longest training sequence (published: 8192)"})
-    packing: bool | None = field(
-        default=None, metadata={"help": "pack conversations into blocks (default: on for finetune and lora)"}
+    block_size: int = field(
+        default=8192, metadata={"help": "longest conversation, and longest packed row (published: 8192)"}
     )
-    train_on: str = field(default="answers", metadata={"help": "answers (default) | all (as the paper did)"})
+    packing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "a step's conversations side by side in rows without padding (None: on for finetune and lora)"
+        },
+    )
+    train_on: str = field(
+        default="answers", metadata={"help": "answers | all (the whole conversation, as the paper did)"}
+    )
     streaming: bool = field(default=False, metadata={"help": "stream the data instead of loading it"})
     cache_rows: bool = field(
         default=False,
@@ -66,10 +73,13 @@ class MMMModalTrainArguments:
     align_modalities: str = field(
         default="image,audio", metadata={"help": "projectors that train in align: image, audio, or both"}
     )
-    lora_r: int = field(default=16)
-    lora_alpha: int = field(default=32)
-    lora_dropout: float = field(default=0.05)
-    lora_target_modules: str = field(default=",".join(LANGUAGE_MODEL_PROJECTIONS))
+    lora_r: int = field(default=16, metadata={"help": "lora: rank of the adapters"})
+    lora_alpha: int = field(default=32, metadata={"help": "lora: scale of the adapters (alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "lora: dropout on the adapters' input"})
+    lora_target_modules: str = field(
+        default=",".join(LANGUAGE_MODEL_PROJECTIONS),
+        metadata={"help": "lora: the language model's projections that get adapters, comma-separated"},
+    )
     model_dtype: str | None = field(default=None, metadata={"help": "dtype to load the weights in, e.g. bfloat16"})
     train_encoders: bool = field(
         default=False, metadata={"help": "let the SigLIP and Whisper towers train in finetune (published: frozen)"}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import soundfile
 
+from .cli_help import command_parser
 from .media_mmmmodal import load_audio, load_image
 from .session import MMMModalChatSession
 
@@ -245,22 +246,22 @@ def build_app(
     return app
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="mmmmodal web", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("mmmmodal web", __doc__)
     parser.add_argument("model", help="folder or Hub id of an MMMModal model")
-    parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves your network (default: 127.0.0.1)"
-    )
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves your network")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument(
         "--share",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="a temporary public gradio.live link (default: off)",
+        help="a temporary public gradio.live link",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         import gradio  # noqa: F401
     except ImportError:

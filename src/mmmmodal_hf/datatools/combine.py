@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cli_help import command_parser
 from ..data import Conversation, UnusableRow, load_rows, row_conversation
 from .rows import media_kind, to_published, write_rows
 
@@ -141,15 +142,19 @@ def _is_local(item) -> bool:
     return isinstance(item, str) and not item.startswith(("http://", "https://"))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmmmodal data combine", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("mmmmodal data combine", __doc__)
     parser.add_argument("sources", nargs="+", help="JSONL/JSON/Parquet files or folders of single-media rows")
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
-    parser.add_argument("--rows", type=int, default=None, help="rows to write (default: as many as the sources hold)")
+    parser.add_argument("--rows", type=int, default=None, help="rows to write (None: as many as the sources hold)")
     parser.add_argument("--mix", default="image=0.4,audio=0.3,mixed=0.3", help="kind of each output row")
     parser.add_argument("--rows-per-output", default="1:0.25,2:0.35,3:0.25,4:0.15", help="rows joined into one")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawing of rows")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result = combine_rows(
         args.sources,
         args.output,

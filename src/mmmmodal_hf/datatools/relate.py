@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cli_help import command_parser
 from .rows import MEDIA_BLOCK_TEXT, write_rows
 
 PROMPTS = Path(__file__).parent / "prompts"
@@ -209,24 +210,33 @@ def _relative(path: str, folder: Path) -> str:
     return os.path.relpath(Path(path).resolve(), folder.resolve())
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmmmodal data relate", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("mmmmodal data relate", __doc__)
     parser.add_argument(
         "items", help="JSONL/Parquet of {kind, path, text} (captions for images, transcripts for audio)"
     )
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
-    parser.add_argument("--pairs", type=int, default=1000)
-    parser.add_argument("--pair-types", default=",".join(PAIR_TYPES))
+    parser.add_argument("--pairs", type=int, default=1000, help="conversations to write")
+    parser.add_argument("--pair-types", default=",".join(PAIR_TYPES), help="kinds of pairs to draw, comma-separated")
     llm = parser.add_mutually_exclusive_group(required=True)
     llm.add_argument("--endpoint", help="base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1")
     llm.add_argument("--local-model", help="folder or Hub id of a transformers causal LM")
     parser.add_argument("--model", default="default", help="model name sent to the endpoint")
-    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--api-key", default=None, help="key for the endpoint, if it needs one")
     parser.add_argument("--prompt-template", help="a file with {first_kind} {first_text} {second_kind} {second_text}")
-    parser.add_argument("--translate", action="store_true", help="also write a Malay version of each conversation")
+    parser.add_argument(
+        "--translate",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also write a Malay version of each conversation",
+    )
     parser.add_argument("--translate-template", help="a file with {conversation}")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the drawing of pairs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     backend = EndpointLLM(args.endpoint, args.model, args.api_key) if args.endpoint else LocalLLM(args.local_model)
     result = relate(
         load_items(args.items),

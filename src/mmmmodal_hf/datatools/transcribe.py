@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutomaticSpeechRecognitionPipeline, pipeline
 
+from ..cli_help import command_parser
 from ..media_mmmmodal import load_audio
 from .rows import write_rows
 
@@ -146,18 +147,22 @@ def transcribe(
     return {"output": str(output), "threshold": threshold, **counts}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmmmodal data transcribe", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("mmmmodal data transcribe", __doc__)
     parser.add_argument("audio", help="a folder of audio files, a .txt list of paths, or one file")
     parser.add_argument("--model", required=True, help="Whisper checkpoint (folder or Hub id)")
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
     parser.add_argument("--threshold", type=float, default=-1.0, help="lowest average token log-probability kept")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="files per pipeline batch")
     parser.add_argument("--language", default=None, help="e.g. ms or en (multilingual checkpoints)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest transcript per 30 s chunk")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (None: CPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampled decoding, if any")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     result = transcribe(
         audio_files(args.audio),
         args.model,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cli_help import command_parser
 from ..data import UnusableRow, conversation_from_row, encode_conversation, load_rows
 from ..media_mmmmodal import load_audio, load_image
 from .rows import media_in_order, media_kind
@@ -170,15 +171,21 @@ def write_length_histogram(lengths: list[int], path: str | Path, block_size: int
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mmmmodal data validate", description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = command_parser("mmmmodal data validate", __doc__)
     parser.add_argument("data", help="JSONL/JSON/Parquet file or a folder of them (either row format)")
     parser.add_argument("--processor", required=True, help="model folder or Hub id whose processor tokenizes the rows")
-    parser.add_argument("--block-size", type=int, default=8192)
+    parser.add_argument(
+        "--block-size", type=int, default=8192, help="longest row training will take (its --block_size)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="check only the first N rows")
     parser.add_argument("--report", help="write the full report as JSON here")
     parser.add_argument("--histogram", help="write a PNG histogram of row lengths here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)

@@ -2,7 +2,7 @@
 
 A 128-wide, 2-layer LM trained from scratch for ten minutes must find "image 3" among several
 media: the question's "3" has to meet the slots tagged 3 (the ordinal tags, `build_model`), and,
-with `--media-labels 1`, the label "Image 3:". Two options aim at that match. Position-free pairs
+with `--media-labels`, the label "Image 3:". Two options aim at that match. Position-free pairs
 are on by default since 2026-11-29 (8 of 16): on unlabelled media, over three seeds, they lifted a
 middle medium on two and the mean by about a point, the third seed losing 3. With labels, they had
 gained on one seed and lost on the other, as the question's digit could match the label's digit

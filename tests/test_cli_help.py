@@ -1,0 +1,88 @@
+"""`--help` of every subcommand: each option has a line of help and shows its default; one flag convention per family.
+
+`train` keeps transformers' `--snake_case` flags (it takes every `TrainingArguments` flag); the
+package's own commands use `--kebab-case`, and their booleans are `--x/--no-x`.
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mmmmodal_hf.cli import align_combine_parser
+from mmmmodal_hf.training import MMMModalTrainArguments
+
+
+def own_parsers() -> dict:
+    from mmmmodal_hf.chat import build_parser as chat
+    from mmmmodal_hf.conversion.build import build_parser as build
+    from mmmmodal_hf.conversion.convert import build_parser as convert
+    from mmmmodal_hf.conversion.push import build_parser as push
+    from mmmmodal_hf.datatools.combine import build_parser as combine
+    from mmmmodal_hf.datatools.relate import build_parser as relate
+    from mmmmodal_hf.datatools.transcribe import build_parser as transcribe
+    from mmmmodal_hf.datatools.validate import build_parser as validate
+    from mmmmodal_hf.demo.run import build_parser as demo
+    from mmmmodal_hf.web import build_parser as web
+
+    return {
+        "chat": chat,
+        "web": web,
+        "demo": demo,
+        "build": build,
+        "convert": convert,
+        "push": push,
+        "align-combine": align_combine_parser,
+        "data validate": validate,
+        "data combine": combine,
+        "data relate": relate,
+        "data transcribe": transcribe,
+    }
+
+
+def option_blocks(help_text: str) -> dict[str, str]:
+    """Each option's entry in `--help`, keyed by its first flag."""
+    options = help_text.split("options:", 1)[1]
+    blocks = re.split(r"\n(?=  -)", options.strip("\n"))
+    return {block.split()[0].rstrip(","): " ".join(block.split()) for block in blocks if block.strip()}
+
+
+@pytest.mark.parametrize("name", list(own_parsers()))
+def test_every_option_says_what_it_does_and_its_default(name):
+    parser = own_parsers()[name]()
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and action.help != argparse.SUPPRESS, f"{name} {action.option_strings or action.dest}"
+    for flag, block in option_blocks(parser.format_help()).items():
+        if flag in ("-h", "--help"):
+            continue
+        shown = "default" in block.lower() or block.endswith("(required)")
+        assert shown, f"mmmmodal {name} {flag}: no default shown in {block!r}"
+
+
+@pytest.mark.parametrize("name", list(own_parsers()))
+def test_the_package_commands_spell_flags_in_kebab_case_and_booleans_as_x_no_x(name):
+    for action in own_parsers()[name]()._actions:
+        for flag in action.option_strings:
+            assert "_" not in flag, f"mmmmodal {name} {flag}: kebab-case"
+        assert not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)), (
+            f"mmmmodal {name} {action.option_strings}: a boolean is --x/--no-x"
+        )
+
+
+def test_train_options_have_help_and_keep_transformers_spelling():
+    from dataclasses import fields
+
+    for field in fields(MMMModalTrainArguments):
+        assert field.metadata.get("help"), f"--{field.name} has no help"
+        assert "-" not in field.name
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "train", "--help"], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0
+    blocks = option_blocks(completed.stdout)
+    for field in fields(MMMModalTrainArguments):
+        assert "default" in blocks[f"--{field.name}"].lower(), field.name
