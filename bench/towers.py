@@ -17,7 +17,7 @@ from transformers import SiglipVisionConfig, SiglipVisionModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmmmodal_hf.configuration_mmmmodal import encoder_layers_needed
-from mmmmodal_hf.modeling_mmmmodal import trim_tower
+from mmmmodal_hf.conversion.build import trim_tower
 
 SIGLIP_BASE_384 = SiglipVisionConfig(
     hidden_size=768,

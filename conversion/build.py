@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import (
     AutoConfig,
@@ -38,7 +39,7 @@ from mmmmodal_hf import (
 )
 from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
-from mmmmodal_hf.modeling_mmmmodal import tower_cuts, trim_tower
+from mmmmodal_hf.modeling_mmmmodal import tower_cuts
 
 # The two published variants (DESIGN.md 1): both see through SigLIP-base-384 and hear through
 # Malaysian Whisper-small.
@@ -57,6 +58,41 @@ PRESETS = {
     },
 }
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def _tower_parts(tower: nn.Module) -> tuple[nn.ModuleList, str]:
+    """The layer list and the name of the final norm of a SigLIP vision model or a Whisper encoder."""
+    if hasattr(tower, "encoder") and hasattr(tower, "post_layernorm"):
+        return tower.encoder.layers, "post_layernorm"
+    return tower.layers, "layer_norm"
+
+
+def trim_tower(tower: nn.Module, layers_kept: int, keep_final_norm: bool = False) -> dict[str, int]:
+    """Remove what never reaches the features: layers from `layers_kept` on, the final norm, a pooling head.
+
+    After trimming, the tower's `last_hidden_state` is exactly `hidden_states[feature_layer]` of
+    the full tower. That hidden state comes before the final norm, except Whisper's last one
+    (transformers ties it to the normed output): `keep_final_norm` keeps the norm for that case.
+    Works in place on a SigLIP vision model or a Whisper encoder (built here or loaded); returns
+    the parameters removed, by part.
+    """
+    layers, norm_name = _tower_parts(tower)
+    removed = {}
+    extra = [layer for index, layer in enumerate(layers) if index >= layers_kept]
+    if extra:
+        last = len(layers) - 1
+        name = f"layer {last}" if last == layers_kept else f"layers {layers_kept}-{last}"
+        removed[name] = sum(p.numel() for layer in extra for p in layer.parameters())
+        del layers[layers_kept:]
+    norm = getattr(tower, norm_name)
+    if not keep_final_norm and not isinstance(norm, nn.Identity):
+        removed[norm_name] = sum(p.numel() for p in norm.parameters())
+        setattr(tower, norm_name, nn.Identity())
+    if getattr(tower, "use_head", False):
+        removed["head"] = sum(p.numel() for p in tower.head.parameters())
+        del tower.head
+        tower.use_head = False
+    return removed
 
 
 @dataclass

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
-from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
+from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 
 from tiny_parts import tiny_config, tiny_model, tiny_processor
 

@@ -49,7 +49,7 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
     results = {"input_ids": inputs["input_ids"]}
     for name, auto_class in (("auto_model", AutoModel), ("auto_causal_lm", AutoModelForCausalLM)):
         model = auto_class.from_pretrained(folder, trust_remote_code=True).eval()
-        assert type(model).__name__ == "MMMModalForConditionalGeneration", type(model)
+        assert "MMMModalForConditionalGeneration" in [c.__name__ for c in type(model).__mro__], type(model)
         assert type(model).__module__.startswith("transformers_modules."), type(model).__module__
         with torch.no_grad():
             results[f"{name}_logits"] = model(**inputs).logits

@@ -95,18 +95,3 @@ def test_impossible_layers_and_kernels_are_refused():
         )
     with pytest.raises(ValueError, match=r"kernel \(60\) is longer than the 50 frames"):
         MMMModalConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), audio_conv_kernel=60)
-
-
-def test_a_negative_count_of_media_index_embeddings_is_refused():
-    with pytest.raises(ValueError, match=r"media_index_embeddings=-1: expected 0 \(none\) or more"):
-        MMMModalConfig(vision_config=tiny_vision_config(), audio_config=tiny_audio_config(), media_index_embeddings=-1)
-
-
-def test_previous_token_mix_counts_tokens_reads_true_as_one_and_refuses_negatives(tmp_path):
-    towers = dict(vision_config=tiny_vision_config(), audio_config=tiny_audio_config())
-    assert MMMModalConfig(**towers, previous_token_mix=True).previous_token_mix == 1  # configs saved before
-    config = MMMModalConfig(**towers, previous_token_mix=3)
-    config.save_pretrained(tmp_path)
-    assert MMMModalConfig.from_pretrained(tmp_path).previous_token_mix == 3
-    with pytest.raises(ValueError, match=r"previous_token_mix=-1: expected 0 \(none\) or more tokens"):
-        MMMModalConfig(**towers, previous_token_mix=-1)

@@ -8,8 +8,9 @@ from PIL import Image
 
 from mmmmodal_hf.conversion.verify import check_folder_loads
 from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among, quick_checks, verdict
-from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
+from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
 from mmmmodal_hf.demo.world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, make_split
+from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 
 
 def test_quick_demo_learns_saves_and_reloads(tmp_path):

@@ -57,7 +57,7 @@ def test_trimmed_features_are_each_windows_leading_slots(session_processor):
     )
     with torch.no_grad():
         trimmed = trimming(**inputs).audio_hidden_states
-        every = full.get_audio_features(inputs["input_features"]).reshape(3, AUDIO_SLOTS_PER_WINDOW, -1)
+        every = full.get_audio_features(inputs["input_features"]).pooler_output.reshape(3, AUDIO_SLOTS_PER_WINDOW, -1)
     kept = [16, 12, 7]  # 1.7 s -> a full window + 70 mel frames (35 encoder -> 12); 0.4 s -> 40 mel (20 -> 7)
     assert trimmed.shape[0] == sum(kept) == audio_slot_count(session_processor, inputs)
     expected = torch.cat([every[window, :count] for window, count in enumerate(kept)])

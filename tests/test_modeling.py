@@ -9,7 +9,7 @@ from transformers import LlamaForCausalLM, MistralConfig
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
 from mmmmodal_hf.modeling_mmmmodal import CACHE_NAME
 
-from tiny_parts import CLIP_SLOTS, DEVICES, IMAGE_SLOTS, random_clip, random_image, tiny_model, two_turn_chat
+from tiny_parts import CLIP_SLOTS, DEVICES, IMAGE_SLOTS, random_clip, random_image, two_turn_chat
 
 
 def test_forward_fills_every_slot_once(model, session_processor):
@@ -44,7 +44,7 @@ def test_labels_give_a_loss(model, session_processor):
     model.zero_grad()
 
 
-@pytest.mark.parametrize("model_fixture", ["model", "mixed_model"])
+@pytest.mark.parametrize("model_fixture", ["model", "mixed_model"])  # mixed_model: the demo's
 def test_greedy_generate_with_cache_equals_full_forward_each_step(model_fixture, session_processor, request):
     # With the previous token mixed in, each cached step is given the token before it.
     model = request.getfixturevalue(model_fixture)
@@ -157,42 +157,6 @@ def test_left_padded_batch_matches_each_sample_alone(model_fixture, session_proc
         assert torch.equal(new_tokens[index], alone_generated[0, alone["input_ids"].shape[1] :]), f"sample {index}"
 
 
-def test_previous_token_mix_starts_at_zero_and_then_changes_the_logits(model, mixed_model, session_processor):
-    fresh = tiny_model(session_processor, previous_token_mix=True)
-    hidden_size = fresh.config.text_config.hidden_size
-    # One token back: the hidden x hidden weight that folders saved with `previous_token_mix: true` hold.
-    assert fresh.model.previous_token_mix.weight.shape == (hidden_size, hidden_size)
-    assert mixed_model.model.previous_token_mix.weight.shape == (hidden_size, 3 * hidden_size)
-    assert not fresh.model.previous_token_mix.weight.any()
-    missing, unexpected = fresh.load_state_dict(model.state_dict(), strict=False)
-    assert missing == ["model.previous_token_mix.weight"] and not unexpected
-    inputs = session_processor.apply_chat_template(
-        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    with torch.no_grad():
-        plain = model(**inputs).logits
-        torch.testing.assert_close(fresh(**inputs).logits, plain)
-        mixed = mixed_model(**inputs).logits
-    # The first token has no previous one: the map changes every position but it.
-    torch.testing.assert_close(mixed[:, 0], plain[:, 0])
-    assert not torch.allclose(mixed[:, 1:], plain[:, 1:], atol=1e-3)
-
-
-def test_previous_token_mix_continuing_a_cache_needs_the_previous_tokens(mixed_model, session_processor):
-    inputs = session_processor.apply_chat_template(
-        two_turn_chat(), add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    with torch.no_grad():
-        prefill = mixed_model(**inputs, use_cache=True)
-        token = prefill.logits[:, -1:].argmax(-1)
-        with pytest.raises(ValueError, match="pass previous_token_ids"):
-            mixed_model(input_ids=token, cache=getattr(prefill, CACHE_NAME))
-        with pytest.raises(ValueError, match="previous_token_ids has shape"):
-            mixed_model(input_ids=token, cache=getattr(prefill, CACHE_NAME), previous_token_ids=inputs["input_ids"])
-        with pytest.raises(ValueError, match="pass input_ids, not inputs_embeds"):
-            mixed_model(inputs_embeds=torch.zeros(1, 3, mixed_model.config.text_config.hidden_size))
-
-
 def test_text_only_logits_equal_the_bare_language_model(model, session_processor):
     language_model = LlamaForCausalLM(model.config.text_config).eval()
     language_model.model.load_state_dict(model.model.language_model.state_dict())
@@ -276,124 +240,3 @@ def test_published_projector_sizes(text_config, hidden, audio_params, image_para
     assert count(model.model.image_projector) == 768 * hidden + hidden + hidden * hidden + hidden == image_params
     # DESIGN.md 1: about 67M / 143M (audio) and 5.8M / 20M (image).
     assert round(audio_params / 1e6) in (67, 143) and round(image_params / 1e6, 1) in (5.8, 19.9)
-
-
-def labelled_text_and_audio(processor, model):
-    """A batch of two rows, right-padded, with labels on all but their first eight tokens."""
-    inputs = processor(
-        text=["<image> Apa ini? Kucing comel.", "<audio> What is it? A dog barking loudly."],
-        images=[[random_image(0)], []],
-        audio=[[], [random_clip(1)]],
-        padding_side="right",
-        return_tensors="pt",
-    )
-    labels = inputs["input_ids"].clone()
-    labels[:, :8] = -100
-    labels[inputs["attention_mask"] == 0] = -100
-    return inputs, labels
-
-
-def test_training_loss_on_labelled_positions_equals_the_full_loss(model, session_processor):
-    inputs, labels = labelled_text_and_audio(session_processor, model)
-    with torch.no_grad():
-        full = model(**inputs, labels=labels)
-        model.train()
-        try:
-            partial = model(**inputs, labels=labels)
-        finally:
-            model.eval()
-    labelled = int((labels[:, 1:] != -100).sum())
-    assert partial.logits.shape == (labelled, model.config.text_config.vocab_size)
-    torch.testing.assert_close(partial.loss, full.loss, atol=1e-5, rtol=1e-5)
-
-
-def assert_groups_share_one_row(model):
-    """Within each group, the head rows no target has reached are one and the same row."""
-    head, unused = model.lm_head.weight.detach(), ~model.head_rows_in_use
-    for group in model.head_row_groups.unique():
-        rows = head[unused & (model.head_row_groups == group)]
-        assert torch.equal(rows, rows[:1].expand_as(rows)), int(group)
-
-
-def test_grown_head_gives_the_loss_and_gradients_of_the_whole_vocabulary(model, session_processor):
-    """`grow_head_from_targets`: a group's rows that no target has reached stand as one column."""
-    inputs, labels = labelled_text_and_audio(session_processor, model)
-    targets = labels[:, 1:][labels[:, 1:] != -100].unique()
-    grown = copy.deepcopy(model)
-    # As after some training: rows reached by earlier targets hold their own values.
-    earlier = torch.cat([targets[::2], torch.tensor([5, 6])]).unique()
-    grown.grow_head_from_targets(earlier, groups=4)
-    assert_groups_share_one_row(grown)
-    assert len(grown.lm_head.weight[~grown.head_rows_in_use].unique(dim=0)) == 4
-    whole = copy.deepcopy(grown)
-    whole.head_rows_in_use = None  # the head over every labelled position's whole vocabulary
-
-    grown.train(), whole.train()
-    out, reference = grown(**inputs, labels=labels), whole(**inputs, labels=labels)
-    out.loss.backward(), reference.loss.backward()
-    assert out.logits is None
-    torch.testing.assert_close(out.loss, reference.loss, atol=1e-5, rtol=1e-5)
-    for (name, parameter), (_, expected) in zip(grown.named_parameters(), whole.named_parameters(), strict=True):
-        if expected.grad is not None:
-            scale = float(expected.grad.abs().max())  # float sums in another order: ~1e-5 of the largest entry
-            torch.testing.assert_close(parameter.grad, expected.grad, atol=1e-4 * scale + 1e-7, rtol=1e-3, msg=name)
-    assert set(grown.head_rows_in_use.nonzero().squeeze(1).tolist()) == set(earlier.tolist()) | set(targets.tolist())
-
-    # A group's rows not in use get equal gradients, so an optimizer step keeps them one row.
-    torch.optim.AdamW(grown.parameters(), lr=1e-2, weight_decay=0.1).step()
-    assert_groups_share_one_row(grown)
-
-
-def test_grown_head_refuses_more_groups_than_tokens(model):
-    with pytest.raises(ValueError, match="groups must be between 1 and the vocabulary size"):
-        copy.deepcopy(model).grow_head_from_targets(groups=model.config.text_config.vocab_size + 1)
-
-
-def test_media_index_embeddings_number_each_medium_within_its_sample(indexed_model, session_processor):
-    samples = [
-        ("[INST] <image> <audio> then <image> [/INST]", [random_image(20), random_image(21)], [random_clip(22)]),
-        (
-            "[INST] <audio> <image> <audio> [/INST]",
-            [random_image(23)],
-            [random_clip(24), random_clip(25, seconds=1.4)],
-        ),
-    ]
-    batch = session_processor(
-        text=[s[0] for s in samples],
-        images=[s[1] for s in samples],
-        audio=[s[2] for s in samples],
-        return_tensors="pt",
-    )
-    seen = {}
-    hook = indexed_model.model.language_model.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True
-    )
-    try:
-        with torch.no_grad():
-            output = indexed_model(**batch)
-    finally:
-        hook.remove()
-    inner = indexed_model.model
-    for token_id, features, projector, numbers in (
-        (session_processor.image_token_id, output.image_hidden_states, inner.image_projector, [[1, 2], [1]]),
-        # The 1.4 s clip spans two windows but is one medium: its slots all carry number 2.
-        (session_processor.audio_token_id, output.audio_hidden_states, inner.audio_projector, [[1], [1, 2]]),
-    ):
-        slots = batch["input_ids"] == token_id
-        added = seen["embeds"][slots] - features.reshape(-1, features.shape[-1])
-        expected_numbers = []
-        for row, row_numbers in enumerate(numbers):
-            runs = torch.diff(slots[row].long(), prepend=torch.zeros(1, dtype=torch.long)) == 1
-            starts = runs.nonzero().flatten().tolist()
-            assert len(starts) == len(row_numbers), f"sample {row}: one run of slots per medium"
-            run_of_slot = torch.cumsum(runs.long(), 0)[slots[row]] - 1
-            expected_numbers += [row_numbers[run] for run in run_of_slot.tolist()]
-        expected = projector.index_embedding.weight[torch.tensor(expected_numbers) - 1]
-        torch.testing.assert_close(added, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_more_media_than_media_index_embeddings_is_a_clear_error(indexed_model, session_processor):
-    images = [random_image(30 + k) for k in range(5)]
-    batch = session_processor(text="[INST] " + "<image> " * 5 + "[/INST]", images=images, return_tensors="pt")
-    with pytest.raises(ValueError, match=r"at most 4 images per conversation.*sample 1: 5"):
-        indexed_model(**batch)

@@ -9,6 +9,7 @@ from transformers import SiglipVisionModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.tower_memo import remember_tower_outputs
 
 from tiny_parts import random_clip, random_image, tiny_audio_config, tiny_config, tiny_model, tiny_vision_config
 
@@ -41,9 +42,11 @@ def test_trimmed_towers_equal_the_full_towers_feature_layer(session_processor, v
     with torch.no_grad():
         full_image = vision(inputs["pixel_values"], output_hidden_states=True).hidden_states[vision_layer]
         full_audio = audio(inputs["input_features"], output_hidden_states=True).hidden_states[audio_layer]
-        assert torch.equal(model.get_image_features(inputs["pixel_values"]), model.model.image_projector(full_image))
+        image = model.get_image_features(inputs["pixel_values"])
+        assert torch.equal(image.last_hidden_state, full_image)
+        assert torch.equal(image.pooler_output, model.model.image_projector(full_image))
         expected_audio = model.model.audio_projector(full_audio).reshape(-1, config.text_config.hidden_size)
-        assert torch.equal(model.get_audio_features(inputs["input_features"]), expected_audio)
+        assert torch.equal(model.get_audio_features(inputs["input_features"]).pooler_output, expected_audio)
     # Only the layers up to the feature layer exist.
     assert len(model.model.vision_tower.encoder.layers) == (vision_layer % 4)
     assert len(model.model.audio_tower.layers) == (audio_layer % 4)
@@ -99,7 +102,8 @@ def test_checkpoint_with_full_towers_loads_with_a_notice(session_processor, tmp_
 def _count_tower_rows(model) -> dict[str, int]:
     """How many media rows each tower has run on, counted by forward hooks on the real towers."""
     rows = {"vision": 0, "audio": 0}
-    for name, tower in (("vision", model.model.vision_tower), ("audio", model.model.audio_tower)):
+    # The towers' first layers: what runs when a tower really runs (a remembered medium never reaches them).
+    for name, tower in (("vision", model.model.vision_tower.embeddings), ("audio", model.model.audio_tower.conv1)):
         tower.register_forward_hook(
             lambda module, args, output, name=name: rows.__setitem__(name, rows[name] + len(args[0]))
         )
@@ -117,7 +121,7 @@ def test_remembered_tower_outputs_give_the_same_logits_and_run_each_medium_once(
     )
     with torch.no_grad():
         expected = model(**both).logits
-        model.model.remember_tower_outputs(max_media=8)
+        memos = remember_tower_outputs(model, max_media=8)
         rows.update(vision=0, audio=0)
         first = model(**both).logits
         assert rows == {"vision": 2, "audio": 1}
@@ -133,7 +137,8 @@ def test_remembered_tower_outputs_give_the_same_logits_and_run_each_medium_once(
             **session_processor(text="<image> <image>", images=[random_image(4), random_image(4)], return_tensors="pt")
         )
         assert rows["vision"] == 4
-        model.model.forget_tower_outputs()
+        for memo in memos.values():  # forgotten: every medium runs again
+            memo.outputs.clear()
         model(**both)
         assert rows == {"vision": 6, "audio": 2}
 
@@ -141,12 +146,12 @@ def test_remembered_tower_outputs_give_the_same_logits_and_run_each_medium_once(
 def test_remembered_tower_outputs_keep_the_most_recent_media(session_processor):
     model = tiny_model(session_processor).requires_grad_(False)
     rows = _count_tower_rows(model)
-    model.model.remember_tower_outputs(max_media=2)
+    memos = remember_tower_outputs(model, max_media=2)
     images = [session_processor(text="<image>", images=random_image(seed), return_tensors="pt") for seed in range(3)]
     with torch.no_grad():
         for inputs in images:
             model(**inputs)
-        assert len(model.model.tower_memos["vision"].outputs) == 2
+        assert len(memos["vision"].outputs) == 2
         model(**images[2])  # kept: no new run
         assert rows["vision"] == 3
         model(**images[0])  # the oldest was dropped: it runs again
@@ -155,13 +160,13 @@ def test_remembered_tower_outputs_keep_the_most_recent_media(session_processor):
 
 def test_towers_that_train_or_drop_out_are_not_remembered(session_processor):
     with pytest.raises(RuntimeError, match="the vision tower has trainable parameters"):
-        tiny_model(session_processor).model.remember_tower_outputs(max_media=4)
+        remember_tower_outputs(tiny_model(session_processor), max_media=4)
     with pytest.raises(ValueError, match="the audio tower has dropout 0.1"):
-        tiny_model(session_processor, audio_config=tiny_audio_config(dropout=0.1)).model.remember_tower_outputs(4)
+        remember_tower_outputs(tiny_model(session_processor, audio_config=tiny_audio_config(dropout=0.1)), 4)
     model = tiny_model(session_processor).requires_grad_(False)
     with pytest.raises(ValueError, match="max_media must be at least 1"):
-        model.model.remember_tower_outputs(max_media=0)
-    model.model.remember_tower_outputs(max_media=4)
+        remember_tower_outputs(model, max_media=0)
+    remember_tower_outputs(model, max_media=4)
     model.model.audio_tower.requires_grad_(True)  # unfrozen after the memo was made
     inputs = session_processor(text="<audio>", audio=random_clip(0), return_tensors="pt")
     with pytest.raises(RuntimeError, match="the audio tower has trainable parameters"):

@@ -15,7 +15,7 @@ from mmmmodal_hf.data import LengthGroupedBatchSampler
 from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, train
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
-from tiny_parts import tiny_config, write_tiny_dataset
+from tiny_parts import tiny_config, tiny_model, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +93,19 @@ def test_finetune_trains_language_model_and_projectors_not_encoders(base_folder,
     assert {n for n in before if "_projector." in n} <= changed
 
 
-def test_the_previous_token_map_trains_in_finetune_not_in_align(data_file, tmp_path, session_processor):
+def test_the_demos_previous_token_map_trains_in_finetune_not_in_align(data_file, tmp_path, session_processor):
+    """A model that adds to the published one (the demo's) trains through its own folder's code, which travels."""
+    from mmmmodal_hf.demo.remote_code import write_demo_code
+
     base = tmp_path / "base"
-    torch.manual_seed(0)
-    MMMModalForConditionalGeneration(tiny_config(session_processor, previous_token_mix=True)).save_pretrained(base)
+    tiny_model(session_processor, previous_token_mix=1).save_pretrained(base)
     session_processor.save_pretrained(base)
+    write_demo_code(base)
     aligned = run_stage("align", base, data_file, tmp_path / "align")
     assert "model.previous_token_mix.weight" not in changed_weights(base, aligned)[0]
     finetuned = run_stage("finetune", base, data_file, tmp_path / "finetune")
     assert "model.previous_token_mix.weight" in changed_weights(base, finetuned)[0]
+    assert (finetuned / "modeling_mmmmodal_demo.py").is_file() and (finetuned / "modeling_mmmmodal.py").is_file()
 
 
 def test_resume_reaches_the_same_weights(base_folder, data_file, tmp_path):
@@ -379,8 +383,8 @@ class RememberedMedia(TrainerCallback):
     """Reads, at the end of training, how many media each tower memo holds."""
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        inner = model.get_base_model().model if hasattr(model, "get_base_model") else model.model  # lora: PEFT
-        self.counts = {name: len(memo.outputs) for name, memo in inner.tower_memos.items()}
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # lora: PEFT
+        self.counts = {name: len(memo.outputs) for name, memo in base.tower_memos.items()}
 
 
 @pytest.mark.parametrize("stage", ["finetune", "lora"])
@@ -449,25 +453,25 @@ def test_grown_head_starts_the_answers_rows_apart_and_trains_every_target_row(ba
         ]
     )
     trainer = build_trainer(args, training_args)
-    model, tokenizer = trainer.model, trainer.processing_class.tokenizer
+    model, head, tokenizer = trainer.model, trainer.head, trainer.processing_class.tokenizer
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     answers = [m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant"]
-    read_ahead = set(model.head_rows_in_use.nonzero().squeeze(1).tolist())
+    read_ahead = set(head.rows_in_use.nonzero().squeeze(1).tolist())
     assert read_ahead == {t for ids in tokenizer(answers, add_special_tokens=False)["input_ids"] for t in ids} | {
         tokenizer.eos_token_id
     }
     before = model.lm_head.weight.detach().clone()
-    assert len(before[model.head_rows_in_use].unique(dim=0)) == len(read_ahead)  # each its own start
+    assert len(before[head.rows_in_use].unique(dim=0)) == len(read_ahead)  # each its own start
     targets = set()
     for row in trainer.train_dataset:
         labels = torch.as_tensor(row["labels"])[1:]
         targets |= set(labels[labels != -100].tolist())
 
     trainer.train()
-    in_use = model.head_rows_in_use
+    in_use = head.rows_in_use
     assert set(in_use.nonzero().squeeze(1).tolist()) == read_ahead | targets
     head = model.lm_head.weight.detach()
     assert not torch.equal(head[in_use], before[in_use])
-    for group in model.head_row_groups.unique():
-        shared = head[~in_use & (model.head_row_groups == group)]
+    for group in trainer.head.row_groups.unique():
+        shared = head[~in_use & (trainer.head.row_groups == group)]
         assert torch.equal(shared, shared[:1].expand_as(shared)), int(group)

@@ -22,10 +22,10 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def web_app(model, session_processor, tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
-    app = build_app(model, session_processor, examples_folder=str(folder / "examples"), max_new_tokens=10)
+    app = build_app(model, session_processor, max_new_tokens=10)
     app.queue()
     _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, show_error=True)
-    yield url, example_media(folder / "examples"), folder
+    yield url, example_media(), folder
     app.close()
 
 

@@ -103,7 +103,7 @@ def tiny_processor(tokenizer_folder: Path) -> MMMModalProcessor:
     )
 
 
-def tiny_config(processor: MMMModalProcessor, **overrides) -> MMMModalConfig:
+def tiny_config(processor: MMMModalProcessor, config_class=MMMModalConfig, **overrides) -> MMMModalConfig:
     tokenizer = processor.tokenizer
     values = dict(
         vision_config=tiny_vision_config(),
@@ -113,7 +113,7 @@ def tiny_config(processor: MMMModalProcessor, **overrides) -> MMMModalConfig:
         audio_conv_stride=AUDIO_CONV_STRIDE,
         **processor.special_token_ids,
     )
-    return MMMModalConfig(**{**values, **overrides})
+    return config_class(**{**values, **overrides})
 
 
 def random_image(seed: int, size=(40, 30)) -> Image.Image:
@@ -245,8 +245,16 @@ def save_tiny_source_models(folder: Path, tokenizer_folder: Path, language_model
 
 
 def tiny_model(processor, **overrides) -> MMMModalForConditionalGeneration:
+    """The tiny published model; with `media_index_embeddings` or `previous_token_mix`, the demo's model."""
     torch.manual_seed(0)
-    model = MMMModalForConditionalGeneration(tiny_config(processor, **overrides)).eval()
+    demo_options = {k: overrides.pop(k) for k in ("media_index_embeddings", "previous_token_mix") if k in overrides}
+    if demo_options:
+        from mmmmodal_hf.demo.remote_code import MMMModalDemoConfig, MMMModalDemoForConditionalGeneration
+
+        config = tiny_config(processor, config_class=MMMModalDemoConfig, **overrides, **demo_options)
+        model = MMMModalDemoForConditionalGeneration(config).eval()
+    else:
+        model = MMMModalForConditionalGeneration(tiny_config(processor, **overrides)).eval()
     # Random init leaves the projectors tiny next to token embeddings; scale them so media matter to the logits.
     with torch.no_grad():
         for projector in (model.model.image_projector, model.model.audio_projector):

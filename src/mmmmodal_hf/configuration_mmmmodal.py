@@ -1,8 +1,7 @@
 """MMMModal configuration: a SigLIP vision tower and a Whisper encoder joined to a causal LM.
 
-Also home of the slot arithmetic: how many language-model positions one image or one audio
-window fills. The processor (which writes the slots) and the model (which fills them) both
-import it from here, so the two can never disagree.
+Also home of the slot arithmetic (positions one image or audio window fills): the processor, which
+writes the slots, and the model, which fills them, both import it from here, so they never disagree.
 """
 
 from huggingface_hub.dataclasses import strict
@@ -10,35 +9,22 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 # The published models: SigLIP-base-patch16-384, malaysian-whisper-small, TinyLlama 1.1B.
-_SIGLIP_BASE_384 = {
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "image_size": 384,
-    "patch_size": 16,
-}
-_WHISPER_SMALL_ENCODER = {
-    "d_model": 768,
-    "encoder_layers": 12,
-    "encoder_attention_heads": 12,
-    "encoder_ffn_dim": 3072,
-    "decoder_layers": 12,
-    "decoder_attention_heads": 12,
-    "decoder_ffn_dim": 3072,
-    "num_mel_bins": 80,
-    "max_source_positions": 1500,
-}
-_TINYLLAMA = {
-    "hidden_size": 2048,
-    "intermediate_size": 5632,
-    "num_hidden_layers": 22,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 16384,
-    "vocab_size": 32006,
-    "rms_norm_eps": 1e-5,
-}
+_SIGLIP_BASE_384 = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=384,
+    patch_size=16,
+)
+_WHISPER_SMALL_ENCODER = dict(
+    d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072, decoder_layers=12,
+    decoder_attention_heads=12, decoder_ffn_dim=3072, num_mel_bins=80, max_source_positions=1500,
+)  # fmt: skip
+_TINYLLAMA = dict(
+    hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4,
+    max_position_embeddings=16384, vocab_size=32006, rms_norm_eps=1e-5,
+)  # fmt: skip
 
 # Token layout of the released checkpoints (32000-32003), plus the two slot tokens we add.
 IMAGE_START_TOKEN, IMAGE_END_TOKEN = "<image>", "</image>"
@@ -62,10 +48,7 @@ def whisper_encoder_frames(num_mel_frames: int) -> int:
 
 
 def num_audio_slots(encoder_frames: int, conv_kernel: int, conv_stride: int) -> int:
-    """Positions one audio window fills: the length after the projector's Conv1d.
-
-    With the published numbers, 1500 encoder frames give floor((1500 - 40) / 3) + 1 = 487.
-    """
+    """Positions one audio window fills, the projector's Conv1d output: floor((1500 - 40) / 3) + 1 = 487 as published."""
     if encoder_frames < conv_kernel:
         raise ValueError(
             f"The audio projector's kernel ({conv_kernel}) is longer than the {encoder_frames} frames "
@@ -77,10 +60,9 @@ def num_audio_slots(encoder_frames: int, conv_kernel: int, conv_stride: int) -> 
 def num_real_audio_slots(num_real_mel_frames: int, window_slots: int, conv_stride: int) -> int:
     """Slots kept from one window when padding is trimmed: those whose projector window starts in real audio.
 
-    Whisper always encodes a full, zero-padded window (its position table is fixed); the slot j of
-    the projector's Conv1d reads encoder frames [j * stride, j * stride + kernel). A slot is kept
-    when j * stride falls before the last real encoder frame, so a 5 s clip in a 30 s window keeps
-    ceil(250 / 3) = 84 of 487 slots and no slot is made of padding alone. At least one slot is kept.
+    Whisper always encodes a full, zero-padded window (its position table is fixed); slot j of the
+    projector's Conv1d reads encoder frames [j * stride, j * stride + kernel) and is kept when j * stride
+    falls before the last real one: a 5 s clip in a 30 s window keeps ceil(250 / 3) = 84 of 487 slots.
     """
     real_frames = whisper_encoder_frames(max(1, int(num_real_mel_frames)))
     return min(window_slots, -(-real_frames // conv_stride))
@@ -101,36 +83,17 @@ class MMMModalConfig(PreTrainedConfig):
         in real audio (`num_real_audio_slots`); False keeps all slots of every window, as the released
         checkpoints were trained (a short clip then fills 487 slots, mostly of padding).
     projector_hidden_act (`str`, defaults to "gelu"): activation inside both projectors.
-    media_index_embeddings (`int`, defaults to 0): when positive, each projector learns this many ordinal
-        embeddings and adds the k-th to every slot of the k-th image (or clip) of a conversation, so the
-        slots themselves say which medium they are. The published models have none (0); the demo's small
-        LM, trained from scratch, picks "image 2" out of several more often with them (mmmmodal-hf, DEMO_EXPERIMENTS.md).
-    previous_token_mix (`int`, defaults to 0): how many tokens before each position its input gets a
-        learned linear map (started at zero) of, one map per distance; `True` reads as 1. A word of
-        several tokens is then whole at its last token before the first layer. The published models
-        have none (0); the demo's 2-layer LM, trained from scratch, compares Malay words of 2-4 tokens
-        with it (DEMO_EXPERIMENTS.md).
     image_token_id, audio_token_id: the slot tokens that projected features replace.
     image_start_token_id, image_end_token_id, audio_start_token_id, audio_end_token_id: the four tags.
 
-    Example:
-
-    ```python
-    >>> from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
-    >>> config = MMMModalConfig(text_config={"model_type": "mistral"})
-    >>> model = MMMModalForConditionalGeneration(config)
-    ```
+    Example: `MMMModalForConditionalGeneration(MMMModalConfig(text_config={"model_type": "mistral"}))`.
     """
 
     model_type = "mmmmodal"
     sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_BASE_384
-        ),
-        "audio_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="whisper", init_kwargs=_WHISPER_SMALL_ENCODER
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama", init_kwargs=_TINYLLAMA),
+        "vision_config": SubConfigSpec(AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_BASE_384),
+        "audio_config": SubConfigSpec(AutoConfig, model_type="whisper", init_kwargs=_WHISPER_SMALL_ENCODER),
+        "text_config": SubConfigSpec(AutoConfig, model_type="llama", init_kwargs=_TINYLLAMA),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
@@ -142,8 +105,6 @@ class MMMModalConfig(PreTrainedConfig):
     audio_conv_stride: int = 3
     trim_audio_padding: bool = True
     projector_hidden_act: str = "gelu"
-    media_index_embeddings: int = 0
-    previous_token_mix: int | bool = 0
     image_start_token_id: int = 32000
     image_end_token_id: int = 32001
     audio_start_token_id: int = 32002
@@ -158,11 +119,6 @@ class MMMModalConfig(PreTrainedConfig):
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
         self._check_layers()
-        if self.media_index_embeddings < 0:  # the strict dataclass already insists on an int
-            raise ValueError(f"media_index_embeddings={self.media_index_embeddings}: expected 0 (none) or more.")
-        self.previous_token_mix = int(self.previous_token_mix)  # True: one token, as configs saved before hold
-        if self.previous_token_mix < 0:
-            raise ValueError(f"previous_token_mix={self.previous_token_mix}: expected 0 (none) or more tokens.")
         # Every auto class gives the generation-capable model, so `AutoModel(...).generate()` works, and so do
         # transformers' pipelines: "any-to-any" loads AutoModelForMultimodalLM, "image-text-to-text"
         # AutoModelForImageTextToText.

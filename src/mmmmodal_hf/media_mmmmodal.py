@@ -34,11 +34,6 @@ def describe_media(item) -> str:
     return f"<{type(item).__name__} {tuple(shape)}>" if shape is not None else f"<{type(item).__name__}>"
 
 
-# ---------------------------------------------------------------------------------------------
-# Images
-# ---------------------------------------------------------------------------------------------
-
-
 def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise ValueError(
@@ -131,11 +126,6 @@ def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
     return _to_rgb(image)
 
 
-# ---------------------------------------------------------------------------------------------
-# Audio
-# ---------------------------------------------------------------------------------------------
-
-
 # libsndfile reads a cut-off WAV/AIFF without complaint and notes the shortfall in its log.
 _SHORT_CHUNK_RE = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 
@@ -144,8 +134,8 @@ def _read_audio_file(source) -> tuple[np.ndarray, int]:
     try:
         with soundfile.SoundFile(source) as handle:
             shortfall = _SHORT_CHUNK_RE.search(handle.extra_info)
-            if shortfall and int(shortfall.group(2)) < int(shortfall.group(1)):
-                promised, present = int(shortfall.group(1)), int(shortfall.group(2))
+            promised, present = (int(n) for n in shortfall.groups()) if shortfall else (0, 0)
+            if present < promised:
                 raise ValueError(
                     f"the audio file is truncated: its header promises {promised:,} bytes of samples but only "
                     f"{present:,} are present"

@@ -117,9 +117,6 @@ class MMMModalChatSession:
         start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
 
         input_ids = torch.tensor([ids], device=self.model.device)
-        if reused and getattr(self.model.config, "media_index_embeddings", 0):
-            # The cached media keep their numbers; this turn's continue after them.
-            media = {**media, "image_index_offset": start[1], "audio_index_offset": start[2]}
         try:
             output = self._generate(input_ids, media, settings, on_text)
         except BaseException:

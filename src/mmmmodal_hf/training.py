@@ -2,29 +2,31 @@
 
 - align: encoders and language model frozen; the projectors train, and so do the embedding rows
   of the four tag tokens (the reference code left them at random init).
-- finetune: encoders frozen; the language model and the projectors train (and the previous-token map,
-  if the model has one).
+- finetune: encoders frozen; everything else trains (the language model, its head, the projectors).
 - lora: PEFT LoRA on the language model, projectors trained fully; `export_lora` merges.
 
 Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
-parameters; the model keeps unused branches in the graph with an exact zero, so no blank
-placeholder media are needed (see `MMMModalModel._unused_branch_anchor`).
+parameters; a hook keeps unused branches in the graph with an exact zero, so no blank placeholder
+media are needed (`keep_unused_branches_in_the_graph`). Training-only speed-ups live beside this
+module: `training_head.py` (the LM head at labelled positions, on few rows) and `tower_memo.py`.
 """
 
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
 
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
 from .data import (
+    IGNORE_INDEX,
     ConversationDataset,
     EncodeStats,
     LengthGroupedBatchSampler,
@@ -34,6 +36,8 @@ from .data import (
 )
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
 from .processing_mmmmodal import MMMModalProcessor
+from .tower_memo import remember_tower_outputs
+from .training_head import TrainingHead
 
 logger = logging.getLogger(__name__)
 
@@ -159,13 +163,11 @@ def prepare_stage(
     inner.image_projector.requires_grad_(True)
     inner.audio_projector.requires_grad_(True)
     if stage == "finetune":
-        inner.language_model.requires_grad_(True)
-        model.lm_head.requires_grad_(True)
-        if inner.previous_token_mix is not None:  # it feeds the language model's input: it trains with it
-            inner.previous_token_mix.requires_grad_(True)
-        if train_encoders:
-            inner.vision_tower.requires_grad_(True)
-            inner.audio_tower.requires_grad_(True)
+        # Everything but the towers: the language model, its head, the projectors, and any input map a model
+        # of this family adds before the language model (the demo's).
+        model.requires_grad_(True)
+        inner.vision_tower.requires_grad_(train_encoders)
+        inner.audio_tower.requires_grad_(train_encoders)
         return model
 
     from peft import LoraConfig, get_peft_model
@@ -192,14 +194,74 @@ def _train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
     weight._mmmmodal_rows_only = True  # read by MMMModalTrainer: no weight decay on the frozen rows
 
 
+def load_model(name_or_path: str | Path, dtype=None) -> MMMModalForConditionalGeneration:
+    """An MMMModal-family model from a folder or Hub id: this package's classes for `mmmmodal` folders, the
+    folder's own code for a model that adds to them (the demo's, `trust_remote_code`)."""
+    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
+
+
+# A projector's own layers, reached by calling it on an empty input; anything else it holds (the demo's
+# ordinal embeddings) is reached by a zero sum.
+_PROJECTOR_LAYERS = {"linear_1", "act", "linear_2", "conv", "linear"}
+
+
+def _unused_branch_anchor(inner, image_missing: bool, audio_missing: bool) -> torch.Tensor:
+    """A zero that depends on every trainable parameter of the branches this batch does not use.
+
+    Under DDP or ZeRO, a rank whose batch holds no image (or no audio) would otherwise leave that
+    projector out of the graph and stall or fail the gradient reduction. The published fix prepended
+    a blank image and 30 s of silence to every sample (1065 dead positions and two encoder passes);
+    this costs one empty projector call and adds exact zeros.
+    """
+    config = inner.config
+    anchor = torch.zeros((), device=inner.image_projector.linear_1.weight.device)
+    parts = []
+    if image_missing:
+        empty = inner.image_projector.linear_1.weight.new_zeros(0, config.vision_config.hidden_size)
+        anchor = anchor + inner.image_projector(empty).sum() * 0.0
+        parts += [inner.vision_tower, inner.image_projector]
+    if audio_missing:
+        empty = inner.audio_projector.conv.weight.new_zeros(0, config.audio_conv_kernel, config.audio_config.d_model)
+        anchor = anchor + inner.audio_projector(empty).sum() * 0.0
+        parts += [inner.audio_tower, inner.audio_projector]
+    for part in parts:  # towers (frozen as published) when they train, and what projectors hold beside their layers
+        children = (
+            [m for name, m in part.named_children() if name not in _PROJECTOR_LAYERS]
+            if part in (inner.image_projector, inner.audio_projector)
+            else [part]
+        )
+        for child in children:
+            for parameter in child.parameters():
+                if parameter.requires_grad:
+                    anchor = anchor + parameter.sum() * 0.0
+    return anchor
+
+
+def keep_unused_branches_in_the_graph(model) -> None:
+    """In training, add `_unused_branch_anchor` to the base model's output of every batch (a forward hook)."""
+
+    def add_anchor(module, args, kwargs, output):
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+
+        def missing(name):
+            value = kwargs.get(name)
+            return value is None or value.shape[0] == 0
+
+        anchor = _unused_branch_anchor(module, missing("pixel_values"), missing("input_features"))
+        output.last_hidden_state = output.last_hidden_state + anchor.to(output.last_hidden_state.dtype)
+        return output
+
+    model.model.register_forward_hook(add_anchor, with_kwargs=True)
+
+
 def combine_alignments(image_run: str | Path, audio_run: str | Path, output_dir: str | Path) -> Path:
     """Join two `align` runs made separately, as published: vision from one, audio from the other.
 
     The result is `image_run`'s checkpoint with the audio projector and the `<audio>`/`</audio>`
     embedding rows of `audio_run`. Both runs must start from the same base checkpoint.
     """
-    model = MMMModalForConditionalGeneration.from_pretrained(image_run)
-    audio_model = MMMModalForConditionalGeneration.from_pretrained(audio_run)
+    model, audio_model = load_model(image_run), load_model(audio_run)
     for name in ("vision_tower", "audio_tower", "language_model"):
         ours, theirs = getattr(model.model, name).state_dict(), getattr(audio_model.model, name).state_dict()
         different = [key for key in ours if key != "embed_tokens.weight" and not torch.equal(ours[key], theirs[key])]
@@ -231,8 +293,28 @@ def export_lora(peft_model, processor, output_dir: str | Path) -> Path:
 
 
 class MMMModalTrainer(Trainer):
-    """`Trainer` that applies no weight decay to an embedding of which only some rows train, and groups
-    conversations by length (`train_sampling_strategy="group_by_length"`) without encoding them first."""
+    """`Trainer` that computes the LM head only where a next token is to be predicted (`TrainingHead`), applies
+    no weight decay to an embedding of which only some rows train, and groups conversations by length
+    (`train_sampling_strategy="group_by_length"`) without encoding them first."""
+
+    head: TrainingHead | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Padding-free rows mark conversations by their restarting positions, which a KV cache would hide.
+        inputs = {**inputs, "use_cache": False}
+        if self.head is None or not model.training or "labels" not in inputs:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]
+        labelled = targets != IGNORE_INDEX
+        with self.head.labelled_only(labelled, targets[labelled]):
+            outputs = model(**inputs)
+        total = self.head.summed_loss(outputs.logits, targets[labelled].to(outputs.logits.device))
+        count = num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1)
+        loss = total / (count.to(total.device) if torch.is_tensor(count) else count)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer's own loss does
+        return (loss, outputs) if return_outputs else loss
 
     def get_decay_parameter_names(self, model) -> list[str]:
         names = super().get_decay_parameter_names(model)
@@ -301,7 +383,7 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     # initialised from the global generator there, before `Trainer` seeds it.
     set_seed(training_args.seed)
     dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
-    model = MMMModalForConditionalGeneration.from_pretrained(args.model, dtype=dtype)
+    model = load_model(args.model, dtype=dtype)
     processor = MMMModalProcessor.from_pretrained(args.model)
     model = prepare_stage(
         model,
@@ -313,16 +395,17 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         tuple(args.lora_target_modules.split(",")),
         args.train_encoders,
     )
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if args.remember_tower_outputs:
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.model.remember_tower_outputs(args.remember_tower_outputs)
+        remember_tower_outputs(base, args.remember_tower_outputs)
+    keep_unused_branches_in_the_graph(base)
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
-    if args.grow_head_from_targets:
+    known = None
+    if args.grow_head_from_targets and not args.streaming:
         # A streamed data set cannot be read ahead: its answers' rows are added as they come.
-        known = None if args.streaming else answer_token_ids(train_dataset.rows, processor.tokenizer)
-        model.grow_head_from_targets(known)
-    return MMMModalTrainer(
+        known = answer_token_ids(train_dataset.rows, processor.tokenizer)
+    trainer = MMMModalTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -331,6 +414,8 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         processing_class=processor,
         callbacks=[DataStatsCallback(stats), *callbacks],
     )
+    trainer.head = TrainingHead(base.lm_head, grow_rows=args.grow_head_from_targets, rows_in_use=known)
+    return trainer
 
 
 def save_stage_output(trainer: Trainer, stage: str) -> Path:
@@ -354,6 +439,7 @@ def save_stage_output(trainer: Trainer, stage: str) -> Path:
             (output_dir / TRAINING_ARGS_NAME).unlink(missing_ok=True)  # pickled: not for a Hub repo
             processor.save_pretrained(output_dir)
     if trainer.is_world_process_zero():
+        _carry_remote_code(start, output_dir)
         from .conversion.model_card import render_trained_model_card
 
         args = trainer.args
@@ -365,6 +451,29 @@ def save_stage_output(trainer: Trainer, stage: str) -> Path:
             f"step; trained: {', '.join(trained) or 'nothing'} (everything else frozen).",
         )
     return output_dir
+
+
+def _carry_remote_code(start: str, output_dir: Path) -> None:
+    """Copy the code files `start`'s `auto_map` names (and the files they import) that the saved folder lacks.
+
+    transformers writes the code of this package's registered classes itself; a model that adds to
+    them (the demo's) names its own module, which must travel with the weights too.
+    """
+    config_file = Path(start) / "config.json"
+    if not config_file.is_file():
+        return
+    import json
+
+    from transformers.dynamic_module_utils import get_relative_import_files
+
+    references = (json.loads(config_file.read_text()).get("auto_map") or {}).values()
+    for module in {reference.split("--")[-1].split(".")[0] for reference in references if isinstance(reference, str)}:
+        source = Path(start) / f"{module}.py"
+        if not source.is_file():
+            continue
+        for needed in [source, *map(Path, get_relative_import_files(source))]:
+            if not (output_dir / needed.name).is_file():
+                shutil.copyfile(needed, output_dir / needed.name)
 
 
 def _trained_parts(model) -> list[str]:

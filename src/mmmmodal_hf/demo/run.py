@@ -30,15 +30,15 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from ..configuration_mmmmodal import MMMModalConfig
 from ..data import conversation_from_row
-from ..modeling_mmmmodal import MMMModalForConditionalGeneration
+from ..offline_tokenizer import mistral_tokenizer_folder
 from ..processing_mmmmodal import MMMModalProcessor
 from ..training import MMMModalTrainArguments, build_trainer, save_stage_output
 from .encoders import pretrain_encoders
 from .language_model import TEXT_CONFIGS, build_text_config, start_match_heads
+from .remote_code import MMMModalDemoConfig, MMMModalDemoForConditionalGeneration, write_demo_code
 from .report import write_report
-from .tokenizer import mistral_tokenizer_folder, trained_tokenizer_folder
+from .tokenizer import trained_tokenizer_folder
 from .world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, WorldConversation, make_split
 
 TARGET_ACCURACY, TARGET_MINUTES = 0.9, 10  # exact match on every kind, within the whole run on 2 CPU cores
@@ -144,13 +144,13 @@ def build_processor(settings: DemoSettings, folder: Path, texts: list[str]) -> t
     return processor, kind
 
 
-def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModalForConditionalGeneration:
+def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModalDemoForConditionalGeneration:
     """Small towers and LM: 4 slots per 32 px image (16 px patches), 4 slots per 1 s clip (a 12-frame stride).
 
     Four slots carry everything the world asks of a medium once the towers are pretrained, and
     short media spans make each step cheaper (measured: DEMO_EXPERIMENTS.md).
     """
-    config = MMMModalConfig(
+    config = MMMModalDemoConfig(
         vision_config=SiglipVisionConfig(
             hidden_size=96,
             intermediate_size=192,
@@ -187,7 +187,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
         **processor.special_token_ids,
     )
     torch.manual_seed(settings.seed)
-    model = MMMModalForConditionalGeneration(config)
+    model = MMMModalDemoForConditionalGeneration(config)
     start_match_heads(model.model.language_model, settings.match_heads, settings.position_free_pairs)
     if settings.media_index_embeddings:
         # Medium k's tag starts as the token "k" the questions use ("image 2"), scaled to be seen.
@@ -250,6 +250,7 @@ def run_stage(
     trainer = build_trainer(args, training_args)
     trainer.train()
     folder = save_stage_output(trainer, stage)
+    write_demo_code(folder)
     losses = [{"stage": stage, "step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     return folder, losses
 
@@ -455,6 +456,7 @@ def run_demo(settings: DemoSettings) -> dict:
     base = output / "base"
     model.save_pretrained(base)
     processor.save_pretrained(base)
+    write_demo_code(base)
     parameters = sum(p.numel() for p in model.parameters())
 
     print(f"[4/7] align ({settings.align_steps} steps), then finetune ({settings.finetune_steps} steps)")
@@ -481,7 +483,7 @@ def run_demo(settings: DemoSettings) -> dict:
 
     print(f"[5/7] scoring {len(eval_split)} held-out conversations")
     eval_started = time.time()
-    trained = MMMModalForConditionalGeneration.from_pretrained(final)
+    trained = MMMModalDemoForConditionalGeneration.from_pretrained(final)
     results = evaluate(trained, MMMModalProcessor.from_pretrained(final), eval_split, output / "world" / "heldout")
     verdict_sets = {}
     for conversation in train_split:

@@ -1,0 +1,104 @@
+"""The LM head in training: computed only where a next token is to be predicted, and optionally on few rows.
+
+With answer-only labels and a 32k vocabulary, the head over every position costs more than the
+layers of a small model. During a training step `TrainingHead` makes the model's `lm_head` compute
+logits at the labelled positions alone (`(num_labelled, vocab)`), inside the model's forward, so
+DDP and DeepSpeed see it as part of the graph; `MMMModalTrainer.compute_loss` turns them into the
+same loss the full computation gives. Outside a step the head is the plain `nn.Linear`.
+
+`grow_rows` (`--grow_head_from_targets`): for a language model trained from scratch whose answers use
+few of its tokens (the demo's: the 32k Mistral tokenizer, under 200 tokens in its answers). The
+vocabulary is cut into `groups` runs of consecutive tokens, and the rows of a run that no target has
+reached are made equal (to its first row). Equal rows have equal logits, so the softmax gives them
+equal gradients and they stay equal: one column, their row's logit plus log(how many), stands for
+them all. The loss and every row's gradient are those of the head over the whole vocabulary; only
+the start differs, so a pretrained head would lose what it knew.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+class TrainingHead:
+    """Wraps `lm_head.forward` for a run: `labelled_only(mask, targets)` around a forward restricts it."""
+
+    def __init__(self, lm_head: nn.Linear, grow_rows: bool = False, rows_in_use=None, groups: int | None = None):
+        self.lm_head, self.run_head = lm_head, lm_head.forward
+        self.labelled: torch.Tensor | None = None
+        self.rows_in_use = self.row_groups = None
+        if grow_rows:
+            self._grow(rows_in_use, groups)
+        lm_head.forward = self._forward  # an attribute of this instance: weights and saved folders unchanged
+
+    def _grow(self, rows_in_use, groups: int | None) -> None:
+        """Make each group's rows that no known target holds equal to the group's first row."""
+        weight = self.lm_head.weight
+        vocab_size, device = weight.shape[0], weight.device
+        groups = min(1024, vocab_size) if groups is None else groups  # 1024 learned as fast as 32k in the demo
+        if not 1 <= groups <= vocab_size:
+            raise ValueError(f"groups must be between 1 and the vocabulary size {vocab_size}; got {groups}")
+        in_use = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        if rows_in_use is not None:
+            in_use[torch.as_tensor(rows_in_use, dtype=torch.long, device=device)] = True
+        self.row_groups = torch.arange(vocab_size, device=device) * groups // vocab_size
+        first_of_group = torch.searchsorted(self.row_groups, torch.arange(groups, device=device))
+        with torch.no_grad():
+            weight[~in_use] = weight[first_of_group[self.row_groups[~in_use]]]
+        self.rows_in_use = in_use
+
+    @contextmanager
+    def labelled_only(self, labelled: torch.Tensor, targets: torch.Tensor):
+        """Within: the head computes logits at `labelled` positions of `hidden[:, :-1]` (their targets given)."""
+        if self.rows_in_use is not None:
+            self._mark_in_use(targets)
+        self.labelled = labelled
+        try:
+            yield
+        finally:
+            self.labelled = None
+
+    def _mark_in_use(self, targets: torch.Tensor) -> None:
+        in_use = self.rows_in_use.to(targets.device)
+        in_use[targets] = True
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every rank must agree on the rows in use: a row one rank trains no longer equals its group's.
+            shared = in_use.to(torch.int32)
+            torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
+            in_use = shared.bool()
+        self.rows_in_use = in_use
+
+    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.labelled is None:
+            return self.run_head(hidden_states)
+        selected = hidden_states[:, :-1][self.labelled.to(hidden_states.device)]
+        if self.rows_in_use is None:
+            return self.run_head(selected)
+        return self._grown_logits(selected)
+
+    def _grown_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Logits over the rows in use, then one column per group of the rest (its row's logit + log(count))."""
+        in_use, weight = self.rows_in_use, self.lm_head.weight
+        group = self.row_groups = self.row_groups.to(in_use.device)
+        groups = int(group[-1]) + 1
+        rows, unused = in_use.nonzero().squeeze(1), (~in_use).nonzero().squeeze(1)
+        members = torch.bincount(group[unused], minlength=groups)
+        # Each group's unused rows are equal: the first of them is the group's row, exactly in any dtype.
+        # Their mean's gradient, spread evenly over them, is what each would get on its own.
+        first = torch.zeros(groups, dtype=torch.long, device=unused.device)
+        first = first.scatter_reduce(0, group[unused], unused, reduce="amin", include_self=False)
+        sums = weight.new_zeros(groups, weight.shape[1]).index_add(0, group, weight)
+        sums = sums - weight.new_zeros(groups, weight.shape[1]).index_add(0, group[rows], weight[rows])
+        mean = sums / members.clamp(min=1).unsqueeze(1).to(sums.dtype)
+        shared_rows = weight[first].detach() + (mean - mean.detach())
+        logits = nn.functional.linear(hidden_states, torch.cat([weight[rows], shared_rows])).float()
+        logits[:, rows.numel() :] += members.float().log()  # log(0) = -inf: a group wholly in use adds nothing
+        return logits
+
+    def summed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of `targets` for the logits `labelled_only` made (over the whole vocabulary)."""
+        if self.rows_in_use is not None:
+            rows = self.rows_in_use.to(targets.device).nonzero().squeeze(1)
+            targets = torch.searchsorted(rows, targets)
+        return nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
