@@ -6,13 +6,7 @@ tower of hidden 384 on 384 px images (patch 16: 576 slots) and a Whisper encoder
 30 s windows (487 slots), both read at layer -2 of 5 (4 layers run), as published.
 """
 
-import json
-import os
-import platform
-import statistics
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +22,8 @@ from transformers import (
 )
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
-from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
+from mmmmodal_hf.benchmarking import interleaved_medians, median_seconds, report, synchronize  # noqa: F401
+from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -82,67 +77,3 @@ def clip(seed: int, seconds: float = 20.0, rate: int = 16000) -> np.ndarray:
     return (0.3 * np.sin(2 * np.pi * rng.uniform(200, 900) * t) + 0.02 * rng.standard_normal(t.shape)).astype(
         np.float32
     )
-
-
-def synchronize() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(function, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `function()` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        function()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def interleaved_medians(functions: dict, repeats: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Median time of each function, runs interleaved (a, b, a, b, ...) so drift hits all alike."""
-    for function in functions.values():
-        for _ in range(warmup):
-            function()
-    times = {name: [] for name in functions}
-    for _ in range(repeats):
-        for name, function in functions.items():
-            synchronize()
-            start = time.perf_counter()
-            function()
-            synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def machine() -> dict:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name() if DEVICE.type == "cuda" else platform.processor() or "cpu",
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-    }
-    try:
-        import transformers
-
-        info["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    return info
-
-
-def report(name: str, rows: list[dict], extra: dict | None = None) -> None:
-    """Print a table and one JSON line (for BENCHMARKS.md)."""
-    print(f"\n== {name} ==  ({', '.join(f'{k}={v}' for k, v in machine().items())})")
-    if rows:
-        keys = list(rows[0])
-        print(" | ".join(keys))
-        for row in rows:
-            print(" | ".join(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k]) for k in keys))
-    print("JSON " + json.dumps({"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}))
-    sys.stdout.flush()

@@ -4,19 +4,15 @@ Each turn takes text plus any number of images and audio files (upload, paste, m
 the media show inline in the history, the answer streams token by token, and the whole
 conversation stays in the prompt through an `MMMModalChatSession` (earlier media are never
 encoded again). Undo, retry and clear, generation settings, and English/Malay examples whose
-media the package draws itself. A bad file gives a readable message and the session goes on.
+media ship with the package (web_examples/). A bad file gives a readable message and the session goes on.
 Gradio is an optional extra (`pip install "mmmmodal-hf[web]"`); only this module imports it.
 """
 
 import argparse
 import queue
-import random
 import sys
-import tempfile
 import threading
 from pathlib import Path
-
-import soundfile
 
 from .cli_help import command_parser
 from .media_mmmmodal import load_audio, load_image
@@ -51,25 +47,12 @@ def media_kind(path: str, name: str | None = None) -> str:
     raise ValueError(f"{name} is neither an image nor audio this page can read (Pillow and libsndfile formats)")
 
 
-def example_media(folder: str | Path | None = None) -> dict[str, str]:
-    """Example images and clips drawn by the package (no downloads): name -> path."""
-    from .demo.world import SAMPLE_RATE, render_image, synthesise_clip
+EXAMPLES = Path(__file__).with_name("web_examples")  # drawn once by the package's demo world; shipped as files
 
-    folder = Path(folder or Path(tempfile.gettempdir()) / "mmmmodal-web-examples")
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(0)
-    paths = {}
-    for name, colour, shape in (("red_circle", "red", "circle"), ("blue_square", "blue", "square")):
-        path = folder / f"{name}.png"
-        if not path.exists():
-            render_image(colour, shape, rng).resize((256, 256)).save(path)
-        paths[name] = str(path)
-    for name, pitch, beeps in (("high_beeps", "high", 3), ("low_beep", "low", 1)):
-        path = folder / f"{name}.wav"
-        if not path.exists():
-            soundfile.write(path, synthesise_clip(pitch, beeps, rng), SAMPLE_RATE)
-        paths[name] = str(path)
-    return paths
+
+def example_media() -> dict[str, str]:
+    """The page's example images and clips (two shapes, two beeping clips): name -> path."""
+    return {path.stem: str(path) for path in sorted(EXAMPLES.iterdir()) if path.suffix in (".png", ".wav")}
 
 
 def _generation_settings(max_new_tokens, temperature, top_p) -> dict:
@@ -122,9 +105,7 @@ def _last_user_turn(history: list) -> tuple[int, dict]:
     return start, {"text": text, "files": files}
 
 
-def build_app(
-    model, processor, title: str = "MMMModal chat", examples_folder: str | None = None, max_new_tokens: int = 256
-):
+def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: int = 256):
     """The Gradio Blocks app for `model` and `processor` (both already loaded)."""
     import gradio as gr
 
@@ -207,7 +188,7 @@ def build_app(
             session.reset()
         return session, ""
 
-    media = example_media(examples_folder)
+    media = example_media()
     examples = [
         {"text": "What colour is the shape in the first image, and what shape is in the second?",
          "files": [media["red_circle"], media["blue_square"]]},

@@ -1,39 +1,8 @@
 """The demo's tokenizer: the real Mistral 7B tokenizer when `mistral-common` is installed, else one trained here."""
 
-import json
-import shutil
 from pathlib import Path
 
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-
-def mistral_tokenizer_folder(folder: Path) -> Path | None:
-    """Save the sentencepiece model that `mistral-common` ships (32000 pieces) as a loadable tokenizer.
-
-    Returns None when `mistral-common` is not installed.
-    """
-    try:
-        import mistral_common
-    except ImportError:
-        return None
-    source = Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(source, folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "tokenizer_class": "LlamaTokenizer",
-                "bos_token": "<s>",
-                "eos_token": "</s>",
-                "unk_token": "<unk>",
-                "add_bos_token": True,
-                "add_eos_token": False,
-                "legacy": False,
-            }
-        )
-    )
-    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)  # tokenizer.json: later loads are fast
-    return folder
+from transformers import PreTrainedTokenizerFast
 
 
 def trained_tokenizer_folder(folder: Path, texts: list[str], vocab_size: int = 2000) -> Path:

@@ -11,7 +11,8 @@ import random
 import time
 
 import torch
-from text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded
+
+from .text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded
 
 POOL = range(3000, 3100)  # 100 ordinary word pieces of the Mistral vocabulary
 QUERIES = 12

@@ -24,11 +24,11 @@ tokens before each position cost per step.
 Every contender trains the demo's model (`mmmmodal demo` defaults) on the same small demo world
 for the same number of epochs, with one persistent dataloader worker, as the demo does.
 
-    python bench/demo_finetune.py --compare cache_rows [--conversations 320] [--epochs 3] [--repeats 2]
-    python bench/demo_finetune.py --compare packing [--block-sizes 512,1024]
-    python bench/demo_finetune.py --compare towers --conversations 480
-    python bench/demo_finetune.py --compare head --conversations 960
-    python bench/demo_finetune.py --compare mix --conversations 960
+    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare cache_rows [--conversations 320] [--epochs 3] [--repeats 2]
+    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare packing [--block-sizes 512,1024]
+    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare towers --conversations 480
+    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare head --conversations 960
+    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare mix --conversations 960
 """
 
 import argparse
@@ -37,10 +37,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import interleaved_medians, report
 from transformers import TrainingArguments
 from transformers.utils import logging as hf_logging
 
+from mmmmodal_hf.benchmarking import interleaved_medians, report
 from mmmmodal_hf.demo.run import DemoSettings, build_model, build_processor
 from mmmmodal_hf.demo.world import make_split
 from mmmmodal_hf.training import MMMModalTrainArguments, build_trainer

@@ -8,7 +8,7 @@ questions per sequence ask for one fact of one numbered medium. Both contenders 
 batches; the baseline is Llama's default RoPE base (10000), the contender the demo's (100).
 Reported: answer-token accuracy on 256 held-out sequences every `--every` steps.
 
-    python bench/lookup_rope.py [--steps 600] [--batch-size 32] [--thetas 10000,100] [--lm llama|qwen3]
+    python -m mmmmodal_hf.demo.experiments.lookup_rope [--steps 600] [--batch-size 32] [--thetas 10000,100] [--lm llama|qwen3]
 """
 
 import argparse
@@ -18,13 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from common import report
-from text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded, train_step
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mmmmodal_hf.benchmarking import report
 from mmmmodal_hf.demo.run import TEXT_CONFIGS, DemoSettings, build_text_config
-from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
 from mmmmodal_hf.demo.world import COLOURS, NUMBERS, PITCHES, SHAPE_NOUNS
+from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
+
+from .text_lm import adamw_with_warmup, answer_loss_and_accuracy, padded, train_step
 
 # The demo world's English words, as answers are written: "Red", "Circle", "Low", "Two".
 COLOUR_WORDS = [english for _, english, _ in COLOURS.values()]

@@ -11,7 +11,7 @@ questions per sequence of the demo's conversations, with no perception to learn.
 Reported per kind: teacher-forced exact match of the whole answer on 512 held-out sequences
 every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
-    python bench/lookup_world.py [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128] [--lm qwen3|llama]
+    python -m mmmmodal_hf.demo.experiments.lookup_world [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128] [--lm qwen3|llama]
                                  [--kinds which_image,...] [--recall-steps 0] [--which-image-by shape]
 
 `--recall-steps N` first trains the LM on associative recall (`associative_recall.py`), to see
@@ -27,13 +27,14 @@ import time
 from pathlib import Path
 
 import torch
-from associative_recall import warm_up
-from common import report
-from text_lm import adamw_with_warmup, padded, train_step
 from transformers import AutoModelForCausalLM
 
+from mmmmodal_hf.benchmarking import report
 from mmmmodal_hf.demo import world
 from mmmmodal_hf.demo.run import TEXT_CONFIGS, DemoSettings, build_processor, build_text_config
+
+from .associative_recall import warm_up
+from .text_lm import adamw_with_warmup, padded, train_step
 
 QUESTIONS_PER_SEQUENCE = 6
 KINDS = [kind for kind in world.KINDS if kind != "follow_up"]  # the follow-up is the colour question reworded

@@ -28,7 +28,7 @@ with the images' digits, half the shape words two tokens long, and a bare "_" be
 kind: accuracy of the answer's last token (the digit, the colour, the count) and exact match (every
 answer token right under teacher forcing, which is what greedy decoding would reproduce).
 
-    python bench/slot_lookup.py [--kind which|count] [--share 0.5] [--steps 1000] [--early-share S --early-frac F]
+    python -m mmmmodal_hf.demo.experiments.slot_lookup [--kind which|count] [--share 0.5] [--steps 1000] [--early-share S --early-frac F]
                                 [--form plain|verdict|running|restated|compact] [--demo-like] [--weight 1]
                                 [--slots 4] [--layers 2] [--lm qwen3|llama] [--tag-scale 60]
 """
@@ -42,12 +42,12 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from common import report
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from mmmmodal_hf.benchmarking import report
 from mmmmodal_hf.demo.language_model import TEXT_CONFIGS, build_text_config
 from mmmmodal_hf.demo.run import DemoSettings
-from mmmmodal_hf.demo.tokenizer import mistral_tokenizer_folder
+from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 
 COLOURS, SHAPES, MAX_IMAGES, FEATURE = 6, 4, 4, 64
 WORDS = ["<pad>", "<s>", "[INST]", "[/INST]", "What", "colour", "is", "image", "Which", "shows", "the", "?", "Image"]
