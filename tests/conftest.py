@@ -59,3 +59,12 @@ def base_folder(tmp_path_factory, session_processor):
     MMMModalForConditionalGeneration(tiny_config(session_processor)).save_pretrained(folder)
     session_processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def saved_folder(tmp_path_factory, model, session_processor):
+    """The tiny model saved as a Hub repo (weights, processor, code), for tests that load it as users do."""
+    folder = tmp_path_factory.mktemp("hub_repo")
+    model.save_pretrained(folder)
+    session_processor.save_pretrained(folder)
+    return folder

@@ -10,22 +10,14 @@ import soundfile
 from tiny_parts import random_clip, random_image
 
 
-@pytest.fixture(scope="module")
-def model_folder(tmp_path_factory, model, session_processor):
-    folder = tmp_path_factory.mktemp("chat_model")
-    model.save_pretrained(folder)
-    session_processor.save_pretrained(folder)
-    return folder
-
-
-def chat(model_folder, *args, stdin=None):
+def chat(saved_folder, *args, stdin=None):
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "mmmmodal_hf.cli",
             "chat",
-            str(model_folder),
+            str(saved_folder),
             "--max-new-tokens",
             "4",
             "--min-new-tokens",
@@ -39,7 +31,7 @@ def chat(model_folder, *args, stdin=None):
     )
 
 
-def test_two_turns_with_image_and_audio_commands(model_folder, tmp_path):
+def test_two_turns_with_image_and_audio_commands(saved_folder, tmp_path):
     random_image(0).save(tmp_path / "a.png")
     soundfile.write(tmp_path / "b.wav", random_clip(1), 16000)
     script = (
@@ -56,7 +48,7 @@ def test_two_turns_with_image_and_audio_commands(model_folder, tmp_path):
         )
         + "\n"
     )
-    completed = chat(model_folder, stdin=script)
+    completed = chat(saved_folder, stdin=script)
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout
     assert "(image attached to the next turn" in out and "(audio attached to the next turn" in out
@@ -75,18 +67,18 @@ def test_two_turns_with_image_and_audio_commands(model_folder, tmp_path):
     assert len(row.images) == 1 and len(row.audio) == 1
 
 
-def test_one_shot_prompt(model_folder, tmp_path):
+def test_one_shot_prompt(saved_folder, tmp_path):
     random_image(0).save(tmp_path / "a.png")
-    completed = chat(model_folder, "--image", str(tmp_path / "a.png"), "-p", "Apa ini?")
+    completed = chat(saved_folder, "--image", str(tmp_path / "a.png"), "-p", "Apa ini?")
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.strip()
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
-    completed = chat(model_folder, "--image", str(broken), "-p", "Apa ini?")
+    completed = chat(saved_folder, "--image", str(broken), "-p", "Apa ini?")
     assert completed.returncode == 1 and "not a readable image" in completed.stderr
 
 
-def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(model_folder, tmp_path):
+def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(saved_folder, tmp_path):
     """A corrupt image or a text file named .wav is refused once, numbered as the chat counts; later turns work."""
     random_image(0).save(tmp_path / "good.png")
     (tmp_path / "corrupt.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
@@ -102,7 +94,7 @@ def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(model_folder, tmp_path
             "/quit",
         ]
     )
-    completed = chat(model_folder, stdin=script + "\n")
+    completed = chat(saved_folder, stdin=script + "\n")
     assert completed.returncode == 0, completed.stderr[-3000:]
     errors = [line for line in completed.stdout.splitlines() if "error:" in line]
     assert len(errors) == 2, completed.stdout
@@ -112,10 +104,10 @@ def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(model_folder, tmp_path
     assert len(answers) == 3 and all(answer[len("model> ") :].strip() for answer in answers)
 
 
-def test_media_given_without_a_prompt_go_with_the_first_turn(model_folder, tmp_path):
+def test_media_given_without_a_prompt_go_with_the_first_turn(saved_folder, tmp_path):
     random_image(0).save(tmp_path / "a.png")
     completed = chat(
-        model_folder, "--image", str(tmp_path / "a.png"), stdin=f"Apa ini?\n/save {tmp_path / 'c.json'}\n/quit\n"
+        saved_folder, "--image", str(tmp_path / "a.png"), stdin=f"Apa ini?\n/save {tmp_path / 'c.json'}\n/quit\n"
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "(image attached to the first turn:" in completed.stdout
@@ -130,8 +122,8 @@ def test_media_given_without_a_prompt_go_with_the_first_turn(model_folder, tmp_p
         (["--image", "nowhere.png", "-p", "Apa?"], "image 1 (nowhere.png): no such file"),
     ],
 )
-def test_bad_arguments_end_with_one_line_and_a_nonzero_exit(model_folder, args, message):
-    completed = chat(model_folder, *args)
+def test_bad_arguments_end_with_one_line_and_a_nonzero_exit(saved_folder, args, message):
+    completed = chat(saved_folder, *args)
     assert completed.returncode != 0
     assert message in completed.stderr and "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
@@ -143,7 +135,7 @@ def test_a_model_path_that_does_not_exist(tmp_path):
     assert completed.stderr.strip().splitlines()[-1].startswith("mmmmodal chat: cannot load an MMMModal model from")
 
 
-def test_ctrl_c_at_the_prompt_in_a_terminal(model_folder):
+def test_ctrl_c_at_the_prompt_in_a_terminal(saved_folder):
     """Driven through a pseudo-terminal, as a person types: one answer, then Ctrl-C at the next prompt."""
     import os
     import pty
@@ -154,7 +146,7 @@ def test_ctrl_c_at_the_prompt_in_a_terminal(model_folder):
     if pid == 0:  # the child: the chat on the terminal's side
         os.execv(
             sys.executable,
-            [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(model_folder), "--max-new-tokens", "3"],
+            [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(saved_folder), "--max-new-tokens", "3"],
         )
     screen = b""
 

@@ -3,20 +3,11 @@
 import json
 import os
 
-import pytest
 import torch
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
 
 HUB_MODULES = ("configuration_mmmmodal.py", "modeling_mmmmodal.py", "processing_mmmmodal.py", "media_mmmmodal.py")
-
-
-@pytest.fixture(scope="module")
-def saved_folder(tmp_path_factory, model, session_processor):
-    folder = tmp_path_factory.mktemp("hub_repo")
-    model.save_pretrained(folder)
-    session_processor.save_pretrained(folder)
-    return folder
 
 
 def test_folder_holds_code_auto_map_and_one_processor_config(saved_folder):

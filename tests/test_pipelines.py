@@ -11,7 +11,6 @@ for that one check, and for nothing else.
 import json
 import textwrap
 
-import pytest
 import soundfile
 
 from fresh_process import run_in_fresh_process
@@ -47,14 +46,6 @@ PIPELINE_SCRIPT = textwrap.dedent(
     save_file({"done": torch.ones(1)}, out_file)
     """
 )
-
-
-@pytest.fixture(scope="module")
-def saved_folder(tmp_path_factory, model, session_processor):
-    folder = tmp_path_factory.mktemp("pipeline_repo")
-    model.save_pretrained(folder)
-    session_processor.save_pretrained(folder)
-    return folder
 
 
 def test_any_to_any_and_image_text_to_text_pipelines_answer_as_generate(saved_folder, tmp_path):

@@ -159,14 +159,14 @@ def test_the_core_package_does_not_import_gradio():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300).returncode == 0
 
 
-def test_the_command_names_its_own_share_flag(model_folder_for_web):
+def test_the_command_names_its_own_share_flag(saved_folder):
     """`mmmmodal web` starts, says where it serves, and points at `--share` (not Gradio's `share=True`)."""
     import subprocess
     import sys
 
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(model_folder_for_web), "--port", str(port)],
+        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(saved_folder), "--port", str(port)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -199,11 +199,3 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
     )
     assert completed.returncode == 1 and "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("mmmmodal web: cannot load an MMMModal model from")
-
-
-@pytest.fixture(scope="module")
-def model_folder_for_web(tmp_path_factory, model, session_processor):
-    folder = tmp_path_factory.mktemp("web_model")
-    model.save_pretrained(folder)
-    session_processor.save_pretrained(folder)
-    return folder
