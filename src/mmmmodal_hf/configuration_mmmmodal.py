@@ -6,7 +6,7 @@ writes the slots, and the model, which fills them, both import it from here, so 
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # The published models: SigLIP-base-patch16-384, malaysian-whisper-small, TinyLlama 1.1B.
 _SIGLIP_BASE_384 = dict(
@@ -68,6 +68,25 @@ def num_real_audio_slots(num_real_mel_frames: int, window_slots: int, conv_strid
     return min(window_slots, -(-real_frames // conv_stride))
 
 
+# Each sub-config's model type when its dict names none, and its fields when it is None: the published sizes.
+# Resolved by hand, as LLaVA did before transformers 5.20 brought `SubConfigSpec`, so one config runs on both.
+_SUB_CONFIG_DEFAULTS = {
+    "vision_config": ("siglip_vision_model", _SIGLIP_BASE_384),
+    "audio_config": ("whisper", _WHISPER_SMALL_ENCODER),
+    "text_config": ("llama", _TINYLLAMA),
+}
+
+
+def _sub_config(key: str, value, model_type: str, defaults: dict) -> PreTrainedConfig:
+    if isinstance(value, PreTrainedConfig):
+        return value
+    if value is None:
+        return CONFIG_MAPPING[model_type](**defaults)
+    if not isinstance(value, dict):
+        raise TypeError(f"`{key}` must be a dict, a PreTrainedConfig or None; got {type(value).__name__}.")
+    return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
+
+
 @strict
 class MMMModalConfig(PreTrainedConfig):
     r"""
@@ -90,11 +109,7 @@ class MMMModalConfig(PreTrainedConfig):
     """
 
     model_type = "mmmmodal"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(AutoConfig, model_type="siglip_vision_model", init_kwargs=_SIGLIP_BASE_384),
-        "audio_config": SubConfigSpec(AutoConfig, model_type="whisper", init_kwargs=_WHISPER_SMALL_ENCODER),
-        "text_config": SubConfigSpec(AutoConfig, model_type="llama", init_kwargs=_TINYLLAMA),
-    }
+    sub_configs = dict.fromkeys(_SUB_CONFIG_DEFAULTS, AutoConfig)
 
     vision_config: dict | PreTrainedConfig | None = None
     audio_config: dict | PreTrainedConfig | None = None
@@ -114,6 +129,8 @@ class MMMModalConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        for key, (model_type, defaults) in _SUB_CONFIG_DEFAULTS.items():
+            setattr(self, key, _sub_config(key, getattr(self, key), model_type, defaults))
         super().__post_init__(**kwargs)
         # Older checkpoints keep `tie_word_embeddings` in the text config only (as LLaVA does).
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):

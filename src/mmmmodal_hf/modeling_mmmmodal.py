@@ -19,6 +19,7 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_mmmmodal import MMMModalConfig, encoder_layers_needed, num_real_audio_slots
 
@@ -271,6 +272,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
             )
         return slot_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,

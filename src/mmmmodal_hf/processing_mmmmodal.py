@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 from transformers import AddedToken, BatchFeature, ProcessorMixin
+from transformers.processing_utils import MultiModalData
 
 from .configuration_mmmmodal import (
     AUDIO_END_TOKEN,
@@ -348,14 +349,61 @@ class MMMModalProcessor(ProcessorMixin):
                 replacement, start = tag + slot_token * next(counts), match.start()
                 pieces += [text[last:start], replacement]
                 new_span = (start + shift, start + shift + len(replacement))
-                offsets.append({"type": match.lastgroup, "span": (start, start + len(tag)), "new_span": new_span})
+                offsets.append(
+                    {
+                        "type": match.lastgroup,
+                        "span": (start, start + len(tag)),
+                        "new_span": new_span,
+                        "text": tag,
+                        "replacement": replacement,
+                    }
+                )
                 shift += len(replacement) - len(tag)
                 last = start + len(tag)
             expanded_texts.append("".join(pieces) + text[last:])
             all_offsets.append(offsets)
         return expanded_texts, all_offsets
 
-    def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
+    def _get_num_multimodal_tokens(self, image_sizes=None, audio_lengths=None, **kwargs) -> MultiModalData:
+        """Slots per medium, as serving engines ask for them before any medium is processed (vLLM).
+
+        image_sizes: `(height, width)` per image (every image is resized to the processor's size).
+        audio_lengths: samples per clip at the feature extractor's rate.
+        """
+        counts = {}
+        if image_sizes is not None:
+            size = self.image_processor.size
+            counts["num_image_tokens"] = [self.num_image_slots(size["height"], size["width"])] * len(image_sizes)
+            counts["num_image_patches"] = [1] * len(image_sizes)
+        if audio_lengths is not None:
+            window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
+            counts["num_audio_tokens"] = [
+                sum(  # each window's real mel frames, as the extractor's frame mask counts them
+                    self.num_window_slots(-(-min(window, length - i * window) // hop))
+                    for i in range(self.num_audio_windows(length))
+                )
+                for length in audio_lengths
+            ]
+        return MultiModalData(**counts)
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """transformers' `apply_chat_template`; with `tokenize=True` the media reach `__call__` unloaded, which
+        loads them with its own errors. Before 5.20 transformers loaded audio blocks itself (with librosa):
+        there the audio goes to `__call__` as `audios=`, and the blocks stay for the template to render."""
+        if not kwargs.get("tokenize") or hasattr(ProcessorMixin, "_multimodal_inputs_from_conversations"):
+            return super().apply_chat_template(conversation, *args, **kwargs)
+        is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        conversations = list(conversation) if is_batched else [conversation]
+        _, _, audio, _ = self._multimodal_inputs_from_conversations(conversations, {})
+        bare = [[_without_audio_sources(message) for message in messages] for messages in conversations]
+        processor_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), "audios": audio or None}
+        return super().apply_chat_template(
+            bare if is_batched else bare[0], *args, processor_kwargs=processor_kwargs, **kwargs
+        )
+
+    def _multimodal_inputs_from_conversations(
+        self, conversations, audio_loading_params=None, load_audio_from_video=False
+    ):
         """Collect each conversation's media in order, unloaded: `__call__` loads them with clear errors."""
         batch_images, batch_audio = [], []
         for conversation in conversations:
@@ -376,6 +424,18 @@ class MMMModalProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
+
+
+def _without_audio_sources(message: dict) -> dict:
+    """The message with its audio blocks stripped of what transformers < 5.20 would load itself."""
+    if not isinstance(message.get("content"), list):
+        return message
+    sources = ("audio", "path", "url", "base64")
+    blocks = [
+        {k: v for k, v in block.items() if k not in sources} if block.get("type") == "audio" else block
+        for block in message["content"]
+    ]
+    return {**message, "content": blocks}
 
 
 def _decode_base64(value: str) -> bytes:

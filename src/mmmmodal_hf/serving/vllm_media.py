@@ -1,0 +1,66 @@
+"""A vLLM media connector that decodes with the processor's own loaders, so the server refuses what
+`processor(...)` refuses (a truncated WAV, a decompression bomb, a file that is no image) with the same
+message, and hands vLLM 16 kHz mono audio made exactly as the processor makes it.
+
+`mmmmodal serve` selects it (`VLLM_MEDIA_CONNECTOR=mmmmodal`); with `vllm serve`, set that variable too.
+"""
+
+from vllm import envs
+from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
+from vllm.multimodal.media.audio import AudioMediaIO
+from vllm.multimodal.media.image import ImageMediaIO
+
+from ..media_mmmmodal import describe_media, load_audio, load_image
+
+CONNECTOR = "mmmmodal"
+WHISPER_RATE = 16000  # every MMMModal hears through Whisper's 16 kHz feature extractor
+
+
+class MMMModalAudioIO(AudioMediaIO):
+    def load_bytes(self, data: bytes):
+        self._validate_encoded_size(len(data))
+        return _loaded("audio", data, lambda: load_audio(data, WHISPER_RATE)), WHISPER_RATE
+
+    def load_file(self, filepath):
+        self._validate_encoded_size(filepath.stat().st_size)
+        return _loaded("audio", filepath, lambda: load_audio(str(filepath), WHISPER_RATE)), WHISPER_RATE
+
+
+class MMMModalImageIO(ImageMediaIO):
+    def load_bytes(self, data: bytes):
+        _loaded("image", data, lambda: load_image(data))
+        return super().load_bytes(data)
+
+    def load_file(self, filepath):
+        _loaded("image", filepath, lambda: load_image(str(filepath)))
+        return super().load_file(filepath)
+
+
+def _loaded(kind: str, source, load):
+    try:
+        return load()
+    except ValueError as error:
+        raise ValueError(f"The {kind} {describe_media(source)} could not be used: {error}") from None
+
+
+@MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR)
+class MMMModalMediaConnector(MediaConnector):
+    def fetch_audio(self, audio_url: str):
+        return self.load_from_url(audio_url, self._audio_io(), fetch_timeout=envs.VLLM_AUDIO_FETCH_TIMEOUT)
+
+    async def fetch_audio_async(self, audio_url: str):
+        return await self.load_from_url_async(audio_url, self._audio_io(), fetch_timeout=envs.VLLM_AUDIO_FETCH_TIMEOUT)
+
+    def fetch_image(self, image_url: str, *, image_mode: str | None = "RGB"):
+        return self.load_from_url(image_url, self._image_io(image_mode), fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT)
+
+    async def fetch_image_async(self, image_url: str, *, image_mode: str | None = "RGB"):
+        return await self.load_from_url_async(
+            image_url, self._image_io(image_mode), fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT
+        )
+
+    def _audio_io(self):
+        return MMMModalAudioIO(**self.media_io_kwargs.get("audio", {}))
+
+    def _image_io(self, image_mode):
+        return MMMModalImageIO(**({"image_mode": image_mode} | self.media_io_kwargs.get("image", {})))

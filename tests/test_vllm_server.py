@@ -1,0 +1,118 @@
+"""`mmmmodal serve` on 127.0.0.1: vLLM's OpenAI-compatible server answers a chat with an image and a clip as
+`generate` does, refuses a broken upload with an OpenAI-style error naming it, and goes on serving.
+
+Runs in the vLLM job of `.ci/run`, after test_vllm.py's engine has shut down.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this module in its vLLM venv")
+
+from vllm_parts import NEW_TOKENS, Reference, openai_chat, save_served_folder, truncated_wav, write_media  # noqa: E402
+
+START_TIMEOUT = 300  # vLLM's start-up takes 45-80 s on the 2-core CI machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory, tokenizer_folder):
+    return save_served_folder(tmp_path_factory.mktemp("served"), tokenizer_folder)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    return write_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="module")
+def server(folder, tmp_path_factory):
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("mmmmodal")), "serve", str(folder), "--port", str(port)]
+    command += ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            urllib.request.urlopen(f"{base}/health", timeout=5)
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"mmmmodal serve did not come up: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(2)
+    yield f"{base}/v1/chat/completions", str(folder)
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+    log.close()
+
+
+def chat_body(model: str, messages: list) -> dict:
+    return {"model": model, "messages": messages, "max_tokens": NEW_TOKENS, "temperature": 0, "return_token_ids": True}
+
+
+def test_a_chat_request_with_an_image_and_a_clip_gets_the_tokens_of_generate(server, folder, media):
+    url, model = server
+    turns = [("user", [media["red"], media["cd"], "What do you see and hear?"])]
+    status, answer = post(url, chat_body(model, openai_chat(turns)))
+    assert status == 200, answer
+    prompt, tokens = Reference(folder).chat(turns)
+    assert answer["prompt_token_ids"] == prompt
+    assert answer["choices"][0]["token_ids"] == tokens
+    assert answer["usage"] == {**answer["usage"], "prompt_tokens": len(prompt), "completion_tokens": NEW_TOKENS}
+
+
+def test_a_truncated_wav_is_refused_naming_it_and_the_next_request_is_served(server, media):
+    url, model = server
+    broken = {"type": "input_audio", "input_audio": {"data": truncated_wav(media["beep"]), "format": "wav"}}
+    status, answer = post(
+        url, chat_body(model, [{"role": "user", "content": [broken, {"type": "text", "text": "?"}]}])
+    )
+    assert status == 400
+    message = answer["error"]["message"]
+    assert message.startswith("The audio <") and "truncated" in message, message
+    status, answer = post(url, chat_body(model, openai_chat([("user", [media["small"], "And now?"])])))
+    assert status == 200 and len(answer["choices"][0]["token_ids"]) == NEW_TOKENS
+
+
+def test_a_file_that_is_no_image_is_refused_naming_it(server):
+    url, model = server
+    broken = {"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}}
+    status, answer = post(
+        url, chat_body(model, [{"role": "user", "content": [broken, {"type": "text", "text": "?"}]}])
+    )
+    assert status == 400
+    assert answer["error"]["message"].startswith("The image <12 bytes> could not be used: not a readable image")
+
+
+def test_a_prompt_longer_than_the_context_is_refused_and_says_so(server, media):
+    url, model = server
+    status, answer = post(url, chat_body(model, [{"role": "user", "content": "word " * 2000}]))
+    assert status == 400
+    assert "1024" in answer["error"]["message"], answer
