@@ -243,3 +243,29 @@ def test_template_rejects_unknown_roles(processor):
 def test_numpy_outputs_without_return_tensors(processor):
     out = processor(text=["<image>", "x"], images=[[random_image(0)], []])
     assert isinstance(out["input_ids"], list) and isinstance(out["pixel_values"], np.ndarray)
+
+
+@pytest.mark.parametrize("long_audio", ["chunk", "truncate"])
+def test_slot_counts_asked_before_processing_are_the_slots_written(tokenizer_folder, long_audio):
+    """`_get_num_multimodal_tokens`, which serving engines ask before they process a medium, agrees with `__call__`."""
+    from tiny_parts import tiny_processor
+
+    processor = tiny_processor(tokenizer_folder)
+    processor.long_audio = long_audio
+    for seconds in (0.005, 0.6, 1.0, 1.0001, 2.5):
+        clip = random_clip(0, seconds)
+        written = media_spans(processor, processor(text="<audio>", audio=clip)["input_ids"][0])[0][1]
+        assert processor._get_num_multimodal_tokens(audio_lengths=[len(clip)]).num_audio_tokens == [written], seconds
+    counts = processor._get_num_multimodal_tokens(image_sizes=[(30, 40), (500, 20)])
+    assert counts.num_image_tokens == [IMAGE_SLOTS, IMAGE_SLOTS] and counts.num_image_patches == [1, 1]
+
+
+def test_replacement_offsets_name_each_placeholder_and_what_it_became(processor):
+    text = "Lihat <image> </image> dan dengar <audio>"
+    out = processor(text=text, images=random_image(0), audio=random_clip(0), return_text_replacement_offsets=True)
+    image, audio = out["text_replacement_offsets"][0]
+    assert (image["type"], image["text"], text[slice(*image["span"])]) == ("image", "<image>", "<image>")
+    assert image["replacement"] == "<image>" + "<image_slot>" * IMAGE_SLOTS
+    assert audio["replacement"] == "<audio>" + "<audio_slot>" * CLIP_SLOTS
+    for entry in (image, audio):
+        assert entry["new_span"][1] - entry["new_span"][0] == len(entry["replacement"])

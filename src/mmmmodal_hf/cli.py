@@ -25,7 +25,10 @@ def align_combine_parser() -> argparse.ArgumentParser:
 
 def _align_combine(argv: list[str]) -> int:
     args = align_combine_parser().parse_args(argv)
-    from .training import combine_alignments
+    from .training import combine_alignments, require_training_transformers
+
+    if (status := require_training_transformers("mmmmodal align-combine")) is not None:
+        return status
 
     print(f"saved {combine_alignments(args.image_run, args.audio_run, args.output_dir)}")
     return 0

@@ -11,6 +11,7 @@ Relative paths are resolved against the data file's folder. Whether a file is an
 audio clip is decided by decoding it (`media_mmmmodal`), never by its extension.
 """
 
+import bisect
 import logging
 import re
 from dataclasses import dataclass, field
@@ -221,6 +222,18 @@ def approximate_length(processor, conversation: Conversation) -> int:
     return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _answer_tokens(token_spans, replacements, answer_spans) -> np.ndarray:
+    """Which tokens overlap an answer's characters. The answers' spans are in the rendered text; each
+    placeholder the processor expanded before a span shifts it by the characters its slots added."""
+    placeholder_ends = [r["span"][1] for r in replacements]
+    shift_after = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]  # cumulative, in new coordinates
+    keep = np.zeros(len(token_spans), dtype=bool)
+    for span in answer_spans:
+        start, end = (char + shift_after[bisect.bisect_right(placeholder_ends, char)] for char in span)
+        keep |= [token_start < end and token_end > start for token_start, token_end in token_spans]
+    return keep
+
+
 def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
     prompt, answer_spans = _render(processor, messages, row_id)
     try:
@@ -235,10 +248,9 @@ def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
         )
     except ValueError as error:
         raise UnusableRow(f"row {row_id}: {error}") from error
-    encoded = processor._adjust_assistant_masks_indices(encoded, answer_spans)
     input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
     if train_on == "answers":
-        keep = np.asarray(encoded["assistant_masks"][0], dtype=bool)
+        keep = _answer_tokens(encoded["offset_mapping"][0], encoded["text_replacement_offsets"][0], answer_spans[0])
     else:
         keep = np.ones_like(input_ids, dtype=bool)
     keep &= (input_ids != processor.image_token_id) & (input_ids != processor.audio_token_id)

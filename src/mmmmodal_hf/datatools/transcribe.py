@@ -52,11 +52,12 @@ class ScoredSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         model_inputs.pop("num_frames", None)
         is_last = model_inputs.pop("is_last")
         features = model_inputs.pop("input_features")
-        generated = self.model.generate(
-            input_features=features,
-            attention_mask=attention_mask,
-            **self._prepare_generate_kwargs(generate_kwargs, return_dict_in_generate=True, output_scores=True),
-        )
+        scored = {"return_dict_in_generate": True, "output_scores": True}
+        if hasattr(self, "_prepare_generate_kwargs"):  # transformers >= 5.20: the pipeline's own defaults
+            generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, **scored)
+        else:
+            generate_kwargs = {"generation_config": self.generation_config, **generate_kwargs, **scored}
+        generated = self.model.generate(input_features=features, attention_mask=attention_mask, **generate_kwargs)
         log_probs = self.model.compute_transition_scores(generated.sequences, generated.scores, normalize_logits=True)
         new_tokens = generated.sequences[:, -log_probs.shape[1] :]
         ends = (new_tokens == self.model.generation_config.eos_token_id).long()
