@@ -2,9 +2,10 @@
 
 The same saved folder (random weights) and the same chats, in one run: `--chats` concurrent chats, each
 an image, a clip and a question, answered greedily with exactly `--new-tokens` tokens (end tokens
-ignored, so both produce the same count). Per system: output tokens/s over the whole batch, and time
-to first token (generate's is its prefill: every row's first token arrives together; vLLM's is each
-streamed request's, median and worst). Run in the vLLM venv (`.ci/install-vllm-venv`):
+ignored, so both produce the same count). Per system, medians of `--repeats` rounds: output tokens/s
+over the whole batch, and time to first token (generate's is its prefill: every row's first token
+arrives together; vLLM's is each streamed request's, median and worst). Run in the vLLM venv
+(`.ci/install-vllm-venv`):
 
     .venv-vllm/bin/python bench/serving.py                          # the small configuration, CPU or GPU
     .venv-vllm/bin/python bench/serving.py --size tinyllama --chats 64   # published shapes, on a GPU
@@ -56,14 +57,15 @@ def build_folder(size: str, dtype: torch.dtype, folder: Path) -> Path:
     return folder
 
 
-def chats(count: int, clip_seconds: float) -> list[list[dict]]:
+def chats(count: int, clip_seconds: float, first_seed: int) -> list[list[dict]]:
+    """`count` chats with media of their own: no round repeats another's (vLLM would reuse its cached prefixes)."""
     return [
         [{"role": "user", "content": [
-            {"type": "image", "image": image(index)},
-            {"type": "audio", "audio": clip(index, clip_seconds)},
+            {"type": "image", "image": image(seed)},
+            {"type": "audio", "audio": clip(seed, clip_seconds)},
             {"type": "text", "text": QUESTION},
         ]}]
-        for index in range(count)
+        for seed in range(first_seed, first_seed + count)
     ]  # fmt: skip
 
 
@@ -79,7 +81,7 @@ class FirstStep(StoppingCriteria):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def measure_generate(folder: Path, conversations, new_tokens: int, dtype: torch.dtype) -> dict:
+def measure_generate(folder: Path, warm_up, rounds, new_tokens: int, dtype: torch.dtype) -> dict:
     from transformers import AutoModel, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
@@ -99,8 +101,8 @@ def measure_generate(folder: Path, conversations, new_tokens: int, dtype: torch.
         end = time.perf_counter()
         return end - start, first.at - start, (output.shape[1] - inputs["input_ids"].shape[1]) * len(batch)
 
-    run(conversations[:1])  # warm-up
-    seconds, first_token, tokens = run(conversations)
+    run(warm_up)
+    seconds, first_token, tokens = (statistics.median(values) for values in zip(*map(run, rounds)))
     return {"system": "batched generate", "tokens": tokens, "seconds": seconds, "ttft_median": first_token,
             "ttft_worst": first_token}  # fmt: skip
 
@@ -128,12 +130,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def measure_vllm(folder: Path, conversations, new_tokens: int, dtype: str, flags: list[str]) -> dict:
+def measure_vllm(folder: Path, warm_up, rounds, new_tokens: int, dtype: str, flags: list[str]) -> dict:
     from openai import OpenAI
 
     port = free_port()
     command = [str(Path(sys.executable).with_name("mmmmodal")), "serve", str(folder), "--port", str(port)]
-    command += ["--dtype", dtype, "--max-model-len", "4096", "--max-num-seqs", str(len(conversations)), *flags]
+    command += ["--dtype", dtype, "--max-model-len", "4096", "--max-num-seqs", str(len(rounds[0])), *flags]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         for _ in range(600):
@@ -145,7 +147,6 @@ def measure_vllm(folder: Path, conversations, new_tokens: int, dtype: str, flags
                     raise SystemExit("mmmmodal serve exited before it was ready") from None
                 time.sleep(1)
         client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
-        requests = [openai_messages(c) for c in conversations]
         settings = dict(model=str(folder), max_tokens=new_tokens, temperature=0, stream=True)
         settings.update(stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
 
@@ -159,14 +160,20 @@ def measure_vllm(folder: Path, conversations, new_tokens: int, dtype: str, flags
                     tokens = chunk.usage.completion_tokens
             return first, tokens, time.perf_counter() - start
 
-        one(requests[0], time.perf_counter())  # warm-up
-        start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-            results = list(pool.map(lambda messages: one(messages, start), requests))
-        seconds = max(done for _, _, done in results)
-        firsts = [first for first, _, _ in results]
-        return {"system": "vLLM (mmmmodal serve)", "tokens": sum(t for _, t, _ in results), "seconds": seconds,
-                "ttft_median": statistics.median(firsts), "ttft_worst": max(firsts)}  # fmt: skip
+        def all_at_once(conversations):
+            requests = [openai_messages(c) for c in conversations]
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
+                results = list(pool.map(lambda messages: one(messages, start), requests))
+            firsts = [first for first, _, _ in results]
+            seconds = max(done for _, _, done in results)
+            return seconds, statistics.median(firsts), max(firsts), sum(tokens for _, tokens, _ in results)
+
+        all_at_once(warm_up)
+        measured = zip(*map(all_at_once, rounds))
+        seconds, ttft_median, ttft_worst, tokens = (statistics.median(values) for values in measured)
+        return {"system": "vLLM (mmmmodal serve)", "tokens": tokens, "seconds": seconds,
+                "ttft_median": ttft_median, "ttft_worst": ttft_worst}  # fmt: skip
     finally:
         server.terminate()
         server.wait(timeout=120)
@@ -179,14 +186,16 @@ def main():
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--clip-seconds", type=float, default=5.0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds (new media each) per system; medians")
     args, vllm_flags = parser.parse_known_args()
     dtype = getattr(torch, args.dtype)
     folder = build_folder(args.size, dtype, Path(tempfile.mkdtemp(prefix="mmmmodal-serving-")))
-    conversations = chats(args.chats, args.clip_seconds)
-    baseline = measure_generate(folder, conversations, args.new_tokens, dtype)
+    warm_up = chats(1, args.clip_seconds, first_seed=10_000)
+    rounds = [chats(args.chats, args.clip_seconds, first_seed=r * args.chats) for r in range(args.repeats)]
+    baseline = measure_generate(folder, warm_up, rounds, args.new_tokens, dtype)
     if DEVICE.type == "cuda":
         torch.cuda.empty_cache()  # the baseline's model is gone: the GPU is vLLM's
-    served = measure_vllm(folder, conversations, args.new_tokens, args.dtype, vllm_flags)
+    served = measure_vllm(folder, warm_up, rounds, args.new_tokens, args.dtype, vllm_flags)
     rows = []
     for row in (baseline, served):
         rows.append({

@@ -116,3 +116,22 @@ def test_a_prompt_longer_than_the_context_is_refused_and_says_so(server, media):
     status, answer = post(url, chat_body(model, [{"role": "user", "content": "word " * 2000}]))
     assert status == 400
     assert "1024" in answer["error"]["message"], answer
+
+
+def test_a_streamed_answer_arrives_in_pieces_that_make_the_whole_answer(server, media):
+    url, model = server
+    body = chat_body(model, openai_chat([("user", [media["wide"], media["beep"], "Describe both."])]))
+    status, whole = post(url, body)
+    assert status == 200
+    request = urllib.request.Request(
+        url, json.dumps({**body, "stream": True}).encode(), {"Content-Type": "application/json"}
+    )
+    pieces = []
+    with urllib.request.urlopen(request, timeout=120) as response:
+        for line in response:
+            line = line.decode().strip()
+            if line.startswith("data: ") and line != "data: [DONE]":
+                choices = json.loads(line[len("data: ") :])["choices"]
+                pieces += [c["delta"].get("content") or "" for c in choices]
+    assert len([p for p in pieces if p]) > 1
+    assert "".join(pieces) == whole["choices"][0]["message"]["content"]

