@@ -68,3 +68,19 @@ def saved_folder(tmp_path_factory, model, session_processor):
     model.save_pretrained(folder)
     session_processor.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def served_folder(tmp_path_factory, tokenizer_folder):
+    """A tiny model vLLM's CPU attention accepts (head_dim 32), saved as a Hub repo: the vLLM tests serve it."""
+    from vllm_parts import save_served_folder
+
+    return save_served_folder(tmp_path_factory.mktemp("served"), tokenizer_folder)
+
+
+@pytest.fixture(scope="session")
+def served_media(tmp_path_factory):
+    """PNG and WAV files for the vLLM tests, named (`write_media`)."""
+    from vllm_parts import write_media
+
+    return write_media(tmp_path_factory.mktemp("served_media"))

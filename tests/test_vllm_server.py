@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this module in its vLLM venv")
 
-from vllm_parts import NEW_TOKENS, Reference, openai_chat, save_served_folder, truncated_wav, write_media  # noqa: E402
+from vllm_parts import NEW_TOKENS, Reference, openai_chat, truncated_wav  # noqa: E402
 
 START_TIMEOUT = 300  # vLLM's start-up takes 45-80 s on the 2-core CI machine
 
@@ -40,19 +40,9 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory, tokenizer_folder):
-    return save_served_folder(tmp_path_factory.mktemp("served"), tokenizer_folder)
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    return write_media(tmp_path_factory.mktemp("media"))
-
-
-@pytest.fixture(scope="module")
-def server(folder, tmp_path_factory):
+def server(served_folder, tmp_path_factory):
     port = free_port()
-    command = [str(Path(sys.executable).with_name("mmmmodal")), "serve", str(folder), "--port", str(port)]
+    command = [str(Path(sys.executable).with_name("mmmmodal")), "serve", str(served_folder), "--port", str(port)]
     command += ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -67,7 +57,7 @@ def server(folder, tmp_path_factory):
                 process.kill()
                 pytest.fail(f"mmmmodal serve did not come up: {Path(log.name).read_text()[-3000:]}")
             time.sleep(2)
-    yield f"{base}/v1/chat/completions", str(folder)
+    yield f"{base}/v1/chat/completions", str(served_folder)
     os.killpg(process.pid, signal.SIGTERM)
     process.wait(timeout=60)
     log.close()
@@ -77,27 +67,27 @@ def chat_body(model: str, messages: list) -> dict:
     return {"model": model, "messages": messages, "max_tokens": NEW_TOKENS, "temperature": 0, "return_token_ids": True}
 
 
-def test_a_chat_request_with_an_image_and_a_clip_gets_the_tokens_of_generate(server, folder, media):
+def test_a_chat_request_with_an_image_and_a_clip_gets_the_tokens_of_generate(server, served_folder, served_media):
     url, model = server
-    turns = [("user", [media["red"], media["cd"], "What do you see and hear?"])]
+    turns = [("user", [served_media["red"], served_media["cd"], "What do you see and hear?"])]
     status, answer = post(url, chat_body(model, openai_chat(turns)))
     assert status == 200, answer
-    prompt, tokens = Reference(folder).chat(turns)
+    prompt, tokens = Reference(served_folder).chat(turns)
     assert answer["prompt_token_ids"] == prompt
     assert answer["choices"][0]["token_ids"] == tokens
     assert answer["usage"] == {**answer["usage"], "prompt_tokens": len(prompt), "completion_tokens": NEW_TOKENS}
 
 
-def test_a_truncated_wav_is_refused_naming_it_and_the_next_request_is_served(server, media):
+def test_a_truncated_wav_is_refused_naming_it_and_the_next_request_is_served(server, served_media):
     url, model = server
-    broken = {"type": "input_audio", "input_audio": {"data": truncated_wav(media["beep"]), "format": "wav"}}
+    broken = {"type": "input_audio", "input_audio": {"data": truncated_wav(served_media["beep"]), "format": "wav"}}
     status, answer = post(
         url, chat_body(model, [{"role": "user", "content": [broken, {"type": "text", "text": "?"}]}])
     )
     assert status == 400
     message = answer["error"]["message"]
     assert message.startswith("The audio <") and "truncated" in message, message
-    status, answer = post(url, chat_body(model, openai_chat([("user", [media["small"], "And now?"])])))
+    status, answer = post(url, chat_body(model, openai_chat([("user", [served_media["small"], "And now?"])])))
     assert status == 200 and len(answer["choices"][0]["token_ids"]) == NEW_TOKENS
 
 
@@ -111,16 +101,16 @@ def test_a_file_that_is_no_image_is_refused_naming_it(server):
     assert answer["error"]["message"].startswith("The image <12 bytes> could not be used: not a readable image")
 
 
-def test_a_prompt_longer_than_the_context_is_refused_and_says_so(server, media):
+def test_a_prompt_longer_than_the_context_is_refused_and_says_so(server, served_media):
     url, model = server
     status, answer = post(url, chat_body(model, [{"role": "user", "content": "word " * 2000}]))
     assert status == 400
     assert "1024" in answer["error"]["message"], answer
 
 
-def test_a_streamed_answer_arrives_in_pieces_that_make_the_whole_answer(server, media):
+def test_a_streamed_answer_arrives_in_pieces_that_make_the_whole_answer(server, served_media):
     url, model = server
-    body = chat_body(model, openai_chat([("user", [media["wide"], media["beep"], "Describe both."])]))
+    body = chat_body(model, openai_chat([("user", [served_media["wide"], served_media["beep"], "Describe both."])]))
     status, whole = post(url, body)
     assert status == 200
     request = urllib.request.Request(

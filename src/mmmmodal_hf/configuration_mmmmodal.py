@@ -78,13 +78,10 @@ _SUB_CONFIG_DEFAULTS = {
 
 
 def _sub_config(key: str, value, model_type: str, defaults: dict) -> PreTrainedConfig:
-    if isinstance(value, PreTrainedConfig):
-        return value
-    if value is None:
-        return CONFIG_MAPPING[model_type](**defaults)
-    if not isinstance(value, dict):
-        raise TypeError(f"`{key}` must be a dict, a PreTrainedConfig or None; got {type(value).__name__}.")
-    return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
+    if value is None or isinstance(value, dict):
+        value = {"model_type": model_type, **defaults} if value is None else value
+        return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
+    return value  # a PreTrainedConfig (the dataclass checked the type)
 
 
 @strict

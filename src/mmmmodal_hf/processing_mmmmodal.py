@@ -126,6 +126,12 @@ class MMMModalProcessor(ProcessorMixin):
         """Whisper windows a clip of `num_samples` (at the feature extractor's rate) is cut into."""
         return max(1, math.ceil(num_samples / self.feature_extractor.n_samples)) if self.long_audio == "chunk" else 1
 
+    def num_clip_slots(self, num_samples: int) -> int:
+        """Slots a clip of `num_samples` fills: each window's, from its real mel frames (one per hop begun)."""
+        window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
+        windows = range(self.num_audio_windows(num_samples))
+        return sum(self.num_window_slots(-(-min(window, num_samples - i * window) // hop)) for i in windows)
+
     def __call__(
         self,
         text=None,
@@ -315,25 +321,15 @@ class MMMModalProcessor(ProcessorMixin):
     def _encode_audio(self, sample_audio):
         """Cut every waveform into Whisper windows and extract all windows in one call."""
         extractor, size = self.feature_extractor, self.feature_extractor.n_samples
-        windows, windows_per_clip = [], []
-        for waveform in (waveform for waveforms in sample_audio for waveform in waveforms):
-            count = self.num_audio_windows(waveform.shape[0])
-            windows.extend(waveform[i * size : (i + 1) * size] for i in range(count))
-            windows_per_clip.append(count)
+        clips = [waveform for waveforms in sample_audio for waveform in waveforms]
+        windows = [clip[i * size : (i + 1) * size] for clip in clips for i in range(self.num_audio_windows(len(clip)))]
         if not windows:
             return {}, []
-        features = extractor(
-            windows,
-            sampling_rate=extractor.sampling_rate,
-            padding="max_length",
-            return_attention_mask=True,
-            return_tensors="np",
-        )
+        settings = dict(padding="max_length", return_attention_mask=True, return_tensors="np")
+        features = extractor(windows, sampling_rate=extractor.sampling_rate, **settings)
         # Whisper calls its frame mask `attention_mask`; renamed so it never collides with the text mask.
         frame_mask = np.asarray(features["attention_mask"], dtype=np.int64)
-        window_slots = [self.num_window_slots(int(real)) for real in frame_mask.sum(-1)]
-        ends = np.cumsum(windows_per_clip)
-        slots = [sum(window_slots[end - count : end]) for end, count in zip(ends, windows_per_clip)]
+        slots = [self.num_clip_slots(len(clip)) for clip in clips]
         features = np.asarray(features["input_features"], dtype=np.float32)
         return {"input_features": features, "input_features_mask": frame_mask}, slots
 
@@ -349,14 +345,9 @@ class MMMModalProcessor(ProcessorMixin):
                 replacement, start = tag + slot_token * next(counts), match.start()
                 pieces += [text[last:start], replacement]
                 new_span = (start + shift, start + shift + len(replacement))
+                span, kind = (start, start + len(tag)), match.lastgroup
                 offsets.append(
-                    {
-                        "type": match.lastgroup,
-                        "span": (start, start + len(tag)),
-                        "new_span": new_span,
-                        "text": tag,
-                        "replacement": replacement,
-                    }
+                    {"type": kind, "span": span, "new_span": new_span, "text": tag, "replacement": replacement}
                 )
                 shift += len(replacement) - len(tag)
                 last = start + len(tag)
@@ -365,25 +356,14 @@ class MMMModalProcessor(ProcessorMixin):
         return expanded_texts, all_offsets
 
     def _get_num_multimodal_tokens(self, image_sizes=None, audio_lengths=None, **kwargs) -> MultiModalData:
-        """Slots per medium, as serving engines ask for them before any medium is processed (vLLM).
-
-        image_sizes: `(height, width)` per image (every image is resized to the processor's size).
-        audio_lengths: samples per clip at the feature extractor's rate.
-        """
-        counts = {}
+        """Slots per medium before any is processed, as serving engines (vLLM) ask: every image is resized
+        to the processor's size (`image_sizes` do not matter); `audio_lengths` are samples per clip."""
+        counts, size = {}, self.image_processor.size
         if image_sizes is not None:
-            size = self.image_processor.size
             counts["num_image_tokens"] = [self.num_image_slots(size["height"], size["width"])] * len(image_sizes)
             counts["num_image_patches"] = [1] * len(image_sizes)
         if audio_lengths is not None:
-            window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
-            counts["num_audio_tokens"] = [
-                sum(  # each window's real mel frames, as the extractor's frame mask counts them
-                    self.num_window_slots(-(-min(window, length - i * window) // hop))
-                    for i in range(self.num_audio_windows(length))
-                )
-                for length in audio_lengths
-            ]
+            counts["num_audio_tokens"] = [self.num_clip_slots(length) for length in audio_lengths]
         return MultiModalData(**counts)
 
     def apply_chat_template(self, conversation, *args, **kwargs):
@@ -430,12 +410,8 @@ def _without_audio_sources(message: dict) -> dict:
     """The message with its audio blocks stripped of what transformers < 5.20 would load itself."""
     if not isinstance(message.get("content"), list):
         return message
-    sources = ("audio", "path", "url", "base64")
-    blocks = [
-        {k: v for k, v in block.items() if k not in sources} if block.get("type") == "audio" else block
-        for block in message["content"]
-    ]
-    return {**message, "content": blocks}
+    strip = lambda block: {k: v for k, v in block.items() if k not in ("audio", "path", "url", "base64")}  # noqa: E731
+    return {**message, "content": [strip(b) if b.get("type") == "audio" else b for b in message["content"]]}
 
 
 def _decode_base64(value: str) -> bytes:
