@@ -96,8 +96,9 @@ class MMMModalMultiModalProcessor(MultiModalProcessor):
     MMMModalMultiModalProcessor, info=MMMModalProcessingInfo, dummy_inputs=MMMModalDummyInputsBuilder
 )
 class MMMModalForVLLM(TransformersMultiModalForCausalLM):
-    """MMMModal served by vLLM: towers, projectors and LM are the folder's own modules (`trust_remote_code`);
-    vLLM's attention, KV cache, scheduler and LM head replace `generate`."""
+    """MMMModal served by vLLM: towers, projectors and LM are the Hub modules' (the installed package's, which
+    registers the `mmmmodal` type: the files every saved folder carries); vLLM's attention, KV cache,
+    scheduler and LM head take over from `generate`."""
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
