@@ -125,3 +125,36 @@ def test_a_streamed_answer_arrives_in_pieces_that_make_the_whole_answer(server, 
                 pieces += [c["delta"].get("content") or "" for c in choices]
     assert len([p for p in pieces if p]) > 1
     assert "".join(pieces) == whole["choices"][0]["message"]["content"]
+
+
+@pytest.fixture(scope="module")
+def media_site(served_media):
+    """The media files over HTTP on 127.0.0.1, as `image_url` / `audio_url` parts point to them."""
+    import functools
+    import http.server
+    import threading
+
+    folder = next(iter(served_media.values())).parent
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=site.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{site.server_address[1]}"
+    site.shutdown()
+
+
+def test_image_and_audio_urls_are_fetched_and_answered_as_the_files_are(
+    server, served_folder, served_media, media_site
+):
+    url, model = server
+    content = [
+        {"type": "image_url", "image_url": {"url": f"{media_site}/wide.png"}},
+        {"type": "audio_url", "audio_url": {"url": f"{media_site}/long.wav"}},
+        {"type": "text", "text": "What is in both?"},
+    ]
+    status, answer = post(url, chat_body(model, [{"role": "user", "content": content}]))
+    assert status == 200, answer
+    prompt, tokens = Reference(served_folder).chat(
+        [("user", [served_media["wide"], served_media["long"], "What is in both?"])]
+    )
+    assert answer["prompt_token_ids"] == prompt
+    assert answer["choices"][0]["token_ids"] == tokens
