@@ -69,7 +69,7 @@ def num_real_audio_slots(num_real_mel_frames: int, window_slots: int, conv_strid
 
 
 # Each sub-config's model type when its dict names none, and its fields when it is None: the published sizes.
-# Resolved by hand, as LLaVA did before transformers 5.20 brought `SubConfigSpec`, so one config runs on both.
+# Resolved by hand, as LLaVA does in transformers 5.19 (which has no `SubConfigSpec`), so one config runs on both.
 _SUB_CONFIG_DEFAULTS = {
     "vision_config": ("siglip_vision_model", _SIGLIP_BASE_384),
     "audio_config": ("whisper", _WHISPER_SMALL_ENCODER),
@@ -77,7 +77,7 @@ _SUB_CONFIG_DEFAULTS = {
 }
 
 
-def _sub_config(key: str, value, model_type: str, defaults: dict) -> PreTrainedConfig:
+def _sub_config(value, model_type: str, defaults: dict) -> PreTrainedConfig:
     if value is None or isinstance(value, dict):
         value = {"model_type": model_type, **defaults} if value is None else value
         return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
@@ -127,7 +127,7 @@ class MMMModalConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         for key, (model_type, defaults) in _SUB_CONFIG_DEFAULTS.items():
-            setattr(self, key, _sub_config(key, getattr(self, key), model_type, defaults))
+            setattr(self, key, _sub_config(getattr(self, key), model_type, defaults))
         super().__post_init__(**kwargs)
         # Older checkpoints keep `tie_word_embeddings` in the text config only (as LLaVA does).
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):

@@ -368,8 +368,8 @@ class MMMModalProcessor(ProcessorMixin):
 
     def apply_chat_template(self, conversation, *args, **kwargs):
         """transformers' `apply_chat_template`; with `tokenize=True` the media reach `__call__` unloaded, which
-        loads them with its own errors. Before 5.20 transformers loaded audio blocks itself (with librosa):
-        there the audio goes to `__call__` as `audios=`, and the blocks stay for the template to render."""
+        loads them with its own errors. A transformers without that hook (5.19) loads audio blocks itself, with
+        librosa: there the audio goes to `__call__` as `audios=`, the blocks stay for the template to render."""
         if not kwargs.get("tokenize") or hasattr(ProcessorMixin, "_multimodal_inputs_from_conversations"):
             return super().apply_chat_template(conversation, *args, **kwargs)
         is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
@@ -407,7 +407,7 @@ class MMMModalProcessor(ProcessorMixin):
 
 
 def _without_audio_sources(message: dict) -> dict:
-    """The message with its audio blocks stripped of what transformers < 5.20 would load itself."""
+    """The message with its audio blocks stripped of what transformers 5.19 would load itself."""
     if not isinstance(message.get("content"), list):
         return message
     strip = lambda block: {k: v for k, v in block.items() if k not in ("audio", "path", "url", "base64")}  # noqa: E731

@@ -53,7 +53,7 @@ class ScoredSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
         is_last = model_inputs.pop("is_last")
         features = model_inputs.pop("input_features")
         scored = {"return_dict_in_generate": True, "output_scores": True}
-        if hasattr(self, "_prepare_generate_kwargs"):  # transformers >= 5.20: the pipeline's own defaults
+        if hasattr(self, "_prepare_generate_kwargs"):  # newer transformers (not 5.19): the pipeline's own defaults
             generate_kwargs = self._prepare_generate_kwargs(generate_kwargs, **scored)
         else:
             generate_kwargs = {"generation_config": self.generation_config, **generate_kwargs, **scored}

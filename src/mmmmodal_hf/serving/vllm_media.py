@@ -6,7 +6,7 @@ message, and hands vLLM 16 kHz mono audio made exactly as the processor makes it
 """
 
 from vllm import envs
-from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector
+from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector, MediaWithBytes
 from vllm.multimodal.media.audio import AudioMediaIO
 from vllm.multimodal.media.image import ImageMediaIO
 
@@ -27,13 +27,13 @@ class MMMModalAudioIO(AudioMediaIO):
 
 
 class MMMModalImageIO(ImageMediaIO):
-    def load_bytes(self, data: bytes):
-        _loaded("image", data, lambda: load_image(data))
-        return super().load_bytes(data)
+    """Decoded once, by the processor's loader: the RGB image `generate` would see (EXIF-upright, alpha over white)."""
+
+    def load_bytes(self, data: bytes, source=None):
+        return MediaWithBytes(_loaded("image", source or data, lambda: load_image(data)), data)
 
     def load_file(self, filepath):
-        _loaded("image", filepath, lambda: load_image(str(filepath)))
-        return super().load_file(filepath)
+        return self.load_bytes(filepath.read_bytes(), source=filepath)
 
 
 def _loaded(kind: str, source, load):
