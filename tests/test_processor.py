@@ -221,6 +221,43 @@ def test_chat_template_batch_of_conversations(processor):
     assert [media_spans(processor, row) for row in rows] == [[("image", IMAGE_SLOTS)], [("audio", CLIP_SLOTS)] * 2]
 
 
+def test_chat_template_takes_every_source_form_and_leaves_the_conversation_as_it_was(processor, tmp_path):
+    """Paths, URLs' local twin (`url` holding a path), base64 (plain and as a data URL) all reach `__call__`,
+    which loads them itself; the user's messages are not changed, and a block without a source is named."""
+    import base64
+    import copy
+    import io
+
+    import soundfile
+
+    random_image(0).save(tmp_path / "a.png")
+    png = io.BytesIO()
+    random_image(1).save(png, format="PNG")
+    soundfile.write(tmp_path / "c.wav", random_clip(2), 16000)
+    encoded = base64.b64encode(png.getvalue()).decode()
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "url": str(tmp_path / "a.png")},
+                {"type": "image", "base64": encoded},
+                {"type": "image", "base64": "data:image/png;base64," + encoded},
+                {"type": "audio", "path": str(tmp_path / "c.wav")},
+                {"type": "audio", "base64": base64.b64encode((tmp_path / "c.wav").read_bytes()).decode()},
+                {"type": "text", "text": "?"},
+            ],
+        }
+    ]
+    given = copy.deepcopy(chat)
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="pt")
+    assert chat == given
+    assert out["pixel_values"].shape[0] == 3 and out["input_features"].shape[0] == 2
+    assert torch.equal(out["pixel_values"][1], out["pixel_values"][2])
+    assert torch.equal(out["input_features"][0], out["input_features"][1])
+    with pytest.raises(ValueError, match=r"An audio block needs one of 'audio', 'path', 'url' or 'base64'"):
+        processor.apply_chat_template([{"role": "user", "content": [{"type": "audio"}]}], tokenize=True)
+
+
 def test_assistant_mask_covers_only_answers(processor):
     chat = [
         {"role": "user", "content": [{"type": "image", "image": random_image(0)}, {"type": "text", "text": "Apa?"}]},

@@ -10,6 +10,7 @@ into consecutive windows whose slots follow each other after one `<audio>`, so n
 silently shortened.
 """
 
+import base64
 import math
 import re
 from pathlib import Path
@@ -87,12 +88,8 @@ class MMMModalProcessor(ProcessorMixin):
     ):
         if long_audio not in _LONG_AUDIO_POLICIES:
             raise ValueError(f"long_audio must be one of {_LONG_AUDIO_POLICIES}; got {long_audio!r}")
-        self.patch_size, self.audio_conv_kernel, self.audio_conv_stride = (
-            patch_size,
-            audio_conv_kernel,
-            audio_conv_stride,
-        )
-        self.long_audio, self.max_audio_seconds = long_audio, max_audio_seconds
+        self.patch_size, self.long_audio, self.max_audio_seconds = patch_size, long_audio, max_audio_seconds
+        self.audio_conv_kernel, self.audio_conv_stride = audio_conv_kernel, audio_conv_stride
         self.max_image_pixels, self.trim_audio_padding = max_image_pixels, trim_audio_padding
         _add_media_tokens(tokenizer)
         self.image_token, self.audio_token = IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN
@@ -367,57 +364,44 @@ class MMMModalProcessor(ProcessorMixin):
         return MultiModalData(**counts)
 
     def apply_chat_template(self, conversation, *args, **kwargs):
-        """transformers' `apply_chat_template`; with `tokenize=True` the media reach `__call__` unloaded, which
-        loads them with its own errors. A transformers without that hook (5.19) loads audio blocks itself, with
-        librosa: there the audio goes to `__call__` as `audios=`, the blocks stay for the template to render."""
-        if not kwargs.get("tokenize") or hasattr(ProcessorMixin, "_multimodal_inputs_from_conversations"):
+        """transformers' `apply_chat_template`; with `tokenize=True` every medium reaches `__call__` as the user gave
+        it (base64 decoded), to be loaded with its errors: transformers would load audio itself (with librosa)."""
+        if not kwargs.get("tokenize"):
             return super().apply_chat_template(conversation, *args, **kwargs)
         is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        conversations = list(conversation) if is_batched else [conversation]
-        _, _, audio, _ = self._multimodal_inputs_from_conversations(conversations, {})
-        bare = [[_without_audio_sources(message) for message in messages] for messages in conversations]
-        processor_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), "audios": audio or None}
-        return super().apply_chat_template(
-            bare if is_batched else bare[0], *args, processor_kwargs=processor_kwargs, **kwargs
-        )
-
-    def _multimodal_inputs_from_conversations(
-        self, conversations, audio_loading_params=None, load_audio_from_video=False
-    ):
-        """Collect each conversation's media in order, unloaded: `__call__` loads them with clear errors."""
-        batch_images, batch_audio = [], []
-        for conversation in conversations:
-            media = {"image": [], "audio": []}
-            blocks = [b for m in conversation if isinstance(m.get("content"), list) for b in m["content"]]
-            for block in blocks:
-                kind = block.get("type")
-                if kind not in media:
-                    continue
-                key = next((key for key in (kind, "path", "url", "base64") if key in block), None)
-                if key is None:
-                    raise ValueError(f"A {kind} block needs one of '{kind}', 'path' or 'url'; got {block}.")
-                media[kind].append(_decode_base64(block[key]) if key == "base64" else block[key])
-            batch_images.append(media["image"])
-            batch_audio.append(media["audio"])
-        return batch_images, [[] for _ in conversations], (batch_audio if any(batch_audio) else []), {}
+        conversations, audio = [], []
+        for messages in conversation if is_batched else [conversation]:
+            audio.append([])
+            conversations.append([_with_media_sources_taken(message, audio[-1]) for message in messages])
+        processor_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), "audios": audio if any(audio) else None}
+        conversation = conversations if is_batched else conversations[0]
+        return super().apply_chat_template(conversation, *args, processor_kwargs=processor_kwargs, **kwargs)
 
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
 
 
-def _without_audio_sources(message: dict) -> dict:
-    """The message with its audio blocks stripped of what transformers 5.19 would load itself."""
-    if not isinstance(message.get("content"), list):
+def _with_media_sources_taken(message: dict, clips: list) -> dict:
+    """A copy of `message` whose image blocks hold their source under "image" and whose audio blocks hold none:
+    each clip's source goes to `clips`, for `__call__`. transformers (5.19 to 5.24) passes an "image" on unread."""
+    if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         return message
-    strip = lambda block: {k: v for k, v in block.items() if k not in ("audio", "path", "url", "base64")}  # noqa: E731
-    return {**message, "content": [strip(b) if b.get("type") == "audio" else b for b in message["content"]]}
-
-
-def _decode_base64(value: str) -> bytes:
-    import base64
-
-    return base64.b64decode(value.split(",", 1)[1] if value.startswith("data:") else value)
+    content = []
+    for block in message["content"]:
+        kind = block.get("type")
+        if kind in ("image", "audio"):
+            key = next((key for key in (kind, "path", "url", "base64") if block.get(key) is not None), None)
+            if key is None:
+                raise ValueError(f"An {kind} block needs one of '{kind}', 'path', 'url' or 'base64'; got {block}.")
+            source = base64.b64decode(block[key].split(",")[-1]) if key == "base64" else block[key]
+            block = {k: v for k, v in block.items() if k not in (kind, "path", "url", "base64")}
+            if kind == "audio":
+                clips.append(source)
+            else:
+                block["image"] = source
+        content.append(block)
+    return {**message, "content": content}
 
 
 def _add_media_tokens(tokenizer) -> None:
