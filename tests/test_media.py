@@ -1,5 +1,10 @@
 """Real files in real formats, and the errors users get when media are wrong."""
 
+import socket
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import soundfile
@@ -70,6 +75,45 @@ def test_audio_files_are_resampled_and_downmixed(tmp_path):
     stereo, rate = soundfile.read(paths["wav_44k_stereo"], dtype="float32")
     mono_at_source = load_audio(stereo.T, 44100, sampling_rate=44100)
     assert np.allclose(mono_at_source, stereo.mean(axis=1), atol=1e-6)
+
+
+@pytest.fixture
+def media_site(tmp_path):
+    """`python -m http.server` on 127.0.0.1 serving `tmp_path`: its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(tmp_path)]
+    site = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        site.terminate()
+        site.wait(timeout=10)
+
+
+def test_urls_are_fetched_and_decoded_as_the_files_are(processor, tmp_path, media_site):
+    """Over HTTP the same decoders and checks apply as on disk: resampling, the pixel limit from the header
+    (before decoding), and a missing page or a page that is no image named as such."""
+    images, clips = write_images(tmp_path), write_audio(tmp_path)
+    for path in (images["png"], images["palette"]):
+        assert np.array_equal(np.asarray(load_image(f"{media_site}/{path.name}")), np.asarray(load_image(path)))
+    for path in clips.values():
+        assert np.array_equal(load_audio(f"{media_site}/{path.name}", 16000), load_audio(path, 16000))
+    with pytest.raises(ValueError, match=r"refused: 40x30 = 1,200 pixels is more than the limit of 1,000"):
+        load_image(f"{media_site}/rgb.png", max_pixels=1000)
+    with pytest.raises(
+        ValueError, match=r"Sample 1, audio 1 \('http.*/gone.wav'\): the URL could not be fetched \(HTTP 404"
+    ):
+        processor(text="<audio>", audio=f"{media_site}/gone.wav")
+    (tmp_path / "page.png").write_text("<html>not an image</html>")
+    with pytest.raises(ValueError, match=r"Sample 1, image 1 .*: not a readable image"):
+        processor(text="<image>", images=f"{media_site}/page.png")
 
 
 def test_processor_takes_every_format_from_disk(processor, tmp_path):

@@ -31,8 +31,9 @@ FORBIDDEN_CALLS = {
     ("os", "system"), ("os", "popen"), ("os", "execv"), ("os", "execve"), ("os", "spawnv"), ("os", "fork"),
     ("", "eval"), ("", "exec"), ("", "__import__"), ("torch", "load"), ("np", "load"), ("numpy", "load"),
 }  # fmt: skip
-# Remote media: fetched by transformers' own loaders, exactly as its processors fetch chat-template URLs.
-URL_LOADERS = {"transformers.image_utils": "load_image", "transformers.audio_utils": "load_audio"}
+# Remote media: the http(s) URLs a user passes are fetched in one place, `media_mmmmodal._fetch`, with
+# `httpx.get` (as transformers' own loaders fetch them), and only for strings that start with a URL prefix.
+URL_FETCHING_MODULE, URL_FETCH = "media_mmmmodal.py", ("httpx", "get")
 
 
 class _Unpickled(Exception):
@@ -88,17 +89,20 @@ def _imports_and_calls(source: str) -> tuple[set[str], list[tuple[str, str, int]
 def test_hub_modules_import_and_call_nothing_that_reaches_out(module):
     source = (PACKAGE / module).read_text()
     imports, calls = _imports_and_calls(source)
-    assert not {name.split(".")[0] for name in imports} & FORBIDDEN_MODULES, imports
+    allowed = {URL_FETCH[0]} if module == URL_FETCHING_MODULE else set()
+    assert not {name.split(".")[0] for name in imports} & (FORBIDDEN_MODULES - allowed), imports
     for owner, name, line in calls:
-        if owner in URL_LOADERS:  # a `from transformers.x import load_*`: only the documented URL loaders
-            assert URL_LOADERS[owner] == name, (module, line)
-            continue
         assert (owner, name) not in FORBIDDEN_CALLS, (module, owner, name, line)
-    # The URL loaders are reached only for http(s) strings.
-    for line in source.splitlines():
-        if "import load_image as fetch_image" in line or "import load_audio as fetch_audio" in line:
-            preceding = source[: source.index(line)].splitlines()[-2:]
-            assert any("_URL_PREFIXES" in text for text in preceding), (module, line)
+        if owner == URL_FETCH[0]:
+            assert (owner, name) == URL_FETCH, (module, line)
+    if module != URL_FETCHING_MODULE:
+        return
+    fetch = source[source.index("def _fetch(") : source.index("\n\n\n", source.index("def _fetch("))]
+    assert sum(name == URL_FETCH[1] for owner, name, _ in calls if owner == URL_FETCH[0]) == 1
+    assert "httpx.get(" in fetch, "the one network call is the one in _fetch"
+    # _fetch is reached only for http(s) strings.
+    uses = [line for line in source.splitlines() if "_fetch(" in line and "def _fetch(" not in line]
+    assert uses and all("if text.startswith(_URL_PREFIXES)" in line for line in uses), uses
 
 
 AUDITED = textwrap.dedent(

@@ -77,13 +77,6 @@ _SUB_CONFIG_DEFAULTS = {
 }
 
 
-def _sub_config(value, model_type: str, defaults: dict) -> PreTrainedConfig:
-    if value is None or isinstance(value, dict):
-        value = {"model_type": model_type, **defaults} if value is None else value
-        return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
-    return value  # a PreTrainedConfig (the dataclass checked the type)
-
-
 @strict
 class MMMModalConfig(PreTrainedConfig):
     r"""
@@ -127,7 +120,10 @@ class MMMModalConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         for key, (model_type, defaults) in _SUB_CONFIG_DEFAULTS.items():
-            setattr(self, key, _sub_config(getattr(self, key), model_type, defaults))
+            value = getattr(self, key)  # None, a dict or a PreTrainedConfig (the dataclass checked the type)
+            if value is None or isinstance(value, dict):
+                value = {"model_type": model_type, **defaults} if value is None else value
+                setattr(self, key, CONFIG_MAPPING[value.get("model_type", model_type)](**value))
         super().__post_init__(**kwargs)
         # Older checkpoints keep `tie_word_embeddings` in the text config only (as LLaVA does).
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):

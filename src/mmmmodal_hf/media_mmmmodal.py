@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import httpx
 import numpy as np
 import soundfile
 import soxr
@@ -32,6 +33,17 @@ def describe_media(item) -> str:
     if shape is None and isinstance(getattr(item, "size", None), tuple):
         shape = item.size  # PIL images: (width, height)
     return f"<{type(item).__name__} {tuple(shape)}>" if shape is not None else f"<{type(item).__name__}>"
+
+
+def _fetch(url: str) -> io.BytesIO:
+    """The body at an http(s) URL, decoded afterwards as a file is: the same checks (kind, size) and errors."""
+    try:
+        response = httpx.get(url, follow_redirects=True, timeout=30)
+    except httpx.HTTPError as error:  # no connection, a timeout, a malformed URL
+        raise ValueError(f"the URL could not be fetched ({type(error).__name__}: {error})") from None
+    if response.is_error:
+        raise ValueError(f"the URL could not be fetched (HTTP {response.status_code} {response.reason_phrase})")
+    return io.BytesIO(response.content)
 
 
 def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
@@ -104,12 +116,7 @@ def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
         image = item
     elif isinstance(item, (str, os.PathLike)):
         text = str(item)
-        if text.startswith(_URL_PREFIXES):
-            from transformers.image_utils import load_image as fetch_image
-
-            image = fetch_image(text)
-        else:
-            image = _open_image(Path(text), max_pixels)
+        image = _open_image(_fetch(text) if text.startswith(_URL_PREFIXES) else Path(text), max_pixels)
     elif isinstance(item, (bytes, bytearray)):
         image = _open_image(io.BytesIO(item), max_pixels)
     elif isinstance(item, np.ndarray):
@@ -178,13 +185,7 @@ def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.n
 
     if isinstance(item, (str, os.PathLike)):
         text = str(item)
-        if text.startswith(_URL_PREFIXES):
-            from transformers.audio_utils import load_audio as fetch_audio
-
-            return _finish_audio(
-                np.asarray(fetch_audio(text, sampling_rate=target_rate))[None, :], target_rate, target_rate
-            )
-        channels, rate = _read_audio_file(text)
+        channels, rate = _read_audio_file(_fetch(text) if text.startswith(_URL_PREFIXES) else text)
     elif isinstance(item, (bytes, bytearray)):
         channels, rate = _read_audio_file(io.BytesIO(item))
     elif isinstance(item, np.ndarray) or (hasattr(item, "detach") and hasattr(item, "numpy")):

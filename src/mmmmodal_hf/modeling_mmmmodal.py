@@ -234,29 +234,23 @@ class MMMModalModel(MMMModalPreTrainedModel):
         limit = getattr(self.config.text_config, "max_position_embeddings", None)
         if limit is None or total_positions <= limit:
             return  # no row can be longer than the whole input
+        lengths = [total_positions]
         if position_ids is not None:  # padded and packed rows: the highest position counts
             lengths = (position_ids.reshape(-1, position_ids.shape[-1]).amax(-1) + 1).tolist()
-        else:
-            lengths = [total_positions]
-        too_long = [(row, int(length)) for row, length in enumerate(lengths) if length > limit]
+        too_long = [
+            f"sample {row + 1}: {n} positions, {n - limit} too many" for row, n in enumerate(lengths) if n > limit
+        ]
         if too_long:
-            details = "; ".join(
-                f"sample {row + 1}: {length} positions, {length - limit} too many" for row, length in too_long
-            )
             raise ValueError(
-                f"The input does not fit the language model's context of {limit} positions ({details}). "
+                f"The input does not fit the language model's context of {limit} positions ({'; '.join(too_long)}). "
                 "Drop earlier turns or media, or use shorter audio (processor `max_audio_seconds`)."
             )
 
     def get_placeholder_mask(
-        self,
-        input_ids: torch.LongTensor | None,
-        inputs_embeds: torch.Tensor,
-        features: torch.Tensor,
-        token_id: int,
-        modality: str,
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, features: torch.Tensor, modality: str
     ) -> torch.Tensor:
-        """Where the `modality` slots are, broadcast to the embedding width; checks one slot per feature."""
+        """Where the `modality` ("image" or "audio") slots are, broadcast to the embedding width; one per feature."""
+        token_id = getattr(self.config, f"{modality}_token_id")
         if input_ids is None:
             slot_embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
             slot_mask = (inputs_embeds == slot_embedding).all(-1)
@@ -309,16 +303,12 @@ class MMMModalModel(MMMModalPreTrainedModel):
         image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
             image_features = self.get_image_features(pixel_values).pooler_output.to(inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(
-                input_ids, inputs_embeds, image_features, self.config.image_token_id, "image"
-            )
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, "image")
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
             audio = self.get_audio_features(input_features, input_features_mask)
             audio_features = audio.pooler_output.to(inputs_embeds.dtype)
-            mask = self.get_placeholder_mask(
-                input_ids, inputs_embeds, audio_features, self.config.audio_token_id, "audio"
-            )
+            mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, "audio")
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
 
         outputs = self.language_model(
@@ -389,7 +379,6 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         labels (`(batch_size, sequence_length)`, *optional*): targets for the next-token loss; -100 is ignored.
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         logits_to_keep: compute logits only for the last N positions (an int) or at these indices (a tensor).
-
         """
         outputs = self.model(
             input_ids=input_ids,

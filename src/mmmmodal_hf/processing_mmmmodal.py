@@ -163,13 +163,9 @@ class MMMModalProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("MMMModalProcessor got an empty batch (no text).")
-        problems: dict[int, str] = {}
-        placeholders = []
-        for index, sample in enumerate(texts):
-            matches, problem = self._read_text(index, sample)
-            placeholders.append(matches)
-            if problem:
-                problems[index] = problem
+        read = [self._read_text(index, sample) for index, sample in enumerate(texts)]
+        placeholders = [matches for matches, _ in read]
+        problems = {index: problem for index, (_, problem) in enumerate(read) if problem}
         per_kind = {
             kind: _assign_media(media, [[m for m in p if m.lastgroup == kind] for p in placeholders], kind, problems)
             for kind, media in (("image", images), ("audio", audio))

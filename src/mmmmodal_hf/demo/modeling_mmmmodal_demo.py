@@ -185,17 +185,17 @@ class MMMModalDemoModel(MMMModalModel):
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         token_embeds = embeds = self.get_input_embeddings()(input_ids)
         media = (
-            ("image", pixel_values, self.image_projector, image_index_offset, self.config.image_token_id),
-            ("audio", input_features, self.audio_projector, audio_index_offset, self.config.audio_token_id),
+            ("image", pixel_values, self.image_projector, image_index_offset),
+            ("audio", input_features, self.audio_projector, audio_index_offset),
         )
-        for modality, inputs, projector, offset, token_id in media:
+        for modality, inputs, projector, offset in media:
             if inputs is None or inputs.shape[0] == 0:
                 continue
             if modality == "image":
                 features = self.get_image_features(inputs).pooler_output
             else:
                 features = self.get_audio_features(inputs, input_features_mask).pooler_output
-            mask = self.get_placeholder_mask(input_ids, embeds, features, token_id, modality)
+            mask = self.get_placeholder_mask(input_ids, embeds, features, modality)
             features = self._with_media_index(features, mask[..., 0], projector, position_ids, offset, modality)
             embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
         if self.previous_token_mix is not None:
