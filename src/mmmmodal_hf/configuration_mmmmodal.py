@@ -10,13 +10,8 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 # The published models: SigLIP-base-patch16-384, malaysian-whisper-small, TinyLlama 1.1B.
 _SIGLIP_BASE_384 = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    image_size=384,
-    patch_size=16,
-)
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=384, patch_size=16,
+)  # fmt: skip
 _WHISPER_SMALL_ENCODER = dict(
     d_model=768, encoder_layers=12, encoder_attention_heads=12, encoder_ffn_dim=3072, decoder_layers=12,
     decoder_attention_heads=12, decoder_ffn_dim=3072, num_mel_bins=80, max_source_positions=1500,

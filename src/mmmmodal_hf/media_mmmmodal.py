@@ -147,8 +147,7 @@ def _read_audio_file(source) -> tuple[np.ndarray, int]:
                     f"the audio file is truncated: its header promises {promised:,} bytes of samples but only "
                     f"{present:,} are present"
                 )
-            samples = handle.read(dtype="float32", always_2d=True)
-            rate = handle.samplerate
+            samples, rate = handle.read(dtype="float32", always_2d=True), handle.samplerate
     except FileNotFoundError:
         raise ValueError(f"no such file: {source}") from None
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
@@ -173,15 +172,11 @@ def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.n
     other rates are resampled with soxr.
     """
     if isinstance(item, dict):  # datasets' Audio feature: {"array", "sampling_rate"} or {"path"/"bytes"}
-        if "array" in item:
-            sampling_rate = item.get("sampling_rate", sampling_rate)
-            item = item["array"]
-        elif item.get("bytes") is not None:
-            item = item["bytes"]
-        elif item.get("path") is not None:
-            item = item["path"]
-        else:
+        key = next((key for key in ("array", "bytes", "path") if item.get(key) is not None), None)
+        if key is None:
             raise ValueError(f"an audio dict needs 'array' (+ 'sampling_rate'), 'bytes' or 'path'; got {sorted(item)}")
+        sampling_rate = item.get("sampling_rate", sampling_rate) if key == "array" else sampling_rate
+        item = item[key]
 
     if isinstance(item, (str, os.PathLike)):
         text = str(item)

@@ -47,12 +47,6 @@ def tower_cuts(config: MMMModalConfig) -> dict[str, tuple[int, bool]]:
     return {"vision": (vision, False), "audio": (audio, audio == config.audio_config.encoder_layers)}
 
 
-def _trimmed_config(sub_config, **overrides):
-    config = copy.deepcopy(sub_config)
-    config.update(overrides)
-    return config
-
-
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
     """The KV cache a caller passed as `cache` (transformers >= 5.24) or `past_key_values` (before)."""
     if cache is not None and past_key_values is not None and cache is not past_key_values:
@@ -120,8 +114,7 @@ class MMMModalAudioProjector(nn.Module):
 
 
 class MMMModalPreTrainedModel(PreTrainedModel):
-    config: MMMModalConfig
-    config_class = MMMModalConfig
+    config: MMMModalConfig  # transformers reads config_class from this annotation
     base_model_prefix = "model"
     input_modalities = ("image", "audio", "text")
     supports_gradient_checkpointing = True
@@ -190,10 +183,12 @@ class MMMModalModel(MMMModalPreTrainedModel):
         super().__init__(config)
         cuts = tower_cuts(config)
         (vision_layers, _), (audio_layers, keep_audio_norm) = cuts["vision"], cuts["audio"]
-        vision_config = _trimmed_config(config.vision_config, num_hidden_layers=vision_layers, vision_use_head=False)
+        vision_config, audio_config = copy.deepcopy(config.vision_config), copy.deepcopy(config.audio_config)
+        vision_config.update({"num_hidden_layers": vision_layers, "vision_use_head": False})
+        audio_config.encoder_layers = audio_layers
         self.vision_tower = AutoModel.from_config(vision_config)
         self.vision_tower.post_layernorm = nn.Identity()  # SigLIP's hidden states are read before it
-        self.audio_tower = WhisperEncoder(_trimmed_config(config.audio_config, encoder_layers=audio_layers))
+        self.audio_tower = WhisperEncoder(audio_config)
         if not keep_audio_norm:
             self.audio_tower.layer_norm = nn.Identity()
         self.image_projector = MMMModalImageProjector(config)
