@@ -10,7 +10,7 @@ from pathlib import Path
 import transformers
 from packaging.version import Version
 
-from mmmmodal_hf.training import TRAINING_NEEDS_TRANSFORMERS, require_training_transformers
+from mmmmodal_hf.versions import TRAINING_NEEDS_TRANSFORMERS, require_training_transformers
 
 TRAINS_HERE = Version(transformers.__version__) >= Version(TRAINING_NEEDS_TRANSFORMERS)
 

