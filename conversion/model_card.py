@@ -57,7 +57,9 @@ def render_model_card(
     those of the three that are Hub ids; a part read from a local folder has no Hub id to credit.
     """
     folder = Path(folder)
-    config = MMMModalConfig.from_pretrained(folder)
+    # Read as the published config whichever subclass wrote it (the demo's adds fields the card does not count),
+    # without from_pretrained's warning that the folder's model type is another.
+    config = MMMModalConfig.from_dict(MMMModalConfig.get_config_dict(folder)[0])
     processor = MMMModalProcessor.from_pretrained(folder)
     counts = parameter_counts(config)
     image_size = processor.image_processor.size
