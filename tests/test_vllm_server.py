@@ -4,6 +4,7 @@
 Runs in the vLLM job of `.ci/run`, after test_vllm.py's engine has shut down.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -51,6 +52,7 @@ sys.exit(main())
 """
 
 
+@contextlib.contextmanager
 def launched(command: list[str], env: dict, log_path: Path):
     """Start a server, yield its base URL once /health answers, stop it (its whole process group) after."""
     port = free_port()
@@ -60,19 +62,19 @@ def launched(command: list[str], env: dict, log_path: Path):
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=5)
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"{command[:3]} did not come up: {log_path.read_text()[-3000:]}")
-            time.sleep(2)
     try:
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/health", timeout=5)
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{command[:3]} did not come up: {log_path.read_text()[-3000:]}")
+                time.sleep(2)
         yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+    finally:  # the server and the engine workers it started, whether the test passed or not
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
         log.close()
 
@@ -84,7 +86,7 @@ ENGINE_FLAGS = ["--dtype", "float32", "--max-model-len", "1024", "--enforce-eage
 def server(served_folder, tmp_path_factory):
     command = [str(Path(sys.executable).with_name("mmmmodal")), "serve", str(served_folder), *ENGINE_FLAGS]
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    for base in launched(command, dict(os.environ), log_path):
+    with launched(command, dict(os.environ), log_path) as base:
         yield f"{base}/v1/chat/completions", str(served_folder)
 
 
@@ -191,7 +193,7 @@ def test_vllm_own_serve_command_loads_the_plugin_and_answers_as_generate(served_
     command = [sys.executable, "-c", VLLM_CLI, "serve", str(served_folder), "--trust-remote-code", *ENGINE_FLAGS]
     command += ["--gpu-memory-utilization", "0.5"]  # vLLM's 0.92 leaves its CPU build short of memory
     env = {**os.environ, "VLLM_MEDIA_CONNECTOR": "mmmmodal", "VLLM_CPU_KVCACHE_SPACE": "1"}
-    for base in launched(command, env, tmp_path / "vllm-serve.log"):
+    with launched(command, env, tmp_path / "vllm-serve.log") as base:
         turns = [("user", [served_media["red"], served_media["cd"], "What do you see and hear?"])]
         status, answer = post(f"{base}/v1/chat/completions", chat_body(str(served_folder), openai_chat(turns)))
         assert status == 200, answer
