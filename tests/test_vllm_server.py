@@ -22,6 +22,9 @@ pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this mod
 
 from vllm_parts import NEW_TOKENS, Reference, openai_chat, truncated_wav  # noqa: E402
 
+from mmmmodal_hf.serving.serve import CPU_KV_CACHE_GIB, CPU_MEMORY_SHARE  # noqa: E402
+from mmmmodal_hf.serving.vllm_media import CONNECTOR  # noqa: E402
+
 START_TIMEOUT = 300  # vLLM's start-up takes 45-80 s on the 2-core CI machine
 
 
@@ -191,8 +194,8 @@ def test_vllm_own_serve_command_loads_the_plugin_and_answers_as_generate(served_
     """`vllm serve MODEL --trust-remote-code`, with no help from `mmmmodal serve`: vLLM finds the plugin through
     its `vllm.general_plugins` entry point. The media connector is chosen as docs/serving.md tells users to."""
     command = [sys.executable, "-c", VLLM_CLI, "serve", str(served_folder), "--trust-remote-code", *ENGINE_FLAGS]
-    command += ["--gpu-memory-utilization", "0.5"]  # vLLM's 0.92 leaves its CPU build short of memory
-    env = {**os.environ, "VLLM_MEDIA_CONNECTOR": "mmmmodal", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    command += ["--gpu-memory-utilization", CPU_MEMORY_SHARE]  # the CPU defaults `mmmmodal serve` would set
+    env = {**os.environ, "VLLM_MEDIA_CONNECTOR": CONNECTOR, "VLLM_CPU_KVCACHE_SPACE": CPU_KV_CACHE_GIB}
     with launched(command, env, tmp_path / "vllm-serve.log") as base:
         turns = [("user", [served_media["red"], served_media["cd"], "What do you see and hear?"])]
         status, answer = post(f"{base}/v1/chat/completions", chat_body(str(served_folder), openai_chat(turns)))

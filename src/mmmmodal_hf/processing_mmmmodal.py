@@ -387,11 +387,12 @@ def _with_media_sources_taken(message: dict, clips: list) -> dict:
     for block in message["content"]:
         kind = block.get("type")
         if kind in ("image", "audio"):
-            key = next((key for key in (kind, "path", "url", "base64") if block.get(key) is not None), None)
+            sources = (kind, "path", "url", "base64")
+            key = next((key for key in sources if block.get(key) is not None), None)
             if key is None:
                 raise ValueError(f"An {kind} block needs one of '{kind}', 'path', 'url' or 'base64'; got {block}.")
             source = base64.b64decode(block[key].split(",")[-1]) if key == "base64" else block[key]
-            block = {k: v for k, v in block.items() if k not in (kind, "path", "url", "base64")}
+            block = {k: v for k, v in block.items() if k not in sources}
             if kind == "audio":
                 clips.append(source)
             else:
