@@ -190,6 +190,14 @@ def test_slot_feature_mismatch_is_a_clear_error(model, session_processor):
         model(**dict(inputs, pixel_values=inputs["pixel_values"][:1]))
 
 
+def test_a_config_without_the_processors_token_ids_is_named(model, session_processor):
+    """A config built in code with other slot ids than its processor's fails with the fix in its message."""
+    config = model.config.__class__(**{**model.config.to_dict(), "image_token_id": 5})
+    inputs = session_processor(text="<image> one", images=[random_image(1)], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"0 image slot tokens \(id 5\).*\*\*processor\.special_token_ids"):
+        MMMModalForConditionalGeneration(config)(**inputs)
+
+
 def test_bf16_forward_and_generate(model, session_processor):
     bf16 = MMMModalForConditionalGeneration(model.config).to(torch.bfloat16).eval()
     bf16.load_state_dict(model.state_dict())

@@ -255,9 +255,9 @@ class MMMModalModel(MMMModalPreTrainedModel):
         if num_slots != num_features:
             raise ValueError(
                 f"The input holds {num_slots} {modality} slot tokens (id {token_id}) but the {modality} encoder "
-                f"produced {num_features} features (shape {tuple(features.shape[:-1])}). Prepare inputs "
-                "with MMMModalProcessor (and the same `trim_audio_padding` as the model) so each medium gets "
-                "exactly the slots the model fills."
+                f"produced {num_features} features (shape {tuple(features.shape[:-1])}). Prepare inputs with "
+                "MMMModalProcessor (same `trim_audio_padding` as the model) and build a config with its token ids "
+                "(`MMMModalConfig(..., **processor.special_token_ids)`) so each medium gets the slots the model fills."
             )
         return slot_mask.unsqueeze(-1).expand_as(inputs_embeds)
 
