@@ -1,6 +1,7 @@
 """The `mmmmodal` command: one entry point whose subcommands cover the package's jobs."""
 
 import argparse
+import logging
 import sys
 
 from .cli_help import command_parser
@@ -14,6 +15,9 @@ def _needs_training_transformers(command: str, runner):
 
         if (status := require_training_transformers(f"mmmmodal {command}")) is not None:
             return status
+        # Trainer imports peft, and peft bitsandbytes where installed, which on AVX512-BF16 CPUs warns that it
+        # could not fetch a 4-bit CPU kernel from the Hub: noise here, as no training command runs 4-bit kernels.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
         return runner(argv)
 
     return run
