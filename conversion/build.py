@@ -337,6 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class SourceUnreadable(Exception):
+    """A part (--llm, --vision, --audio) whose config cannot be read: offline, a typo, a folder of something else."""
+
+
+def check_sources(parts: dict[str, str]) -> None:
+    """Each part's config, read before anything is built, so one that cannot be read is named in one line."""
+    for role in ("llm", "vision", "audio"):
+        try:
+            AutoConfig.from_pretrained(parts[role])
+        except (OSError, ValueError) as error:
+            raise SourceUnreadable(f"cannot read --{role} {parts[role]}: {str(error).splitlines()[0]}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     parts = dict(PRESETS.get(args.preset, {}))
@@ -346,6 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     missing = [name for name in ("llm", "vision", "audio") if not parts.get(name)]
     if missing:
         build_parser().error(f"give --preset or all of --llm, --vision, --audio (missing: {', '.join(missing)})")
+    try:
+        check_sources(parts)
+    except SourceUnreadable as error:
+        print(f"mmmmodal build: {error}", file=sys.stderr)
+        return 1
     report = build_checkpoint(
         parts["llm"],
         parts["vision"],

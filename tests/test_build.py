@@ -1,6 +1,7 @@
 """`mmmmodal build` from tiny checkpoints of the real source architectures."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -136,3 +137,24 @@ def test_build_needs_a_preset_or_all_parts(capsys):
     with pytest.raises(SystemExit):
         main(["--llm", "x", "--output-dir", "y"])
     assert "missing: vision, audio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("role", ["llm", "vision", "audio"])
+def test_a_part_that_cannot_be_read_is_named_in_one_line(role, tmp_path, tokenizer_folder):
+    """Offline, or a typo: the part is named before anything is built, without a traceback."""
+    sources = {k: str(v) for k, v in save_tiny_source_models(tmp_path / "sources", tokenizer_folder).items()}
+    parts = {"llm": sources["llm"], "vision": sources["siglip"], "audio": sources["whisper"], role: "someone/absent"}
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "build", "--output-dir", str(tmp_path / "never")]
+        + [item for name, source in parts.items() for item in (f"--{name}", source)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    # The last line (the tiny SigLIP config's own notices may come before it, when it is read first).
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"mmmmodal build: cannot read --{role} someone/absent: "), completed.stderr
+    assert "mmmmodal build:" not in completed.stderr.replace(last, "")
+    assert not (tmp_path / "never").exists()
