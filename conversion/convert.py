@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
+from mmmmodal_hf.cli_errors import loading
 from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.build import PRESETS, mean_initialise_new_rows
 from mmmmodal_hf.conversion.model_card import render_model_card
@@ -85,7 +86,10 @@ def resolve_source(source: str) -> Path:
         return Path(source)
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"]))
+    with loading(source, "a released checkpoint"):
+        return Path(
+            snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+        )
 
 
 def weight_files(folder: Path) -> list[Path]:

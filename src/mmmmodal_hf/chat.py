@@ -19,6 +19,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
+from .cli_errors import why_unloadable
 from .cli_help import command_parser
 from .media_mmmmodal import load_audio, load_image
 from .session import MMMModalChatSession
@@ -92,7 +93,7 @@ def load(model_name: str):
         model = AutoModel.from_pretrained(model_name, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = why_unloadable(model_name, error)
         raise ModelNotLoaded(f"cannot load an MMMModal model from {model_name!r}: {reason}") from error
     return model, processor
 

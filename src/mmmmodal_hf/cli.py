@@ -7,6 +7,19 @@ import sys
 from .cli_help import command_parser
 
 
+def _drop_bitsandbytes_kernel_notices() -> None:
+    """Trainer imports peft, and peft bitsandbytes where installed; on AVX512-BF16 CPUs bitsandbytes then asks the
+    `kernels` package for a 4-bit CPU kernel from the Hub, and both log about it (offline, or when the kernel is not
+    there). No training command runs 4-bit kernels: those notices are dropped, every other message kept."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "gemm_4bit_forward" not in message and "kernels-community/quantization-bitsandbytes" not in message
+
+    for name in ("bitsandbytes.backends.cpu.ops", "kernels._internals.hf_hub"):
+        logging.getLogger(name).addFilter(keep)
+
+
 def _needs_training_transformers(command: str, runner):
     """`runner`, run only where transformers trains: checked before its modules import Trainer, peft, bitsandbytes."""
 
@@ -15,9 +28,7 @@ def _needs_training_transformers(command: str, runner):
 
         if (status := require_training_transformers(f"mmmmodal {command}")) is not None:
             return status
-        # Trainer imports peft, and peft bitsandbytes where installed, which on AVX512-BF16 CPUs warns that it
-        # could not fetch a 4-bit CPU kernel from the Hub: noise here, as no training command runs 4-bit kernels.
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+        _drop_bitsandbytes_kernel_notices()
         return runner(argv)
 
     return run
@@ -122,7 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, _ = build_parser().parse_known_args(argv[:1])
-    return _COMMANDS[args.command][1](argv[1:])
+    from .cli_errors import InputError, first_line
+
+    try:
+        return _COMMANDS[args.command][1](argv[1:])
+    except (InputError, OSError) as error:  # a path that is not there, a model that does not load, a full disk
+        print(f"mmmmodal {args.command}: {first_line(error)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

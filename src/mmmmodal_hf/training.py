@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traine
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
 
+from .cli_errors import loading
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
 from .data import (
     IGNORE_INDEX,
@@ -197,7 +198,8 @@ def _train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
 def load_model(name_or_path: str | Path, dtype=None) -> MMMModalForConditionalGeneration:
     """An MMMModal-family model from a folder or Hub id: this package's classes for `mmmmodal` folders, the
     folder's own code for a model that adds to them (the demo's, `trust_remote_code`)."""
-    return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
+    with loading(name_or_path):
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
 
 
 # A projector's own layers, reached by calling it on an empty input; anything else it holds (the demo's
@@ -384,7 +386,8 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     set_seed(training_args.seed)
     dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     model = load_model(args.model, dtype=dtype)
-    processor = MMMModalProcessor.from_pretrained(args.model)
+    with loading(args.model, "a processor"):
+        processor = MMMModalProcessor.from_pretrained(args.model)
     model = prepare_stage(
         model,
         args.stage,
