@@ -4,7 +4,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class InputError(Exception):
+class InputError(ValueError):
     """An input a command cannot use; the message names it. `mmmmodal` prints it as one line and exits 1."""
 
 
