@@ -4,6 +4,7 @@
 Runs in the vLLM job of `.ci/run`, after test_vllm.py's engine has shut down.
 """
 
+import base64
 import contextlib
 import json
 import os
@@ -20,7 +21,7 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this module in its vLLM venv")
 
-from vllm_parts import NEW_TOKENS, Reference, openai_chat, truncated_wav  # noqa: E402
+from vllm_parts import NEW_TOKENS, Reference, data_url, openai_chat, truncated_wav  # noqa: E402
 
 from mmmmodal_hf.serving.serve import CPU_KV_CACHE_GIB, CPU_MEMORY_SHARE  # noqa: E402
 from mmmmodal_hf.serving.vllm_media import CONNECTOR  # noqa: E402
@@ -203,3 +204,40 @@ def test_vllm_own_serve_command_loads_the_plugin_and_answers_as_generate(served_
         prompt, tokens = Reference(served_folder).chat(turns)
         assert answer["prompt_token_ids"] == prompt
         assert answer["choices"][0]["token_ids"] == tokens
+
+
+def test_the_docs_openai_client_example_streams_the_answer_of_generate(
+    server, served_folder, served_media, media_site
+):
+    """docs/serving.md's example with the real `openai` client: a system message, an image as a data URL and one
+    by URL, a clip as `input_audio`, streamed; the answer is `generate`'s."""
+    from openai import OpenAI
+
+    url, model = server
+    client = OpenAI(base_url=url.removesuffix("/chat/completions"), api_key="none")
+    question = "Which animal makes this sound?"
+    clip = base64.b64encode(served_media["beep"].read_bytes()).decode()
+    messages = [
+        {"role": "system", "content": "Jawab dalam Bahasa Melayu."},
+        {"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(served_media["red"])}},
+            {"type": "image_url", "image_url": {"url": f"{media_site}/wide.png"}},
+            {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
+            {"type": "text", "text": question},
+        ]},
+    ]  # fmt: skip
+    settings = dict(model=model, messages=messages, max_tokens=NEW_TOKENS, temperature=0)
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(**settings, stream=True)
+        if chunk.choices
+    )
+    whole = client.chat.completions.create(**settings, extra_body={"return_token_ids": True}).to_dict()
+    turns = [
+        ("system", ["Jawab dalam Bahasa Melayu."]),
+        ("user", [served_media["red"], served_media["wide"], served_media["beep"], question]),
+    ]
+    prompt, tokens = Reference(served_folder).chat(turns)
+    assert whole["prompt_token_ids"] == prompt
+    assert whole["choices"][0]["token_ids"] == tokens
+    assert streamed == whole["choices"][0]["message"]["content"] and streamed
