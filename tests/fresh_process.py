@@ -60,10 +60,11 @@ FRESH_PROCESS_SCRIPT = textwrap.dedent(
 )
 
 
-def run_in_fresh_process(script: str, folder: Path, work_folder: Path) -> dict:
+def run_in_fresh_process(script: str, folder: Path | str, work_folder: Path, env: dict | None = None) -> dict:
     """Run `script` in a child process that cannot import `mmmmodal_hf`; return the tensors it saved.
 
-    The script gets `sys.argv[1:4]` = folder, work folder, and the safetensors file to save its results in.
+    The script gets `sys.argv[1:4]` = folder (or a Hub id), work folder, and the safetensors file to save its
+    results in. `env` adds to (or overrides) the child's environment, which is offline unless it says otherwise.
     """
     out_file = Path(work_folder) / "fresh_process_results.safetensors"
     env = {
@@ -71,6 +72,7 @@ def run_in_fresh_process(script: str, folder: Path, work_folder: Path) -> dict:
         "HF_MODULES_CACHE": str(Path(work_folder) / "hf_modules"),
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": "",
+        **(env or {}),
     }
     completed = subprocess.run(
         [sys.executable, "-c", BLOCK_PACKAGE + script, str(folder), str(work_folder), str(out_file)],
@@ -84,13 +86,14 @@ def run_in_fresh_process(script: str, folder: Path, work_folder: Path) -> dict:
     return load_file(out_file)
 
 
-def load_in_fresh_process(folder: Path, media_folder: Path) -> dict:
-    """AutoProcessor + AutoModel + AutoModelForCausalLM (trust_remote_code) on `folder`, in a child process.
+def load_in_fresh_process(folder: Path | str, media_folder: Path, env: dict | None = None) -> dict:
+    """AutoProcessor + AutoModel + AutoModelForCausalLM (trust_remote_code) on `folder` (or a Hub id), in a
+    child process.
 
     `media_folder` must hold a.png, b.png and a.wav. Returns the child's input ids, logits and
     greedy generations for a fixed two-turn chat over those files.
     """
-    return run_in_fresh_process(FRESH_PROCESS_SCRIPT, folder, media_folder)
+    return run_in_fresh_process(FRESH_PROCESS_SCRIPT, folder, media_folder, env)
 
 
 def fresh_process_chat(media_folder: Path) -> list[dict]:

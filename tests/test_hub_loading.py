@@ -6,6 +6,7 @@ import os
 import torch
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
+from hub_double import hub_serving
 
 HUB_MODULES = ("configuration_mmmmodal.py", "modeling_mmmmodal.py", "processing_mmmmodal.py", "media_mmmmodal.py")
 
@@ -48,13 +49,15 @@ def test_hub_modules_import_only_installed_libraries_and_each_other(saved_folder
             assert not stripped.startswith("from . import"), line
 
 
-def test_fresh_process_loads_with_auto_classes_and_matches(saved_folder, tmp_path, model, session_processor):
-    results = load_in_fresh_process(saved_folder, write_fresh_process_media(tmp_path))
+def assert_same_as_here(results: dict, media_folder, model, session_processor) -> None:
+    """The child's ids, logits and greedy tokens are those of the in-memory model and processor."""
     assert results["processor_module"].item()
-    # The same conversation, here, with the in-memory model and processor.
-    chat = fresh_process_chat(tmp_path)
     inputs = session_processor.apply_chat_template(
-        chat, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        fresh_process_chat(media_folder),
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     assert torch.equal(results["input_ids"], inputs["input_ids"])
     with torch.no_grad():
@@ -63,6 +66,26 @@ def test_fresh_process_loads_with_auto_classes_and_matches(saved_folder, tmp_pat
     for name in ("auto_model", "auto_causal_lm"):
         assert torch.equal(results[f"{name}_logits"], logits), name
         assert torch.equal(results[f"{name}_generated"], generated), name
+
+
+def test_fresh_process_loads_with_auto_classes_and_matches(saved_folder, tmp_path, model, session_processor):
+    results = load_in_fresh_process(saved_folder, write_fresh_process_media(tmp_path))
+    assert_same_as_here(results, tmp_path, model, session_processor)
+
+
+def test_a_hub_id_downloads_caches_and_then_loads_offline(saved_folder, tmp_path, model, session_processor):
+    """`from_pretrained("mesolitica/...", trust_remote_code=True)` by id: huggingface_hub fetches the repo over HTTP
+    (from a stand-in for the Hub on 127.0.0.1, tests/hub_double.py), transformers imports the code from the
+    downloaded snapshot; later the same id loads offline from the cache alone."""
+    media, repo = write_fresh_process_media(tmp_path), "mesolitica/tiny-mmmmodal"
+    cache = {"HF_HOME": str(tmp_path / "hf_home")}
+    with hub_serving({repo: saved_folder}) as (endpoint, requests):
+        online = load_in_fresh_process(repo, media, {**cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"})
+    fetched = {line.rsplit("/", 1)[1] for line in requests if line.startswith("GET /mesolitica/tiny-mmmmodal/")}
+    assert {"model.safetensors", "chat_template.jinja", *HUB_MODULES} <= fetched, sorted(fetched)
+    assert_same_as_here(online, media, model, session_processor)
+    offline = load_in_fresh_process(repo, media, {**cache, "HF_HUB_OFFLINE": "1"})  # the stand-in is gone
+    assert_same_as_here(offline, media, model, session_processor)
 
 
 def test_local_folder_loads_in_process_without_trust_remote_code(saved_folder, model):

@@ -21,10 +21,10 @@ import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this module in its vLLM venv")
 
-from vllm_parts import NEW_TOKENS, Reference, data_url, openai_chat, truncated_wav  # noqa: E402
-
 from mmmmodal_hf.serving.serve import CPU_KV_CACHE_GIB, CPU_MEMORY_SHARE  # noqa: E402
 from mmmmodal_hf.serving.vllm_media import CONNECTOR  # noqa: E402
+
+from vllm_parts import NEW_TOKENS, Reference, data_url, openai_chat, truncated_wav  # noqa: E402
 
 START_TIMEOUT = 300  # vLLM's start-up takes 45-80 s on the 2-core CI machine
 
