@@ -1,6 +1,7 @@
 """`mmmmodal convert` on a tiny checkpoint written in the published (mm_llms) layout."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.conversion.build import PRESETS
 from mmmmodal_hf.conversion.convert import UnmappedKeys, convert_checkpoint
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
+from hub_double import hub_serving
 from published_reference import write_published_checkpoint
 from tiny_parts import save_tiny_source_models
 
@@ -125,3 +128,33 @@ def test_pickled_weights_are_refused(tmp_path):
     )
     assert completed.returncode == 1
     assert "only pickled weights (pytorch_model.bin)" in completed.stderr and "refused" in completed.stderr
+
+
+def test_the_readmes_convert_command_by_hub_id_gives_the_local_conversion(converted, tmp_path):
+    """`mmmmodal convert mesolitica/malaysian-tinyllama-1.1b-mmmmodal --output-dir ...` as the README gives it: the
+    released checkpoint and the default SigLIP and Whisper processors fetched by id (from a stand-in for the Hub on
+    127.0.0.1, tests/hub_double.py) convert to the very weights a local conversion writes."""
+    _, _, root = converted
+    repos = {
+        "mesolitica/malaysian-tinyllama-1.1b-mmmmodal": root / "published",
+        PRESETS["tinyllama"]["vision"]: root / "sources" / "siglip",
+        PRESETS["tinyllama"]["audio"]: root / "sources" / "whisper",
+    }
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0"}
+    with hub_serving(repos) as (endpoint, _):
+        completed = subprocess.run(
+            [sys.executable, "-m", "mmmmodal_hf.cli", "convert", "mesolitica/malaysian-tinyllama-1.1b-mmmmodal"]
+            + ["--output-dir", str(tmp_path / "by_id"), "--dtype", "float32"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**env, "HF_ENDPOINT": endpoint},
+        )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    by_id, local = (
+        load_file(tmp_path / "by_id" / "model.safetensors"),
+        load_file(root / "converted" / "model.safetensors"),
+    )
+    assert by_id.keys() == local.keys() and all(torch.equal(by_id[key], local[key]) for key in local)
+    for name in ("config.json", "processor_config.json", "tokenizer.json"):
+        assert (tmp_path / "by_id" / name).read_text() == (root / "converted" / name).read_text(), name
