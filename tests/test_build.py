@@ -13,6 +13,7 @@ from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
 from mmmmodal_hf.conversion.model_card import check_card, human_count
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
+from hub_double import hub_serving
 from tiny_parts import save_tiny_source_models
 
 CREDITS = {
@@ -20,6 +21,7 @@ CREDITS = {
     "vision": PRESETS["tinyllama"]["vision"],
     "audio": PRESETS["tinyllama"]["audio"],
 }
+CREDITS_SOURCES = {"llm": "llm", "vision": "siglip", "audio": "whisper"}  # a preset's part -> its tiny source
 
 
 @pytest.mark.parametrize("language_model", ["llama", "mistral"])
@@ -158,3 +160,40 @@ def test_a_part_that_cannot_be_read_is_named_in_one_line(role, tmp_path, tokeniz
     assert last.startswith(f"mmmmodal build: cannot read --{role} someone/absent: "), completed.stderr
     assert "mmmmodal build:" not in completed.stderr.replace(last, "")
     assert not (tmp_path / "never").exists()
+
+
+def test_the_readmes_build_command_by_hub_ids_gives_the_local_build(tmp_path, tokenizer_folder):
+    """`mmmmodal build --preset tinyllama --output-dir ...` as the README gives it: the preset's LM, SigLIP and
+    Whisper fetched by id (from a stand-in for the Hub on 127.0.0.1, tests/hub_double.py) compose the checkpoint
+    a build from local folders composes; only the new projectors are drawn afresh."""
+    sources = save_tiny_source_models(tmp_path / "sources", tokenizer_folder)
+    local = build_checkpoint(
+        str(sources["llm"]), str(sources["siglip"]), str(sources["whisper"]), tmp_path / "local",
+        dtype="float32", audio_conv_kernel=4, credit_names=CREDITS, repo_id=PRESETS["tinyllama"]["repo_id"],
+    ).output_dir  # fmt: skip
+    repos = {PRESETS["tinyllama"][part]: sources[name] for part, name in CREDITS_SOURCES.items()}
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0"}
+    with hub_serving(repos) as (endpoint, _):
+        completed = subprocess.run(
+            [sys.executable, "-m", "mmmmodal_hf.cli", "build", "--preset", "tinyllama", "--output-dir"]
+            + [str(tmp_path / "by_id"), "--dtype", "float32", "--audio-conv-kernel", "4"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**env, "HF_ENDPOINT": endpoint},
+        )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    by_id, built = load_file(tmp_path / "by_id" / "model.safetensors"), load_file(local / "model.safetensors")
+    assert by_id.keys() == built.keys()
+    assert all(torch.equal(by_id[key], built[key]) for key in built if "projector" not in key)
+    for name in ("processor_config.json", "tokenizer.json", "README.md"):
+        assert (tmp_path / "by_id" / name).read_text() == (local / name).read_text(), name
+
+    def without_sources(config: dict) -> dict:  # each part's `_name_or_path`: the Hub id here, a folder there
+        return {k: without_sources(v) if isinstance(v, dict) else v for k, v in config.items() if k != "_name_or_path"}
+
+    by_id_config, local_config = (
+        json.loads((folder / "config.json").read_text()) for folder in (tmp_path / "by_id", local)
+    )
+    assert without_sources(by_id_config) == without_sources(local_config)
+    assert by_id_config["audio_config"]["_name_or_path"] == PRESETS["tinyllama"]["audio"]
