@@ -5,7 +5,7 @@
 Before anything is sent: the folder must hold no pickled weights, its model card metadata must
 parse with huggingface_hub's card classes and name languages, license, base models and pipeline
 tag, and the folder must load with AutoModel + AutoProcessor (trust_remote_code) in a fresh
-process and generate. The token comes from `--token`, `HF_TOKEN` or `huggingface-cli login`.
+process and generate. The token comes from `--token`, `HF_TOKEN` or `hf auth login`.
 """
 
 import argparse
@@ -14,6 +14,8 @@ import re
 import sys
 from importlib import resources
 from pathlib import Path
+
+from huggingface_hub.errors import HfHubHTTPError
 
 from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.convert import PICKLE_SUFFIXES
@@ -177,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def hub_refusal(error: HfHubHTTPError) -> str:
+    """The Hub's answer in one line: its status and its own message, and where the token comes from when it is
+    the token that was refused."""
+    response = error.response
+    status = f"{response.status_code} {response.reason_phrase}" if response is not None else "an error"
+    said = error.server_message or str(error).strip().splitlines()[0]
+    hint = (
+        " (the token: --token, HF_TOKEN or `hf auth login`)"
+        if response is not None and response.status_code in (401, 403)
+        else ""
+    )
+    return f"the Hub answered {status}: {said}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -191,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except RefusedToPush as error:
         print(f"mmmmodal push: refused: {error}", file=sys.stderr)
+        return 1
+    except HfHubHTTPError as error:
+        print(f"mmmmodal push: {hub_refusal(error)}", file=sys.stderr)
         return 1
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"{verb} {len(files)} files to {args.repo_id}" + (f"@{args.revision}" if args.revision else ""))

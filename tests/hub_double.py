@@ -6,6 +6,7 @@ serving local folders as repos at one commit. Everything above HTTP (download, c
 import) is huggingface_hub's and transformers' own.
 """
 
+import base64
 import contextlib
 import hashlib
 import http.server
@@ -14,11 +15,14 @@ import threading
 from pathlib import Path
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+REFUSED_TOKEN = "hf_refused"  # a token the stand-in answers 401 to, as the Hub does a revoked one
 
 
 class HubHandler(http.server.BaseHTTPRequestHandler):
     repos: dict[str, Path] = {}
     requests: list[str] = []
+    created: dict[str, dict] = {}  # repo id -> what `create_repo` asked for
+    uploaded: dict[str, dict[str, bytes]] = {}  # "type/repo id@revision" -> path -> content, from commits
 
     def log_message(self, *args):  # quiet; `requests` keeps what was asked
         pass
@@ -33,6 +37,42 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             return self._api(parts[2:])
         if len(parts) >= 5 and parts[2] == "resolve":
             return self._file("/".join(parts[:2]), "/".join(parts[4:]))
+        self._send(404, b"{}")
+
+    def do_POST(self):
+        self.requests.append(f"POST {self.path}")
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("Authorization") == f"Bearer {REFUSED_TOKEN}":
+            return self._send(401, b'{"error": "Invalid credentials in Authorization header"}')
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if parts[:2] == ["api", "validate-yaml"]:  # the Hub's card validator cannot run here: every card passes
+            return self._send(200, b"{}")
+        if parts[:3] == ["api", "repos", "create"]:
+            asked = json.loads(body)
+            repo = f"{asked['organization']}/{asked['name']}" if asked.get("organization") else asked["name"]
+            self.created[repo] = asked
+            return self._send(200, json.dumps({"url": f"http://{self.headers['Host']}/{repo}", "name": repo}).encode())
+        if parts[0] == "api" and len(parts) >= 6 and parts[4] in ("preupload", "commit", "branch"):
+            kind, repo, revision = parts[1], "/".join(parts[2:4]), "/".join(parts[5:]) or "main"
+            if parts[4] == "branch":
+                return self._send(200, b"{}")
+            if parts[4] == "preupload":  # every file sent inline (the Hub would send large ones through LFS/Xet)
+                files = [
+                    {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                    for f in json.loads(body)["files"]
+                ]
+                return self._send(200, json.dumps({"files": files}).encode())
+            target = self.uploaded.setdefault(f"{kind}/{repo}@{revision}", {})
+            for line in body.decode().splitlines():
+                operation = json.loads(line)
+                if operation["key"] == "file":
+                    target[operation["value"]["path"]] = base64.b64decode(operation["value"]["content"])
+            return self._send(
+                200,
+                json.dumps(
+                    {"commitUrl": f"http://{self.headers['Host']}/{repo}/commit/{COMMIT}", "commitOid": COMMIT}
+                ).encode(),
+            )
         self._send(404, b"{}")
 
     def _api(self, parts: list[str]):
@@ -75,12 +115,13 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def hub_serving(repos: dict[str, Path]):
-    """Serve `repos` (repo id -> folder); yield (the endpoint for HF_ENDPOINT, the list of requests made)."""
-    handler = type("Handler", (HubHandler,), {"repos": dict(repos), "requests": []})
+    """Serve `repos` (repo id -> folder); yield (the endpoint for HF_ENDPOINT, the handler class, whose `requests`,
+    `created` and `uploaded` say what was asked and sent)."""
+    handler = type("Handler", (HubHandler,), {"repos": dict(repos), "requests": [], "created": {}, "uploaded": {}})
     site = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=site.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{site.server_address[1]}", handler.requests
+        yield f"http://127.0.0.1:{site.server_address[1]}", handler
     finally:
         site.shutdown()
         site.server_close()

@@ -79,9 +79,9 @@ def test_a_hub_id_downloads_caches_and_then_loads_offline(saved_folder, tmp_path
     downloaded snapshot; later the same id loads offline from the cache alone."""
     media, repo = write_fresh_process_media(tmp_path), "mesolitica/tiny-mmmmodal"
     cache = {"HF_HOME": str(tmp_path / "hf_home")}
-    with hub_serving({repo: saved_folder}) as (endpoint, requests):
+    with hub_serving({repo: saved_folder}) as (endpoint, hub):
         online = load_in_fresh_process(repo, media, {**cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"})
-    fetched = {line.rsplit("/", 1)[1] for line in requests if line.startswith("GET /mesolitica/tiny-mmmmodal/")}
+    fetched = {line.rsplit("/", 1)[1] for line in hub.requests if line.startswith("GET /mesolitica/tiny-mmmmodal/")}
     assert {"model.safetensors", "chat_template.jinja", *HUB_MODULES} <= fetched, sorted(fetched)
     assert_same_as_here(online, media, model, session_processor)
     offline = load_in_fresh_process(repo, media, {**cache, "HF_HUB_OFFLINE": "1"})  # the stand-in is gone

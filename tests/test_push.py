@@ -1,6 +1,7 @@
 """`mmmmodal push`: the checks before anything is sent, and the exact file list of a dry run."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
 from mmmmodal_hf.conversion.push import RefusedToPush, check_folder, files_to_upload
 
+from hub_double import REFUSED_TOKEN, hub_serving
 from tiny_parts import save_tiny_source_models
 
 
@@ -109,3 +111,49 @@ def test_space_for_the_model_is_written_and_checked_in_a_dry_run(built, tmp_path
     assert 'os.environ.get("MMMMODAL_MODEL", "someone/mmmmodal-tiny")' in app and "build_app(" in app
     compile(app, "app.py", "exec")
     assert (space / "requirements.txt").read_text().splitlines()[0] == "mmmmodal-hf[web]"
+
+
+def test_a_push_uploads_exactly_the_listed_files_and_the_space(built, tmp_path):
+    """A real upload, to a stand-in for the Hub's HTTP API on 127.0.0.1 (tests/hub_double.py): huggingface_hub
+    creates the repo, the branch and the Space and commits; what arrives is the folder's files byte for byte,
+    exactly the dry run's list, and the Space's three files."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_stand_in"}
+    with hub_serving({}) as (endpoint, hub):
+        completed = subprocess.run(
+            [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(built), "--repo-id", "someone/tiny", "--private",
+             "--revision", "dev", "--space", "someone/tiny-chat", "--space-dir", str(tmp_path / "space")],
+            capture_output=True, text=True, timeout=600, env={**env, "HF_ENDPOINT": endpoint},
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-3000:]
+        listed = json.loads(completed.stdout.strip().splitlines()[1])
+        assert completed.stdout.startswith(f"uploaded {len(listed)} files to someone/tiny@dev")
+        assert hub.created["someone/tiny"]["visibility"] == "private"
+        assert (
+            hub.created["someone/tiny-chat"]["type"] == "space" and hub.created["someone/tiny-chat"]["sdk"] == "gradio"
+        )
+        sent = hub.uploaded["models/someone/tiny@dev"]
+        assert sorted(sent) == listed == files_to_upload(built)
+        assert all(sent[name] == (built / name).read_bytes() for name in listed)
+        space = hub.uploaded["spaces/someone/tiny-chat@main"]
+        assert sorted(space) == ["README.md", "app.py", "requirements.txt"]
+        assert space["app.py"] == (tmp_path / "space" / "app.py").read_bytes()
+
+
+def test_a_push_the_hub_refuses_ends_in_one_line(built, tmp_path):
+    """A revoked token: the Hub's 401 reaches the user as one line, and nothing is uploaded."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": REFUSED_TOKEN}
+    with hub_serving({}) as (endpoint, hub):
+        completed = subprocess.run(
+            [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(built), "--repo-id", "someone/tiny"],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**env, "HF_ENDPOINT": endpoint},
+        )
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr[-3000:]
+    last = completed.stderr.strip().splitlines()[-1]
+    assert last == (
+        "mmmmodal push: the Hub answered 401 Unauthorized: Invalid credentials in Authorization header"
+        " (the token: --token, HF_TOKEN or `hf auth login`)"
+    ), completed.stderr
+    assert hub.uploaded == {} and hub.created == {}
