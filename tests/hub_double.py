@@ -2,8 +2,10 @@
 
 It answers the HTTP calls huggingface_hub makes to load a repo by id (`/api/models/{id}`, its `tree`, and
 `/{id}/resolve/{revision}/{file}` with the `ETag` and `X-Repo-Commit` headers, and `X-Error-Code` on a miss),
-serving local folders as repos at one commit. Everything above HTTP (download, cache, snapshot, the remote code's
-import) is huggingface_hub's and transformers' own.
+serving local folders as repos at one commit, and those it makes to publish (`/api/repos/create`, a branch,
+`preupload` answered "regular" for every file, and the NDJSON `commit`, whose files it keeps). Everything above
+HTTP (download, cache, snapshot, the remote code's import, the upload's plan) is huggingface_hub's and
+transformers' own; the Hub's card validator is not (every card passes).
 """
 
 import base64
