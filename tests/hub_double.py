@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -127,3 +128,8 @@ def hub_serving(repos: dict[str, Path]):
     finally:
         site.shutdown()
         site.server_close()
+
+
+def reaching(endpoint: str, home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment for a child that goes online to the stand-in, with a fresh cache in `home`."""
+    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0", **extra}

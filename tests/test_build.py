@@ -13,7 +13,7 @@ from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
 from mmmmodal_hf.conversion.model_card import check_card, human_count
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
-from hub_double import hub_serving
+from hub_double import hub_serving, reaching
 from tiny_parts import save_tiny_source_models
 
 CREDITS = {
@@ -172,7 +172,6 @@ def test_the_readmes_build_command_by_hub_ids_gives_the_local_build(tmp_path, to
         dtype="float32", audio_conv_kernel=4, credit_names=CREDITS, repo_id=PRESETS["tinyllama"]["repo_id"],
     ).output_dir  # fmt: skip
     repos = {PRESETS["tinyllama"][part]: sources[name] for part, name in CREDITS_SOURCES.items()}
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0"}
     with hub_serving(repos) as (endpoint, _):
         completed = subprocess.run(
             [sys.executable, "-m", "mmmmodal_hf.cli", "build", "--preset", "tinyllama", "--output-dir"]
@@ -180,7 +179,7 @@ def test_the_readmes_build_command_by_hub_ids_gives_the_local_build(tmp_path, to
             capture_output=True,
             text=True,
             timeout=300,
-            env={**env, "HF_ENDPOINT": endpoint},
+            env=reaching(endpoint, tmp_path / "hf_home"),
         )
     assert completed.returncode == 0, completed.stderr[-3000:]
     by_id, built = load_file(tmp_path / "by_id" / "model.safetensors"), load_file(local / "model.safetensors")

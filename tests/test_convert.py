@@ -1,7 +1,6 @@
 """`mmmmodal convert` on a tiny checkpoint written in the published (mm_llms) layout."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from mmmmodal_hf.conversion.build import PRESETS
 from mmmmodal_hf.conversion.convert import UnmappedKeys, convert_checkpoint
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
-from hub_double import hub_serving
+from hub_double import hub_serving, reaching
 from published_reference import write_published_checkpoint
 from tiny_parts import save_tiny_source_models
 
@@ -140,7 +139,6 @@ def test_the_readmes_convert_command_by_hub_id_gives_the_local_conversion(conver
         PRESETS["tinyllama"]["vision"]: root / "sources" / "siglip",
         PRESETS["tinyllama"]["audio"]: root / "sources" / "whisper",
     }
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0"}
     with hub_serving(repos) as (endpoint, _):
         completed = subprocess.run(
             [sys.executable, "-m", "mmmmodal_hf.cli", "convert", "mesolitica/malaysian-tinyllama-1.1b-mmmmodal"]
@@ -148,7 +146,7 @@ def test_the_readmes_convert_command_by_hub_id_gives_the_local_conversion(conver
             capture_output=True,
             text=True,
             timeout=300,
-            env={**env, "HF_ENDPOINT": endpoint},
+            env=reaching(endpoint, tmp_path / "hf_home"),
         )
     assert completed.returncode == 0, completed.stderr[-3000:]
     by_id, local = (

@@ -6,7 +6,7 @@ import os
 import torch
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
-from hub_double import hub_serving
+from hub_double import hub_serving, reaching
 
 HUB_MODULES = ("configuration_mmmmodal.py", "modeling_mmmmodal.py", "processing_mmmmodal.py", "media_mmmmodal.py")
 
@@ -78,13 +78,13 @@ def test_a_hub_id_downloads_caches_and_then_loads_offline(saved_folder, tmp_path
     (from a stand-in for the Hub on 127.0.0.1, tests/hub_double.py), transformers imports the code from the
     downloaded snapshot; later the same id loads offline from the cache alone."""
     media, repo = write_fresh_process_media(tmp_path), "mesolitica/tiny-mmmmodal"
-    cache = {"HF_HOME": str(tmp_path / "hf_home")}
     with hub_serving({repo: saved_folder}) as (endpoint, hub):
-        online = load_in_fresh_process(repo, media, {**cache, "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0"})
+        online = load_in_fresh_process(repo, media, reaching(endpoint, tmp_path / "hf_home"))
     fetched = {line.rsplit("/", 1)[1] for line in hub.requests if line.startswith("GET /mesolitica/tiny-mmmmodal/")}
     assert {"model.safetensors", "chat_template.jinja", *HUB_MODULES} <= fetched, sorted(fetched)
     assert_same_as_here(online, media, model, session_processor)
-    offline = load_in_fresh_process(repo, media, {**cache, "HF_HUB_OFFLINE": "1"})  # the stand-in is gone
+    # The stand-in is gone: the same id, offline, from the cache alone.
+    offline = load_in_fresh_process(repo, media, {"HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"})
     assert_same_as_here(offline, media, model, session_processor)
 
 

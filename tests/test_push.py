@@ -1,7 +1,6 @@
 """`mmmmodal push`: the checks before anything is sent, and the exact file list of a dry run."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
 from mmmmodal_hf.conversion.push import RefusedToPush, check_folder, files_to_upload
 
-from hub_double import REFUSED_TOKEN, hub_serving
+from hub_double import REFUSED_TOKEN, hub_serving, reaching
 from tiny_parts import save_tiny_source_models
 
 
@@ -117,12 +116,11 @@ def test_a_push_uploads_exactly_the_listed_files_and_the_space(built, tmp_path):
     """A real upload, to a stand-in for the Hub's HTTP API on 127.0.0.1 (tests/hub_double.py): huggingface_hub
     creates the repo, the branch and the Space and commits; what arrives is the folder's files byte for byte,
     exactly the dry run's list, and the Space's three files."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": "hf_stand_in"}
     with hub_serving({}) as (endpoint, hub):
         completed = subprocess.run(
             [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(built), "--repo-id", "someone/tiny", "--private",
              "--revision", "dev", "--space", "someone/tiny-chat", "--space-dir", str(tmp_path / "space")],
-            capture_output=True, text=True, timeout=600, env={**env, "HF_ENDPOINT": endpoint},
+            capture_output=True, text=True, timeout=600, env=reaching(endpoint, tmp_path / "hf_home", HF_TOKEN="hf_stand_in"),
         )  # fmt: skip
         assert completed.returncode == 0, completed.stderr[-3000:]
         listed = json.loads(completed.stdout.strip().splitlines()[1])
@@ -141,14 +139,13 @@ def test_a_push_uploads_exactly_the_listed_files_and_the_space(built, tmp_path):
 
 def test_a_push_the_hub_refuses_ends_in_one_line(built, tmp_path):
     """A revoked token: the Hub's 401 reaches the user as one line, and nothing is uploaded."""
-    env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0", "HF_TOKEN": REFUSED_TOKEN}
     with hub_serving({}) as (endpoint, hub):
         completed = subprocess.run(
             [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(built), "--repo-id", "someone/tiny"],
             capture_output=True,
             text=True,
             timeout=600,
-            env={**env, "HF_ENDPOINT": endpoint},
+            env=reaching(endpoint, tmp_path / "hf_home", HF_TOKEN=REFUSED_TOKEN),
         )
     assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr[-3000:]
     last = completed.stderr.strip().splitlines()[-1]

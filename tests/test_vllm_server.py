@@ -24,7 +24,7 @@ pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this mod
 from mmmmodal_hf.serving.serve import CPU_KV_CACHE_GIB, CPU_MEMORY_SHARE  # noqa: E402
 from mmmmodal_hf.serving.vllm_media import CONNECTOR  # noqa: E402
 
-from hub_double import hub_serving  # noqa: E402
+from hub_double import hub_serving, reaching  # noqa: E402
 from vllm_parts import NEW_TOKENS, Reference, data_url, openai_chat, truncated_wav  # noqa: E402
 
 START_TIMEOUT = 300  # vLLM's start-up takes 45-80 s on the 2-core CI machine
@@ -249,9 +249,8 @@ def test_a_hub_id_is_downloaded_and_served_as_generate_answers(served_folder, se
     id (from a stand-in for the Hub on 127.0.0.1, tests/hub_double.py), code files too, and answers as `generate`."""
     repo = "mesolitica/tiny-served"
     with hub_serving({repo: served_folder}) as (endpoint, hub):
-        env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "0"}
         command = [str(Path(sys.executable).with_name("mmmmodal")), "serve", repo, *ENGINE_FLAGS]
-        with launched(command, env, tmp_path / "serve-by-id.log") as base:
+        with launched(command, reaching(endpoint, tmp_path / "hf_home"), tmp_path / "serve-by-id.log") as base:
             turns = [("user", [served_media["red"], served_media["cd"], "What do you see and hear?"])]
             status, answer = post(f"{base}/v1/chat/completions", chat_body(repo, openai_chat(turns)))
     assert status == 200, answer
