@@ -37,6 +37,7 @@ from mmmmodal_hf import (
     MMMModalImageProjector,
     MMMModalProcessor,
 )
+from mmmmodal_hf.cli_errors import InputError, why_unloadable
 from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
 from mmmmodal_hf.modeling_mmmmodal import tower_cuts
@@ -337,17 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class SourceUnreadable(Exception):
-    """A part (--llm, --vision, --audio) whose config cannot be read: offline, a typo, a folder of something else."""
-
-
 def check_sources(parts: dict[str, str]) -> None:
-    """Each part's config, read before anything is built, so one that cannot be read is named in one line."""
+    """Each part's config, read before anything is built, so one that cannot be read (offline, a typo, a folder
+    of something else) is named in one line."""
     for role in ("llm", "vision", "audio"):
         try:
             AutoConfig.from_pretrained(parts[role])
         except (OSError, ValueError) as error:
-            raise SourceUnreadable(f"cannot read --{role} {parts[role]}: {str(error).splitlines()[0]}") from None
+            raise InputError(f"cannot read --{role} {parts[role]}: {why_unloadable(parts[role], error)}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"give --preset or all of --llm, --vision, --audio (missing: {', '.join(missing)})")
     try:
         check_sources(parts)
-    except SourceUnreadable as error:
+    except InputError as error:
         print(f"mmmmodal build: {error}", file=sys.stderr)
         return 1
     report = build_checkpoint(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
-from .cli_errors import why_unloadable
+from .cli_errors import loading
 from .cli_help import command_parser
 from .media_mmmmodal import load_audio, load_image
 from .session import MMMModalChatSession
@@ -84,17 +84,11 @@ class ChatSession:
         return path
 
 
-class ModelNotLoaded(RuntimeError):
-    """The model or processor could not be loaded; the message says from where and why."""
-
-
 def load(model_name: str):
-    try:
+    """Model and processor; one that does not load raises an InputError saying from where and why."""
+    with loading(model_name):
         model = AutoModel.from_pretrained(model_name, trust_remote_code=True).eval()
         processor = AutoProcessor.from_pretrained(model_name, trust_remote_code=True)
-    except (OSError, ValueError, KeyError) as error:
-        reason = why_unloadable(model_name, error)
-        raise ModelNotLoaded(f"cannot load an MMMModal model from {model_name!r}: {reason}") from error
     return model, processor
 
 
@@ -183,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         lines = _prompted_lines(write) if sys.stdin.isatty() else sys.stdin
         interactive(session, lines, write)
-    except (ModelNotLoaded, ValueError) as error:
+    except ValueError as error:  # an InputError from `load`, or bad media or a too-long turn
         print(f"mmmmodal chat: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

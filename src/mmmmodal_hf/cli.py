@@ -4,6 +4,7 @@ import argparse
 import logging
 import sys
 
+from .cli_errors import InputError, first_line
 from .cli_help import command_parser
 
 
@@ -133,8 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args, _ = build_parser().parse_known_args(argv[:1])
-    from .cli_errors import InputError, first_line
-
     try:
         return _COMMANDS[args.command][1](argv[1:])
     except (InputError, OSError) as error:  # a path that is not there, a model that does not load, a full disk

@@ -27,7 +27,7 @@ def loading(source, what: str = "an MMMModal model"):
     """Around a `from_pretrained` of `source`: its failure becomes an InputError naming the source."""
     try:
         yield
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, KeyError) as error:  # KeyError: a config of a model type transformers lacks
         raise InputError(f"cannot load {what} from {str(source)!r}: {why_unloadable(str(source), error)}") from error
 
 

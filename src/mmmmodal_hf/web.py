@@ -248,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print('mmmmodal web needs Gradio: pip install "mmmmodal-hf[web]"', file=sys.stderr)
         return 1
-    from .chat import ModelNotLoaded, load
+    from .chat import load
+    from .cli_errors import InputError
 
     try:
         model, processor = load(args.model)
-    except ModelNotLoaded as error:
+    except InputError as error:
         print(f"mmmmodal web: {error}", file=sys.stderr)
         return 1
     app = build_app(model, processor, title=f"MMMModal chat: {args.model}")
