@@ -5,13 +5,13 @@ interleaved, (a) the session's turn (prefill of the new turn + 1 token), (b) re-
 conversation so far from scratch (processor + generate, 1 token: what `generate` alone does), and
 (c) the new turn's prompt and media alone in a fresh forward (the floor). Goal: (a) <= 1.10 x (c).
 
-    python bench/chat_session.py [--repeats 3]
+    python bench/chat_session.py [--repeats 3] [--quick]
 """
 
 import argparse
 
 import torch
-from common import clip, image, interleaved_medians, report, small_model, small_processor
+from common import clip, image, interleaved_medians, parse_arguments, report, small_model, small_processor
 
 from mmmmodal_hf import MMMModalChatSession
 
@@ -83,7 +83,7 @@ def measure_turn(model, processor, k: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
     processor = small_processor()
     model = small_model(processor)
     rows = [measure_turn(model, processor, k, args.repeats) for k in range(len(TURNS))]

@@ -8,16 +8,17 @@ finetune stage (bf16 weights of every part + this rank's 1/8 of the bf16 gradien
 parts; fp32 master weights and Adam moments, 12 bytes per trainable parameter, live in CPU memory).
 Activations are not included (they depend on block size and checkpointing).
 
-    python bench/memory.py
+    python bench/memory.py [--quick]
 """
 
+import argparse
 import json
 import resource
 import subprocess
 import sys
 
 import torch
-from common import DEVICE, report
+from common import DEVICE, parse_arguments, report
 
 CASE = r"""
 import json, resource, sys, torch
@@ -92,6 +93,7 @@ def variant_table() -> list[dict]:
 
 
 def main() -> None:
+    parse_arguments(argparse.ArgumentParser(description=__doc__))
     rows = []
     for case in ("inference", "training_step"):
         result = measured(case)

@@ -9,13 +9,13 @@
    Also against the published per-item Python-loop merge (bench/published_merge.py), at batch
    sizes 1, 4 and 16 (1 image and 1 clip per sample at the larger batches).
 
-    python bench/overhead.py [--repeats 5] [--new-tokens 32]
+    python bench/overhead.py [--repeats 5] [--new-tokens 32] [--quick]
 """
 
 import argparse
 
 import torch
-from common import DEVICE, clip, image, interleaved_medians, report, small_model, small_processor
+from common import DEVICE, clip, image, interleaved_medians, parse_arguments, report, small_model, small_processor
 from published_merge import published_style_embeddings
 from transformers import LlamaForCausalLM
 
@@ -33,10 +33,10 @@ def _scatter(model, inputs) -> torch.Tensor:
     inner = model.model
     embeds = inner.get_input_embeddings()(inputs["input_ids"])
     for key, features, token in (
-        ("pixel_values", lambda: inner.get_image_features(inputs["pixel_values"]), model.config.image_token_id),
+        ("pixel_values", lambda: inner.get_image_features(inputs["pixel_values"]).pooler_output, model.config.image_token_id),
         (
             "input_features",
-            lambda: inner.get_audio_features(inputs["input_features"], inputs["input_features_mask"]),
+            lambda: inner.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output,
             model.config.audio_token_id,
         ),
     ):
@@ -90,17 +90,18 @@ def decode(model, processor, bare, repeats: int, new_tokens: int) -> dict:
 
 
 def prefill(model, processor, batch: int, repeats: int) -> dict:
+    window = processor.feature_extractor.chunk_length  # the published merge takes one window per clip
     if batch == 1:
         texts, images, clips = (
             ["[INST] <image> <image> <audio> <audio> Describe. [/INST]"],
             [[image(1), image(2)]],
-            [[clip(3), clip(4)]],
+            [[clip(3, seconds=min(20, window)), clip(4, seconds=min(20, window))]],
         )
     else:
         texts = [f"[INST] <image> <audio> Sample {i}: describe. [/INST]" for i in range(batch)]
         images, clips = (
             [[image(10 + i)] for i in range(batch)],
-            [[clip(50 + i, seconds=10 + i % 7)] for i in range(batch)],
+            [[clip(50 + i, seconds=min(10 + i % 7, window))] for i in range(batch)],
         )
     inputs = processor(text=texts, images=images, audio=clips, return_tensors="pt").to(DEVICE)
     with torch.no_grad():
@@ -161,7 +162,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--batches", default="1,4,16")
-    args = parser.parse_args()
+    args = parse_arguments(parser, new_tokens=2, batches="1,2")
     processor = small_processor()
     model = small_model(processor)
     bare = bare_language_model(model)

@@ -5,13 +5,13 @@ audio rows (one clip of 3-30 s: its trimmed slots + a transcript QA), and multi-
 rows (1-4 images, 0-3 clips, 1-3 turns). The real collators (`MMMModalPackingCollator`,
 `MMMModalDataCollator`) batch the same 20,000 rows; positions are counted, nothing is trained.
 
-    python bench/packing.py
+    python bench/packing.py [--quick]
 """
 
 import argparse
 
 import numpy as np
-from common import report
+from common import parse_arguments, report
 
 from mmmmodal_hf.collator import MMMModalDataCollator, MMMModalPackingCollator
 from mmmmodal_hf.configuration_mmmmodal import num_real_audio_slots
@@ -61,7 +61,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--block-size", type=int, default=8192)
-    args = parser.parse_args()
+    args = parse_arguments(parser, rows=200)
     lengths = [n for n in row_lengths(args.rows, 0) if n <= args.block_size]
     rows = []
     for per_step in (4, 8, 16, 32):
@@ -75,7 +75,7 @@ def main() -> None:
             }
         )
     extra = {
-        "rows": len(lengths),
+        "data_rows": len(lengths),
         "median_length": int(np.median(lengths)),
         "p95_length": int(np.percentile(lengths, 95)),
     }

@@ -4,19 +4,19 @@ Baseline: SiglipImageProcessorPil on the two images, WhisperFeatureExtractor on 
 the tokenizer on the already-expanded text (slot tokens written out), i.e. the unavoidable work.
 Both get the same decoded inputs (PIL images, float arrays at 16 kHz). Goal: at most 1.10x.
 
-    python bench/processor.py [--repeats 7]
+    python bench/processor.py [--repeats 7] [--quick]
 """
 
 import argparse
 
-from common import clip, image, interleaved_medians, report, small_processor
+from common import clip, image, interleaved_medians, parse_arguments, report, small_processor
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--samples", type=int, default=8, help="conversations per timed call")
-    args = parser.parse_args()
+    args = parse_arguments(parser, samples=2)
     processor = small_processor()
     text = "[INST] <image> </image>\n<image> </image>\n<audio> </audio>\n<audio> </audio>\nCompare them all. [/INST]"
     images = [image(1), image(2)]
@@ -25,7 +25,9 @@ def main() -> None:
     expanded = processor(text=batch_text, images=batch_images, audio=batch_clips, return_text_replacement_offsets=True)
     written_out = [
         processor.expand_media_placeholders(
-            text, [576, 576], [processor.num_window_slots(1200), processor.num_window_slots(2500)]
+            text, [processor.num_image_slots(processor.image_processor.size.height, processor.image_processor.size.width)] * 2, [
+                processor.num_clip_slots(len(clips[0])), processor.num_clip_slots(len(clips[1]))
+            ]
         )
     ] * args.samples
     assert processor.tokenizer(written_out, padding=True)["input_ids"] == expanded["input_ids"]

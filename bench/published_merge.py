@@ -25,10 +25,10 @@ def published_style_embeddings(model, input_ids: torch.Tensor, pixel_values, inp
                     end += 1
                 pieces.append(embed(row_ids[start:position]))
                 if token == config.image_token_id:  # one image through SigLIP and the projector alone
-                    features = model.get_image_features(pixel_values[image_index : image_index + 1])[0]
+                    features = model.get_image_features(pixel_values[image_index : image_index + 1]).pooler_output[0]
                     image_index += 1
                 else:  # one window through Whisper and the projector alone
-                    features = model.get_audio_features(input_features[audio_index : audio_index + 1])
+                    features = model.get_audio_features(input_features[audio_index : audio_index + 1]).pooler_output
                     audio_index += 1
                 pieces.append(features[: end - position])
                 start = position = end

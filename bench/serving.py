@@ -27,7 +27,7 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from common import DEVICE, clip, image, report, small_config, small_processor
+from common import DEVICE, clip, image, parse_arguments, report, small_config, small_processor
 from transformers import LlamaConfig, MistralConfig, StoppingCriteria
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
@@ -187,7 +187,7 @@ def main():
     parser.add_argument("--clip-seconds", type=float, default=5.0)
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--repeats", type=int, default=3, help="rounds (new media each) per system; medians")
-    args, vllm_flags = parser.parse_known_args()
+    args, vllm_flags = parse_arguments(parser, known_only=True, chats=2, new_tokens=2, clip_seconds=1.0)
     dtype = getattr(torch, args.dtype)
     folder = build_folder(args.size, dtype, Path(tempfile.mkdtemp(prefix="mmmmodal-serving-")))
     warm_up = chats(1, args.clip_seconds, first_seed=10_000)

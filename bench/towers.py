@@ -5,14 +5,14 @@ SigLIP-base-patch16-384 (12 layers, hidden 768) on one 384 px image and the Whis
 `output_hidden_states=True` and layer -2 read (what the model did before trimming, and what the
 published code does). Goal: trimmed time at most 0.92x.
 
-    python bench/towers.py [--repeats 5]
+    python bench/towers.py [--repeats 5] [--quick]
 """
 
 import argparse
 import copy
 
 import torch
-from common import DEVICE, interleaved_medians, report
+from common import DEVICE, interleaved_medians, parse_arguments, quick, report
 from transformers import SiglipVisionConfig, SiglipVisionModel, WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -68,11 +68,20 @@ def measure(name: str, full, depth: int, inputs: torch.Tensor, repeats: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
     torch.manual_seed(0)
+    if quick():
+        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                                    image_size=32, patch_size=16)  # fmt: skip
+        audio = WhisperConfig(d_model=32, encoder_layers=3, encoder_attention_heads=2, encoder_ffn_dim=64,
+                              num_mel_bins=80, max_source_positions=100)  # fmt: skip
+        depth, side, frames, names = 3, 32, 200, ("tiny SigLIP, one image", "tiny Whisper encoder, one window")
+    else:
+        vision, audio, depth, side, frames = SIGLIP_BASE_384, WHISPER_SMALL, 12, 384, 3000
+        names = ("SigLIP-base-384, one image", "Whisper-small encoder, one 30 s window")
     cases = (
-        ("SigLIP-base-384, one image", SiglipVisionModel(SIGLIP_BASE_384), 12, torch.randn(1, 3, 384, 384)),
-        ("Whisper-small encoder, one 30 s window", WhisperEncoder(WHISPER_SMALL), 12, torch.randn(1, 80, 3000)),
+        (names[0], SiglipVisionModel(vision), depth, torch.randn(1, 3, side, side)),
+        (names[1], WhisperEncoder(audio), depth, torch.randn(1, 80, frames)),
     )
     rows = [measure(name, full, depth, inputs, args.repeats) for name, full, depth, inputs in cases]
     report("towers cut at the feature layer (-2)", rows, {"goal": "time_ratio <= 0.92"})

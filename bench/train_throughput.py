@@ -6,14 +6,14 @@ with an exact zero instead. Both train the finetune stage (encoders frozen, LM +
 AdamW) of the small configuration on the same batches of 4: a text-only, an image, an audio and a
 mixed conversation. Throughput counts real content tokens only (no padding, no placeholders).
 
-    python bench/train_throughput.py [--repeats 3]
+    python bench/train_throughput.py [--repeats 3] [--quick]
 """
 
 import argparse
 
 import numpy as np
 import torch
-from common import DEVICE, clip, image, interleaved_medians, report, small_model, small_processor
+from common import DEVICE, clip, image, interleaved_medians, parse_arguments, report, small_model, small_processor
 from PIL import Image
 
 from mmmmodal_hf.training import prepare_stage
@@ -62,7 +62,7 @@ def real_tokens(processor, samples) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
     processor = small_processor()
     models, optimizers, batches = {}, {}, {}
     for name, blanks in (("anchor", False), ("blank_placeholders", True)):

@@ -1,0 +1,43 @@
+"""Every benchmark in bench/ still runs: each script once with `--quick` (tiny sizes, one repeat), as its docstring's
+command would run it. Nothing is timed or compared here; a change that breaks a benchmark fails CI.
+bench/serving.py needs vLLM and runs in the vLLM job (test_bench_serving.py)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+SCRIPTS = sorted(
+    path.name for path in BENCH.glob("*.py") if "__main__" in path.read_text() and path.name != "serving.py"
+)
+
+
+def run_quick(script: str, timeout: int = 600) -> list[dict]:
+    """The script's JSON reports, after asserting it ran to the end."""
+    completed = subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick"],
+        cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    reports = [json.loads(line[len("JSON ") :]) for line in completed.stdout.splitlines() if line.startswith("JSON ")]
+    assert reports, completed.stdout[-2000:]
+    return reports
+
+
+def test_every_benchmark_is_found():
+    assert {"overhead.py", "chat_session.py", "memory.py", "packing.py", "processor.py", "towers.py"} <= set(SCRIPTS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_in_quick_mode(script):
+    for report in run_quick(script):
+        assert report["rows"], report["benchmark"]
+        for row in report["rows"]:
+            numbers = [value for value in row.values() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+            assert all(value == value and value >= 0 for value in numbers), row  # no NaN, nothing negative
