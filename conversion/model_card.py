@@ -60,7 +60,7 @@ def render_model_card(
     # Read as the published config whichever subclass wrote it (the demo's adds fields the card does not count),
     # without from_pretrained's warning that the folder's model type is another.
     config = MMMModalConfig.from_dict(MMMModalConfig.get_config_dict(folder)[0])
-    processor = MMMModalProcessor.from_pretrained(folder)
+    processor = MMMModalProcessor.from_pretrained(folder, trust_remote_code=True)  # a folder this package wrote
     counts = parameter_counts(config)
     image_size = processor.image_processor.size
     parts = {"language_model": text_model, "vision": vision_model, "audio": audio_model}

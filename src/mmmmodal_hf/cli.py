@@ -2,6 +2,7 @@
 
 import argparse
 import logging
+import os
 import sys
 
 from .cli_errors import InputError, first_line
@@ -21,6 +22,15 @@ def _drop_bitsandbytes_kernel_notices() -> None:
         logging.getLogger(name).addFilter(keep)
 
 
+def _name_the_cpu_for_deepspeed() -> None:
+    """DeepSpeed (imported by accelerate where installed) warns "Setting accelerator to CPU. If you have GPU ..."
+    whenever it finds no GPU; it then takes the CPU, as it does when told so. Told so, it says nothing."""
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
 def _needs_training_transformers(command: str, runner):
     """`runner`, run only where transformers trains: checked before its modules import Trainer, peft, bitsandbytes."""
 
@@ -30,6 +40,7 @@ def _needs_training_transformers(command: str, runner):
         if (status := require_training_transformers(f"mmmmodal {command}")) is not None:
             return status
         _drop_bitsandbytes_kernel_notices()
+        _name_the_cpu_for_deepspeed()
         return runner(argv)
 
     return run

@@ -274,7 +274,7 @@ def combine_alignments(image_run: str | Path, audio_run: str | Path, output_dir:
     with torch.no_grad():
         model.get_input_embeddings().weight[rows] = audio_model.get_input_embeddings().weight[rows]
     model.save_pretrained(output_dir)
-    MMMModalProcessor.from_pretrained(image_run).save_pretrained(output_dir)
+    MMMModalProcessor.from_pretrained(image_run, trust_remote_code=True).save_pretrained(output_dir)
     from .conversion.model_card import render_trained_model_card
 
     render_trained_model_card(
@@ -387,7 +387,7 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     model = load_model(args.model, dtype=dtype)
     with loading(args.model, "a processor"):
-        processor = MMMModalProcessor.from_pretrained(args.model)
+        processor = MMMModalProcessor.from_pretrained(args.model, trust_remote_code=True)  # the folder it was told to train
     model = prepare_stage(
         model,
         args.stage,

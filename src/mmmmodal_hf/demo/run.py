@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoTokenizer,
+    ProgressCallback,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     TrainingArguments,
@@ -248,11 +249,22 @@ def run_stage(
         optim="adamw_torch_fused",  # 4-5x faster than the unfused loop over the 32k-row embedding on a CPU
     )
     trainer = build_trainer(args, training_args)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(_LossOnTheBar)
     trainer.train()
     folder = save_stage_output(trainer, stage)
     write_demo_code(folder)
     losses = [{"stage": stage, "step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
     return folder, losses
+
+
+class _LossOnTheBar(ProgressCallback):
+    """Trainer's progress bar with the latest loss beside it, instead of a dictionary printed per log: the
+    losses go to the report (`losses.png`), the terminal keeps one line per stage."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and "loss" in (logs or {}):
+            self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
 
 
 def evaluate(model, processor, conversations: list[WorldConversation], media_folder: Path, batch_size: int = 32):
@@ -612,26 +624,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TABLE_LEGEND = (
+    "accuracy: the answer equals the expected one; chance: guessing among the kind's answers; verdict: its key "
+    "word right (the colour, the count, 'image 2') whatever the wording; well-formed: some valid answer of the "
+    "kind, right or not; one medium / several: accuracy (count) where the conversation held one / several media "
+    "of the type asked about."
+)
+
+
+def accuracy_lines(accuracy: dict) -> list[str]:
+    """The results table as printed, its columns explained under it, and a word for any kind no better than chance."""
+    lines = [
+        f"{'kind':16s} accuracy  (chance)  verdict  well-formed   {'one medium':>10s}  {'several':>10s}  (of the asked type)"
+    ]
+    guessing = []
+    for kind in KINDS:
+        row = accuracy[kind]
+        one, several = one_and_several(row["by_candidates"])
+        lines.append(
+            f"{kind:16s} {row['accuracy']:7.1%}   ({row['chance']:4.0%})  {row['verdict_right']:6.1%}  {row['well_formed']:7.1%}"
+            f"   {one:>10s}  {several:>10s}  n={row['n']}"
+        )
+        if row["accuracy"] <= row["chance"]:
+            guessing.append(f"{kind} ({row['accuracy']:.0%} against {row['chance']:.0%})")
+    lines += textwrap.wrap(TABLE_LEGEND, 110)
+    if guessing:
+        lines.append(f"no better than chance, so not learned yet: {', '.join(guessing)}")
+    positions = accuracy["several_by_position"]
+    if positions:
+        cells = ", ".join(f"{where} {cell['accuracy']:.0%} ({cell['n']})" for where, cell in positions.items())
+        lines.append(f"asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place: {cells}")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: int(v) if k in _BOOLEAN_OPTIONS else v for k, v in vars(args).items() if k != "quick"}
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
     metrics = run_demo(settings)
     print()
-    print(
-        f"{'kind':16s} accuracy  (chance)  verdict  well-formed   {'one medium':>10s}  {'several':>10s}  (of the asked type)"
-    )
-    for kind in KINDS:
-        row = metrics["accuracy"][kind]
-        one, several = one_and_several(row["by_candidates"])
-        print(
-            f"{kind:16s} {row['accuracy']:7.1%}   ({row['chance']:4.0%})  {row['verdict_right']:6.1%}  {row['well_formed']:7.1%}"
-            f"   {one:>10s}  {several:>10s}  n={row['n']}"
-        )
-    positions = metrics["accuracy"]["several_by_position"]
-    if positions:
-        cells = ", ".join(f"{where} {cell['accuracy']:.0%} ({cell['n']})" for where, cell in positions.items())
-        print(f"asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place: {cells}")
+    print("\n".join(accuracy_lines(metrics["accuracy"])))
     minutes = metrics["timings"]["total_s"] / 60
     if settings.quick_run:
         checks = metrics["quick_checks"]
@@ -646,5 +678,6 @@ def main(argv: list[str] | None = None) -> int:
             f"target 90% on every kind: {'reached' if metrics['reached_accuracy'] else 'NOT reached'}; {minutes:.1f} "
             f"min in all ({'within' if metrics['within_time'] else 'past'} the {TARGET_MINUTES}-minute budget)"
         )
-    print(f"report: {Path(settings.output_dir) / 'report'}; model: {metrics['model_folder']}")
+    report = Path(settings.output_dir) / "report"
+    print(f"report: {report} (chats with the reloaded model: {report / 'sample_chats.md'}); model: {metrics['model_folder']}")
     return 0 if not settings.quick_run or all(metrics["quick_checks"].values()) else 1
