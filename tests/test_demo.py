@@ -30,6 +30,15 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     )
     report = output / "report"
     metrics = json.loads((report / "metrics.json").read_text())
+    # The table's columns are explained where it prints, and a kind no better than chance is named under it.
+    assert "well-formed: some valid answer of the" in completed.stdout
+    guessing = [kind for kind in KINDS if metrics["accuracy"][kind]["accuracy"] <= metrics["accuracy"][kind]["chance"]]
+    named = next((line for line in completed.stdout.splitlines() if line.startswith("no better than chance")), "")
+    assert all(f"{kind} (" in named for kind in guessing) and bool(named) == bool(guessing), named
+    # Training shows its loss on the progress bar, not a dictionary per log; DeepSpeed says nothing of the CPU.
+    assert "{'loss'" not in completed.stdout + completed.stderr
+    assert "Setting accelerator to CPU" not in completed.stdout + completed.stderr
+    assert "sample_chats.md" in completed.stdout
     assert metrics["tokenizer"] == "mistral" and metrics["vocabulary"] == 32006
     assert set(metrics["accuracy"]) >= set(KINDS)
     # Each kind is also split by how many media of the asked type its conversations held.

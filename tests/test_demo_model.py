@@ -141,3 +141,33 @@ def test_the_published_model_holds_none_of_the_demo(model, tmp_path):
     assert "media_index_embeddings" not in config and "previous_token_mix" not in config
     assert not [key for key in model.state_dict() if "index_embedding" in key or "previous_token" in key]
     assert not (tmp_path / "modeling_mmmmodal_demo.py").exists()
+
+
+def test_training_a_folder_with_its_own_code_asks_nothing(session_processor, tmp_path):
+    """`mmmmodal train` trusts the folder it is told to train: a demo folder (its own model code) trains without
+    transformers' "Do you wish to run the custom code?" (which waited 15 s per question in a terminal) and without
+    a https://hf.co/ link made from the local path."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny_parts import write_tiny_dataset
+
+    folder = tmp_path / "demo_model"
+    tiny_model(session_processor, media_index_embeddings=4).save_pretrained(folder)
+    session_processor.save_pretrained(folder)
+    write_demo_code(folder)
+    data = write_tiny_dataset(tmp_path / "data", rows=4)
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "train", "--stage", "finetune", "--model", str(folder),
+         "--data", str(data), "--output_dir", str(tmp_path / "run"), "--max_steps", "1", "--report_to", "none",
+         "--save_strategy", "no", "--per_device_train_batch_size", "2"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    said = completed.stdout + completed.stderr
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "custom code" not in said and "hf.co" not in said, said[-2000:]
+    assert "Setting accelerator to CPU" not in said  # DeepSpeed, told it runs on the CPU, says nothing of it
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["model_type"] == "mmmmodal_demo" and (tmp_path / "run" / "modeling_mmmmodal_demo.py").is_file()
