@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
-from mmmmodal_hf.cli_errors import loading
+from mmmmodal_hf.cli_errors import loading, local_path
 from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.build import PRESETS, mean_initialise_new_rows
 from mmmmodal_hf.conversion.model_card import render_model_card
@@ -82,11 +82,11 @@ def map_key(key: str) -> tuple[str | None, str]:
 
 def resolve_source(source: str) -> Path:
     """A local folder as is; a Hub id downloaded (configs, tokenizer, safetensors only)."""
-    if Path(source).is_dir():
-        return Path(source)
     from huggingface_hub import snapshot_download
 
     with loading(source, "a released checkpoint"):
+        if local_path(source) is not None:
+            return Path(source).expanduser()
         return Path(
             snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
         )

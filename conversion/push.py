@@ -17,6 +17,7 @@ from pathlib import Path
 
 from huggingface_hub.errors import HfHubHTTPError
 
+from mmmmodal_hf.cli_errors import require_loadable
 from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.convert import PICKLE_SUFFIXES
 from mmmmodal_hf.conversion.model_card import check_card
@@ -195,6 +196,7 @@ def hub_refusal(error: HfHubHTTPError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    require_loadable(args.folder, "a model to publish")
     try:
         files = push_folder(
             args.folder,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmmmodal_hf.cli_errors import why_unloadable
+from mmmmodal_hf.cli_errors import local_path, why_unloadable
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -38,6 +38,38 @@ def test_a_missing_input_is_named_in_one_line(args, message, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]  # nothing written
 
 
+TYPO = "mmmmodal-demo/modle"  # the README's path style, one letter off, beside a real mmmmodal-demo/ folder
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["chat", TYPO, "-p", "hi"], f"mmmmodal chat: cannot load an MMMModal model from '{TYPO}': no such folder"),
+        (["web", TYPO], f"mmmmodal web: cannot load an MMMModal model from '{TYPO}': no such folder"),
+        (["serve", TYPO], f"mmmmodal serve: cannot load an MMMModal model from '{TYPO}': no such folder"),
+        (["train", "--stage", "align", "--model", TYPO, "--data", "rows.jsonl", "--output_dir", "out"],
+         f"mmmmodal train: cannot load an MMMModal model from '{TYPO}': no such folder"),
+        (["convert", TYPO, "--output-dir", "out"], f"mmmmodal convert: cannot load a released checkpoint from '{TYPO}': no such folder"),
+        (["push", TYPO, "--repo-id", "you/model", "--dry-run"], f"mmmmodal push: cannot load a model to publish from '{TYPO}': no such folder"),
+        (["data", "validate", "rows.jsonl", "--processor", TYPO], f"mmmmodal data: cannot load a processor from '{TYPO}': no such folder"),
+        (["chat", "mmmmodal-demo", "-p", "hi"],
+         "mmmmodal chat: cannot load an MMMModal model from 'mmmmodal-demo': the folder has no config.json, so it holds no saved model"),
+    ],
+)  # fmt: skip
+def test_a_typo_in_a_local_path_is_named_at_once_without_the_network(args, message, tmp_path):
+    """A name whose first part is a folder here is a local path: no Hub request, no retries (found: twelve
+    `Retrying in 8s` lines and 51 s, then "couldn't connect"). The Hub is a closed port on 127.0.0.1 here, so any
+    request would fail loudly; none is made."""
+    (tmp_path / "mmmmodal-demo" / "world").mkdir(parents=True)
+    env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens
+    command = [str(Path(sys.executable).with_name("mmmmodal")), *args]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
+    assert completed.stderr.strip().splitlines()[-1] == message
+    assert "Retrying" not in completed.stderr and "127.0.0.1:9" not in completed.stderr
+
+
 def test_only_a_path_that_is_not_there_is_called_missing(tmp_path):
     error = OSError("Repo id must be in the form 'repo_name' or 'namespace/repo_name'")
     assert why_unloadable(str(tmp_path / "absent"), error) == "no such folder"
@@ -48,3 +80,12 @@ def test_only_a_path_that_is_not_there_is_called_missing(tmp_path):
         == "We couldn't connect to 'https://huggingface.co' to load the files."
     )
     assert why_unloadable(str(tmp_path), OSError("no config.json")) == "no config.json"  # there, but not a model
+
+
+def test_a_hub_id_is_not_taken_for_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert local_path("mesolitica/malaysian-tinyllama-1.1b-mmmmodal") is None  # owner/name, no folder 'mesolitica'
+    assert local_path("gpt2") is None  # a bare name that is not here is a Hub id too
+    assert local_path("runs/typo") == Path("runs/typo")  # its first part is a folder here
+    assert local_path("runs") == Path("runs") and local_path("a/b/c") == Path("a/b/c")

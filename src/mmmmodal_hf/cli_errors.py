@@ -13,22 +13,57 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def local_path(source: str) -> Path | None:
+    """`source` as a local path where it is meant as one, else None (a Hub id, `owner/name`).
+
+    Meant as a path: written as one (`/`, `.`, `~`, more than one `/`), there on disk, or a name whose first
+    part is a folder here: `mmmmodal-demo/modle` beside `mmmmodal-demo/` is a typo in a path, which as a Hub id
+    would cost a minute of retried downloads before the same answer.
+    """
+    path = Path(source).expanduser()
+    first_part = source.split("/", 1)[0]
+    written_as_path = source.startswith(("/", ".", "~")) or source.count("/") > 1
+    if written_as_path or path.exists() or ("/" in source and Path(first_part).is_dir()):
+        return path
+    return None
+
+
+def local_problem(source: str, needs: str | None = "config.json") -> str | None:
+    """What is wrong with `source` as a local folder (None where nothing is, or where it is a Hub id): not
+    there, not a folder, or without the file `needs` that every saved model holds."""
+    path = local_path(source)
+    if path is None:
+        return None
+    if not path.exists():
+        return "no such folder"
+    if not path.is_dir():
+        return "not a folder"
+    if needs and not (path / needs).is_file():
+        return f"the folder has no {needs}, so it holds no saved model"
+    return None
+
+
 def why_unloadable(source: str, error: BaseException) -> str:
     """Why `source` (a folder or a Hub id) did not load. A path that is not there is said to be missing:
     transformers would answer that it is no valid repo id, true but no help for a typo in a path."""
-    looks_local = source.startswith(("/", ".", "~")) or source.count("/") > 1
-    if looks_local and not Path(source).expanduser().exists():
-        return "no such folder"
-    return first_line(error)
+    return local_problem(source, needs=None) or first_line(error)
+
+
+def require_loadable(source, what: str = "an MMMModal model", needs: str | None = "config.json") -> None:
+    """Refuse a local `source` that cannot hold what is asked for, at once, before anything is loaded."""
+    if problem := local_problem(str(source), needs):
+        raise InputError(f"cannot load {what} from {str(source)!r}: {problem}")
 
 
 @contextmanager
-def loading(source, what: str = "an MMMModal model"):
-    """Around a `from_pretrained` of `source`: its failure becomes an InputError naming the source."""
+def loading(source, what: str = "an MMMModal model", needs: str | None = "config.json"):
+    """Around a `from_pretrained` of `source`: a local folder that is not there (or holds no `needs`) is refused
+    before it starts, and its failure becomes an InputError naming the source."""
+    require_loadable(source, what, needs)
     try:
         yield
     except (OSError, ValueError, KeyError) as error:  # KeyError: a config of a model type transformers lacks
         raise InputError(f"cannot load {what} from {str(source)!r}: {why_unloadable(str(source), error)}") from error
 
 
-__all__ = ["InputError", "first_line", "loading", "why_unloadable"]
+__all__ = ["InputError", "first_line", "loading", "local_path", "local_problem", "require_loadable", "why_unloadable"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cli_errors import loading
 from ..cli_help import command_parser
 from ..data import UnusableRow, conversation_from_row, encode_conversation, load_rows
 from ..media_mmmmodal import load_audio, load_image
@@ -188,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers import AutoProcessor
 
-    processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)
+    with loading(args.processor, "a processor", needs=None):
+        processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)
     report = validate_dataset(args.data, processor, args.block_size, args.limit)
     print(report.summary())
     if args.report:

