@@ -33,7 +33,11 @@ def _scatter(model, inputs) -> torch.Tensor:
     inner = model.model
     embeds = inner.get_input_embeddings()(inputs["input_ids"])
     for key, features, token in (
-        ("pixel_values", lambda: inner.get_image_features(inputs["pixel_values"]).pooler_output, model.config.image_token_id),
+        (
+            "pixel_values",
+            lambda: inner.get_image_features(inputs["pixel_values"]).pooler_output,
+            model.config.image_token_id,
+        ),
         (
             "input_features",
             lambda: inner.get_audio_features(inputs["input_features"], inputs["input_features_mask"]).pooler_output,

@@ -25,9 +25,10 @@ def main() -> None:
     expanded = processor(text=batch_text, images=batch_images, audio=batch_clips, return_text_replacement_offsets=True)
     written_out = [
         processor.expand_media_placeholders(
-            text, [processor.num_image_slots(processor.image_processor.size.height, processor.image_processor.size.width)] * 2, [
-                processor.num_clip_slots(len(clips[0])), processor.num_clip_slots(len(clips[1]))
-            ]
+            text,
+            [processor.num_image_slots(processor.image_processor.size.height, processor.image_processor.size.width)]
+            * 2,
+            [processor.num_clip_slots(len(clips[0])), processor.num_clip_slots(len(clips[1]))],
         )
     ] * args.samples
     assert processor.tokenizer(written_out, padding=True)["input_ids"] == expanded["input_ids"]

@@ -39,5 +39,7 @@ def test_benchmark_runs_in_quick_mode(script):
     for report in run_quick(script):
         assert report["rows"], report["benchmark"]
         for row in report["rows"]:
-            numbers = [value for value in row.values() if isinstance(value, (int, float)) and not isinstance(value, bool)]
+            numbers = [
+                value for value in row.values() if isinstance(value, (int, float)) and not isinstance(value, bool)
+            ]
             assert all(value == value and value >= 0 for value in numbers), row  # no NaN, nothing negative

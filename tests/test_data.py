@@ -16,6 +16,7 @@ from mmmmodal_hf.data import (
     conversation_from_row,
     encode_conversation,
     load_rows,
+    row_conversation,
 )
 
 from tiny_parts import CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
@@ -348,3 +349,38 @@ def test_length_grouped_batches_hold_like_lengths_in_random_order():
     assert 15 <= rises <= 34
     torch.manual_seed(1)
     assert list(sampler) != order  # a new order each epoch
+
+
+def test_rows_are_named_by_their_line_whatever_lines_fail_or_are_blank(tmp_path):
+    lines = [
+        json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+        "",
+        '{"messages": [{"role": "user", "content": "cut',
+        "[1, 2]",
+        json.dumps({"messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}),
+    ]
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n")
+    for streaming in (False, True):
+        read = []
+        for index, row in enumerate(load_rows(tmp_path / "rows.jsonl", streaming=streaming)):
+            try:
+                row_conversation(row, index)
+                read.append(row["_row_id"])
+            except UnusableRow as error:
+                read.append(str(error))
+        assert read == [
+            "rows.jsonl:1",
+            "row rows.jsonl:3: not valid JSON (Unterminated string starting at: column 43)",
+            "row rows.jsonl:4: a JSON list, not an object",
+            "rows.jsonl:5",
+        ], streaming
+
+
+def test_a_json_document_that_does_not_parse_is_named_with_where(tmp_path):
+    from mmmmodal_hf.cli_errors import InputError
+
+    (tmp_path / "rows.json").write_text('[{"messages": []},\n {"messages": ')
+    with pytest.raises(InputError, match=r"rows.json: not valid JSON \(Expecting value: line 2 column 15\)"):
+        load_rows(tmp_path / "rows.json")
+    (tmp_path / "lines.json").write_text('{"messages": []}\n{"messages": \n')  # JSON Lines in a .json file
+    assert [row.get("_unreadable") is not None for row in load_rows(tmp_path / "lines.json")] == [False, True]

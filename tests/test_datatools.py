@@ -116,6 +116,26 @@ def test_validate_finds_every_planted_defect(tmp_path, session_processor):
     assert not report.ok and "too long: 1 rows" in report.summary()
 
 
+def test_validate_reports_a_line_cut_in_half_as_a_defect_and_reads_on(tmp_path, base_folder, capsys):
+    write_media(tmp_path)
+    data = write_jsonl(
+        tmp_path / "cut.jsonl", [image_row("media/red.png"), image_row("media/blue.png"), audio_row("media/tone.wav")]
+    )
+    lines = data.read_text().splitlines()
+    data.write_text("\n".join([lines[0], lines[1][:25], lines[2]]) + "\n")
+    report_file = tmp_path / "report.json"
+    code = cli(["data", "validate", str(data), "--processor", str(base_folder), "--report", str(report_file)])
+    assert code == 1
+    report = json.loads(report_file.read_text())
+    assert report["rows"] == 3 and report["kinds"] == {"image": 1, "audio": 1}  # the rows around it were read
+    assert report["problems"] == {
+        "unusable row": [
+            ["cut.jsonl:2", "row cut.jsonl:2: not valid JSON (Unterminated string starting at: column 21)"]
+        ]
+    }
+    assert "unusable row: 1 rows" in capsys.readouterr().out
+
+
 @pytest.fixture
 def single_media_sources(tmp_path):
     kinds = write_media(tmp_path)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -477,3 +478,33 @@ def test_grown_head_starts_the_answers_rows_apart_and_trains_every_target_row(ba
     for group in trainer.head.row_groups.unique():
         shared = head[~in_use & (trainer.head.row_groups == group)]
         assert torch.equal(shared, shared[:1].expand_as(shared)), int(group)
+
+
+def cut_in_half(data_file: Path, line_number: int, folder: Path) -> Path:
+    """A copy of `data_file` (beside the same media) whose line `line_number` ends halfway, and a blank line after it."""
+    lines = data_file.read_text().splitlines()
+    lines[line_number - 1] = lines[line_number - 1][: len(lines[line_number - 1]) // 2]
+    lines.insert(line_number, "")
+    cut = folder / "cut.jsonl"
+    cut.write_text("\n".join(lines) + "\n")
+    return cut
+
+
+@pytest.mark.parametrize("streaming", ["False", "True"])
+def test_a_line_cut_in_half_is_skipped_by_name_and_training_goes_on(streaming, base_folder, data_file, tmp_path):
+    """Found: pyarrow's "JSON parse error ... in row 9" (counted from 0) stopped `mmmmodal train` before step 0."""
+    cut = cut_in_half(data_file, 3, data_file.parent)
+    completed = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "train", "--stage", "align", "--model", str(base_folder),
+         "--data", str(cut), "--output_dir", str(tmp_path / "run"), "--max_steps", "4",
+         "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+         "--block_size", "512", "--streaming", streaming],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "Traceback" not in completed.stderr
+    assert "skipping row cut.jsonl:3: not valid JSON (Unterminated string starting at: column" in completed.stderr, (
+        completed.stderr[-3000:]
+    )
+    assert "cut.jsonl:4" not in completed.stderr  # the blank line after it keeps every later line's number
+    assert (tmp_path / "run" / "model.safetensors").exists()

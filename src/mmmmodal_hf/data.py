@@ -12,7 +12,10 @@ audio clip is decided by decoding it (`media_mmmmodal`), never by its extension.
 """
 
 import bisect
+import hashlib
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,11 +27,14 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from .cli_errors import InputError
+
 logger = logging.getLogger(__name__)
 
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 _TAG_RE = re.compile(r"<(image|audio)>(?:\s*</\1>)?")
 IGNORE_INDEX = -100
+UNREADABLE = "_unreadable"  # the one field of a row read from a line that is no JSON object: why
 
 
 class UnusableRow(ValueError):
@@ -58,6 +64,8 @@ def _clean_block(block: dict) -> dict:
 
 def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = "?") -> Conversation:
     """Normalise a row of either format; raises `UnusableRow` naming what is wrong."""
+    if row.get(UNREADABLE):
+        raise UnusableRow(f"row {row_id}: {row[UNREADABLE]}")
     messages = row.get("conversations") or row.get("messages")
     if not messages:
         raise UnusableRow(f"row {row_id}: no 'conversations' or 'messages'")
@@ -296,19 +304,83 @@ def data_files(path: str | Path) -> list[Path]:
     return [path]
 
 
+def _json_error(error: json.JSONDecodeError) -> str:
+    return f"not valid JSON ({error.msg}: column {error.colno})"
+
+
+def _read_json_lines(file: Path) -> tuple[list[int], list[str]] | None:
+    """The line number and the row of each non-blank line of a JSON Lines file, a line that is no JSON object
+    replaced by a row saying why; None when every line is one and none is blank (the file reads as it is)."""
+    numbers, rows, as_is = [], [], True
+    with open(file, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                as_is = False  # pyarrow skips blank lines: row k would no longer be line k
+                continue
+            line = line.rstrip("\r\n")
+            try:
+                row = json.loads(line)
+                problem = None if isinstance(row, dict) else f"a JSON {type(row).__name__}, not an object"
+            except json.JSONDecodeError as error:
+                problem = _json_error(error)
+            numbers.append(number)
+            rows.append(line if problem is None else json.dumps({UNREADABLE: problem}))
+            as_is = as_is and problem is None
+    return None if as_is else (numbers, rows)
+
+
+def _is_json_lines(file: Path) -> bool:
+    """A .jsonl file, or a .json file that holds JSON Lines rather than one document; a .json document that does
+    not parse is refused whole, naming where (its rows cannot be told apart)."""
+    if file.suffix == ".jsonl":
+        return True
+    text = file.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return False
+    except json.JSONDecodeError as error:
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            return isinstance(json.loads(first), dict)
+        except json.JSONDecodeError:
+            raise InputError(
+                f"{file}: not valid JSON ({error.msg}: line {error.lineno} column {error.colno})"
+            ) from None
+
+
+def _readable_copy(file: Path, rows: list[str]) -> Path:
+    """`rows` written once per version of `file` beside `datasets`' cache, for `datasets` to read in its place."""
+    import datasets
+
+    stat = file.stat()
+    key = hashlib.sha256(f"{file.resolve()}:{stat.st_mtime_ns}:{stat.st_size}".encode()).hexdigest()[:24]
+    copy = Path(datasets.config.HF_DATASETS_CACHE) / "mmmmodal_readable_rows" / f"{key}.jsonl"
+    if not copy.exists():
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        partial = copy.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+        partial.replace(copy)
+    return copy
+
+
 def load_rows(path: str | Path, streaming: bool = False):
-    """A `datasets` dataset of raw rows with `_base_dir` and `_row_id` columns added, one file at a time."""
+    """A `datasets` dataset of raw rows with `_base_dir` and `_row_id` (`file:line`, counted from 1) columns added,
+    one file at a time. A JSON Lines line that does not parse becomes a row holding only why (`_unreadable`):
+    every reader skips it as an unusable row named by file and line, and the rows around it are read."""
     import datasets
 
     parts = []
     for file in data_files(path):
+        lines = _read_json_lines(file) if DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file) else None
+        source = file if lines is None else _readable_copy(file, lines[1])
         part = datasets.load_dataset(
-            DATA_SUFFIXES[file.suffix], data_files=str(file), split="train", streaming=streaming
+            DATA_SUFFIXES[file.suffix], data_files=str(source), split="train", streaming=streaming
         )
+        numbers = None if lines is None else lines[0]
         part = part.map(
-            lambda row, index, base=str(file.parent), name=file.name: {
+            lambda row, index, base=str(file.parent), name=file.name, numbers=numbers: {
                 "_base_dir": base,
-                "_row_id": f"{name}:{index + 1}",  # rows counted from 1, as lines are
+                "_row_id": f"{name}:{index + 1 if numbers is None else numbers[index]}",
             },
             with_indices=True,
         )

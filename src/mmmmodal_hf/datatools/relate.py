@@ -12,6 +12,7 @@ Malay version of each conversation and writes it as a further row.
 
 import argparse
 import json
+import logging
 import re
 import sys
 import urllib.request
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 
 from ..cli_help import command_parser
 from .rows import MEDIA_BLOCK_TEXT, write_rows
+
+logger = logging.getLogger(__name__)
 
 PROMPTS = Path(__file__).parent / "prompts"
 PAIR_TYPES = {"image-image": ("image", "image"), "audio-audio": ("audio", "audio"), "image-audio": ("image", "audio")}
@@ -119,10 +122,13 @@ class LocalLLM:
 
 
 def load_items(path) -> list[dict]:
-    from ..data import load_rows
+    from ..data import UNREADABLE, load_rows
 
     items = []
     for row in load_rows(path):
+        if row.get(UNREADABLE):
+            logger.warning("skipping item %s: %s", row["_row_id"], row[UNREADABLE])
+            continue
         if row.get("kind") not in ("image", "audio") or not row.get("path") or not row.get("text"):
             raise ValueError(f"{row.get('_row_id')}: items need 'kind' (image|audio), 'path' and 'text'")
         path = Path(row["path"])

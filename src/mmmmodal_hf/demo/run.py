@@ -653,7 +653,9 @@ def accuracy_lines(accuracy: dict) -> list[str]:
     positions = accuracy["several_by_position"]
     if positions:
         cells = ", ".join(f"{where} {cell['accuracy']:.0%} ({cell['n']})" for where, cell in positions.items())
-        lines.append(f"asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place: {cells}")
+        lines.append(
+            f"asked about one of several media (colour, shape, pitch, beeps, follow-up), by its place: {cells}"
+        )
     return lines
 
 
@@ -679,5 +681,7 @@ def main(argv: list[str] | None = None) -> int:
             f"min in all ({'within' if metrics['within_time'] else 'past'} the {TARGET_MINUTES}-minute budget)"
         )
     report = Path(settings.output_dir) / "report"
-    print(f"report: {report} (chats with the reloaded model: {report / 'sample_chats.md'}); model: {metrics['model_folder']}")
+    print(
+        f"report: {report} (chats with the reloaded model: {report / 'sample_chats.md'}); model: {metrics['model_folder']}"
+    )
     return 0 if not settings.quick_run or all(metrics["quick_checks"].values()) else 1
