@@ -34,3 +34,15 @@ def test_the_training_commands_exit_in_one_line_where_transformers_is_too_old():
         done = subprocess.run(args, capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (name, done.stderr)
         assert done.stderr.startswith(f"mmmmodal {name} needs transformers>="), done.stderr
+
+
+def test_torch_has_a_floor_and_no_cap():
+    """Found: `torch<2.15` made `pip install mmmmodal-hf` beside torch 2.15 replace it with 2.14 (gigabytes on a GPU
+    machine). The package names no torch it cannot run on: a floor, no ceiling."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    (torch_requirement,) = [r for r in map(Requirement, requires("mmmmodal-hf")) if r.name == "torch" and not r.marker]
+    assert not torch_requirement.specifier.contains("2.3.1")
+    assert all(torch_requirement.specifier.contains(v) for v in ("2.4.0", "2.13.0", "2.15.0", "2.16.1", "3.0.0"))
