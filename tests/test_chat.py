@@ -42,6 +42,8 @@ def test_two_turns_with_image_and_audio_commands(saved_folder, tmp_path):
                 "Apa yang ada dalam gambar dan audio ini?",
                 "And the colour?",
                 f"/image {tmp_path / 'missing.png'}",
+                "/image",
+                "/audio   ",
                 f"/save {tmp_path / 'conversation.json'}",
                 "/quit",
             ]
@@ -55,6 +57,8 @@ def test_two_turns_with_image_and_audio_commands(saved_folder, tmp_path):
     answers = [line[len("model> ") :] for line in out.splitlines() if line.startswith("model> ")]
     assert len(answers) == 2 and all(answer.strip() for answer in answers)
     assert "error: image 2 (" in out and "missing.png): no such file" in out
+    assert "/image needs a file: /image PATH" in out and "/audio needs a file: /audio PATH" in out
+    assert "unknown command" not in out
     saved = json.loads((tmp_path / "conversation.json").read_text())["messages"]
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
     assert [b["type"] for b in saved[0]["content"]] == ["image", "audio", "text"]
@@ -183,3 +187,15 @@ def test_ctrl_c_at_the_prompt_in_a_terminal(saved_folder):
     assert ended[0] != 0, f"the chat did not end after Ctrl-C:\n{screen.decode(errors='replace')}"
     assert os.waitstatus_to_exitcode(ended[1]) == 130
     assert b"mmmmodal chat: interrupted" in screen and b"Traceback" not in screen
+
+
+def test_a_bad_file_is_refused_before_the_model_loads(tmp_path):
+    """Found: `--image` with a file that is no image loaded the model first. Here the model is not there at all:
+    the answer names the file, so nothing was loaded before it."""
+    (tmp_path / "notes.png").write_text("not a picture")
+    soundfile.write(tmp_path / "beep.wav", random_clip(1), 16000)
+    completed = chat(tmp_path / "no_model_here", "--audio", str(tmp_path / "beep.wav"), "--image",
+                     str(tmp_path / "notes.png"), "-p", "Apa?")  # fmt: skip
+    assert completed.returncode == 2 and "Traceback" not in completed.stderr
+    (line,) = completed.stderr.strip().splitlines()
+    assert line.startswith(f"mmmmodal chat: image 1 ({tmp_path / 'notes.png'}): not a readable image"), line

@@ -199,3 +199,35 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
     )
     assert completed.returncode == 1 and "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("mmmmodal web: cannot load an MMMModal model from")
+
+
+def test_a_refused_upload_leaves_no_traceback_in_the_server_log(saved_folder, tmp_path):
+    """Found: `mmmmodal web` printed Gradio's full traceback for an upload it had refused cleanly through `/chat`."""
+    import subprocess
+    import sys
+
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    good = Path(example_media()["blue_square"]).read_bytes()
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(good[: len(good) // 3])
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(saved_folder), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        while "MMMModal chat on" not in (line := process.stdout.readline()):
+            assert line, "the server ended before it served"
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(AppError, match="broken.png: the image data is corrupt or truncated"):
+            client.predict({"text": "Apa ini?", "files": [handle_file(str(broken))]}, 4, 0.0, 1.0, api_name="/chat")
+        answer = client.predict({"text": "Apa ini?", "files": []}, 4, 0.0, 1.0, api_name="/chat")
+        assert isinstance(answer, str) and answer.strip()  # the server goes on
+    finally:
+        process.terminate()
+        log, _ = process.communicate(timeout=60)
+    assert "Traceback" not in log, log[-3000:]

@@ -107,11 +107,17 @@ def interactive(session: ChatSession, lines, write) -> None:
             elif line == "/undo":
                 session.undo()
                 write("(last exchange removed)\n")
-            elif line.startswith(("/image ", "/audio ")):
-                kind, path = line[1:].split(" ", 1)
+            elif line.split()[0] in ("/image", "/audio"):
+                kind, _, path = line[1:].partition(" ")
+                if not path.strip():
+                    write(f"/{kind} needs a file: /{kind} PATH\n")
+                    continue
                 session.attach(kind, path.strip())
                 write(f"({kind} attached to the next turn: {path.strip()})\n")
-            elif line.startswith("/save "):
+            elif line.split()[0] == "/save":
+                if len(line.split()) == 1:
+                    write("/save needs a file: /save FILE\n")
+                    continue
                 write(f"(saved {session.save(line.split(' ', 1)[1].strip())})\n")
             elif line.startswith("/"):
                 write(f"unknown command; {HELP}\n")
@@ -148,12 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompt is not None and not args.prompt.strip():
         print("mmmmodal chat: the prompt (-p) is empty; write a question", file=sys.stderr)
         return 2
-    for kind in ("image", "audio"):  # before the model loads: a typo should not cost a minute
-        missing = next((path for path in getattr(args, kind) if not Path(path).is_file()), None)
-        if missing is not None:
-            number = getattr(args, kind).index(missing) + 1
-            print(f"mmmmodal chat: {kind} {number} ({missing}): no such file", file=sys.stderr)
-            return 2
+    if (problem := _unusable_attachment(args)) is not None:  # before the model loads: a bad file costs no minute
+        print(f"mmmmodal chat: {problem}", file=sys.stderr)
+        return 2
     generate_kwargs = {"max_new_tokens": args.max_new_tokens}
     if args.min_new_tokens:
         generate_kwargs["min_new_tokens"] = args.min_new_tokens
@@ -184,6 +187,19 @@ def main(argv: list[str] | None = None) -> int:
         print("\nmmmmodal chat: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _unusable_attachment(args) -> str | None:
+    """What is wrong with the first `--image` / `--audio` file that is missing or not that medium, else None."""
+    for kind, loader in (("image", load_image), ("audio", lambda path: load_audio(path, 16000))):
+        for number, path in enumerate(getattr(args, kind), start=1):
+            if not Path(path).is_file():
+                return f"{kind} {number} ({path}): no such file"
+            try:
+                loader(path)
+            except ValueError as error:
+                return f"{kind} {number} ({path}): {error}"
+    return None
 
 
 def _prompted_lines(write):

@@ -162,14 +162,14 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
         session = session or new_session()
         text, files = _message_parts(message)
         images, audio, problems = _sorted_media(files)
-        if problems:
-            raise gr.Error("; ".join(problems))
+        if problems:  # refused cleanly, as the page refuses it: the client is told, the server log keeps no traceback
+            raise gr.Error("; ".join(problems), print_exception=False)
         try:
             answer = session.send(
                 text, images=images, audio=audio, **_generation_settings(max_new_tokens, temperature, top_p)
             )
         except ValueError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), print_exception=False) from None
         return answer, session
 
     def undo(history, session):
