@@ -1,6 +1,7 @@
 """`mmmmodal demo --quick`: the whole pipeline on the synthetic world, as CI runs it."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,11 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert Image.open(report / "report.png").size == (1000, 420)
     assert len((report / "heldout_answers.jsonl").read_text().splitlines()) == metrics["settings"]["eval_per_kind"] * 9
     assert check_folder_loads(metrics["model_folder"])["new_tokens"] == 2
+    # The page's examples, asked of the quick run's model: the kinds it has learned best answer right, and every
+    # answer is one of its world's answers (the full run's model answers all four right: docs/demo.md).
+    answers = example_answers(metrics["model_folder"])
+    assert answers[0] == "Blue." and answers[2] == "Audio 1: high. Audio 2: low. So audio 1.", answers
+    assert answers[1].endswith(".") and answers[3].endswith("."), answers
     # The saved model is a Hub repo as it stands: `mmmmodal push --dry-run` takes it (no pickles, a card).
     pushed = subprocess.run(
         [
@@ -119,6 +125,47 @@ def test_every_answer_fits_what_evaluation_generates(tmp_path):
     answers = {c.answer for c in make_split(tmp_path / "world", 900, seed=0, images=60, clips=40)}
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
     assert longest + 1 <= ANSWER_TOKENS  # and the end-of-sequence token
+
+
+def example_answers(folder) -> list[str]:
+    """Greedy answers of the model in `folder` to the web page's examples, each a fresh chat, as the page asks them."""
+    from transformers import AutoModel, AutoProcessor
+
+    from mmmmodal_hf.session import MMMModalChatSession
+    from mmmmodal_hf.web import example_turns, media_kind
+
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    answers = []
+    for text, files in example_turns():
+        images = [path for path in files if media_kind(path) == "image"]
+        audio = [path for path in files if media_kind(path) == "audio"]
+        answers.append(MMMModalChatSession(model, processor, max_new_tokens=ANSWER_TOKENS).send(text, images, audio))
+    return answers
+
+
+def test_the_shipped_examples_ask_as_the_demo_world_asks(tmp_path):
+    """The README's and the page's example questions are questions of the world the demo's model learned (found:
+    examples phrased otherwise got `Audio 3: low. Image 1.`), and the README's chat uses them."""
+    from pathlib import Path
+
+    from mmmmodal_hf.web import example_turns
+
+    asked = {
+        block["text"]
+        for conversation in make_split(tmp_path / "world", 900, seed=0, images=60, clips=40)
+        for turn in conversation.turns
+        if turn["role"] == "user" and isinstance(turn["content"], list)
+        for block in turn["content"]
+        if block.get("type") == "text"
+    }
+    examples = [text for text, _ in example_turns()]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme_questions = re.findall(r'you> ([^/\n][^\n]*?)\n|-p "([^"]+)"', readme)
+    readme_questions = [one or other for one, other in readme_questions]
+    assert len(examples) == 4 and len(readme_questions) >= 2
+    for question in [*examples, *readme_questions]:
+        assert question in asked, question
 
 
 def test_accuracy_splits_each_kind_by_how_many_media_it_could_mean():

@@ -171,3 +171,29 @@ def test_training_a_folder_with_its_own_code_asks_nothing(session_processor, tmp
     assert "Setting accelerator to CPU" not in said  # DeepSpeed, told it runs on the CPU, says nothing of it
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model_type"] == "mmmmodal_demo" and (tmp_path / "run" / "modeling_mmmmodal_demo.py").is_file()
+
+
+def test_chat_and_page_say_in_one_line_what_the_demo_model_knows(session_processor, saved_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from mmmmodal_hf.web import build_app
+
+    folder = tmp_path / "demo_model"
+    demo = tiny_model(session_processor, media_index_embeddings=4)
+    demo.save_pretrained(folder)
+    session_processor.save_pretrained(folder)
+    write_demo_code(folder)
+    notice = MMMModalDemoConfig.chat_notice
+    assert json.loads((folder / "config.json").read_text())["chat_notice"] == notice
+    for model_folder, said in ((folder, notice), (saved_folder, None)):
+        completed = subprocess.run(
+            [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(model_folder), "-p", "Apa?", "--max-new-tokens", "2"],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert completed.returncode == 0, completed.stderr[-2000:]
+        shown = [line for line in completed.stderr.splitlines() if line.startswith("This is the demo's model")]
+        assert shown == ([said] if said else []), completed.stderr[-2000:]
+    page = build_app(demo, session_processor).config
+    texts = [c["props"].get("value") for c in page["components"] if c["props"].get("elem_id") == "notice"]
+    assert texts == [f"*{notice}*"]

@@ -169,16 +169,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         session = ChatSession(*load(args.model), system=args.system, **generate_kwargs)
+        notice = getattr(session.chat.model.config, "chat_notice", None)  # what the model's folder says of it
         for kind in ("image", "audio"):
             for path in getattr(args, kind):
                 session.attach(kind, path)
                 if args.prompt is None:
                     write(f"({kind} attached to the first turn: {path})\n")
         if args.prompt is not None:
+            if notice:
+                print(notice, file=sys.stderr)
             session.send(args.prompt, on_text=write)
             write("\n")
             return 0
         lines = _prompted_lines(write) if sys.stdin.isatty() else sys.stdin
+        if notice:
+            write(f"{notice}\n")
         interactive(session, lines, write)
     except ValueError as error:  # an InputError from `load`, or bad media or a too-long turn
         print(f"mmmmodal chat: {error}", file=sys.stderr)

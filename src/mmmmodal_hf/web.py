@@ -55,6 +55,18 @@ def example_media() -> dict[str, str]:
     return {path.stem: str(path) for path in sorted(EXAMPLES.iterdir()) if path.suffix in (".png", ".wav")}
 
 
+def example_turns() -> list[tuple[str, list[str]]]:
+    """The page's examples, English and Malay: questions as the demo's world asks them, about the shipped media,
+    so the demo's model answers them right (tests/test_web.py checks that it does)."""
+    media = example_media()
+    return [
+        ("What colour is the shape in image 2?", [media["red_circle"], media["blue_square"]]),
+        ("Berapa banyak bip dalam audio 1?", [media["high_beeps"]]),
+        ("Which is higher, audio 1 or audio 2?", [media["high_beeps"], media["low_beep"]]),
+        ("Apakah bentuk dalam gambar 1?", [media["blue_square"]]),
+    ]
+
+
 def _generation_settings(max_new_tokens, temperature, top_p) -> dict:
     settings = {"max_new_tokens": int(max_new_tokens)}
     if temperature and temperature > 0:
@@ -188,18 +200,13 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
             session.reset()
         return session, ""
 
-    media = example_media()
-    examples = [
-        {"text": "What colour is the shape in the first image, and what shape is in the second?",
-         "files": [media["red_circle"], media["blue_square"]]},
-        {"text": "Berapa kali bunyi bip dalam audio ini, dan adakah nadanya tinggi atau rendah?",
-         "files": [media["high_beeps"]]},
-        {"text": "Which is higher, the first clip or the second?", "files": [media["high_beeps"], media["low_beep"]]},
-        {"text": "Apa warna bentuk dalam gambar ini?", "files": [media["blue_square"]]},
-    ]  # fmt: skip
+    examples = [{"text": text, "files": files} for text, files in example_turns()]
+    notice = getattr(model.config, "chat_notice", None)  # what the model's folder says of it (the demo's does)
 
     with gr.Blocks(title=title) as app:
         gr.Markdown(INTRO)
+        if notice:
+            gr.Markdown(f"*{notice}*", elem_id="notice")
         chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="conversation")
         status = gr.Markdown(elem_id="status")
         box = gr.MultimodalTextbox(

@@ -38,11 +38,17 @@ class MMMModalDemoConfig(MMMModalConfig):
     media_index_embeddings (`int`, defaults to 0): ordinal embeddings per projector; at most that many
         images (or clips) per conversation.
     previous_token_mix (`int`, defaults to 0): tokens before each position mapped into its input.
+    chat_notice (`str`): what `mmmmodal chat` and `mmmmodal web` say of the model before its first turn.
     """
 
     model_type = "mmmmodal_demo"
     media_index_embeddings: int = 0
     previous_token_mix: int = 0
+    chat_notice: str = (
+        "This is the demo's model: it knows only its synthetic world (shapes in six colours, clips of 1-4 beeps) "
+        "asked the way its examples ask, e.g. 'What colour is the shape in image 2?', 'How many beeps are in "
+        "audio 1?', 'Which is higher, audio 1 or audio 2?'; other questions get guesses."
+    )
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
