@@ -17,6 +17,7 @@ def test_the_server_gets_the_model_remote_code_address_and_cpu_defaults(monkeypa
     assert "--trust-remote-code" in argv and argv[-2:] == ["--max-model-len", "2048"]
     assert argv[argv.index("--port") + 1] == "8123" and argv[argv.index("--host") + 1] == "127.0.0.1"
     assert env["VLLM_MEDIA_CONNECTOR"] == "mmmmodal"
+    assert argv[argv.index("--middleware") + 1] == "mmmmodal_hf.serving.request_media.NamedMediaMiddleware"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
     if (os.cpu_count() or 1) <= 4:
         assert env["VLLM_CPU_OMP_THREADS_BIND"] == f"0-{(os.cpu_count() or 1) - 1}"

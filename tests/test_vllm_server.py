@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this module in its vLLM venv")
@@ -118,7 +120,7 @@ def test_a_truncated_wav_is_refused_naming_it_and_the_next_request_is_served(ser
     )
     assert status == 400
     message = answer["error"]["message"]
-    assert message.startswith("The audio <") and "truncated" in message, message
+    assert message.startswith("message 1, audio 1: the audio <") and "truncated" in message, message
     status, answer = post(url, chat_body(model, openai_chat([("user", [served_media["small"], "And now?"])])))
     assert status == 200 and len(answer["choices"][0]["token_ids"]) == NEW_TOKENS
 
@@ -130,7 +132,48 @@ def test_a_file_that_is_no_image_is_refused_naming_it(server):
         url, chat_body(model, [{"role": "user", "content": [broken, {"type": "text", "text": "?"}]}])
     )
     assert status == 400
-    assert answer["error"]["message"].startswith("The image <12 bytes> could not be used: not a readable image")
+    assert answer["error"]["message"].startswith(
+        "message 1, image 1: the image <12 bytes> could not be used: not a readable image"
+    )
+
+
+def test_media_errors_name_the_message_the_kind_and_the_item(server, served_media, tmp_path):
+    """Found: corrupt base64 got vLLM's `Non-base64 digit found`, a 10-minute clip `Input length (9614) exceeds
+    model's maximum context length (1024).`, neither naming the item. Here each is named as the user counts it,
+    and the next request is served."""
+    import soundfile
+
+    url, model = server
+    good = openai_chat([("user", [served_media["red"], served_media["small"], served_media["cd"], "?"])])
+    corrupt_image = json.loads(json.dumps(good))
+    corrupt_image[0]["content"][1]["image_url"]["url"] = "data:image/png;base64,iVBORw0KGgo*not*base64"
+    corrupt_audio = json.loads(json.dumps(good))
+    corrupt_audio[0]["content"][2]["input_audio"]["data"] = "UklGR!!!"
+    silence = tmp_path / "ten_minutes.flac"  # FLAC: 600 s of silence in a few kB
+    soundfile.write(silence, np.zeros(600 * 16000, dtype=np.float32), 16000)
+    long_clip = {"data": base64.b64encode(silence.read_bytes()).decode(), "format": "flac"}
+    too_long = [
+        {"role": "system", "content": "Be brief."},
+        {
+            "role": "user",
+            "content": [{"type": "input_audio", "input_audio": long_clip}, {"type": "text", "text": "?"}],
+        },
+    ]
+    expected = {
+        "message 1, image 2: not valid base64": corrupt_image,
+        "message 1, audio 1: not valid base64": corrupt_audio,
+    }
+    for message, messages in expected.items():
+        status, answer = post(url, chat_body(model, messages))
+        assert (status, answer["error"]["message"]) == (400, message), answer
+    status, answer = post(url, chat_body(model, too_long))
+    assert status == 400 and answer["error"]["type"] == "BadRequestError"
+    assert re.fullmatch(
+        r"message 2, audio 1: 600 s of audio needs about [\d,]+ positions, more than the model's 1,024",
+        answer["error"]["message"],
+    ), answer
+    status, answer = post(url, chat_body(model, good))
+    assert status == 200 and len(answer["choices"][0]["token_ids"]) == NEW_TOKENS
 
 
 def test_a_prompt_longer_than_the_context_is_refused_and_says_so(server, served_media):

@@ -16,6 +16,7 @@ from importlib.util import find_spec
 from ..cli_errors import require_loadable
 from ..cli_help import command_parser
 
+MEDIA_MIDDLEWARE = "mmmmodal_hf.serving.request_media.NamedMediaMiddleware"
 CPU_KV_CACHE_GIB = "1"
 CPU_MEMORY_SHARE = "0.5"
 SMALL_MACHINE_CORES = 4
@@ -46,6 +47,7 @@ def server_command(model: str, host: str, port: int, tensor_parallel_size: int, 
     """The vLLM server's argv and environment for these settings (the machine's defaults filled in)."""
     argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--trust-remote-code"]
     argv += ["--host", host, "--port", str(port), "--tensor-parallel-size", str(tensor_parallel_size)]
+    argv += ["--middleware", MEDIA_MIDDLEWARE]  # media errors named by message and item, clips that cannot fit refused
     env = dict(os.environ)
     env.setdefault("VLLM_MEDIA_CONNECTOR", "mmmmodal")  # media decoded and refused as the processor does
     if not _has_gpu():

@@ -1,9 +1,13 @@
 """A vLLM media connector that decodes with the processor's own loaders, so the server refuses what
 `processor(...)` refuses (a truncated WAV, a decompression bomb, a file that is no image) with the same
-message, and hands vLLM 16 kHz mono audio made exactly as the processor makes it.
+message, and hands vLLM 16 kHz mono audio made exactly as the processor makes it. Where the request went
+through `request_media.NamedMediaMiddleware`, a refusal names the item as the user counts it (`message 1,
+audio 2: ...`).
 
 `mmmmodal serve` selects it (`VLLM_MEDIA_CONNECTOR=mmmmodal`); with `vllm serve`, set that variable too.
 """
+
+from contextlib import contextmanager
 
 from vllm import envs
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector, MediaWithBytes
@@ -11,12 +15,16 @@ from vllm.multimodal.media.audio import AudioMediaIO
 from vllm.multimodal.media.image import ImageMediaIO
 
 from ..media_mmmmodal import describe_media, load_audio, load_image
+from .request_media import MEDIA_NAMES, inline_bytes
 
 CONNECTOR = "mmmmodal"
 WHISPER_RATE = 16000  # every MMMModal hears through Whisper's 16 kHz feature extractor
 
 
 class MMMModalAudioIO(AudioMediaIO):
+    def load_base64(self, media_type: str, data: str):
+        return self.load_bytes(_decoded(data))
+
     def load_bytes(self, data: bytes):
         self._validate_encoded_size(len(data))
         return _loaded("audio", data, lambda: load_audio(data, WHISPER_RATE)), WHISPER_RATE
@@ -29,6 +37,9 @@ class MMMModalAudioIO(AudioMediaIO):
 class MMMModalImageIO(ImageMediaIO):
     """Decoded once, by the processor's loader: the RGB image `generate` would see (EXIF-upright, alpha over white)."""
 
+    def load_base64(self, media_type: str, data: str):
+        return self.load_bytes(_decoded(data))
+
     def load_bytes(self, data: bytes, source=None):
         return MediaWithBytes(_loaded("image", source or data, lambda: load_image(data)), data)
 
@@ -36,11 +47,27 @@ class MMMModalImageIO(ImageMediaIO):
         return self.load_bytes(filepath.read_bytes(), source=filepath)
 
 
+def _decoded(data: str) -> bytes:
+    """A data URL's base64 part decoded; vLLM's own decoding says only `Non-base64 digit found`."""
+    return inline_bytes(f"data:;base64,{data}")
+
+
 def _loaded(kind: str, source, load):
     try:
         return load()
     except ValueError as error:
-        raise ValueError(f"The {kind} {describe_media(source)} could not be used: {error}") from None
+        raise ValueError(f"the {kind} {describe_media(source)} could not be used: {error}") from None
+
+
+@contextmanager
+def _named(url: str):
+    """A refusal of the item at `url` named as the request counts it (`message 1, image 2: ...`), where known."""
+    try:
+        yield
+    except ValueError as error:
+        name = (MEDIA_NAMES.get() or {}).get(url)
+        message = str(error)
+        raise ValueError(f"{name}: {message}" if name else message[:1].upper() + message[1:]) from None
 
 
 @MEDIA_CONNECTOR_REGISTRY.register(CONNECTOR)
@@ -49,15 +76,19 @@ class MMMModalMediaConnector(MediaConnector):
         return self.load_from_url(audio_url, self._audio_io(), fetch_timeout=envs.VLLM_AUDIO_FETCH_TIMEOUT)
 
     async def fetch_audio_async(self, audio_url: str):
-        return await self.load_from_url_async(audio_url, self._audio_io(), fetch_timeout=envs.VLLM_AUDIO_FETCH_TIMEOUT)
+        with _named(audio_url):
+            return await self.load_from_url_async(
+                audio_url, self._audio_io(), fetch_timeout=envs.VLLM_AUDIO_FETCH_TIMEOUT
+            )
 
     def fetch_image(self, image_url: str, *, image_mode: str | None = "RGB"):
         return self.load_from_url(image_url, self._image_io(image_mode), fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT)
 
     async def fetch_image_async(self, image_url: str, *, image_mode: str | None = "RGB"):
-        return await self.load_from_url_async(
-            image_url, self._image_io(image_mode), fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT
-        )
+        with _named(image_url):
+            return await self.load_from_url_async(
+                image_url, self._image_io(image_mode), fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT
+            )
 
     def _audio_io(self):
         return MMMModalAudioIO(**self.media_io_kwargs.get("audio", {}))
