@@ -1,6 +1,6 @@
 """Every benchmark in bench/ still runs: each script once with `--quick` (tiny sizes, one repeat), as its docstring's
 command would run it. Nothing is timed or compared here; a change that breaks a benchmark fails CI.
-bench/serving.py needs vLLM and runs in the vLLM job (test_bench_serving.py)."""
+bench/serving.py and bench/server_memory.py need vLLM and run in the vLLM job (test_bench_serving.py)."""
 
 import json
 import subprocess
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
+NEEDS_VLLM = ("serving.py", "server_memory.py")
 SCRIPTS = sorted(
-    path.name for path in BENCH.glob("*.py") if "__main__" in path.read_text() and path.name != "serving.py"
+    path.name for path in BENCH.glob("*.py") if "__main__" in path.read_text() and path.name not in NEEDS_VLLM
 )
 
 
