@@ -508,3 +508,29 @@ def test_a_line_cut_in_half_is_skipped_by_name_and_training_goes_on(streaming, b
     )
     assert "cut.jsonl:4" not in completed.stderr  # the blank line after it keeps every later line's number
     assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_streamed_rows_with_several_images_each_keep_every_image(base_folder, tmp_path):
+    """Found with the demo's data: streamed training stopped at step 1 with 'The input holds 12 image slot tokens but
+    the image encoder produced 4 features' (accelerate cut the batch's `pixel_values`, a row per image, to the batch
+    size). Rows of three images each, streamed two to a batch, train."""
+    import json
+
+    from tiny_parts import random_image
+
+    rows = []
+    for index in range(4):
+        names = [f"img_{index}_{k}.png" for k in range(3)]
+        for seed, name in enumerate(names):
+            random_image(10 * index + seed).save(tmp_path / name)
+        rows.append({
+            "conversations": [{"role": "user", "content": "<image> </image> <image> </image> <image> </image> Apa?"},
+                              {"role": "assistant", "content": f"Tiga gambar {index}."}],
+            "filename": names,
+        })  # fmt: skip
+    data = tmp_path / "three_images.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    output = run_stage(
+        "finetune", base_folder, data, tmp_path / "run", "--streaming", "True", "--per_device_train_batch_size", "2"
+    )
+    assert (output / "model.safetensors").exists()

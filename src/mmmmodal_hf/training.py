@@ -406,6 +406,11 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     keep_unused_branches_in_the_graph(base)
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
+    if args.streaming:
+        # accelerate dispatches an iterable data set's batches from one process and cuts every tensor to the batch
+        # size along its first dimension: `pixel_values` holds a row per image, not per conversation, so a batch
+        # with more images than conversations lost images. Each process reads the stream itself instead.
+        training_args.accelerator_config.dispatch_batches = False
     known = None
     if args.grow_head_from_targets and not args.streaming:
         # A streamed data set cannot be read ahead: its answers' rows are added as they come.
