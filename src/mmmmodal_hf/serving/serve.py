@@ -4,8 +4,8 @@ It starts `python -m vllm.entrypoints.openai.api_server` (the `vllm` console scr
 build cannot find its own distribution) with `--trust-remote-code` and defaults that fit the machine:
 on a CPU-only one, a 1 GiB KV cache (`VLLM_CPU_KVCACHE_SPACE`), half the memory
 (`--gpu-memory-utilization 0.5`; vLLM's 0.92 leaves the CPU build short), a 1 GiB cache of processed
-media (`--mm-processor-cache-gb 1`; vLLM's 4 GiB, held by the API server and the engine each, took a
-2-core server from 3.5 to over 11 GB of resident memory over 2,000 requests) and, on up to 4 cores,
+media (`--mm-processor-cache-gb 1`; with vLLM's 4 GiB a small server grew from 3.9 to 7.9 GB of resident
+memory over 2,000 requests with new media, BENCHMARKS.md 12) and, on up to 4 cores,
 compute threads on all of them (`VLLM_CPU_OMP_THREADS_BIND`; vLLM's own keeps one free, which
 halves a 2-core machine); environment variables already set win. On GPUs, vLLM's own, with
 `--tensor-parallel-size` passed through. Every other flag goes to vLLM as it is (`vllm serve --help`).
