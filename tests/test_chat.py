@@ -79,7 +79,8 @@ def test_one_shot_prompt(saved_folder, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
     completed = chat(saved_folder, "--image", str(broken), "-p", "Apa ini?")
-    assert completed.returncode == 1 and "not a readable image" in completed.stderr
+    # Refused before the model loads, as a missing file is: a bad argument (2).
+    assert completed.returncode == 2 and "not a readable image" in completed.stderr
 
 
 def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(saved_folder, tmp_path):
