@@ -68,3 +68,52 @@ def test_a_copy_answers_as_the_prompt_alone(model, prompts):
                 **inputs, max_new_tokens=5, min_new_tokens=5, do_sample=True, top_k=1, num_return_sequences=3
             )
         assert all(torch.equal(copy, single[0]) for copy in copies)
+
+
+def test_tuples_come_back_where_return_dict_is_false(model, prompts):
+    """Found by transformers' common model suite: `return_dict=False` (or the config's) crashed in `forward`."""
+    _, (inputs, _) = prompts
+    with torch.no_grad():
+        as_output = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], as_output.logits)
+    model.config.return_dict = False
+    try:
+        with torch.no_grad():
+            assert torch.equal(model(**inputs)[0], as_output.logits)
+    finally:
+        model.config.return_dict = True
+
+
+def test_the_tensor_parallel_plan_covers_the_tied_head(model):
+    """The input embedding is sharded by the language model's plan; the head tied to it is gathered, as Llama's."""
+    assert type(model)._tp_plan == {"lm_head": "colwise_gather_output"}
+
+
+def test_configured_rope_scaling_widens_the_context_guard(session_processor):
+    """A 64-position LM with dynamic NTK scaling x4 takes 100 positions (refused before); 300 is still refused."""
+    from tiny_parts import tiny_model, tiny_text_config
+
+    text_config = tiny_text_config(len(session_processor.tokenizer), max_position_embeddings=64)
+    model = tiny_model(session_processor, text_config=text_config)
+    ids = torch.randint(5, 100, (1, 100))
+    with pytest.raises(ValueError, match="context of 64 positions"):
+        model(input_ids=ids)
+    model.config.text_config.rope_parameters = {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape[1] == 100
+    with pytest.raises(ValueError, match="context of 256 positions"):
+        model(input_ids=torch.randint(5, 100, (1, 300)))
+
+
+def test_slot_counts_follow_a_per_call_image_size(session_processor):
+    """vLLM reserves slots with `_get_num_multimodal_tokens`: a per-call size must count as the call writes it."""
+    size = {"height": 64, "width": 64}
+    written = session_processor(
+        text="<image>", images=[random_image(0)], images_kwargs={"size": size}, return_tensors="pt"
+    )["input_ids"]
+    slots = int((written == session_processor.image_token_id).sum())
+    assert slots == 64
+    for kwargs in ({"images_kwargs": {"size": size}}, {"size": size}):
+        assert session_processor._get_num_multimodal_tokens(image_sizes=[(30, 40)], **kwargs).num_image_tokens == [64]
+    assert session_processor._get_num_multimodal_tokens(image_sizes=[(30, 40)]).num_image_tokens == [16]

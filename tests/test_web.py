@@ -159,18 +159,19 @@ def test_the_core_package_does_not_import_gradio():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=300).returncode == 0
 
 
-def test_the_command_names_its_own_share_flag(saved_folder):
-    """`mmmmodal web` starts, says where it serves, and points at `--share` (not Gradio's `share=True`)."""
+def web_command(folder):
+    """`mmmmodal web FOLDER` started on a free port: the process (its output on stdout) and the port."""
     import subprocess
     import sys
 
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(saved_folder), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    command = [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(folder), "--port", str(port)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), port
+
+
+def test_the_command_names_its_own_share_flag(saved_folder):
+    """`mmmmodal web` starts, says where it serves, and points at `--share` (not Gradio's `share=True`)."""
+    process, port = web_command(saved_folder)
     try:
         lines = []
         deadline = time.time() + 240
@@ -203,22 +204,13 @@ def test_a_wrong_model_path_is_one_line(tmp_path):
 
 def test_a_refused_upload_leaves_no_traceback_in_the_server_log(saved_folder, tmp_path):
     """Found: `mmmmodal web` printed Gradio's full traceback for an upload it had refused cleanly through `/chat`."""
-    import subprocess
-    import sys
-
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     good = Path(example_media()["blue_square"]).read_bytes()
     broken = tmp_path / "broken.png"
     broken.write_bytes(good[: len(good) // 3])
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "web", str(saved_folder), "--port", str(port)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process, port = web_command(saved_folder)
     try:
         while "MMMModal chat on" not in (line := process.stdout.readline()):
             assert line, "the server ended before it served"

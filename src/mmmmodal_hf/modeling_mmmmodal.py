@@ -21,7 +21,14 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_mmmmodal import MMMModalConfig, encoder_layers_needed, num_real_audio_slots
+from .configuration_mmmmodal import (
+    MMMModalConfig,
+    encoder_layers_needed,
+    num_audio_slots,
+    num_image_slots,
+    num_real_audio_slots,
+    whisper_encoder_frames,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -216,17 +223,29 @@ class MMMModalModel(MMMModalPreTrainedModel):
         features = self.audio_projector(hidden)
         if not self.config.trim_audio_padding or input_features_mask is None:
             return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=features.flatten(0, 1))
-        window_slots = features.shape[1]
-        kept = [
-            num_real_audio_slots(n, window_slots, self.config.audio_conv_stride)
-            for n in input_features_mask.sum(-1).tolist()
-        ]
-        keep = torch.arange(window_slots, device=features.device) < torch.tensor(kept, device=features.device)[:, None]
+        kept = torch.tensor(self.audio_slots_per_window(input_features, input_features_mask), device=features.device)
+        keep = torch.arange(features.shape[1], device=features.device) < kept[:, None]
         return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=features[keep])
+
+    def audio_slots_per_window(self, input_features: torch.Tensor, input_features_mask=None) -> list[int]:
+        """Slots each window fills: all of a window's, or with `trim_audio_padding` those starting in real audio."""
+        frames = whisper_encoder_frames(input_features.shape[-1])
+        window = num_audio_slots(frames, self.config.audio_conv_kernel, self.config.audio_conv_stride)
+        if not self.config.trim_audio_padding or input_features_mask is None:
+            return [window] * input_features.shape[0]
+        stride = self.config.audio_conv_stride
+        return [num_real_audio_slots(n, window, stride) for n in input_features_mask.sum(-1).tolist()]
 
     def _check_context(self, position_ids: torch.Tensor | None, total_positions: int) -> None:
         """Raise, naming the samples and the excess, when a prefill needs more positions than the LM has."""
-        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        text_config = self.config.text_config
+        limit, rope = (
+            getattr(text_config, "max_position_embeddings", None),
+            getattr(text_config, "rope_parameters", None),
+        )
+        rope = rope or {}
+        if limit is not None and rope.get("rope_type", "default") != "default":  # scaled RoPE reaches further
+            limit = max(limit, int((rope.get("original_max_position_embeddings") or limit) * rope.get("factor", 1)))
         if limit is None or total_positions <= limit:
             return  # no row can be longer than the whole input
         lengths = [total_positions]
@@ -332,6 +351,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     """
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}  # as Llama's: the head beside the sharded embedding
 
     def __init__(self, config: MMMModalConfig):
         super().__init__(config)
@@ -349,11 +369,35 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """As `GenerationMixin`'s, but each prompt's media rows (its images, its clips' windows) repeat as a group,
+        [A, B] -> [A, B, A, B]: repeated row by row ([A, A, B, B]), copies would see other prompts' media."""
+        media, patch = {}, self.config.vision_config.patch_size
+        for keys, token, slots_per_row in (
+            (["pixel_values"], self.config.image_token_id, lambda rows: [num_image_slots(*rows.shape[-2:], patch)] * len(rows)),
+            (["input_features", "input_features_mask"], self.config.audio_token_id, self.model.audio_slots_per_window),
+        ):  # fmt: skip
+            if expand_size == 1 or input_ids is None or model_kwargs.get(keys[0]) is None:
+                continue
+            per_row, counts = iter(slots_per_row(*(model_kwargs.get(key) for key in keys))), []
+            for wanted in (input_ids == token).sum(-1).tolist():  # a prompt's rows: those its slots take, in order
+                counts.append(0)
+                while wanted > 0:
+                    wanted, counts[-1] = wanted - next(per_row), counts[-1] + 1
+            for key in (key for key in keys if model_kwargs.get(key) is not None):
+                groups = model_kwargs.pop(key).split(counts)
+                media[key] = torch.cat([group.repeat(expand_size, *[1] * (group.ndim - 1)) for group in groups])
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        return input_ids, {**model_kwargs, **media}
+
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -385,6 +429,7 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             cache=_one_cache(cache, past_key_values),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

@@ -350,8 +350,9 @@ class MMMModalProcessor(ProcessorMixin):
 
     def _get_num_multimodal_tokens(self, image_sizes=None, audio_lengths=None, **kwargs) -> MultiModalData:
         """Slots per medium before any is processed, as serving engines (vLLM) ask: every image is resized
-        to the processor's size (`image_sizes` do not matter); `audio_lengths` are samples per clip."""
-        counts, size = {}, self.image_processor.size
+        to the processor's size or the call's (`image_sizes` do not matter); `audio_lengths` are samples per clip."""
+        size = (kwargs.get("images_kwargs") or {}).get("size") or kwargs.get("size") or self.image_processor.size
+        counts = {}
         if image_sizes is not None:
             counts["num_image_tokens"] = [self.num_image_slots(size["height"], size["width"])] * len(image_sizes)
             counts["num_image_patches"] = [1] * len(image_sizes)
