@@ -54,6 +54,11 @@ def tower_cuts(config: MMMModalConfig) -> dict[str, tuple[int, bool]]:
     return {"vision": (vision, False), "audio": (audio, audio == config.audio_config.encoder_layers)}
 
 
+def _tower_outputs(kwargs: dict) -> dict:
+    """The getters' keywords a tower answers (its hidden states, its attentions); others are not the tower's."""
+    return {key: kwargs[key] for key in ("output_hidden_states", "output_attentions") if key in kwargs}
+
+
 def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:
     """The KV cache a caller passed as `cache` (transformers >= 5.24) or `past_key_values` (before)."""
     if cache is not None and past_key_values is not None and cache is not past_key_values:
@@ -203,13 +208,17 @@ class MMMModalModel(MMMModalPreTrainedModel):
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
+    @can_return_tuple
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         """SigLIP hidden state at `vision_feature_layer` (no pooling) in `last_hidden_state`, projected in
-        `pooler_output` (`(num_images, num_image_slots, hidden_size)`): all images of a batch in one tower call."""
+        `pooler_output` (`(num_images, num_image_slots, hidden_size)`): all images of a batch in one tower call.
+        `output_hidden_states` / `output_attentions` return the tower's, as transformers' getters do."""
         tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
-        hidden = self.vision_tower(pixel_values.to(tower_dtype)).last_hidden_state
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=self.image_projector(hidden))
+        tower = self.vision_tower(pixel_values.to(tower_dtype), **_tower_outputs(kwargs))
+        hidden = tower.last_hidden_state
+        return BaseModelOutputWithPooling(hidden, self.image_projector(hidden), tower.hidden_states, tower.attentions)
 
+    @can_return_tuple
     def get_audio_features(
         self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
@@ -219,13 +228,11 @@ class MMMModalModel(MMMModalPreTrainedModel):
         `input_features_mask` its real frames. With `config.trim_audio_padding` each window keeps
         `num_real_audio_slots` slots (all without a mask): `pooler_output` is `(num_slots, hidden_size)`.
         """
-        hidden = self.audio_tower(input_features.to(self.audio_tower.conv1.weight.dtype)).last_hidden_state
-        features = self.audio_projector(hidden)
-        if not self.config.trim_audio_padding or input_features_mask is None:
-            return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=features.flatten(0, 1))
+        tower = self.audio_tower(input_features.to(self.audio_tower.conv1.weight.dtype), **_tower_outputs(kwargs))
+        hidden, features = tower.last_hidden_state, self.audio_projector(tower.last_hidden_state)
         kept = torch.tensor(self.audio_slots_per_window(input_features, input_features_mask), device=features.device)
         keep = torch.arange(features.shape[1], device=features.device) < kept[:, None]
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=features[keep])
+        return BaseModelOutputWithPooling(hidden, features[keep], tower.hidden_states, tower.attentions)
 
     def audio_slots_per_window(self, input_features: torch.Tensor, input_features_mask=None) -> list[int]:
         """Slots each window fills: all of a window's, or with `trim_audio_padding` those starting in real audio."""
@@ -316,11 +323,13 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
         image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image_features = self.get_image_features(pixel_values).pooler_output.to(inputs_embeds.dtype)
+            image_features = self.get_image_features(pixel_values, return_dict=True).pooler_output.to(
+                inputs_embeds.dtype
+            )
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, "image")
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
-            audio = self.get_audio_features(input_features, input_features_mask)
+            audio = self.get_audio_features(input_features, input_features_mask, return_dict=True)
             audio_features = audio.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, "audio")
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)

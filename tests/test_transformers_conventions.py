@@ -1,0 +1,89 @@
+"""What transformers' common model and processor suites expect of every model in the library, held here in the
+package's own tests: tuples where `return_dict=False`, the tensor-parallel plan, the context a RoPE-scaled language
+model really has, the feature getters' outputs, slot counts asked with a per-call size."""
+
+import pytest
+import torch
+
+from tiny_parts import random_clip, random_image
+
+
+@pytest.fixture(scope="module")
+def inputs(session_processor):
+    return session_processor(
+        text="[INST] <image> </image> <audio> </audio> Apa ini? [/INST]",
+        images=[random_image(1)],
+        audio=[random_clip(2, seconds=2.5)],
+        return_tensors="pt",
+    )
+
+
+def test_tuples_come_back_where_return_dict_is_false(model, inputs):
+    """Found by transformers' common model suite: `return_dict=False` (or the config's) crashed in `forward`."""
+    with torch.no_grad():
+        as_output = model(**inputs)
+        as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[0], as_output.logits)
+    model.config.return_dict = False
+    try:
+        with torch.no_grad():
+            assert torch.equal(model(**inputs)[0], as_output.logits)
+    finally:
+        model.config.return_dict = True
+
+
+def test_the_tensor_parallel_plan_covers_the_tied_head(model):
+    """The input embedding is sharded by the language model's plan; the head tied to it is gathered, as Llama's."""
+    assert type(model)._tp_plan == {"lm_head": "colwise_gather_output"}
+
+
+def test_configured_rope_scaling_widens_the_context_guard(session_processor):
+    """A 64-position LM with dynamic NTK scaling x4 takes 100 positions (refused before); 300 is still refused."""
+    from tiny_parts import tiny_model, tiny_text_config
+
+    text_config = tiny_text_config(len(session_processor.tokenizer), max_position_embeddings=64)
+    model = tiny_model(session_processor, text_config=text_config)
+    ids = torch.randint(5, 100, (1, 100))
+    with pytest.raises(ValueError, match="context of 64 positions"):
+        model(input_ids=ids)
+    model.config.text_config.rope_parameters = {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape[1] == 100
+    with pytest.raises(ValueError, match="context of 256 positions"):
+        model(input_ids=torch.randint(5, 100, (1, 300)))
+
+
+def test_slot_counts_follow_a_per_call_image_size(session_processor):
+    """vLLM reserves slots with `_get_num_multimodal_tokens`: a per-call size must count as the call writes it."""
+    size = {"height": 64, "width": 64}
+    written = session_processor(
+        text="<image>", images=[random_image(0)], images_kwargs={"size": size}, return_tensors="pt"
+    )["input_ids"]
+    slots = int((written == session_processor.image_token_id).sum())
+    assert slots == 64
+    for kwargs in ({"images_kwargs": {"size": size}}, {"size": size}):
+        assert session_processor._get_num_multimodal_tokens(image_sizes=[(30, 40)], **kwargs).num_image_tokens == [64]
+    assert session_processor._get_num_multimodal_tokens(image_sizes=[(30, 40)]).num_image_tokens == [16]
+
+
+def test_the_feature_getters_answer_return_dict_and_the_towers_outputs(model, inputs):
+    """Found by the common suite: the getters ignored `return_dict`, `output_hidden_states` and `output_attentions`.
+    (Attention weights come from eager attention, as in every transformers model.)"""
+    import copy
+
+    eager = copy.deepcopy(model)
+    eager.set_attn_implementation("eager")
+    inner = eager.model
+    for getter, args, layers in (
+        (inner.get_image_features, (inputs["pixel_values"],), inner.vision_tower.config.num_hidden_layers),
+        (inner.get_audio_features, (inputs["input_features"], inputs["input_features_mask"]), inner.audio_tower.config.encoder_layers),
+    ):  # fmt: skip
+        with torch.no_grad():
+            plain = getter(*args)
+            full = getter(*args, output_hidden_states=True, output_attentions=True)
+            as_tuple = getter(*args, return_dict=False)
+        assert plain.hidden_states is None and plain.attentions is None
+        assert len(full.hidden_states) == layers + 1 and len(full.attentions) == layers
+        assert torch.equal(full.hidden_states[-1], plain.last_hidden_state)
+        assert torch.equal(full.pooler_output, plain.pooler_output)
+        assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], plain.pooler_output)
