@@ -53,14 +53,16 @@ def parse_arguments(parser: argparse.ArgumentParser, known_only: bool = False, *
 
 
 def small_processor() -> MMMModalProcessor:
-    folder = mistral_tokenizer_folder(Path(tempfile.mkdtemp(prefix="mmmmodal-bench-")) / "tokenizer")
-    if folder is None:
-        raise SystemExit("the benchmarks use the real Mistral tokenizer: pip install mistral-common")
+    with tempfile.TemporaryDirectory(prefix="mmmmodal-bench-") as scratch:  # read whole by from_pretrained
+        folder = mistral_tokenizer_folder(Path(scratch) / "tokenizer")
+        if folder is None:
+            raise SystemExit("the benchmarks use the real Mistral tokenizer: pip install mistral-common")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     side, window_seconds = (32, 2) if quick() else (384, 30)
     return MMMModalProcessor(
         image_processor=SiglipImageProcessorPil(size={"height": side, "width": side}),
         feature_extractor=WhisperFeatureExtractor(feature_size=80, chunk_length=window_seconds),
-        tokenizer=AutoTokenizer.from_pretrained(folder),
+        tokenizer=tokenizer,
         patch_size=16,
     )
 

@@ -15,6 +15,7 @@ import concurrent.futures
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -141,6 +142,7 @@ def main() -> None:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=120)
         log.close()
+        shutil.rmtree(folder, ignore_errors=True)
     baseline = next(r for r in readings if r["requests"] >= min(args.warm_up, readings[-1]["requests"]))
     half = readings[len(readings) // 2]
     report(
