@@ -245,12 +245,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
     def _check_context(self, position_ids: torch.Tensor | None, total_positions: int) -> None:
         """Raise, naming the samples and the excess, when a prefill needs more positions than the LM has."""
-        text_config = self.config.text_config
-        limit, rope = (
-            getattr(text_config, "max_position_embeddings", None),
-            getattr(text_config, "rope_parameters", None),
-        )
-        rope = rope or {}
+        limit = getattr(self.config.text_config, "max_position_embeddings", None)
+        rope = getattr(self.config.text_config, "rope_parameters", None) or {}
         if limit is not None and rope.get("rope_type", "default") != "default":  # scaled RoPE reaches further
             limit = max(limit, int((rope.get("original_max_position_embeddings") or limit) * rope.get("factor", 1)))
         if limit is None or total_positions <= limit:
@@ -323,9 +319,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
         image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image_features = self.get_image_features(pixel_values, return_dict=True).pooler_output.to(
-                inputs_embeds.dtype
-            )
+            image = self.get_image_features(pixel_values, return_dict=True)
+            image_features = image.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, "image")
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
@@ -378,6 +373,11 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    def get_audio_features(
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
+
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         """As `GenerationMixin`'s, but each prompt's media rows (its images, its clips' windows) repeat as a group,
         [A, B] -> [A, B, A, B]: repeated row by row ([A, A, B, B]), copies would see other prompts' media."""
@@ -392,7 +392,9 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             for wanted in (input_ids == token).sum(-1).tolist():  # a prompt's rows: those its slots take, in order
                 counts.append(0)
                 while wanted > 0:
-                    wanted, counts[-1] = wanted - next(per_row), counts[-1] + 1
+                    wanted, counts[-1] = wanted - next(per_row, wanted), counts[-1] + 1
+            if sum(counts) != model_kwargs[keys[0]].shape[0]:
+                continue  # the slots and the media disagree: `forward` names the mismatch
             for key in (key for key in keys if model_kwargs.get(key) is not None):
                 groups = model_kwargs.pop(key).split(counts)
                 media[key] = torch.cat([group.repeat(expand_size, *[1] * (group.ndim - 1)) for group in groups])
@@ -400,11 +402,6 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             expand_size, is_encoder_decoder, input_ids, **model_kwargs
         )
         return input_ids, {**model_kwargs, **media}
-
-    def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
-        return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
 
     @can_return_tuple
     def forward(
