@@ -87,3 +87,30 @@ def test_the_feature_getters_answer_return_dict_and_the_towers_outputs(model, in
         assert torch.equal(full.hidden_states[-1], plain.last_hidden_state)
         assert torch.equal(full.pooler_output, plain.pooler_output)
         assert isinstance(as_tuple, tuple) and torch.equal(as_tuple[1], plain.pooler_output)
+
+
+def test_weights_missing_from_a_checkpoint_are_initialised_as_the_towers_would(model, tmp_path):
+    """Found by the common suite: a converted checkpoint missing a tower key got N(0, 0.02) noise for Whisper's
+    sinusoidal position table and another scheme than SigLIP's for its layers (transformers skipped the towers' own
+    initialisation for a model it took for custom code)."""
+    import math
+
+    from safetensors.torch import load_file, save_file
+    from transformers.models.whisper.modeling_whisper import sinusoids
+
+    from mmmmodal_hf import MMMModalForConditionalGeneration
+
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    positions, fc1 = "model.audio_tower.embed_positions.weight", "model.vision_tower.encoder.layers.0.mlp.fc1.weight"
+    del weights[positions], weights[fc1]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = MMMModalForConditionalGeneration.from_pretrained(tmp_path)
+    table = loaded.get_parameter(positions)
+    torch.testing.assert_close(table, sinusoids(*table.shape))
+    weight = loaded.get_parameter(fc1)
+    bound = math.sqrt(6 / sum(weight.shape))  # SigLIP's MLPs: Xavier-uniform
+    assert weight.abs().max() <= bound and weight.std() > bound / 2, (weight.std(), bound)
+    # Everything the checkpoint held is as it was saved.
+    state = loaded.state_dict()
+    assert all(torch.equal(state[name], value) for name, value in weights.items())

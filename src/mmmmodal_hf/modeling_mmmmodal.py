@@ -137,6 +137,13 @@ class MMMModalPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     @classmethod
+    def is_custom_code(cls) -> bool:
+        """False: every module here initialises through `transformers.initialization`, as the library's own models do.
+        Taken for custom code, weights missing from a checkpoint skipped the towers' own schemes (Whisper's sinusoidal
+        positions came out as N(0, 0.02) noise, SigLIP's MLPs without their Xavier init)."""
+        return False
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """As `PreTrainedModel.from_pretrained`, but from safetensors only (a pickled `pytorch_model.bin` can run
         code when read: a folder holding only that is refused, saying how to convert it), and a bitsandbytes
