@@ -3,6 +3,7 @@ command would run it. Nothing is timed or compared here; a change that breaks a 
 bench/serving.py and bench/server_memory.py need vLLM and run in the vLLM job (test_bench_serving.py)."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -43,4 +44,5 @@ def test_benchmark_runs_in_quick_mode(script):
             numbers = [
                 value for value in row.values() if isinstance(value, (int, float)) and not isinstance(value, bool)
             ]
-            assert all(value == value and value >= 0 for value in numbers), row  # no NaN, nothing negative
+            # Figures only: a quick run's timings are noise (a per-token time may even come out negative).
+            assert all(math.isfinite(value) for value in numbers), row
