@@ -386,10 +386,8 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     set_seed(training_args.seed)
     dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     model = load_model(args.model, dtype=dtype)
-    with loading(args.model, "a processor", needs=None):
-        processor = MMMModalProcessor.from_pretrained(
-            args.model, trust_remote_code=True
-        )  # the folder it was told to train
+    with loading(args.model, "a processor", needs=None):  # trusted: the folder the command was told to train
+        processor = MMMModalProcessor.from_pretrained(args.model, trust_remote_code=True)
     model = prepare_stage(
         model,
         args.stage,

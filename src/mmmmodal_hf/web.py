@@ -57,7 +57,7 @@ def example_media() -> dict[str, str]:
 
 def example_turns() -> list[tuple[str, list[str]]]:
     """The page's examples, English and Malay: questions as the demo's world asks them, about the shipped media,
-    so the demo's model answers them right (tests/test_web.py checks that it does)."""
+    so the demo's model answers them right (tests/test_demo.py asks them of the quick run's model)."""
     media = example_media()
     return [
         ("What colour is the shape in image 2?", [media["red_circle"], media["blue_square"]]),

@@ -61,7 +61,7 @@ def server_command(model: str, host: str, port: int, tensor_parallel_size: int, 
         given = {flag.split("=")[0] for flag in vllm_flags}
         if "--gpu-memory-utilization" not in given:
             argv += ["--gpu-memory-utilization", CPU_MEMORY_SHARE]
-        if "--mm-processor-cache-gb" not in given:  # vLLM's 4 GiB is held twice (API server and engine)
+        if "--mm-processor-cache-gb" not in given:  # vLLM's 4 GiB, per API server and per engine by its count
             argv += ["--mm-processor-cache-gb", CPU_MEDIA_CACHE_GIB]
     return argv + list(vllm_flags), env
 
