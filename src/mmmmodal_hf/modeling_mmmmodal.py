@@ -10,6 +10,7 @@ this module only fills them, so there is no Python loop over items.
 import copy
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -63,31 +64,43 @@ def _one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | No
     """The KV cache a caller passed as `cache` (transformers >= 5.24) or `past_key_values` (before)."""
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise ValueError("Pass the KV cache once, as `cache` or as `past_key_values`, not both.")
+    if past_key_values is not None and CACHE_NAME == "cache":  # as transformers' own models warn since 5.24
+        warnings.warn("`past_key_values` is deprecated for `forward`. Use `cache` instead.", FutureWarning, 2)
     return cache if cache is not None else past_key_values
 
 
 @dataclass
-class MMMModalModelOutputWithPast(BaseModelOutputWithPast):
+class _MediaOutputs:
+    """The fields both outputs add. `image_outputs` / `audio_outputs` are the getters' whole outputs (the tower's
+    hidden state, the projected features in `pooler_output`, the tower's hidden states and attentions when asked),
+    as transformers >= 5.25 multimodal outputs hold them; as tuples they become tuples too."""
+
+    image_hidden_states: torch.FloatTensor | None = None
+    audio_hidden_states: torch.FloatTensor | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    audio_outputs: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, BaseModelOutputWithPooling) else v for v in super().to_tuple())
+
+
+@dataclass
+class MMMModalModelOutputWithPast(_MediaOutputs, BaseModelOutputWithPast):
     r"""
     The language model's outputs (`cache`: its KV cache, `past_key_values` before transformers 5.24), and the
     projected features as scattered into the slots:
     image_hidden_states (`(num_images, num_image_slots, hidden_size)`, *optional*).
     audio_hidden_states (`(num_audio_slot_positions, hidden_size)`, *optional*): every window's, padding slots dropped.
+    image_outputs, audio_outputs (`BaseModelOutputWithPooling`, *optional*): the getters' outputs (`_MediaOutputs`).
     """
-
-    image_hidden_states: torch.FloatTensor | None = None
-    audio_hidden_states: torch.FloatTensor | None = None
 
 
 @dataclass
-class MMMModalCausalLMOutputWithPast(CausalLMOutputWithPast):
+class MMMModalCausalLMOutputWithPast(_MediaOutputs, CausalLMOutputWithPast):
     r"""
     loss (`(1,)`, *optional*): next-token loss, when `labels` are given; logits (`(batch, sequence, vocab)`);
-    cache, image_hidden_states, audio_hidden_states: as in `MMMModalModelOutputWithPast`.
+    cache, image_hidden_states, audio_hidden_states, image_outputs, audio_outputs: as in `MMMModalModelOutputWithPast`.
     """
-
-    image_hidden_states: torch.FloatTensor | None = None
-    audio_hidden_states: torch.FloatTensor | None = None
 
 
 class MMMModalImageProjector(nn.Module):
@@ -324,14 +337,14 @@ class MMMModalModel(MMMModalPreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
-        image_features = audio_features = None
+        image = audio = image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image = self.get_image_features(pixel_values, return_dict=True)
+            image = self.get_image_features(pixel_values, return_dict=True, **kwargs)
             image_features = image.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, "image")
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
-            audio = self.get_audio_features(input_features, input_features_mask, return_dict=True)
+            audio = self.get_audio_features(input_features, input_features_mask, return_dict=True, **kwargs)
             audio_features = audio.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, "audio")
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
@@ -351,6 +364,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
             attentions=outputs.attentions,
             image_hidden_states=image_features,
             audio_hidden_states=audio_features,
+            image_outputs=image,
+            audio_outputs=audio,
         )
 
 
@@ -461,6 +476,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             attentions=outputs.attentions,
             image_hidden_states=outputs.image_hidden_states,
             audio_hidden_states=outputs.audio_hidden_states,
+            image_outputs=outputs.image_outputs,
+            audio_outputs=outputs.audio_outputs,
         )
 
 
