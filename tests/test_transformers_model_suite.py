@@ -123,7 +123,9 @@ class MMMModalModelSuiteTest(
         ):
             self.enterContext(patch.dict(mapping, {"mmmmodal": name}))
         self.model_tester = MMMModalModelTester(self)
-        self.config_tester = configuration_common.ConfigTester(self, config_class=MMMModalConfig, has_text_modality=False)
+        self.config_tester = configuration_common.ConfigTester(
+            self, config_class=MMMModalConfig, has_text_modality=False
+        )
 
     def test_config(self):
         self.config_tester.run_common_tests()
