@@ -37,7 +37,8 @@ def test_adds_tags_and_slot_tokens_once(processor, tokenizer_folder):
         "<image_slot>",
         "<audio_slot>",
     ]
-    assert (processor.image_token, processor.audio_token) == ("<image_slot>", "<audio_slot>")
+    # As in transformers' processors: `image_token` is what text holds, `image_token_id` what fills the model's slots.
+    assert (processor.image_token, processor.audio_token) == ("<image>", "<audio>")
     assert (processor.image_token_id, processor.audio_token_id) == (32004, 32005)
     again = MMMModalProcessor(processor.image_processor, processor.feature_extractor, tokenizer)
     assert len(again.tokenizer) == 32006

@@ -66,6 +66,30 @@ def test_slot_counts_follow_a_per_call_image_size(session_processor):
     assert session_processor._get_num_multimodal_tokens(image_sizes=[(30, 40)]).num_image_tokens == [16]
 
 
+def test_nested_flat_and_saved_keywords_reach_the_sub_processors(session_processor, tokenizer_folder):
+    """Found by the common suite: nested `text_kwargs` and flat image-processor keywords were dropped, and the
+    tokenizer's saved defaults never merged; they are merged as every transformers processor merges them."""
+    text = "[INST] <image> </image> Apa ini? [/INST]"
+    call = dict(text=text, images=[random_image(1)], return_tensors="pt")
+    plain = session_processor(**call)
+    nested = session_processor(**call, text_kwargs={"max_length": 76, "padding": "max_length"})
+    assert nested["input_ids"].shape[-1] == 76 and plain["input_ids"].shape[-1] < 76
+    assert nested["input_ids"][0, -plain["input_ids"].shape[-1] :].tolist() == plain["input_ids"][0].tolist()  # left
+    flat = session_processor(**call, do_rescale=True, rescale_factor=-1.0)
+    assert plain["pixel_values"].min() >= -1.0 and flat["pixel_values"].max() < -1.0  # -x/255 before normalising
+    with pytest.raises(ValueError, match="passed two times"):
+        session_processor(**call, text_kwargs={"padding": "do_not_pad"}, padding="max_length")
+    from transformers import AutoTokenizer
+
+    from mmmmodal_hf import MMMModalProcessor
+
+    saved = AutoTokenizer.from_pretrained(tokenizer_folder, max_length=70, padding="max_length", padding_side="right")
+    processor = MMMModalProcessor(session_processor.image_processor, session_processor.feature_extractor, saved)
+    padded = processor(**call)["input_ids"]
+    assert padded.shape[-1] == 70  # the tokenizer's saved padding and length
+    assert padded[0, -1] != processor.tokenizer.pad_token_id  # but left: the processor pads for generation
+
+
 def test_the_feature_getters_answer_return_dict_and_the_towers_outputs(model, inputs):
     """Found by the common suite: the getters ignored `return_dict`, `output_hidden_states` and `output_attentions`.
     (Attention weights come from eager attention, as in every transformers model.)"""

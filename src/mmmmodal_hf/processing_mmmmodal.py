@@ -17,7 +17,10 @@ from pathlib import Path
 
 import numpy as np
 from transformers import AddedToken, BatchFeature, ProcessorMixin
-from transformers.processing_utils import MultiModalData
+from transformers.audio_utils import AudioInput
+from transformers.image_utils import ImageInput
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
+from transformers.tokenization_utils_base import TextInput
 
 from .configuration_mmmmodal import (
     AUDIO_END_TOKEN,
@@ -54,6 +57,15 @@ _TOKENS = {
 }
 
 
+class MMMModalProcessorKwargs(ProcessingKwargs, total=False):
+    """The call's keywords: the sub-processors' (nested as `text_kwargs` / `images_kwargs` / `audio_kwargs`, or
+    flat), merged with their saved defaults as every transformers processor merges them, and two of its own."""
+
+    skip_bad_samples: bool
+    return_text_replacement_offsets: bool
+    _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}  # left: ready for batched generation
+
+
 class MMMModalProcessor(ProcessorMixin):
     r"""
     Wraps a SigLIP image processor (any size: slots follow the resized grid), a Whisper feature extractor
@@ -69,7 +81,12 @@ class MMMModalProcessor(ProcessorMixin):
         decoding (decompression bombs; None lifts the limit).
     trim_audio_padding: each window gets only the slots whose projector window starts in real audio
         (`num_real_audio_slots`); as the model config's flag of the same name.
+
+    `image_token` / `audio_token` are the placeholders text holds (`<image>`, `<audio>`); `image_token_id` /
+    `audio_token_id` the slot tokens each is expanded into, which the model fills.
     """
+
+    valid_processor_kwargs = MMMModalProcessorKwargs
 
     def __init__(
         self,
@@ -92,7 +109,7 @@ class MMMModalProcessor(ProcessorMixin):
         self.audio_conv_kernel, self.audio_conv_stride = audio_conv_kernel, audio_conv_stride
         self.max_image_pixels, self.trim_audio_padding = max_image_pixels, trim_audio_padding
         _add_media_tokens(tokenizer)
-        self.image_token, self.audio_token = IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN
+        self.image_token, self.audio_token = IMAGE_START_TOKEN, AUDIO_START_TOKEN
         for name, token in _TOKENS.items():
             setattr(self, name, tokenizer.convert_tokens_to_ids(token))
         super().__init__(
@@ -131,30 +148,31 @@ class MMMModalProcessor(ProcessorMixin):
 
     def __call__(
         self,
-        text=None,
-        images=None,
-        audio=None,
-        audios=None,
-        sampling_rate: int | None = None,
-        return_tensors=None,
-        padding=True,
-        padding_side: str = "left",
-        add_special_tokens: bool = True,
-        images_kwargs: dict | None = None,
-        return_text_replacement_offsets: bool = False,
-        skip_bad_samples: bool = False,
-        **text_kwargs,
+        text: TextInput | list[TextInput] | None = None,
+        images: ImageInput | None = None,
+        audio: AudioInput | None = None,
+        audios: AudioInput | None = None,
+        **kwargs: Unpack[MMMModalProcessorKwargs],
     ) -> BatchFeature:
         """`input_ids`, `attention_mask`, and where media are given `pixel_values`, `input_features`, `input_features_mask`.
 
         text: a string or a list of them, with `<image>` / `<audio>` placeholders matched in order to the
             sample's media: images / audio (or `audios`), per sample (`[[a, b], [c]]`) or flat in placeholder
             order. sampling_rate: of audio given as bare arrays (files carry their own).
-        padding_side: "left" (default, for generation) or "right" (for training).
+        Keywords go to the tokenizer (`padding=True`, `padding_side="left"` for generation, "right" for training;
+            the tokenizer's saved side is not taken), the image processor (`rescale_factor`, `size`, ...) and the
+            feature extractor (not `padding`/`max_length`/`truncation`: each window is one Whisper window).
         skip_bad_samples: drop an unusable sample instead of raising; `kept_samples` are the indices of the
             rows, `skipped_samples` lists `{"sample": index, "error": message}`. A flat media list that does
             not match the batch's placeholders still raises.
         """
+        skip_bad_samples = kwargs.pop("skip_bad_samples", False)
+        return_text_replacement_offsets = kwargs.pop("return_text_replacement_offsets", False)
+        saved = {key: value for key, value in self.tokenizer.init_kwargs.items() if key != "padding_side"}
+        merged = self._merge_kwargs(MMMModalProcessorKwargs, tokenizer_init_kwargs=saved, **kwargs)
+        text_kwargs, images_kwargs, audio_kwargs = (merged[f"{kind}_kwargs"] for kind in ("text", "images", "audio"))
+        return_tensors = text_kwargs.pop("return_tensors", None)
+        sampling_rate = audio_kwargs.pop("sampling_rate", None)
         if audios is not None and audio is not None:
             raise ValueError("Pass audio as `audio=` or `audios=`, not both.")
         audio = audios if audios is not None else audio
@@ -185,13 +203,13 @@ class MMMModalProcessor(ProcessorMixin):
         if not kept:
             raise ValueError("Every sample of the batch is unusable:\n" + "\n".join(problems.values()))
 
-        data, image_slots = self._encode_images([loaded[i][0] for i in kept], images_kwargs or {}, return_tensors)
-        audio_data, audio_slots = self._encode_audio([loaded[i][1] for i in kept])
+        data, image_slots = self._encode_images([loaded[i][0] for i in kept], images_kwargs, return_tensors)
+        audio_data, audio_slots = self._encode_audio([loaded[i][1] for i in kept], audio_kwargs)
         expanded, offsets = self._expand_placeholders(
             [texts[i] for i in kept], [placeholders[i] for i in kept], image_slots, audio_slots
         )
         data = {
-            **self._tokenize(expanded, add_special_tokens, padding, padding_side, text_kwargs),
+            **self._tokenize(expanded, text_kwargs),
             **data,
             **audio_data,
         }
@@ -203,13 +221,15 @@ class MMMModalProcessor(ProcessorMixin):
             batch.skipped_samples = [{"sample": index, "error": problems[index]} for index in sorted(problems)]
         return batch
 
-    def _tokenize(self, texts: list[str], add_special_tokens: bool, padding, padding_side: str, text_kwargs: dict):
+    def _tokenize(self, texts: list[str], text_kwargs: dict):
         """The tokenizer's encoding, its special tokens added only to texts that do not already start with BOS.
 
         A plain prompt gets what `tokenizer(prompt)` adds (`<s>`); one that starts with `<s>` (as the
         chat template renders it) gets no second. transformers' `apply_chat_template` decides this for
         a whole batch; here it is decided per text, so a batch may mix both kinds.
         """
+        add_special_tokens, padding = text_kwargs.pop("add_special_tokens", True), text_kwargs.pop("padding", True)
+        padding_side = text_kwargs.pop("padding_side", "left")
         bos = self.tokenizer.bos_token
         has_bos = [bool(add_special_tokens and bos and text.startswith(bos)) for text in texts]
         if not any(has_bos) or all(has_bos):
@@ -220,7 +240,8 @@ class MMMModalProcessor(ProcessorMixin):
         # A mixed batch: each text alone, then padded together.
         rows = [self.tokenizer(t, add_special_tokens=not starts, **text_kwargs) for t, starts in zip(texts, has_bos)]
         merged = {key: [row[key] for row in rows] for key in rows[0]}
-        return self.tokenizer.pad(merged, padding=padding, padding_side=padding_side)
+        pad_kwargs = {key: text_kwargs[key] for key in ("max_length", "pad_to_multiple_of") if key in text_kwargs}
+        return self.tokenizer.pad(merged, padding=padding, padding_side=padding_side, **pad_kwargs)
 
     def encode_media(self, images=(), audio=(), sampling_rate: int | None = None, return_tensors="pt"):
         """Load and preprocess media on their own: `(features, image_slots, audio_slots)`.
@@ -229,7 +250,7 @@ class MMMModalProcessor(ProcessorMixin):
         counts say how `expand_media_placeholders` must expand each medium's placeholder.
         """
         data, image_slots = self._encode_images([self._load_images(0, list(images))], {}, return_tensors)
-        audio_data, audio_slots = self._encode_audio([self._load_audio(0, list(audio), sampling_rate)])
+        audio_data, audio_slots = self._encode_audio([self._load_audio(0, list(audio), sampling_rate)], {})
         return BatchFeature({**data, **audio_data}, tensor_type=return_tensors), image_slots, audio_slots
 
     def expand_media_placeholders(self, text: str, image_slots: list[int], audio_slots: list[int]) -> str:
@@ -307,18 +328,21 @@ class MMMModalProcessor(ProcessorMixin):
         if not loaded:
             return {}, []
         tensor_type = "pt" if return_tensors == "pt" else "np"
+        images_kwargs = {key: value for key, value in images_kwargs.items() if key != "return_tensors"}
         pixel_values = self.image_processor(loaded, return_tensors=tensor_type, **images_kwargs)["pixel_values"]
         height, width = pixel_values.shape[-2:]
         return {"pixel_values": pixel_values}, [self.num_image_slots(int(height), int(width))] * len(loaded)
 
-    def _encode_audio(self, sample_audio):
-        """Cut every waveform into Whisper windows and extract all windows in one call."""
+    def _encode_audio(self, sample_audio, audio_kwargs: dict):
+        """Cut every waveform into Whisper windows and extract all windows in one call (each padded to a window:
+        `padding`, `max_length`, `truncation` are the windows', not the call's)."""
         extractor, size = self.feature_extractor, self.feature_extractor.n_samples
         clips = [waveform for waveforms in sample_audio for waveform in waveforms]
         windows = [clip[i * size : (i + 1) * size] for clip in clips for i in range(self.num_audio_windows(len(clip)))]
         if not windows:
             return {}, []
-        settings = dict(padding="max_length", return_attention_mask=True, return_tensors="np")
+        settings = {k: v for k, v in audio_kwargs.items() if k not in ("padding", "max_length", "truncation")}
+        settings.update(padding="max_length", return_attention_mask=True, return_tensors="np")
         features = extractor(windows, sampling_rate=extractor.sampling_rate, **settings)
         # Whisper calls its frame mask `attention_mask`; renamed so it never collides with the text mask.
         frame_mask = np.asarray(features["attention_mask"], dtype=np.int64)
