@@ -400,30 +400,55 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
     ) -> BaseModelOutputWithPooling:
         return self.model.get_audio_features(input_features, input_features_mask, **kwargs)
 
-    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
-        """As `GenerationMixin`'s, but each prompt's media rows (its images, its clips' windows) repeat as a group,
-        [A, B] -> [A, B, A, B]: repeated row by row ([A, A, B, B]), copies would see other prompts' media."""
-        media, patch = {}, self.config.vision_config.patch_size
+    def _media_groups(self, input_ids: torch.Tensor, model_kwargs: dict):
+        """Per modality given: its input keys, slot token, the slots each media row fills, and how many rows each
+        prompt takes (rows are taken in order until a prompt's slots are filled). Skipped where slots and media
+        disagree: `forward` names the mismatch."""
+        patch = self.config.vision_config.patch_size
         for keys, token, slots_per_row in (
             (["pixel_values"], self.config.image_token_id, lambda rows: [num_image_slots(*rows.shape[-2:], patch)] * len(rows)),
             (["input_features", "input_features_mask"], self.config.audio_token_id, self.model.audio_slots_per_window),
         ):  # fmt: skip
-            if expand_size == 1 or input_ids is None or model_kwargs.get(keys[0]) is None:
+            if input_ids is None or model_kwargs.get(keys[0]) is None:
                 continue
-            per_row, counts = iter(slots_per_row(*(model_kwargs.get(key) for key in keys))), []
-            for wanted in (input_ids == token).sum(-1).tolist():  # a prompt's rows: those its slots take, in order
+            per_row = slots_per_row(*(model_kwargs.get(key) for key in keys))
+            rows, counts = iter(per_row), []
+            for wanted in (input_ids == token).sum(-1).tolist():
                 counts.append(0)
                 while wanted > 0:
-                    wanted, counts[-1] = wanted - next(per_row, wanted), counts[-1] + 1
-            if sum(counts) != model_kwargs[keys[0]].shape[0]:
-                continue  # the slots and the media disagree: `forward` names the mismatch
-            for key in (key for key in keys if model_kwargs.get(key) is not None):
+                    wanted, counts[-1] = wanted - next(rows, wanted), counts[-1] + 1
+            if sum(counts) == len(per_row):
+                yield [key for key in keys if model_kwargs.get(key) is not None], token, per_row, counts
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """As `GenerationMixin`'s, but each prompt's media rows (its images, its clips' windows) repeat as a group,
+        [A, B] -> [A, B, A, B]: repeated row by row ([A, A, B, B]), copies would see other prompts' media."""
+        media = {}
+        for keys, _, _, counts in list(self._media_groups(input_ids, model_kwargs)) if expand_size > 1 else []:
+            for key in keys:
                 groups = model_kwargs.pop(key).split(counts)
                 media[key] = torch.cat([group.repeat(expand_size, *[1] * (group.ndim - 1)) for group in groups])
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size, is_encoder_decoder, input_ids, **model_kwargs
         )
         return input_ids, {**model_kwargs, **media}
+
+    def prepare_inputs_for_generation(self, input_ids, *args, inputs_embeds=None, **kwargs):
+        """As `GenerationMixin`'s. Continuing a KV cache with the prompt's media given again (as transformers' own
+        continuation does), only the media whose slots the cache does not hold yet are encoded."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, inputs_embeds=inputs_embeds, **kwargs)
+        cache = model_inputs.get(CACHE_NAME)
+        past = cache.get_seq_length() if cache is not None and input_ids is not None else 0
+        for keys, token, per_row, counts in list(self._media_groups(input_ids, model_inputs)) if past else []:
+            keep, rows = [], iter(per_row)
+            for prompt_rows, cached_slots in zip(counts, (input_ids[:, :past] == token).sum(-1).tolist()):
+                seen = 0
+                for _ in range(prompt_rows):  # a row whose slots start in the cache is the cache's
+                    keep.append(seen >= cached_slots)
+                    seen += next(rows)
+            for key in keys:
+                model_inputs[key] = model_inputs[key][torch.tensor(keep, dtype=torch.bool)]
+        return model_inputs
 
     @can_return_tuple
     def forward(

@@ -19,7 +19,7 @@ import numpy as np
 from transformers import AddedToken, BatchFeature, ProcessorMixin
 from transformers.audio_utils import AudioInput
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, Unpack
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, TextKwargs, Unpack
 from transformers.tokenization_utils_base import TextInput
 
 from .configuration_mmmmodal import (
@@ -57,12 +57,19 @@ _TOKENS = {
 }
 
 
-class MMMModalProcessorKwargs(ProcessingKwargs, total=False):
-    """The call's keywords: the sub-processors' (nested as `text_kwargs` / `images_kwargs` / `audio_kwargs`, or
-    flat), merged with their saved defaults as every transformers processor merges them, and two of its own."""
+class MMMModalTextKwargs(TextKwargs, total=False):
+    """The tokenizer's keywords and two of the processor's own (with the text's: transformers 5.19 takes no flat
+    processor keywords)."""
 
     skip_bad_samples: bool
     return_text_replacement_offsets: bool
+
+
+class MMMModalProcessorKwargs(ProcessingKwargs, total=False):
+    """The call's keywords: the sub-processors' (nested as `text_kwargs` / `images_kwargs` / `audio_kwargs`, or
+    flat), merged with their saved defaults as every transformers processor merges them."""
+
+    text_kwargs: MMMModalTextKwargs
     _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}  # left: ready for batched generation
 
 
@@ -166,11 +173,11 @@ class MMMModalProcessor(ProcessorMixin):
             rows, `skipped_samples` lists `{"sample": index, "error": message}`. A flat media list that does
             not match the batch's placeholders still raises.
         """
-        skip_bad_samples = kwargs.pop("skip_bad_samples", False)
-        return_text_replacement_offsets = kwargs.pop("return_text_replacement_offsets", False)
+        own = {key: kwargs.pop(key, False) for key in ("skip_bad_samples", "return_text_replacement_offsets")}
         saved = {key: value for key, value in self.tokenizer.init_kwargs.items() if key != "padding_side"}
         merged = self._merge_kwargs(MMMModalProcessorKwargs, tokenizer_init_kwargs=saved, **kwargs)
         text_kwargs, images_kwargs, audio_kwargs = (merged[f"{kind}_kwargs"] for kind in ("text", "images", "audio"))
+        skip_bad_samples, return_text_replacement_offsets = (text_kwargs.pop(key, own[key]) for key in own)
         return_tensors = text_kwargs.pop("return_tensors", None)
         sampling_rate = audio_kwargs.pop("sampling_rate", None)
         if audios is not None and audio is not None:
