@@ -184,3 +184,42 @@ def test_unsupported_items_are_named_in_the_error(processor):
         processor(text="<image>", images=[np.array(3.0)])
     with pytest.raises(ValueError, match=r"Sample 1, audio 1 \(<int>\): audio must be a path"):
         processor(text="<audio>", audio=[7])
+
+
+def test_each_problem_has_its_type_and_keeps_it_through_the_processor(processor, tmp_path):
+    """Callers branch on the problem's type (web's upload check does), never on message text; the messages stay."""
+    from mmmmodal_hf.media_mmmmodal import (
+        CorruptMediaError,
+        MediaError,
+        MediaNotFoundError,
+        MediaTooLargeError,
+        NotAnImageError,
+        NotAudioError,
+    )
+    from mmmmodal_hf.web import media_kind
+
+    (tmp_path / "text.png").write_text("not an image at all")
+    Image.new("RGB", (64, 64)).save(tmp_path / "whole.png")
+    (tmp_path / "cut.png").write_bytes((tmp_path / "whole.png").read_bytes()[:60])
+    soundfile.write(tmp_path / "tone.wav", random_clip(0), 16000)
+    cases = [
+        (lambda: load_image(tmp_path / "missing.png"), MediaNotFoundError, "no such file"),
+        (lambda: load_image(tmp_path / "text.png"), NotAnImageError, "not a readable image"),
+        (lambda: load_image(tmp_path / "cut.png"), CorruptMediaError, "corrupt or truncated"),
+        (lambda: load_image(tmp_path / "whole.png", max_pixels=100), MediaTooLargeError, "more than the limit"),
+        (lambda: load_audio(tmp_path / "text.png", 16000), NotAudioError, "not a readable audio file"),
+        (lambda: load_audio(np.zeros(0, dtype=np.float32), 16000, 16000), CorruptMediaError, "empty"),
+        (lambda: load_audio(np.zeros((2, 2, 2)), 16000, 16000), MediaError, "1-D"),
+    ]
+    for load, kind, words in cases:
+        with pytest.raises(kind, match=words):
+            load()
+    with pytest.raises(NotAnImageError, match=r"Sample 1, image 1 .*not a readable image"):
+        processor(text="<image>", images=[str(tmp_path / "text.png")])
+    with pytest.raises(CorruptMediaError, match=r"Sample 1, audio 1 .*empty"):
+        processor(text="<audio>", audio=[np.zeros(0, dtype=np.float32)], sampling_rate=16000)
+    assert media_kind(str(tmp_path / "whole.png")) == "image" and media_kind(str(tmp_path / "tone.wav")) == "audio"
+    with pytest.raises(CorruptMediaError, match="cut.png: the image data is corrupt"):
+        media_kind(str(tmp_path / "cut.png"))
+    with pytest.raises(MediaError, match="neither an image nor audio"):
+        media_kind(str(tmp_path / "text.png"))

@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _unusable_attachment(args) -> str | None:
     """What is wrong with the first `--image` / `--audio` file that is missing or not that medium, else None."""
-    for kind, loader in (("image", load_image), ("audio", lambda path: load_audio(path, 16000))):
+    for kind, loader in (("image", load_image), ("audio", lambda path: load_audio(path, None))):  # its own rate
         for number, path in enumerate(getattr(args, kind), start=1):
             if not Path(path).is_file():
                 return f"{kind} {number} ({path}): no such file"

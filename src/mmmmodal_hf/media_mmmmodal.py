@@ -2,7 +2,8 @@
 
 One place for media loading, shared by the processor, training data and the chat tools. The
 kind of a file is decided by decoding it, never by its extension. Every failure is a
-`ValueError` with the reason; the processor adds which sample and which item it was.
+`MediaError` (a `ValueError`) of the problem's type, with the reason; the processor adds which sample and which
+item it was, keeping the type, so callers branch on types and never on message text.
 """
 
 import io
@@ -18,6 +19,30 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 _URL_PREFIXES = ("http://", "https://")
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; Pillow's own bomb check only warns below 179M
+
+
+class MediaError(ValueError):
+    """A medium that cannot be used: of the wrong form (a 4-D array, a dict without samples, ...), or one below."""
+
+
+class MediaNotFoundError(MediaError):
+    """No such file, or a URL that could not be fetched."""
+
+
+class NotAnImageError(MediaError):
+    """Bytes no image format decodes."""
+
+
+class NotAudioError(MediaError):
+    """Bytes no audio format decodes."""
+
+
+class CorruptMediaError(MediaError):
+    """Of its kind but unusable: truncated, empty, or holding NaN or infinite values."""
+
+
+class MediaTooLargeError(MediaError):
+    """Over a limit: more pixels than `max_image_pixels` (a possible decompression bomb), audio too long."""
 
 
 def describe_media(item) -> str:
@@ -40,15 +65,17 @@ def _fetch(url: str) -> io.BytesIO:
     try:
         response = httpx.get(url, follow_redirects=True, timeout=30)
     except httpx.HTTPError as error:  # no connection, a timeout, a malformed URL
-        raise ValueError(f"the URL could not be fetched ({type(error).__name__}: {error})") from None
+        raise MediaNotFoundError(f"the URL could not be fetched ({type(error).__name__}: {error})") from None
     if response.is_error:
-        raise ValueError(f"the URL could not be fetched (HTTP {response.status_code} {response.reason_phrase})")
+        raise MediaNotFoundError(
+            f"the URL could not be fetched (HTTP {response.status_code} {response.reason_phrase})"
+        )
     return io.BytesIO(response.content)
 
 
 def _check_pixels(image: Image.Image, max_pixels: int | None) -> None:
     if max_pixels is not None and image.width * image.height > max_pixels:
-        raise ValueError(
+        raise MediaTooLargeError(
             f"refused: {image.width}x{image.height} = {image.width * image.height:,} pixels is more than the limit "
             f"of {max_pixels:,} (max_image_pixels), a possible decompression bomb"
         )
@@ -60,13 +87,13 @@ def _open_image(source, max_pixels: int | None) -> Image.Image:
         _check_pixels(image, max_pixels)  # from the header, before a single pixel is decoded
         image.load()  # decode now, so a truncated file fails here and not inside the image processor
     except FileNotFoundError:
-        raise ValueError(f"no such file: {source}") from None
+        raise MediaNotFoundError(f"no such file: {source}") from None
     except UnidentifiedImageError:
-        raise ValueError("not a readable image (the bytes are not in any format Pillow decodes)") from None
+        raise NotAnImageError("not a readable image (the bytes are not in any format Pillow decodes)") from None
     except Image.DecompressionBombError as error:
-        raise ValueError(f"refused as a possible decompression bomb: {error}") from None
+        raise MediaTooLargeError(f"refused as a possible decompression bomb: {error}") from None
     except (OSError, SyntaxError) as error:
-        raise ValueError(f"the image data is corrupt or truncated ({error})") from None
+        raise CorruptMediaError(f"the image data is corrupt or truncated ({error})") from None
     # Animated images (GIF, WebP, APNG) hold their first frame after open(); EXIF rotation is applied
     # so photos from phones come upright.
     return ImageOps.exif_transpose(image)
@@ -94,13 +121,13 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; got {array.shape}")
+        raise MediaError(f"an image array must be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4; got {array.shape}")
     if array.size == 0:
-        raise ValueError(f"the image array is empty (shape {array.shape})")
+        raise MediaError(f"the image array is empty (shape {array.shape})")
     if array.dtype != np.uint8:
         array = array.astype(np.float64)
         if not np.isfinite(array).all():
-            raise ValueError("the image array holds NaN or infinite values")
+            raise CorruptMediaError("the image array holds NaN or infinite values")
         if array.max(initial=0) <= 1.0:
             array = array * 255.0  # floats in [0, 1]
         array = np.clip(array, 0, 255).round().astype(np.uint8)
@@ -124,11 +151,11 @@ def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
     elif hasattr(item, "detach") and hasattr(item, "numpy"):  # torch.Tensor, without importing torch here
         image = _array_to_image(item.detach().cpu().float().numpy() if item.is_floating_point() else item.numpy())
     else:
-        raise ValueError(
+        raise MediaError(
             f"an image must be a path, URL, bytes, PIL image, numpy array or torch tensor; got {type(item).__name__}"
         )
     if image.width == 0 or image.height == 0:
-        raise ValueError(f"the image has no pixels ({image.width}x{image.height})")
+        raise CorruptMediaError(f"the image has no pixels ({image.width}x{image.height})")
     _check_pixels(image, max_pixels)
     return _to_rgb(image)
 
@@ -143,15 +170,15 @@ def _read_audio_file(source) -> tuple[np.ndarray, int]:
             shortfall = _SHORT_CHUNK_RE.search(handle.extra_info)
             promised, present = (int(n) for n in shortfall.groups()) if shortfall else (0, 0)
             if present < promised:
-                raise ValueError(
+                raise CorruptMediaError(
                     f"the audio file is truncated: its header promises {promised:,} bytes of samples but only "
                     f"{present:,} are present"
                 )
             samples, rate = handle.read(dtype="float32", always_2d=True), handle.samplerate
     except FileNotFoundError:
-        raise ValueError(f"no such file: {source}") from None
+        raise MediaNotFoundError(f"no such file: {source}") from None
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise ValueError(f"not a readable audio file ({error})") from None
+        raise NotAudioError(f"not a readable audio file ({error})") from None
     return samples.T, rate  # (channels, samples)
 
 
@@ -160,13 +187,14 @@ def _as_channels_first(array: np.ndarray) -> np.ndarray:
         return array[None, :]
     if array.ndim == 2:
         if array.shape[0] > 64 and array.shape[1] <= 64:
-            raise ValueError(f"audio of shape {array.shape} looks like (samples, channels); pass (channels, samples)")
+            raise MediaError(f"audio of shape {array.shape} looks like (samples, channels); pass (channels, samples)")
         return array
-    raise ValueError(f"audio must be 1-D (samples) or 2-D (channels, samples); got shape {array.shape}")
+    raise MediaError(f"audio must be 1-D (samples) or 2-D (channels, samples); got shape {array.shape}")
 
 
-def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.ndarray:
-    """A mono float32 waveform at `target_rate` from a path, URL, bytes, array, tensor or datasets-style dict.
+def load_audio(item, target_rate: int | None, sampling_rate: int | None = None) -> np.ndarray:
+    """A mono float32 waveform at `target_rate` from a path, URL, bytes, array, tensor or datasets-style dict
+    (`target_rate=None`: at the file's own rate, for checking that a file is usable audio).
 
     `sampling_rate` is the rate of a bare array (files carry their own). Channels are averaged;
     other rates are resampled with soxr.
@@ -174,7 +202,7 @@ def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.n
     if isinstance(item, dict):  # datasets' Audio feature: {"array", "sampling_rate"} or {"path"/"bytes"}
         key = next((key for key in ("array", "bytes", "path") if item.get(key) is not None), None)
         if key is None:
-            raise ValueError(f"an audio dict needs 'array' (+ 'sampling_rate'), 'bytes' or 'path'; got {sorted(item)}")
+            raise MediaError(f"an audio dict needs 'array' (+ 'sampling_rate'), 'bytes' or 'path'; got {sorted(item)}")
         sampling_rate = item.get("sampling_rate", sampling_rate) if key == "array" else sampling_rate
         item = item[key]
 
@@ -186,28 +214,30 @@ def load_audio(item, target_rate: int, sampling_rate: int | None = None) -> np.n
     elif isinstance(item, np.ndarray) or (hasattr(item, "detach") and hasattr(item, "numpy")):
         array = item if isinstance(item, np.ndarray) else item.detach().cpu().float().numpy()
         if not np.issubdtype(array.dtype, np.number):
-            raise ValueError(f"audio samples must be numbers; got dtype {array.dtype}")
+            raise MediaError(f"audio samples must be numbers; got dtype {array.dtype}")
         if np.issubdtype(array.dtype, np.integer):
             array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
         channels = _as_channels_first(np.asarray(array, dtype=np.float32))
         rate = sampling_rate if sampling_rate is not None else target_rate
+        if rate is None:
+            raise MediaError("an audio array needs its sampling_rate")
     else:
-        raise ValueError(
+        raise MediaError(
             "audio must be a path, URL, bytes, numpy array, torch tensor or a dict with 'array' and "
             f"'sampling_rate'; got {type(item).__name__}"
         )
     return _finish_audio(channels, int(rate), target_rate)
 
 
-def _finish_audio(channels: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+def _finish_audio(channels: np.ndarray, rate: int, target_rate: int | None) -> np.ndarray:
     if channels.shape[-1] == 0:
-        raise ValueError("the audio is empty (0 samples)")
+        raise CorruptMediaError("the audio is empty (0 samples)")
     if rate <= 0:
-        raise ValueError(f"the sampling rate must be positive; got {rate}")
+        raise MediaError(f"the sampling rate must be positive; got {rate}")
     if not np.isfinite(channels).all():
-        raise ValueError("the audio holds NaN or infinite samples")
+        raise CorruptMediaError("the audio holds NaN or infinite samples")
     waveform = channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
-    if rate != target_rate:
+    if target_rate is not None and rate != target_rate:
         resampled = soxr.resample(waveform, rate, target_rate, quality="HQ")
         # soxr gives round-half-up(n * target / rate) samples: none for a clip shorter than one output
         # sample, which then becomes a single sample of its mean level.
@@ -215,4 +245,7 @@ def _finish_audio(channels: np.ndarray, rate: int, target_rate: int) -> np.ndarr
     return np.ascontiguousarray(waveform, dtype=np.float32)
 
 
-__all__ = ["load_image", "load_audio", "describe_media", "DEFAULT_MAX_IMAGE_PIXELS"]
+__all__ = [
+    "load_image", "load_audio", "describe_media", "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError",
+    "NotAnImageError", "NotAudioError", "CorruptMediaError", "MediaTooLargeError",
+]  # fmt: skip

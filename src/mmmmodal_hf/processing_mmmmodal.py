@@ -34,7 +34,7 @@ from .configuration_mmmmodal import (
     num_real_audio_slots,
     whisper_encoder_frames,
 )
-from .media_mmmmodal import DEFAULT_MAX_IMAGE_PIXELS, describe_media, load_audio, load_image
+from .media_mmmmodal import DEFAULT_MAX_IMAGE_PIXELS, MediaTooLargeError, describe_media, load_audio, load_image
 
 # The released models' chat format (Mistral-Instruct, media as the published data's tags), in the file
 # transformers saves a processor's template to: a saved folder's processor reads that folder's copy.
@@ -299,9 +299,9 @@ class MMMModalProcessor(ProcessorMixin):
         for position, item in enumerate(items):
             try:
                 loaded.append(load_image(item, max_pixels=self.max_image_pixels))
-            except ValueError as error:
+            except ValueError as error:  # a MediaError of the problem's type, kept as the item is named
                 where = f"Sample {index + 1}, image {position + 1} ({describe_media(item)})"
-                raise ValueError(f"{where}: {error}") from error
+                raise type(error)(f"{where}: {error}") from error
         return loaded
 
     def _load_audio(self, index: int, items: list, sampling_rate: int | None) -> list[np.ndarray]:
@@ -313,16 +313,16 @@ class MMMModalProcessor(ProcessorMixin):
             try:
                 waveform = load_audio(item, extractor.sampling_rate, sampling_rate)
             except ValueError as error:
-                raise ValueError(f"{where}: {error}") from error
+                raise type(error)(f"{where}: {error}") from error
             duration = waveform.shape[0] / extractor.sampling_rate
             if self.long_audio == "error" and waveform.shape[0] > extractor.n_samples:
-                raise ValueError(
+                raise MediaTooLargeError(
                     f"{where}: the clip lasts {duration:.1f} s, longer than "
                     f"one {extractor.chunk_length} s window, and long_audio='error'."
                 )
             seconds += duration
             if self.max_audio_seconds is not None and seconds > self.max_audio_seconds:
-                raise ValueError(
+                raise MediaTooLargeError(
                     f"Sample {index + 1}: its audio lasts {seconds:.1f} s up to and including audio {position + 1}, "
                     f"more than max_audio_seconds={self.max_audio_seconds:g}."
                 )

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from .cli_help import command_parser
-from .media_mmmmodal import load_audio, load_image
+from .media_mmmmodal import MediaError, NotAnImageError, NotAudioError, load_audio, load_image
 from .session import MMMModalChatSession
 
 INTRO = (
@@ -35,16 +35,18 @@ def media_kind(path: str, name: str | None = None) -> str:
     try:
         load_image(path)
         return "image"
-    except ValueError as error:
-        if not str(error).startswith("not a readable image"):
-            raise ValueError(f"{name}: {error}") from None
+    except NotAnImageError:
+        pass
+    except MediaError as error:
+        raise type(error)(f"{name}: {error}") from None
     try:
-        load_audio(path, 16000)
+        load_audio(path, None)  # decoded at its own rate: only whether it is audio matters here
         return "audio"
-    except ValueError as error:
-        if not str(error).startswith("not a readable audio file"):
-            raise ValueError(f"{name}: {error}") from None
-    raise ValueError(f"{name} is neither an image nor audio this page can read (Pillow and libsndfile formats)")
+    except NotAudioError:
+        pass
+    except MediaError as error:
+        raise type(error)(f"{name}: {error}") from None
+    raise MediaError(f"{name} is neither an image nor audio this page can read (Pillow and libsndfile formats)")
 
 
 EXAMPLES = Path(__file__).with_name("web_examples")  # drawn once by the package's demo world; shipped as files
