@@ -1,4 +1,4 @@
-"""The baseline: feature merging as the published research code did it (DESIGN.md 2).
+"""The baseline: feature merging as the published research code did it (mesolitica/multimodal-LLM).
 
 Each medium goes through its encoder on its own (batch of one), and each sample's row is rebuilt
 by concatenation around every medium in a Python loop; rows are then right-padded into a batch.

@@ -1,4 +1,4 @@
-"""Training throughput: our zero anchor against the published blank-placeholder scheme (DESIGN.md 1).
+"""Training throughput: our zero anchor against the published code's blank-placeholder scheme.
 
 The published code prepended a blank 384 px image and 30 s of silence to every sample (masked out
 of the loss) so that every rank always used both projectors. We keep missing branches in the graph

@@ -42,7 +42,7 @@ from mmmmodal_hf.cli_help import command_parser
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
 from mmmmodal_hf.modeling_mmmmodal import tower_cuts
 
-# The two published variants (DESIGN.md 1): both see through SigLIP-base-384 and hear through
+# The two published variants (arXiv 2402.11297): both see through SigLIP-base-384 and hear through
 # Malaysian Whisper-small.
 PRESETS = {
     "tinyllama": {

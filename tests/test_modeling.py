@@ -250,5 +250,5 @@ def test_published_projector_sizes(text_config, hidden, audio_params, image_para
     # Conv1d(768 -> H, kernel 40) + Linear(H -> H); Linear(768 -> H) + Linear(H -> H), with biases.
     assert count(model.model.audio_projector) == 768 * hidden * 40 + hidden + hidden * hidden + hidden == audio_params
     assert count(model.model.image_projector) == 768 * hidden + hidden + hidden * hidden + hidden == image_params
-    # DESIGN.md 1: about 67M / 143M (audio) and 5.8M / 20M (image).
+    # The published projectors: about 67M / 143M (audio) and 5.8M / 20M (image).
     assert round(audio_params / 1e6) in (67, 143) and round(image_params / 1e6, 1) in (5.8, 19.9)

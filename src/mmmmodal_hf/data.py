@@ -502,7 +502,7 @@ class LengthGroupedBatchSampler(Sampler):
     Padding a batch to its longest row wastes a third of the compute on the demo's data. Trainer's
     `LengthGroupedSampler` sorts each group of 50 batches from longest to shortest, so training
     sweeps from long rows to short ones every 50 steps (a demo run through it lost its colour
-    answers: DEMO_EXPERIMENTS.md). Here each group is sorted the same way and cut into batches, and
+    answers: docs/demo-experiments.md). Here each group is sorted the same way and cut into batches, and
     the batches of all groups are shuffled. The last, partial batch stays last, so every other
     batch keeps its rows. Draws from torch's global generator, which `Trainer` seeds.
     """

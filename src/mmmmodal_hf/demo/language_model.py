@@ -19,7 +19,7 @@ instead. Match heads stay off. The two options:
   a match head added to the position-free pairs gave a mean of 63%, against 76% for the pairs
   alone (seed 0).
 
-Measured in DEMO_EXPERIMENTS.md.
+Measured in docs/demo-experiments.md.
 """
 
 import math
@@ -58,7 +58,7 @@ def build_text_config(settings, tokenizer) -> PreTrainedConfig:
     """The demo's LM (`settings`: a `DemoSettings`): `hidden_size` wide, `layers` deep, 32-wide heads.
 
     Llama's layout (RMSNorm, SwiGLU, RoPE); `lm="qwen3"` adds Qwen3's QK-norm, an RMSNorm on each
-    head's queries and keys, which measured better at picking one medium out of several (DEMO_EXPERIMENTS.md).
+    head's queries and keys, which measured better at picking one medium out of several (docs/demo-experiments.md).
     """
     hidden = settings.hidden_size
     return TEXT_CONFIGS[settings.lm](

@@ -11,7 +11,7 @@
 A published or converted model holds neither; this file travels only in the demo's saved folders,
 whose `auto_map` names it. It is written as a sibling of the Hub modules (`from .modeling_mmmmodal
 import ...`), so it runs from such a folder with `trust_remote_code`; the demo loads it the same way
-(`remote_code.py`). What each addition measured: DEMO_EXPERIMENTS.md.
+(`remote_code.py`). What each addition measured: docs/demo-experiments.md.
 """
 
 import torch

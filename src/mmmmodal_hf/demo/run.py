@@ -60,42 +60,42 @@ class DemoSettings:
     train_clips: int = 1000
     # The share of training's which-image and counting conversations whose images are drawn alike
     # (`world.make_conversation`): an image of the asked colour but another shape, which which image
-    # got wrong, comes twice as often; the held-out set stays as drawn (DEMO_EXPERIMENTS.md).
+    # got wrong, comes twice as often; the held-out set stays as drawn (docs/demo-experiments.md).
     near_misses: float = 0.5
     align_steps: int = 20  # the projectors against a random LM: the published first stage, kept short
-    finetune_steps: int = 2100  # the whole run in 9.5-9.8 min on 2-core AMD EPYC machines (DEMO_EXPERIMENTS.md)
+    finetune_steps: int = 2100  # the whole run in 9.5-9.8 min on 2-core AMD EPYC machines (docs/demo-experiments.md)
     align_learning_rate: float = 1e-4  # as published; larger rates let a projector trained against a random LM
     # collapse onto one direction (image features nearly identical), which finetune does not undo
     batch_size: int = 16
     learning_rate: float = 1e-3
     # AdamW's second-moment decay: 0.95, as small LMs trained from scratch commonly use, lets the step
     # size follow the gradients of a loss that falls fast; against 0.999 it lifted the look-up among
-    # several media on the seed where it formed late (DEMO_EXPERIMENTS.md).
+    # several media on the seed where it formed late (docs/demo-experiments.md).
     adam_beta2: float = 0.95
     hidden_size: int = 128
     layers: int = 2
     # Llama's 10000 spreads RoPE over 10k-token contexts; the demo's are under 300 tokens, and tying
-    # "image 2" to its medium measured better with short-range positions (with labels then; DEMO_EXPERIMENTS.md)
+    # "image 2" to its medium measured better with short-range positions (with labels then; docs/demo-experiments.md)
     rope_theta: float = 100.0
     # The slowest 8 of each head's 16 RoPE pairs slowed 1000-fold: a question's "2" can find the slots
     # tagged 2 by content at any distance, while the other pairs keep short-range positions. Match
-    # heads stay off. What each measured: language_model.py's docstring and DEMO_EXPERIMENTS.md.
+    # heads stay off. What each measured: language_model.py's docstring and docs/demo-experiments.md.
     position_free_pairs: int = 8
     match_heads: int = 0
     # Ordinal embeddings on each medium's slots (config.media_index_embeddings), each started as its
     # digit's token embedding times `media_index_scale`: the projected slots grow to norms of 20-30 in
     # training while a token embedding starts near 0.23, so at scale 1 the tag is ~1% of its slot and
-    # does nothing; at 60 it starts near 14 (DEMO_EXPERIMENTS.md). 0 embeddings leaves them out, as published.
+    # does nothing; at 60 it starts near 14 (docs/demo-experiments.md). 0 embeddings leaves them out, as published.
     media_index_embeddings: int = 8
     media_index_scale: float = 60.0
     # Each position's input gets a learned map of each of the 3 tokens before it
     # (config.previous_token_mix; 0 leaves them out, as published), so a Malay colour or shape of 2-4
     # tokens is whole at its last token before the first layer, where an English one is a single
-    # token, and "segi" knows the image number before it (DEMO_EXPERIMENTS.md).
+    # token, and "segi" knows the image number before it (docs/demo-experiments.md).
     previous_token_mix: int = 3
     # 1: "Image 2:" before each medium, as the world had until 2026-11-29. Off, media stand unlabelled
     # as a chat user sends them, the tags alone number them, and conversations are ~20% shorter
-    # (DEMO_EXPERIMENTS.md).
+    # (docs/demo-experiments.md).
     media_labels: int = 0
     lm: str = "qwen3"  # qwen3: Llama's layout plus QK-norm; llama: without (see build_text_config)
     tokenizer: str = "auto"  # auto | mistral | trained
@@ -149,7 +149,7 @@ def build_model(settings: DemoSettings, processor: MMMModalProcessor) -> MMMModa
     """Small towers and LM: 4 slots per 32 px image (16 px patches), 4 slots per 1 s clip (a 12-frame stride).
 
     Four slots carry everything the world asks of a medium once the towers are pretrained, and
-    short media spans make each step cheaper (measured: DEMO_EXPERIMENTS.md).
+    short media spans make each step cheaper (measured: docs/demo-experiments.md).
     """
     config = MMMModalDemoConfig(
         vision_config=SiglipVisionConfig(

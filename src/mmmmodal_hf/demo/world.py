@@ -229,7 +229,7 @@ def worked_which_image(images: list[ImageFact], k: int, language: str) -> str:
     """ "red circle: 1 blue no, 2 red square no, 3 red circle yes. Image 3.": the asked thing, each image, the verdict.
 
     The 2-layer demo LM does not find the image that matches a thing asked a sentence before in one
-    step (DEMO_EXPERIMENTS.md). Written image by image, each step is a look-up by number and a
+    step (docs/demo-experiments.md). Written image by image, each step is a look-up by number and a
     comparison of one word with the same word restated: an image whose colour differs from the
     asked one's is "no" at once, else its shape decides. Each step names the colour first in Malay
     too ("bulatan merah: 1 biru tidak, 2 merah segi empat tidak, ..."): shape first, two Malay shapes
@@ -254,7 +254,7 @@ def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
     the image's shape (a look-up by number), whether it is the asked one (written out, as which
     image's steps are), and the count one step back plus the verdict just written. Without the
     written verdict, comparing and counting in one word, the LM took Malay's "segi tiga" for
-    "segi empat" and back in nearly all its counting misses (DEMO_EXPERIMENTS.md). The counts are
+    "segi empat" and back in nearly all its counting misses (docs/demo-experiments.md). The counts are
     words: the Mistral tokenizer writes a digit after a bare "▁", one position further from what
     decides it, and that slowed learning the count twofold (`bench/slot_lookup.py`).
     """
@@ -276,7 +276,7 @@ def worked_image_vs_audio(images: int, clip: int, beeps: int, language: str) -> 
 
     Written as two counts and a verdict ("Images four, beeps two. More images."), the counts were
     right and the verdict, a comparison of two number words, was not learned in the demo's budget
-    (DEMO_EXPERIMENTS.md). Here each step is what the demo LM does well: a look-up by number (the
+    (docs/demo-experiments.md). Here each step is what the demo LM does well: a look-up by number (the
     clip's beeps, its number written just before, as the higher clip's answer does), then whether
     an image of that number, and of the next, was given; the verdict follows from the two words
     just written.

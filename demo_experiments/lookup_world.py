@@ -1,6 +1,6 @@
 """Which of the demo world's question kinds its LM can learn at all, with media written as words.
 
-`mmmmodal demo` misses its 90% target on every kind (DEMO_EXPERIMENTS.md). This separates the LM from
+`mmmmodal demo` misses its 90% target on every kind (docs/demo-experiments.md). This separates the LM from
 the media: the demo's LM as `mmmmodal demo` builds it (128 wide, 2 layers, RoPE base 100, Llama's
 layout with QK-norm, or without it with `--lm llama` as recorded in BENCHMARKS.md,
 the Mistral tokenizer with the processor's tags) is trained from scratch on text in the demo's
@@ -11,7 +11,7 @@ questions per sequence of the demo's conversations, with no perception to learn.
 Reported per kind: teacher-forced exact match of the whole answer on 512 held-out sequences
 every `--every` steps, and its ratio to chance (the baseline) at the last step.
 
-    python -m mmmmodal_hf.demo.experiments.lookup_world [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128] [--lm qwen3|llama]
+    python -m demo_experiments.lookup_world [--steps 900] [--batch-size 32] [--every 150] [--layers 2] [--hidden-size 128] [--lm qwen3|llama]
                                  [--kinds which_image,...] [--recall-steps 0] [--which-image-by shape]
 
 `--recall-steps N` first trains the LM on associative recall (`associative_recall.py`), to see

@@ -1,6 +1,6 @@
 """Which look-ups the demo's LM learns over media slots, with perception taken out (accuracy, not speed).
 
-`mmmmodal demo` leaves which image and counting near chance (DEMO_EXPERIMENTS.md). This trains the
+`mmmmodal demo` leaves which image and counting near chance (docs/demo-experiments.md). This trains the
 demo's LM (`DemoSettings`: 128 wide, 2 layers, 32-wide heads, Qwen3's QK-norm, RoPE base 100 with 8
 position-free pairs) on short sequences whose media are slots, as in the demo: each image is
 `--slots` slot positions holding a learned projection of a stand-in tower feature (a fixed random
@@ -28,7 +28,7 @@ with the images' digits, half the shape words two tokens long, and a bare "_" be
 kind: accuracy of the answer's last token (the digit, the colour, the count) and exact match (every
 answer token right under teacher forcing, which is what greedy decoding would reproduce).
 
-    python -m mmmmodal_hf.demo.experiments.slot_lookup [--kind which|count] [--share 0.5] [--steps 1000] [--early-share S --early-frac F]
+    python -m demo_experiments.slot_lookup [--kind which|count] [--share 0.5] [--steps 1000] [--early-share S --early-frac F]
                                 [--form plain|verdict|running|restated|compact] [--demo-like] [--weight 1]
                                 [--slots 4] [--layers 2] [--lm qwen3|llama] [--tag-scale 60]
 """

@@ -1,5 +1,5 @@
 """The demo's research: what its finetune costs and which look-ups its small LM learns (docs/demo-benchmarks.md).
 
-Each module runs as `python -m mmmmodal_hf.demo.experiments.NAME --help`; results are recorded in
+Each module runs as `python -m demo_experiments.NAME --help`; results are recorded in
 `results/` and in docs/demo-benchmarks.md.
 """

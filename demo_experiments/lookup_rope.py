@@ -8,7 +8,7 @@ questions per sequence ask for one fact of one numbered medium. Both contenders 
 batches; the baseline is Llama's default RoPE base (10000), the contender the demo's (100).
 Reported: answer-token accuracy on 256 held-out sequences every `--every` steps.
 
-    python -m mmmmodal_hf.demo.experiments.lookup_rope [--steps 600] [--batch-size 32] [--thetas 10000,100] [--lm llama|qwen3]
+    python -m demo_experiments.lookup_rope [--steps 600] [--batch-size 32] [--thetas 10000,100] [--lm llama|qwen3]
 """
 
 import argparse

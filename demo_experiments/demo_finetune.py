@@ -24,11 +24,11 @@ tokens before each position cost per step.
 Every contender trains the demo's model (`mmmmodal demo` defaults) on the same small demo world
 for the same number of epochs, with one persistent dataloader worker, as the demo does.
 
-    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare cache_rows [--conversations 320] [--epochs 3] [--repeats 2]
-    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare packing [--block-sizes 512,1024]
-    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare towers --conversations 480
-    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare head --conversations 960
-    python -m mmmmodal_hf.demo.experiments.demo_finetune --compare mix --conversations 960
+    python -m demo_experiments.demo_finetune --compare cache_rows [--conversations 320] [--epochs 3] [--repeats 2]
+    python -m demo_experiments.demo_finetune --compare packing [--block-sizes 512,1024]
+    python -m demo_experiments.demo_finetune --compare towers --conversations 480
+    python -m demo_experiments.demo_finetune --compare head --conversations 960
+    python -m demo_experiments.demo_finetune --compare mix --conversations 960
 """
 
 import argparse
