@@ -116,3 +116,19 @@ def test_bad_media_leave_the_session_unchanged(model, session_processor, tmp_pat
     with pytest.raises(ValueError, match="image 1"):
         session.send("And this?", images=[str(broken)])
     assert len(session.messages) == 2
+
+
+def test_a_stream_yields_the_reply_and_one_left_early_drops_the_turn(model, session_processor):
+    """One streaming mechanism (the web page reads it): pieces as generated, the turn kept only once complete."""
+    session = MMMModalChatSession(model, session_processor, max_new_tokens=6, min_new_tokens=6)
+    pieces = list(session.stream("Apa ini?", images=[random_image(1)]))
+    assert "".join(pieces).strip() == session.messages[-1]["content"] and len(session.messages) == 2
+    cached, messages = session.cached_tokens, list(session.messages)
+    stream = session.stream("Dan ini?", audio=[random_clip(2)])
+    next(stream)
+    stream.close()  # the reader went away mid-reply
+    assert session.messages == messages  # the turn is dropped; the cache keeps only what the history shares
+    assert session._cache.get_seq_length() == session.cached_tokens <= cached
+    expected = MMMModalChatSession(model, session_processor, max_new_tokens=6, min_new_tokens=6)
+    expected.send("Apa ini?", images=[random_image(1)])
+    assert session.send("Dan ini?", audio=[random_clip(2)]) == expected.send("Dan ini?", audio=[random_clip(2)])

@@ -27,24 +27,24 @@ from .session import MMMModalChatSession
 HELP = "commands: /image PATH, /audio PATH, /undo, /reset, /save FILE, /quit"
 
 
-class ChatSession:
-    """The terminal's view of a chat: media attached for the next turn, and an `MMMModalChatSession`
-    that keeps the KV cache, so each turn encodes only its own media and prefills only its own tokens."""
+class TerminalChat:
+    """`mmmmodal chat`'s state: media attached for the next turn, and the `MMMModalChatSession` that keeps the
+    KV cache, so each turn encodes only its own media and prefills only its own tokens."""
 
     def __init__(self, model, processor, system: str | None = None, **generate_kwargs):
-        self.chat = MMMModalChatSession(model, processor, system=system, **generate_kwargs)
+        self.session = MMMModalChatSession(model, processor, system=system, **generate_kwargs)
         self.pending: list[tuple[str, str]] = []
 
     @property
     def messages(self) -> list[dict]:
-        return self.chat.messages
+        return self.session.messages
 
     def reset(self) -> None:
-        self.chat.reset()
+        self.session.reset()
         self.pending = []
 
     def undo(self) -> None:
-        self.chat.undo()
+        self.session.undo()
 
     def attach(self, kind: str, path: str) -> None:
         """Attach a file to the next turn, once it reads as that kind; a bad one is refused and nothing else changes."""
@@ -54,11 +54,11 @@ class ChatSession:
             raise ValueError(f"{where}: no such file")
         try:
             if kind == "image":
-                load_image(path, max_pixels=self.chat.processor.max_image_pixels)
+                load_image(path, max_pixels=self.session.processor.max_image_pixels)
             else:
-                load_audio(path, self.chat.processor.feature_extractor.sampling_rate)
+                load_audio(path, self.session.processor.feature_extractor.sampling_rate)
         except ValueError as error:
-            raise ValueError(f"{where}: {error}; not attached") from error
+            raise type(error)(f"{where}: {error}; not attached") from error
         self.pending.append((kind, str(Path(path).resolve())))
 
     def _sent(self, kind: str) -> int:
@@ -75,7 +75,7 @@ class ChatSession:
         images = [path for kind, path in self.pending if kind == "image"]
         clips = [path for kind, path in self.pending if kind == "audio"]
         self.pending = []
-        return self.chat.send(text, images=images, audio=clips, on_text=on_text)
+        return self.session.send(text, images=images, audio=clips, on_text=on_text)
 
     def save(self, path: str) -> Path:
         """The conversation as a training row in the content-block format (`mmmmodal train` reads it)."""
@@ -92,7 +92,7 @@ def load(model_name: str):
     return model, processor
 
 
-def interactive(session: ChatSession, lines, write) -> None:
+def interactive(chat: TerminalChat, lines, write) -> None:
     write(f"{HELP}\n")
     for raw in lines:
         line = raw.strip()
@@ -102,30 +102,30 @@ def interactive(session: ChatSession, lines, write) -> None:
             if line in ("/quit", "/exit"):
                 break
             if line == "/reset":
-                session.reset()
+                chat.reset()
                 write("(conversation cleared)\n")
             elif line == "/undo":
-                session.undo()
+                chat.undo()
                 write("(last exchange removed)\n")
             elif line.split()[0] in ("/image", "/audio"):
                 kind, _, path = line[1:].partition(" ")
                 if not path.strip():
                     write(f"/{kind} needs a file: /{kind} PATH\n")
                     continue
-                session.attach(kind, path.strip())
+                chat.attach(kind, path.strip())
                 write(f"({kind} attached to the next turn: {path.strip()})\n")
             elif line.split()[0] == "/save":
                 if len(line.split()) == 1:
                     write("/save needs a file: /save FILE\n")
                     continue
-                write(f"(saved {session.save(line.split(' ', 1)[1].strip())})\n")
+                write(f"(saved {chat.save(line.split(' ', 1)[1].strip())})\n")
             elif line.startswith("/"):
                 write(f"unknown command; {HELP}\n")
             else:
-                dropped = len(session.pending)
+                dropped = len(chat.pending)
                 write("model> ")
                 try:
-                    session.send(line, on_text=write)
+                    chat.send(line, on_text=write)
                 except ValueError:
                     if dropped:
                         write("(the turn's attachments were dropped with it)\n")
@@ -168,23 +168,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        session = ChatSession(*load(args.model), system=args.system, **generate_kwargs)
-        notice = getattr(session.chat.model.config, "chat_notice", None)  # what the model's folder says of it
+        chat = TerminalChat(*load(args.model), system=args.system, **generate_kwargs)
+        notice = getattr(chat.session.model.config, "chat_notice", None)  # what the model's folder says of it
         for kind in ("image", "audio"):
             for path in getattr(args, kind):
-                session.attach(kind, path)
+                chat.attach(kind, path)
                 if args.prompt is None:
                     write(f"({kind} attached to the first turn: {path})\n")
         if args.prompt is not None:
             if notice:
                 print(notice, file=sys.stderr)
-            session.send(args.prompt, on_text=write)
+            chat.send(args.prompt, on_text=write)
             write("\n")
             return 0
         lines = _prompted_lines(write) if sys.stdin.isatty() else sys.stdin
         if notice:
             write(f"{notice}\n")
-        interactive(session, lines, write)
+        interactive(chat, lines, write)
     except ValueError as error:  # an InputError from `load`, or bad media or a too-long turn
         print(f"mmmmodal chat: {error}", file=sys.stderr)
         return 1

@@ -89,16 +89,62 @@ class MMMModalChatSession:
 
     def send(self, text: str, images=None, audio=None, on_text=None, **generate_kwargs) -> str:
         """Add a user turn with its media, generate the reply (streamed to `on_text`), and return it."""
+        if on_text is None:
+            turn = self._start_turn(text, images, audio, generate_kwargs)
+            try:
+                with torch.no_grad():
+                    output = self.model.generate(**turn["inputs"])
+            except BaseException:
+                self._crop(turn["reused"])  # what the failed turn added to the cache goes; the conversation stays
+                raise
+            return self._finish_turn(turn, output)
+        for piece in self.stream(text, images, audio, **generate_kwargs):
+            on_text(piece)
+        return self.messages[-1]["content"]
+
+    def stream(self, text: str, images=None, audio=None, **generate_kwargs):
+        """`send`, piece by piece: yields the reply's text as it is generated; the turn joins the conversation when
+        the reply is complete. A consumer that stops early drops the turn (the generation already started ends)."""
+        turn = self._start_turn(text, images, audio, generate_kwargs)
+        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        result: dict = {}
+
+        def run():  # generate's own loop feeds the streamer; the caller's thread reads it
+            try:
+                with torch.no_grad():
+                    result["output"] = self.model.generate(**turn["inputs"], streamer=streamer)
+            except BaseException as error:  # re-raised in the caller's thread, once the streamer has ended
+                result["error"] = error
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        try:
+            yield from streamer
+        except GeneratorExit:  # the consumer stopped listening: the turn is dropped once its generation ends
+            worker.join()
+            self._crop(turn["reused"])
+            raise
+        worker.join()
+        if "error" in result:
+            self._crop(turn["reused"])
+            raise result["error"]
+        self._finish_turn(turn, result["output"])
+
+    def _start_turn(self, text: str, images, audio, generate_kwargs: dict) -> dict:
+        """The turn's prompt ids and media, the cache cropped to what it shares with them; nothing else changes.
+        Media are loaded first: a bad file raises here, before the conversation changes."""
         images, audio = _as_list(images), _as_list(audio)
         settings = {**self.generate_kwargs, **generate_kwargs}
-        # Media are loaded first: a bad file raises here, before the conversation changes.
         media, image_slots, audio_slots = self.processor.encode_media(images, audio)
-        turn = {
+        message = {
             "role": "user",
             "content": [*(_block("image", i) for i in images), *(_block("audio", a) for a in audio)]
             + [{"type": "text", "text": text}],
         }
-        prompt = self.processor.apply_chat_template([*self.messages, turn], add_generation_prompt=True, tokenize=False)
+        prompt = self.processor.apply_chat_template(
+            [*self.messages, message], add_generation_prompt=True, tokenize=False
+        )
         expanded = self.processor.expand_media_placeholders(
             prompt, self._image_slots + image_slots, self._audio_slots + audio_slots
         )
@@ -114,23 +160,29 @@ class MMMModalChatSession:
             )
         else:
             self._crop(reused)
-        start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
-
         input_ids = torch.tensor([ids], device=self.model.device)
-        try:
-            output = self._generate(input_ids, media, settings, on_text)
-        except BaseException:
-            self._crop(reused)  # what the failed turn added to the cache goes; the conversation is unchanged
-            raise
-        self.last_prefill_tokens = len(ids) - reused
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            CACHE_NAME: self._cache,
+            **{key: value.to(self.model.device) if torch.is_tensor(value) else value for key, value in media.items()},
+            **settings,
+        }
+        start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
+        return {"message": message, "ids": ids, "reused": reused, "start": start, "inputs": inputs,
+                "image_slots": image_slots, "audio_slots": audio_slots}  # fmt: skip
+
+    def _finish_turn(self, turn: dict, output: torch.Tensor) -> str:
+        """The generated reply joins the conversation, with the turn's media and where it began (for `undo`)."""
+        ids = turn["ids"]
+        self.last_prefill_tokens = len(ids) - turn["reused"]
         self._cached_ids = output[0, : self._cache.get_seq_length()].tolist()
         self.last_reply_ids = output[0, len(ids) :].tolist()
         answer = self.processor.decode(self.last_reply_ids, skip_special_tokens=True).strip()
-
-        self.messages += [turn, {"role": "assistant", "content": answer}]
-        self._image_slots += image_slots
-        self._audio_slots += audio_slots
-        self._turn_starts.append(start)
+        self.messages += [turn["message"], {"role": "assistant", "content": answer}]
+        self._image_slots += turn["image_slots"]
+        self._audio_slots += turn["audio_slots"]
+        self._turn_starts.append(turn["start"])
         return answer
 
     def _reusable_prefix(self, ids: list[int]) -> int | None:
@@ -169,37 +221,6 @@ class MMMModalChatSession:
             f"{prompt_tokens + max_new_tokens}, {prompt_tokens + max_new_tokens - self.context_length} more than the "
             f"model's context of {self.context_length}. Undo turns, reset, or ask for fewer new tokens."
         )
-
-    def _generate(self, input_ids, media, settings, on_text):
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            CACHE_NAME: self._cache,
-            **{key: value.to(self.model.device) if torch.is_tensor(value) else value for key, value in media.items()},
-            **settings,
-        }
-        if on_text is None:
-            with torch.no_grad():
-                return self.model.generate(**inputs)
-        streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result: dict = {}
-
-        def run():
-            try:
-                with torch.no_grad():
-                    result["output"] = self.model.generate(**inputs, streamer=streamer)
-            except Exception as error:  # re-raised below, once the streamer has ended
-                result["error"] = error
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        for piece in streamer:
-            on_text(piece)
-        worker.join()
-        if "error" in result:
-            raise result["error"]
-        return result["output"]
 
 
 __all__ = ["MMMModalChatSession"]

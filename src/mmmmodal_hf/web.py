@@ -9,9 +9,7 @@ Gradio is an optional extra (`pip install "mmmmodal-hf[web]"`); only this module
 """
 
 import argparse
-import queue
 import sys
-import threading
 from pathlib import Path
 
 from .cli_help import command_parser
@@ -142,33 +140,18 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
         turn.append({"role": "user", "content": text or "(no text)"})
         shown = history + turn + [{"role": "assistant", "content": ""}]
         yield None, shown, session, ""
-        pieces: queue.Queue = queue.Queue()
-        outcome: dict = {}
-
-        def work():
-            try:
-                outcome["answer"] = session.send(
-                    text,
-                    images=images,
-                    audio=audio,
-                    on_text=pieces.put,
-                    **_generation_settings(max_new_tokens, temperature, top_p),
-                )
-            except Exception as error:  # shown on the page; the session is unchanged by a failed turn
-                outcome["error"] = error
-            finally:
-                pieces.put(None)
-
-        threading.Thread(target=work, daemon=True).start()
         streamed = ""
-        while (piece := pieces.get()) is not None:
-            streamed += piece
-            shown[-1] = {"role": "assistant", "content": streamed}
-            yield None, shown, session, ""
-        if "error" in outcome:
-            yield message, history, session, f"**Could not answer:** {outcome['error']}"
+        try:
+            for piece in session.stream(
+                text, images=images, audio=audio, **_generation_settings(max_new_tokens, temperature, top_p)
+            ):
+                streamed += piece
+                shown[-1] = {"role": "assistant", "content": streamed}
+                yield None, shown, session, ""
+        except Exception as error:  # shown on the page; the session is unchanged by a failed turn
+            yield message, history, session, f"**Could not answer:** {error}"
             return
-        shown[-1] = {"role": "assistant", "content": outcome["answer"]}
+        shown[-1] = {"role": "assistant", "content": session.messages[-1]["content"]}
         yield None, shown, session, ""
 
     def api_chat(message, session, max_new_tokens, temperature, top_p):
