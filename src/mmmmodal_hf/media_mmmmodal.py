@@ -196,9 +196,20 @@ def load_audio(item, target_rate: int | None, sampling_rate: int | None = None) 
     """A mono float32 waveform at `target_rate` from a path, URL, bytes, array, tensor or datasets-style dict
     (`target_rate=None`: at the file's own rate, for checking that a file is usable audio).
 
-    `sampling_rate` is the rate of a bare array (files carry their own). Channels are averaged;
-    other rates are resampled with soxr.
+    `sampling_rate` is the rate of a bare array (files carry their own; default `target_rate`). Channels are
+    averaged; other rates are resampled with soxr.
     """
+    waveform, rate = read_audio(item, sampling_rate if sampling_rate is not None else target_rate)
+    if target_rate is not None and rate != target_rate:
+        resampled = soxr.resample(waveform, rate, target_rate, quality="HQ")
+        # soxr gives round-half-up(n * target / rate) samples: none for a clip shorter than one output
+        # sample, which then becomes a single sample of its mean level.
+        waveform = resampled if resampled.shape[0] else np.full(1, waveform.mean(), dtype=np.float32)
+    return np.ascontiguousarray(waveform, dtype=np.float32)
+
+
+def read_audio(item, sampling_rate: int | None = None) -> tuple[np.ndarray, int]:
+    """A mono float32 waveform at its own rate, and that rate (`sampling_rate` for a bare array)."""
     if isinstance(item, dict):  # datasets' Audio feature: {"array", "sampling_rate"} or {"path"/"bytes"}
         key = next((key for key in ("array", "bytes", "path") if item.get(key) is not None), None)
         if key is None:
@@ -218,7 +229,7 @@ def load_audio(item, target_rate: int | None, sampling_rate: int | None = None) 
         if np.issubdtype(array.dtype, np.integer):
             array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
         channels = _as_channels_first(np.asarray(array, dtype=np.float32))
-        rate = sampling_rate if sampling_rate is not None else target_rate
+        rate = sampling_rate
         if rate is None:
             raise MediaError("an audio array needs its sampling_rate")
     else:
@@ -226,26 +237,20 @@ def load_audio(item, target_rate: int | None, sampling_rate: int | None = None) 
             "audio must be a path, URL, bytes, numpy array, torch tensor or a dict with 'array' and "
             f"'sampling_rate'; got {type(item).__name__}"
         )
-    return _finish_audio(channels, int(rate), target_rate)
+    return np.ascontiguousarray(_mono(channels, int(rate)), dtype=np.float32), int(rate)
 
 
-def _finish_audio(channels: np.ndarray, rate: int, target_rate: int | None) -> np.ndarray:
+def _mono(channels: np.ndarray, rate: int) -> np.ndarray:
     if channels.shape[-1] == 0:
         raise CorruptMediaError("the audio is empty (0 samples)")
     if rate <= 0:
         raise MediaError(f"the sampling rate must be positive; got {rate}")
     if not np.isfinite(channels).all():
         raise CorruptMediaError("the audio holds NaN or infinite samples")
-    waveform = channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
-    if target_rate is not None and rate != target_rate:
-        resampled = soxr.resample(waveform, rate, target_rate, quality="HQ")
-        # soxr gives round-half-up(n * target / rate) samples: none for a clip shorter than one output
-        # sample, which then becomes a single sample of its mean level.
-        waveform = resampled if resampled.shape[0] else np.full(1, waveform.mean(), dtype=np.float32)
-    return np.ascontiguousarray(waveform, dtype=np.float32)
+    return channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
 
 
 __all__ = [
-    "load_image", "load_audio", "describe_media", "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError",
+    "load_image", "load_audio", "read_audio", "describe_media", "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError",
     "NotAnImageError", "NotAudioError", "CorruptMediaError", "MediaTooLargeError",
 ]  # fmt: skip

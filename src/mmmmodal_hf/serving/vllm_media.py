@@ -1,6 +1,7 @@
 """A vLLM media connector that decodes with the processor's own loaders, so the server refuses what
 `processor(...)` refuses (a truncated WAV, a decompression bomb, a file that is no image) with the same
-message, and hands vLLM 16 kHz mono audio made exactly as the processor makes it. Where the request went
+message, and hands vLLM mono audio at its own rate, which the plugin's parser resamples to the feature extractor's
+rate exactly as the processor does. Where the request went
 through `request_media.NamedMediaMiddleware`, a refusal names the item as the user counts it (`message 1,
 audio 2: ...`).
 
@@ -14,11 +15,10 @@ from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector, Medi
 from vllm.multimodal.media.audio import AudioMediaIO
 from vllm.multimodal.media.image import ImageMediaIO
 
-from ..media_mmmmodal import describe_media, load_audio, load_image
+from ..media_mmmmodal import describe_media, load_image, read_audio
 from .request_media import MEDIA_NAMES, inline_bytes
 
 CONNECTOR = "mmmmodal"
-WHISPER_RATE = 16000  # every MMMModal hears through Whisper's 16 kHz feature extractor
 
 
 class MMMModalAudioIO(AudioMediaIO):
@@ -27,11 +27,11 @@ class MMMModalAudioIO(AudioMediaIO):
 
     def load_bytes(self, data: bytes):
         self._validate_encoded_size(len(data))
-        return _loaded("audio", data, lambda: load_audio(data, WHISPER_RATE)), WHISPER_RATE
+        return _loaded("audio", data, lambda: read_audio(data))
 
     def load_file(self, filepath):
         self._validate_encoded_size(filepath.stat().st_size)
-        return _loaded("audio", filepath, lambda: load_audio(str(filepath), WHISPER_RATE)), WHISPER_RATE
+        return _loaded("audio", filepath, lambda: read_audio(str(filepath)))
 
 
 class MMMModalImageIO(ImageMediaIO):
