@@ -307,3 +307,14 @@ def test_replacement_offsets_name_each_placeholder_and_what_it_became(processor)
     assert audio["replacement"] == "<audio>" + "<audio_slot>" * CLIP_SLOTS
     for entry in (image, audio):
         assert entry["new_span"][1] - entry["new_span"][0] == len(entry["replacement"])
+
+
+def test_the_template_writes_the_placeholders_the_processor_reads(processor):
+    """The tag syntax is defined once (`MEDIA_PLACEHOLDERS`, `PLACEHOLDER_RE`); the Jinja template, which cannot
+    import it, is held to it here."""
+    from mmmmodal_hf.processing_mmmmodal import MEDIA_PLACEHOLDERS, placeholder_kinds
+
+    blocks = [{"type": "image"}, {"type": "audio"}, {"type": "image"}, {"type": "text", "text": "Apa ini?"}]
+    rendered = processor.apply_chat_template([{"role": "user", "content": blocks}], tokenize=False)
+    assert placeholder_kinds(rendered) == ["image", "audio", "image"]
+    assert rendered.count(MEDIA_PLACEHOLDERS["image"]) == 2 and rendered.count(MEDIA_PLACEHOLDERS["audio"]) == 1

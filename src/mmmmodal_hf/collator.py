@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .configuration_mmmmodal import MEDIA_INPUT_NAMES
 from .data import IGNORE_INDEX, EncodeStats
 
-MEDIA_KEYS = ("pixel_values", "input_features", "input_features_mask")
+MEDIA_KEYS = (*MEDIA_INPUT_NAMES["image"], *MEDIA_INPUT_NAMES["audio"])
 
 
 def _concat_media(samples: list[dict]) -> dict:

@@ -25,6 +25,8 @@ _TINYLLAMA = dict(
 IMAGE_START_TOKEN, IMAGE_END_TOKEN = "<image>", "</image>"
 AUDIO_START_TOKEN, AUDIO_END_TOKEN = "<audio>", "</audio>"
 IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN = "<image_slot>", "<audio_slot>"
+# The model inputs each kind of medium becomes (the processor writes them, the model and the collators read them).
+MEDIA_INPUT_NAMES = {"image": ("pixel_values",), "audio": ("input_features", "input_features_mask")}
 
 
 def encoder_layers_needed(feature_layer: int, depth: int) -> int:
@@ -152,6 +154,7 @@ MMMModalConfig.register_for_auto_class()
 
 __all__ = [
     "MMMModalConfig",
+    "MEDIA_INPUT_NAMES",
     "encoder_layers_needed",
     "num_image_slots",
     "num_audio_slots",

@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,11 +27,12 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from .cli_errors import InputError
+from .configuration_mmmmodal import MEDIA_INPUT_NAMES
+from .processing_mmmmodal import placeholder_kinds
 
 logger = logging.getLogger(__name__)
 
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-_TAG_RE = re.compile(r"<(image|audio)>(?:\s*</\1>)?")
 IGNORE_INDEX = -100
 UNREADABLE = "_unreadable"  # the one field of a row read from a line that is no JSON object: why
 
@@ -75,13 +75,13 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
     for message in messages:
         role, content = message.get("role"), message.get("content")
         if isinstance(content, str):
-            for tag in _TAG_RE.finditer(content):
+            for kind in placeholder_kinds(content):
                 if tags_seen >= len(filenames):
                     raise UnusableRow(
                         f"row {row_id}: the text holds more media tags than the {len(filenames)} files in 'filename'"
                     )
                 path = _resolve(filenames[tags_seen], base_dir)
-                (images if tag.group(1) == "image" else audio).append(path)
+                (images if kind == "image" else audio).append(path)
                 tags_seen += 1
             normalised.append({"role": role, "content": content})
         elif isinstance(content, list):
@@ -119,7 +119,7 @@ def _strip_media_value(block: dict) -> dict:
 def _media_counts(message: dict) -> tuple[int, int]:
     content = message["content"]
     if isinstance(content, str):
-        kinds = [tag.group(1) for tag in _TAG_RE.finditer(content)]
+        kinds = placeholder_kinds(content)
     else:
         kinds = [block.get("type") for block in content]
     return kinds.count("image"), kinds.count("audio")
@@ -266,7 +266,7 @@ def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
         "input_ids": input_ids,
         "labels": np.where(keep, input_ids, IGNORE_INDEX),
     }
-    for key in ("pixel_values", "input_features", "input_features_mask"):
+    for key in (*MEDIA_INPUT_NAMES["image"], *MEDIA_INPUT_NAMES["audio"]):
         if key in encoded:
             result[key] = encoded[key]
     return result

@@ -23,6 +23,7 @@ from transformers.models.whisper.modeling_whisper import WhisperEncoder
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_mmmmodal import (
+    MEDIA_INPUT_NAMES,
     MMMModalConfig,
     encoder_layers_needed,
     num_audio_slots,
@@ -406,8 +407,8 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         disagree: `forward` names the mismatch."""
         patch = self.config.vision_config.patch_size
         for keys, token, slots_per_row in (
-            (["pixel_values"], self.config.image_token_id, lambda rows: [num_image_slots(*rows.shape[-2:], patch)] * len(rows)),
-            (["input_features", "input_features_mask"], self.config.audio_token_id, self.model.audio_slots_per_window),
+            (MEDIA_INPUT_NAMES["image"], self.config.image_token_id, lambda rows: [num_image_slots(*rows.shape[-2:], patch)] * len(rows)),
+            (MEDIA_INPUT_NAMES["audio"], self.config.audio_token_id, self.model.audio_slots_per_window),
         ):  # fmt: skip
             if input_ids is None or model_kwargs.get(keys[0]) is None:
                 continue

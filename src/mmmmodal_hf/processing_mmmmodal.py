@@ -29,6 +29,7 @@ from .configuration_mmmmodal import (
     IMAGE_END_TOKEN,
     IMAGE_SLOT_TOKEN,
     IMAGE_START_TOKEN,
+    MEDIA_INPUT_NAMES,
     num_audio_slots,
     num_image_slots,
     num_real_audio_slots,
@@ -41,10 +42,22 @@ from .media_mmmmodal import DEFAULT_MAX_IMAGE_PIXELS, MediaTooLargeError, descri
 _TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 DEFAULT_CHAT_TEMPLATE = _TEMPLATE_FILE.read_text(encoding="utf-8") if _TEMPLATE_FILE.is_file() else None
 
-# `<image>`, `<image></image>` and `<image> </image>` each stand for one image (same for audio).
-_PLACEHOLDER_RE = re.compile(
+# `<image>`, `<image></image>` and `<image> </image>` each stand for one image (same for audio); the last is what
+# the chat template writes for a media block and what the published data holds.
+PLACEHOLDER_RE = re.compile(
     r"(?P<image><image>(?:\s*</image>)?)|(?P<audio><audio>(?:\s*</audio>)?)|(?P<stray></image>|</audio>)"
 )
+MEDIA_PLACEHOLDERS = {
+    "image": f"{IMAGE_START_TOKEN} {IMAGE_END_TOKEN}",
+    "audio": f"{AUDIO_START_TOKEN} {AUDIO_END_TOKEN}",
+}
+
+
+def placeholder_kinds(text: str) -> list[str]:
+    """ "image" or "audio" for each medium `text` holds, in order (a stray closing tag stands for none)."""
+    return [match.lastgroup for match in PLACEHOLDER_RE.finditer(text) if match.lastgroup != "stray"]
+
+
 _LONG_AUDIO_POLICIES = ("chunk", "truncate", "error")
 # The tag and slot tokens, under the names `MMMModalConfig` gives their ids.
 _TOKENS = {
@@ -277,7 +290,7 @@ class MMMModalProcessor(ProcessorMixin):
         """The sample's placeholders, and what is wrong with its text (None when nothing is)."""
         if not isinstance(text, str):
             return [], f"Sample {index + 1}: text must be a string; got {type(text).__name__}."
-        matches = list(_PLACEHOLDER_RE.finditer(text))
+        matches = list(PLACEHOLDER_RE.finditer(text))
         if not text.strip():
             return matches, f"Sample {index + 1}: the text is empty."
         for slot_token in (IMAGE_SLOT_TOKEN, AUDIO_SLOT_TOKEN):
@@ -407,7 +420,7 @@ class MMMModalProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self) -> list[str]:
-        return ["input_ids", "attention_mask", "pixel_values", "input_features", "input_features_mask"]
+        return ["input_ids", "attention_mask", *MEDIA_INPUT_NAMES["image"], *MEDIA_INPUT_NAMES["audio"]]
 
 
 def _with_media_sources_taken(message: dict, clips: list) -> dict:
@@ -483,4 +496,4 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
 
 MMMModalProcessor.register_for_auto_class()
 
-__all__ = ["MMMModalProcessor", "DEFAULT_CHAT_TEMPLATE"]
+__all__ = ["MMMModalProcessor", "DEFAULT_CHAT_TEMPLATE", "MEDIA_PLACEHOLDERS", "PLACEHOLDER_RE", "placeholder_kinds"]

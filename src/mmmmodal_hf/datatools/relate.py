@@ -23,7 +23,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cli_help import command_parser
-from .rows import MEDIA_BLOCK_TEXT, write_rows
+from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
+from .rows import write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,7 @@ def relate(
         return first, candidates[int(rng.integers(len(candidates)))]
 
     def row(first, second, messages, language):
-        tags = MEDIA_BLOCK_TEXT[first["kind"]] + "\n" + MEDIA_BLOCK_TEXT[second["kind"]] + "\n"
+        tags = MEDIA_PLACEHOLDERS[first["kind"]] + "\n" + MEDIA_PLACEHOLDERS[second["kind"]] + "\n"
         conversations = [dict(m) for m in messages]
         conversations[0]["content"] = tags + conversations[0]["content"]
         files = [_relative(first["path"], output.parent), _relative(second["path"], output.parent)]

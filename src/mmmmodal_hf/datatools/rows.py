@@ -5,8 +5,7 @@ import os
 from pathlib import Path
 
 from ..data import Conversation
-
-MEDIA_BLOCK_TEXT = {"image": "<image> </image>", "audio": "<audio> </audio>"}
+from ..processing_mmmmodal import MEDIA_PLACEHOLDERS, placeholder_kinds
 
 
 def media_kind(conversation: Conversation) -> str:
@@ -19,14 +18,12 @@ def media_kind(conversation: Conversation) -> str:
 
 def media_in_order(conversation: Conversation) -> list[tuple[str, object]]:
     """(kind, item) for every medium of the conversation, in the order its tags appear."""
-    from ..data import _TAG_RE
-
     images, audio = iter(conversation.images), iter(conversation.audio)
     order = []
     for message in conversation.messages:
         content = message["content"]
         kinds = (
-            [tag.group(1) for tag in _TAG_RE.finditer(content)]
+            placeholder_kinds(content)
             if isinstance(content, str)
             else [block["type"] for block in content if block.get("type") in ("image", "audio")]
         )
@@ -43,7 +40,7 @@ def to_published(conversation: Conversation, relative_to: Path | None = None) ->
     for message in conversation.messages:
         content = message["content"]
         if not isinstance(content, str):
-            parts = [MEDIA_BLOCK_TEXT.get(block["type"], block.get("text", "")) for block in content]
+            parts = [MEDIA_PLACEHOLDERS.get(block["type"], block.get("text", "")) for block in content]
             content = "\n".join(parts)
         messages.append({"role": message["role"], "content": content})
     files = []

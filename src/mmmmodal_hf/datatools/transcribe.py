@@ -24,6 +24,7 @@ from transformers import AutomaticSpeechRecognitionPipeline, pipeline
 
 from ..cli_help import command_parser
 from ..media_mmmmodal import load_audio
+from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
 from .rows import write_rows
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif"}
@@ -136,7 +137,10 @@ def transcribe(
             counts["kept"] += 1
             yield {
                 "conversations": [
-                    {"role": "user", "content": f"<audio> </audio>\n{REQUESTS[int(rng.integers(len(REQUESTS)))]}"},
+                    {
+                        "role": "user",
+                        "content": f"{MEDIA_PLACEHOLDERS['audio']}\n{REQUESTS[int(rng.integers(len(REQUESTS)))]}",
+                    },
                     {"role": "assistant", "content": text},
                 ],
                 "filename": [os.path.relpath(Path(path).resolve(), output.parent.resolve())],

@@ -25,13 +25,10 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
 
-from ..configuration_mmmmodal import AUDIO_END_TOKEN, AUDIO_START_TOKEN, IMAGE_END_TOKEN, IMAGE_START_TOKEN
+from ..configuration_mmmmodal import MEDIA_INPUT_NAMES
 from ..media_mmmmodal import load_audio
 from ..modeling_mmmmodal import MMMModalModel
-
-# What a chat template renders for a media block, and so what a prompt holds for each medium.
-PLACEHOLDERS = {"image": f"{IMAGE_START_TOKEN} {IMAGE_END_TOKEN}", "audio": f"{AUDIO_START_TOKEN} {AUDIO_END_TOKEN}"}
-_AUDIO_FIELDS = ("input_features", "input_features_mask")
+from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
 
 
 class MMMModalAudioParser(MultiModalDataParser):
@@ -61,7 +58,7 @@ class MMMModalProcessingInfo(MultiModalProcessingInfo):
 
 class MMMModalDummyInputsBuilder(MultiModalDummyInputsBuilder):
     def get_dummy_text(self, mm_counts) -> str:
-        return " ".join(PLACEHOLDERS[kind] for kind in ("audio", "image") for _ in range(mm_counts.get(kind, 0)))
+        return " ".join(MEDIA_PLACEHOLDERS[kind] for kind in ("audio", "image") for _ in range(mm_counts.get(kind, 0)))
 
 
 class MMMModalMultiModalProcessor(MultiModalProcessor):
@@ -88,7 +85,9 @@ class MMMModalMultiModalProcessor(MultiModalProcessor):
         windows = hf_inputs.pop("audio_num_windows", None)
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
         if windows is not None:  # a clip's rows are its windows
-            fields.update({key: MultiModalFieldConfig.flat_from_sizes("audio", windows) for key in _AUDIO_FIELDS})
+            fields.update(
+                {key: MultiModalFieldConfig.flat_from_sizes("audio", windows) for key in MEDIA_INPUT_NAMES["audio"]}
+            )
         return fields
 
 
@@ -102,7 +101,7 @@ class MMMModalForVLLM(TransformersMultiModalForCausalLM):
 
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
-        return PLACEHOLDERS.get(modality)
+        return MEDIA_PLACEHOLDERS.get(modality)
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         # vLLM builds `AutoModel.from_config(config)` and adds its own LM head; MMMModal's `AutoModel` is the
