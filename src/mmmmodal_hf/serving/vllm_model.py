@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import torch
 from transformers import AutoModel
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from vllm.model_executor.models.transformers import TransformersMultiModalForCausalLM
 from vllm.model_executor.models.transformers.multimodal import (
     MultiModalDummyInputsBuilder,
@@ -112,14 +113,15 @@ class MMMModalForVLLM(TransformersMultiModalForCausalLM):
 
 @contextmanager
 def _auto_model_builds(config_class, model_class):
-    """`AutoModel` gives `model_class` for `config_class` inside the block, and what it gave before after it."""
-    extra = AutoModel._model_mapping._extra_content
-    before = extra.get(config_class)
+    """`AutoModel` gives `model_class` for `config_class` inside the block, and what it gave before after it, through
+    transformers' public registration only."""
+    try:
+        before = MODEL_MAPPING[config_class]
+    except KeyError:  # a config class nobody registered: it keeps `model_class`, in this process only
+        before = None
     AutoModel.register(config_class, model_class, exist_ok=True)
     try:
         yield
     finally:
-        if before is None:
-            extra.pop(config_class, None)
-        else:
-            extra[config_class] = before
+        if before is not None:
+            AutoModel.register(config_class, before, exist_ok=True)
