@@ -49,8 +49,8 @@ def main() -> None:
         report["zero_stage"] = wrapped.zero_optimization_stage()
         report["offload_optimizer"] = wrapped.zero_cpu_offload()
     model = trainer.model
-    if trainer.head.rows_in_use is not None:  # --grow_head_from_targets
-        in_use, groups = trainer.head.rows_in_use.cpu(), trainer.head.row_groups.cpu()
+    if trainer.grouped_head is not None:  # --grow_head_from_targets
+        in_use, groups = trainer.grouped_head.rows_in_use.cpu(), trainer.grouped_head.row_groups.cpu()
         head = model.lm_head.weight.detach().cpu()
         report["head_rows_in_use"] = in_use.nonzero().squeeze(1).tolist()
         # Each group's rows no target has reached must still be one row: 1 here, on every rank.

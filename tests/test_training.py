@@ -456,7 +456,7 @@ def test_grown_head_starts_the_answers_rows_apart_and_trains_every_target_row(ba
         ]
     )
     trainer = build_trainer(args, training_args)
-    model, head, tokenizer = trainer.model, trainer.head, trainer.processing_class.tokenizer
+    model, head, tokenizer = trainer.model, trainer.grouped_head, trainer.processing_class.tokenizer
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     answers = [m["content"] for row in rows for m in row["conversations"] if m["role"] == "assistant"]
     read_ahead = set(head.rows_in_use.nonzero().squeeze(1).tolist())
@@ -475,8 +475,8 @@ def test_grown_head_starts_the_answers_rows_apart_and_trains_every_target_row(ba
     assert set(in_use.nonzero().squeeze(1).tolist()) == read_ahead | targets
     head = model.lm_head.weight.detach()
     assert not torch.equal(head[in_use], before[in_use])
-    for group in trainer.head.row_groups.unique():
-        shared = head[~in_use & (trainer.head.row_groups == group)]
+    for group in trainer.grouped_head.row_groups.unique():
+        shared = head[~in_use & (trainer.grouped_head.row_groups == group)]
         assert torch.equal(shared, shared[:1].expand_as(shared)), int(group)
 
 

@@ -471,8 +471,12 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         r"""
         labels (`(batch_size, sequence_length)`, *optional*): targets for the next-token loss; -100 is ignored.
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
-        logits_to_keep: compute logits only for the last N positions (an int) or at these indices (a tensor).
+        logits_to_keep: compute logits only for the last N positions (an int), at these indices (a tensor), or where a
+            boolean `(batch_size, sequence_length)` mask is true: `(num_kept, vocab)` logits, as training's loss at its
+            labelled positions asks (no `labels` with a mask: the loss is the caller's).
         """
+        if labels is not None and torch.is_tensor(logits_to_keep) and logits_to_keep.dtype == torch.bool:
+            raise ValueError("`labels` need logits at every position; with a `logits_to_keep` mask, compute the loss")
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -487,8 +491,11 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
+        if torch.is_tensor(logits_to_keep) and logits_to_keep.dtype == torch.bool:
+            logits = self.lm_head(hidden_states[logits_to_keep.to(hidden_states.device)])
+        else:
+            keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(

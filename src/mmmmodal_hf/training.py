@@ -38,7 +38,7 @@ from .data import (
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
 from .processing_mmmmodal import MMMModalProcessor
 from .tower_memo import remember_tower_outputs
-from .training_head import TrainingHead
+from .training_head import GroupedRowsHead, summed_loss
 
 logger = logging.getLogger(__name__)
 
@@ -295,23 +295,25 @@ def export_lora(peft_model, processor, output_dir: str | Path) -> Path:
 
 
 class MMMModalTrainer(Trainer):
-    """`Trainer` that computes the LM head only where a next token is to be predicted (`TrainingHead`), applies
+    """`Trainer` that computes the LM head only where a next token is to be predicted (`training_head`), applies
     no weight decay to an embedding of which only some rows train, and groups conversations by length
     (`train_sampling_strategy="group_by_length"`) without encoding them first."""
 
-    head: TrainingHead | None = None
+    grouped_head: GroupedRowsHead | None = None  # `--grow_head_from_targets`: the model's head, few rows in use
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Padding-free rows mark conversations by their restarting positions, which a KV cache would hide.
         inputs = {**inputs, "use_cache": False}
-        if self.head is None or not model.training or "labels" not in inputs:
+        if not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
         targets = labels[:, 1:]
         labelled = targets != IGNORE_INDEX
-        with self.head.labelled_only(labelled, targets[labelled]):
-            outputs = model(**inputs)
-        total = self.head.summed_loss(outputs.logits, targets[labelled].to(outputs.logits.device))
+        if self.grouped_head is not None:
+            self.grouped_head.mark_in_use(targets[labelled])
+        # Logits at the labelled positions alone, `(num_labelled, vocab)`: the position before each target.
+        outputs = model(**inputs, logits_to_keep=torch.nn.functional.pad(labelled, (0, 1)))
+        total = summed_loss(self.grouped_head, outputs.logits, targets[labelled].to(outputs.logits.device))
         count = num_items_in_batch if num_items_in_batch is not None else labelled.sum().clamp(min=1)
         loss = total / (count.to(total.device) if torch.is_tensor(count) else count)
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
@@ -422,7 +424,9 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         processing_class=processor,
         callbacks=[DataStatsCallback(stats), *callbacks],
     )
-    trainer.head = TrainingHead(base.lm_head, grow_rows=args.grow_head_from_targets, rows_in_use=known)
+    if args.grow_head_from_targets:
+        trainer.grouped_head = GroupedRowsHead(base.get_output_embeddings(), rows_in_use=known)
+        base.set_output_embeddings(trainer.grouped_head)
     return trainer
 
 

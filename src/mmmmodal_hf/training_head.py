@@ -1,12 +1,12 @@
 """The LM head in training: computed only where a next token is to be predicted, and optionally on few rows.
 
 With answer-only labels and a 32k vocabulary, the head over every position costs more than the
-layers of a small model. During a training step `TrainingHead` makes the model's `lm_head` compute
-logits at the labelled positions alone (`(num_labelled, vocab)`), inside the model's forward, so
-DDP and DeepSpeed see it as part of the graph; `MMMModalTrainer.compute_loss` turns them into the
-same loss the full computation gives. Outside a step the head is the plain `nn.Linear`.
+layers of a small model. `MMMModalTrainer.compute_loss` asks the model for logits at the labelled
+positions alone, an explicit input of its forward (`logits_to_keep` as a boolean mask gives
+`(num_labelled, vocab)` logits), so DDP and DeepSpeed see the head as part of the graph, and
+`summed_loss` turns them into the loss the full computation gives.
 
-`grow_rows` (`--grow_head_from_targets`): for a language model trained from scratch whose answers use
+`GroupedRowsHead` (`--grow_head_from_targets`): for a language model trained from scratch whose answers use
 few of its tokens (the demo's: the 32k Mistral tokenizer, under 200 tokens in its answers). The
 vocabulary is cut into `groups` runs of consecutive tokens, and the rows of a run that no target has
 reached are made equal (to its first row). Equal rows have equal logits, so the softmax gives them
@@ -15,27 +15,21 @@ them all. The loss and every row's gradient are those of the head over the whole
 the start differs, so a pretrained head would lose what it knew.
 """
 
-from contextlib import contextmanager
-
 import torch
 from torch import nn
 
 
-class TrainingHead:
-    """Wraps `lm_head.forward` for a run: `labelled_only(mask, targets)` around a forward restricts it."""
+class GroupedRowsHead(nn.Linear):
+    """`--grow_head_from_targets`' head, put in the model's place of `head` (`set_output_embeddings`) and sharing its
+    weight (a tied embedding stays tied; saved folders hold the same `lm_head.weight`). In training its logits are the
+    rows in use and one column per group of the rest; in evaluation and generation, every row's."""
 
-    def __init__(self, lm_head: nn.Linear, grow_rows: bool = False, rows_in_use=None, groups: int | None = None):
-        self.lm_head, self.run_head = lm_head, lm_head.forward
-        self.labelled: torch.Tensor | None = None
-        self.rows_in_use = self.row_groups = None
-        if grow_rows:
-            self._grow(rows_in_use, groups)
-        lm_head.forward = self._forward  # an attribute of this instance: weights and saved folders unchanged
-
-    def _grow(self, rows_in_use, groups: int | None) -> None:
-        """Make each group's rows that no known target holds equal to the group's first row."""
-        weight = self.lm_head.weight
-        vocab_size, device = weight.shape[0], weight.device
+    def __init__(self, head: nn.Linear, rows_in_use=None, groups: int | None = None):
+        if head.bias is not None:
+            raise ValueError("--grow_head_from_targets needs an LM head without bias")
+        super().__init__(head.in_features, head.out_features, bias=False, device="meta")
+        self.weight = head.weight
+        vocab_size, device = self.weight.shape[0], self.weight.device
         groups = min(1024, vocab_size) if groups is None else groups  # 1024 learned as fast as 32k in the demo
         if not 1 <= groups <= vocab_size:
             raise ValueError(f"groups must be between 1 and the vocabulary size {vocab_size}; got {groups}")
@@ -44,22 +38,12 @@ class TrainingHead:
             in_use[torch.as_tensor(rows_in_use, dtype=torch.long, device=device)] = True
         self.row_groups = torch.arange(vocab_size, device=device) * groups // vocab_size
         first_of_group = torch.searchsorted(self.row_groups, torch.arange(groups, device=device))
-        with torch.no_grad():
-            weight[~in_use] = weight[first_of_group[self.row_groups[~in_use]]]
+        with torch.no_grad():  # each group's rows that no known target holds: equal to the group's first row
+            self.weight[~in_use] = self.weight[first_of_group[self.row_groups[~in_use]]]
         self.rows_in_use = in_use
 
-    @contextmanager
-    def labelled_only(self, labelled: torch.Tensor, targets: torch.Tensor):
-        """Within: the head computes logits at `labelled` positions of `hidden[:, :-1]` (their targets given)."""
-        if self.rows_in_use is not None:
-            self._mark_in_use(targets)
-        self.labelled = labelled
-        try:
-            yield
-        finally:
-            self.labelled = None
-
-    def _mark_in_use(self, targets: torch.Tensor) -> None:
+    def mark_in_use(self, targets: torch.Tensor) -> None:
+        """Give `targets`' rows their own columns from now on (before the step whose targets they are)."""
         in_use = self.rows_in_use.to(targets.device)
         in_use[targets] = True
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -69,17 +53,12 @@ class TrainingHead:
             in_use = shared.bool()
         self.rows_in_use = in_use
 
-    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.labelled is None:
-            return self.run_head(hidden_states)
-        selected = hidden_states[:, :-1][self.labelled.to(hidden_states.device)]
-        if self.rows_in_use is None:
-            return self.run_head(selected)
-        return self._grown_logits(selected)
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self._grown_logits(hidden_states) if self.training else super().forward(hidden_states)
 
     def _grown_logits(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Logits over the rows in use, then one column per group of the rest (its row's logit + log(count))."""
-        in_use, weight = self.rows_in_use, self.lm_head.weight
+        in_use, weight = self.rows_in_use, self.weight
         group = self.row_groups = self.row_groups.to(in_use.device)
         groups = int(group[-1]) + 1
         rows, unused = in_use.nonzero().squeeze(1), (~in_use).nonzero().squeeze(1)
@@ -96,9 +75,9 @@ class TrainingHead:
         logits[:, rows.numel() :] += members.float().log()  # log(0) = -inf: a group wholly in use adds nothing
         return logits
 
-    def summed_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Summed cross-entropy of `targets` for the logits `labelled_only` made (over the whole vocabulary)."""
-        if self.rows_in_use is not None:
-            rows = self.rows_in_use.to(targets.device).nonzero().squeeze(1)
-            targets = torch.searchsorted(rows, targets)
-        return nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+
+def summed_loss(head: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `targets` (vocabulary ids) for the logits `head` gave at the labelled positions."""
+    if isinstance(head, GroupedRowsHead) and head.training:
+        targets = torch.searchsorted(head.rows_in_use.to(targets.device).nonzero().squeeze(1), targets)
+    return nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
