@@ -9,7 +9,7 @@ from transformers import SiglipVisionModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
-from mmmmodal_hf.tower_memo import remember_tower_outputs
+from mmmmodal_hf.tower_memo import RememberedTowers
 
 from tiny_parts import random_clip, random_image, tiny_audio_config, tiny_config, tiny_model, tiny_vision_config
 
@@ -110,6 +110,12 @@ def _count_tower_rows(model) -> dict[str, int]:
     return rows
 
 
+def remembered(model, towers, inputs):
+    """The model's output with the towers' states as `MMMModalTrainer.compute_loss` adds them: remembered media skip
+    the towers."""
+    return model(**inputs, **towers.tower_states(inputs))
+
+
 def test_remembered_tower_outputs_give_the_same_logits_and_run_each_medium_once(session_processor):
     model = tiny_model(session_processor).requires_grad_(False)
     rows = _count_tower_rows(model)
@@ -121,53 +127,59 @@ def test_remembered_tower_outputs_give_the_same_logits_and_run_each_medium_once(
     )
     with torch.no_grad():
         expected = model(**both).logits
-        memos = remember_tower_outputs(model, max_media=8)
+        towers = RememberedTowers(model, max_media=8)
+        memos = towers.memos
         rows.update(vision=0, audio=0)
-        first = model(**both).logits
+        first = remembered(model, towers, both).logits
         assert rows == {"vision": 2, "audio": 1}
-        second = model(**both).logits
+        second = remembered(model, towers, both).logits
         assert rows == {"vision": 2, "audio": 1}, "seen media must not reach the towers again"
         assert torch.allclose(first, expected, atol=1e-6) and torch.equal(first, second)
         # A new image beside a seen one: only the new one runs; the same image twice in a batch runs once.
-        model(
-            **session_processor(text="<image> <image>", images=[random_image(1), random_image(3)], return_tensors="pt")
+        remembered(
+            model,
+            towers,
+            session_processor(text="<image> <image>", images=[random_image(1), random_image(3)], return_tensors="pt"),
         )
         assert rows["vision"] == 3
-        model(
-            **session_processor(text="<image> <image>", images=[random_image(4), random_image(4)], return_tensors="pt")
+        remembered(
+            model,
+            towers,
+            session_processor(text="<image> <image>", images=[random_image(4), random_image(4)], return_tensors="pt"),
         )
         assert rows["vision"] == 4
         for memo in memos.values():  # forgotten: every medium runs again
             memo.outputs.clear()
-        model(**both)
+        remembered(model, towers, both)
         assert rows == {"vision": 6, "audio": 2}
 
 
 def test_remembered_tower_outputs_keep_the_most_recent_media(session_processor):
     model = tiny_model(session_processor).requires_grad_(False)
     rows = _count_tower_rows(model)
-    memos = remember_tower_outputs(model, max_media=2)
+    towers = RememberedTowers(model, max_media=2)
+    memos = towers.memos
     images = [session_processor(text="<image>", images=random_image(seed), return_tensors="pt") for seed in range(3)]
     with torch.no_grad():
         for inputs in images:
-            model(**inputs)
+            remembered(model, towers, inputs)
         assert len(memos["vision"].outputs) == 2
-        model(**images[2])  # kept: no new run
+        remembered(model, towers, images[2])  # kept: no new run
         assert rows["vision"] == 3
-        model(**images[0])  # the oldest was dropped: it runs again
+        remembered(model, towers, images[0])  # the oldest was dropped: it runs again
         assert rows["vision"] == 4
 
 
 def test_towers_that_train_or_drop_out_are_not_remembered(session_processor):
     with pytest.raises(RuntimeError, match="the vision tower has trainable parameters"):
-        remember_tower_outputs(tiny_model(session_processor), max_media=4)
+        RememberedTowers(tiny_model(session_processor), max_media=4)
     with pytest.raises(ValueError, match="the audio tower has dropout 0.1"):
-        remember_tower_outputs(tiny_model(session_processor, audio_config=tiny_audio_config(dropout=0.1)), 4)
+        RememberedTowers(tiny_model(session_processor, audio_config=tiny_audio_config(dropout=0.1)), 4)
     model = tiny_model(session_processor).requires_grad_(False)
     with pytest.raises(ValueError, match="max_media must be at least 1"):
-        remember_tower_outputs(model, max_media=0)
-    remember_tower_outputs(model, max_media=4)
+        RememberedTowers(model, max_media=0)
+    towers = RememberedTowers(model, max_media=4)
     model.model.audio_tower.requires_grad_(True)  # unfrozen after the memo was made
     inputs = session_processor(text="<audio>", audio=random_clip(0), return_tensors="pt")
     with pytest.raises(RuntimeError, match="the audio tower has trainable parameters"):
-        model(**inputs)
+        towers.tower_states(inputs)

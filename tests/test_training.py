@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
 from mmmmodal_hf.data import LengthGroupedBatchSampler
-from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, train
+from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, save_stage_output, train
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
 from tiny_parts import tiny_config, tiny_model, write_tiny_dataset
@@ -382,14 +382,6 @@ def test_length_grouped_batches_measure_rows_without_encoding_them(base_folder, 
     assert dataset.stats.rows == 12 and trainer.state.global_step == 12
 
 
-class RememberedMedia(TrainerCallback):
-    """Reads, at the end of training, how many media each tower memo holds."""
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model  # lora: PEFT
-        self.counts = {name: len(memo.outputs) for name, memo in base.tower_memos.items()}
-
-
 @pytest.mark.parametrize("stage", ["finetune", "lora"])
 def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_path, stage):
     """`--remember_tower_outputs`: frozen towers run once per medium, and the trained weights are those of a plain run."""
@@ -398,12 +390,17 @@ def test_remembered_tower_outputs_train_to_the_same_weights(base_folder, tmp_pat
     # differently in batches of other shapes, and Adam turns such differences into whole steps.
     common = ["--max_steps", "4", "--per_device_train_batch_size", "2", "--use_cpu", "True"]
     plain = run_stage(stage, base_folder, data, tmp_path / "plain", *common)
-    media = RememberedMedia()
-    remembered = run_stage(
-        stage, base_folder, data, tmp_path / "memo", *common, "--remember_tower_outputs", "64", callbacks=[media]
-    )
+    args, training_args = parse_args(
+        [*("--stage", stage, "--model", str(base_folder), "--data", str(data), "--output_dir", str(tmp_path / "memo")),
+         *("--learning_rate", "1e-2", "--report_to", "none", "--save_strategy", "no", "--block_size", "512"),
+         *("--seed", "0", *common, "--remember_tower_outputs", "64")]
+    )  # fmt: skip
+    trainer = build_trainer(args, training_args)
+    trainer.train()
+    remembered = save_stage_output(trainer, stage)
+    counts = {name: len(memo.outputs) for name, memo in trainer.remembered_towers.memos.items()}
     files = {name for line in data.read_text().splitlines() for name in json.loads(line)["filename"]}
-    assert media.counts["vision"] + media.counts["audio"] == len(files) > 0
+    assert counts["vision"] + counts["audio"] == len(files) > 0
     before, after = load_file(plain / "model.safetensors"), load_file(remembered / "model.safetensors")
     assert before.keys() == after.keys()
     for name in before:

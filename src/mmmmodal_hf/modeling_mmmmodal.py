@@ -230,26 +230,40 @@ class MMMModalModel(MMMModalPreTrainedModel):
         self.post_init()
 
     @can_return_tuple
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(
+        self, pixel_values: torch.Tensor, tower_states=None, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """SigLIP hidden state at `vision_feature_layer` (no pooling) in `last_hidden_state`, projected in
         `pooler_output` (`(num_images, num_image_slots, hidden_size)`): all images of a batch in one tower call.
-        `output_hidden_states` / `output_attentions` return the tower's, as transformers' getters do."""
-        tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
-        tower = self.vision_tower(pixel_values.to(tower_dtype), **_tower_outputs(kwargs))
+        `output_hidden_states` / `output_attentions` return the tower's, as transformers' getters do.
+        `tower_states`: that hidden state when already computed (a frozen tower's, remembered): the tower does not run."""
+        if tower_states is not None:
+            tower = BaseModelOutputWithPooling(last_hidden_state=tower_states)
+        else:
+            tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
+            tower = self.vision_tower(pixel_values.to(tower_dtype), **_tower_outputs(kwargs))
         hidden = tower.last_hidden_state
         return BaseModelOutputWithPooling(hidden, self.image_projector(hidden), tower.hidden_states, tower.attentions)
 
     @can_return_tuple
     def get_audio_features(
-        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, **kwargs
+        self,
+        input_features: torch.Tensor,
+        input_features_mask: torch.Tensor | None = None,
+        tower_states=None,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Whisper encoder hidden state at `audio_feature_layer` (`last_hidden_state`), projected (`pooler_output`).
 
         `input_features` holds one log-mel window per row (a long clip spans consecutive rows), and
         `input_features_mask` its real frames. With `config.trim_audio_padding` each window keeps
         `num_real_audio_slots` slots (all without a mask): `pooler_output` is `(num_slots, hidden_size)`.
+        `tower_states`: as `get_image_features`'.
         """
-        tower = self.audio_tower(input_features.to(self.audio_tower.conv1.weight.dtype), **_tower_outputs(kwargs))
+        if tower_states is not None:
+            tower = BaseModelOutputWithPooling(last_hidden_state=tower_states)
+        else:
+            tower = self.audio_tower(input_features.to(self.audio_tower.conv1.weight.dtype), **_tower_outputs(kwargs))
         hidden, features = tower.last_hidden_state, self.audio_projector(tower.last_hidden_state)
         kept = torch.tensor(self.audio_slots_per_window(input_features, input_features_mask), device=features.device)
         keep = torch.arange(features.shape[1], device=features.device) < kept[:, None]
@@ -317,12 +331,16 @@ class MMMModalModel(MMMModalPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         past_key_values: Cache | None = None,
+        image_tower_states: torch.FloatTensor | None = None,
+        audio_tower_states: torch.FloatTensor | None = None,
         **kwargs,
     ) -> MMMModalModelOutputWithPast:
         r"""
         pixel_values (`(num_images, 3, height, width)`): every image of the batch, in slot order.
         input_features (`(num_audio_windows, num_mel_bins, num_mel_frames)`): every audio window, in slot order.
         input_features_mask (`(num_audio_windows, num_mel_frames)`): which mel frames hold real audio.
+        image_tower_states, audio_tower_states (*optional*): the towers' hidden states at their feature layers for
+            those media, when already computed (training with frozen towers remembers them): the towers do not run.
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -340,12 +358,14 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
         image = audio = image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image = self.get_image_features(pixel_values, return_dict=True, **kwargs)
+            image = self.get_image_features(pixel_values, image_tower_states, return_dict=True, **kwargs)
             image_features = image.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, "image")
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
         if input_features is not None and input_features.shape[0] > 0:
-            audio = self.get_audio_features(input_features, input_features_mask, return_dict=True, **kwargs)
+            audio = self.get_audio_features(
+                input_features, input_features_mask, audio_tower_states, return_dict=True, **kwargs
+            )
             audio_features = audio.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, audio_features, "audio")
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)

@@ -1,9 +1,11 @@
 """Training with frozen towers: run each tower once per distinct medium and reuse its output.
 
 Training shows the same media again and again (each epoch, and in every conversation that reuses
-one), and a frozen tower gives the same features each time. For the duration of a run the towers'
-`forward` is replaced by one that runs the tower only on inputs it has not seen; the model's weights,
-its saved folders and its code are untouched. Both published stages keep the towers frozen.
+one), and a frozen tower gives the same features each time. `RememberedTowers` runs each tower only
+on media it has not seen and hands the model the rest as an explicit input of its forward
+(`image_tower_states`, `audio_tower_states`, which the towers then do not compute);
+`MMMModalTrainer.compute_loss` adds them to every batch. The model's weights, its saved folders and
+its code are untouched. Both published stages keep the towers frozen.
 """
 
 import hashlib
@@ -11,7 +13,6 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from transformers.modeling_outputs import BaseModelOutput
 
 
 class TowerOutputMemo:
@@ -65,31 +66,38 @@ class TowerOutputMemo:
         return result
 
 
-def remember_tower_outputs(model, max_media: int) -> dict[str, TowerOutputMemo]:
-    """Make `model`'s two towers remember their outputs (see `TowerOutputMemo`); returns the memos by tower.
+class RememberedTowers:
+    """Both towers' memos for a run, and the inputs they give a batch (see the module docstring).
 
     Refused for a tower with dropout, whose outputs vary between calls; a tower that trains is
     refused at its first call.
     """
-    config, inner = model.config, model.model
-    dropout = {
-        "vision": [config.vision_config.attention_dropout],
-        "audio": [
-            getattr(config.audio_config, name) for name in ("dropout", "attention_dropout", "activation_dropout")
-        ],
-    }
-    for name, rates in dropout.items():
-        if any(rates):
-            raise ValueError(f"the {name} tower has dropout {max(rates)}: its outputs vary between calls")
-    memos = {}
-    for name in dropout:
-        tower = getattr(inner, f"{name}_tower")
-        memos[name] = memo = TowerOutputMemo(name, tower, max_media)
-        run_tower = tower.forward
 
-        def remembering_forward(inputs, *args, _memo=memo, _run=run_tower, **kwargs):
-            return BaseModelOutput(last_hidden_state=_memo(inputs, lambda rows: _run(rows).last_hidden_state))
+    def __init__(self, model, max_media: int):
+        config, self.inner = model.config, model.model
+        dropout = {
+            "vision": [config.vision_config.attention_dropout],
+            "audio": [
+                getattr(config.audio_config, name) for name in ("dropout", "attention_dropout", "activation_dropout")
+            ],
+        }
+        for name, rates in dropout.items():
+            if any(rates):
+                raise ValueError(f"the {name} tower has dropout {max(rates)}: its outputs vary between calls")
+        self.memos = {name: TowerOutputMemo(name, getattr(self.inner, f"{name}_tower"), max_media) for name in dropout}
 
-        tower.forward = remembering_forward  # an attribute of this instance: gone with the process
-    model.tower_memos = memos  # for whoever watches the run (a callback reads how many media they hold)
-    return memos
+    def tower_states(self, inputs: dict) -> dict[str, torch.Tensor]:
+        """`image_tower_states` / `audio_tower_states` for the batch's media, each tower run on new media only."""
+        states, vision, audio = {}, self.inner.vision_tower, self.inner.audio_tower
+        pixels, features = inputs.get("pixel_values"), inputs.get("input_features")
+        if pixels is not None and pixels.shape[0]:
+            dtype = vision.get_input_embeddings().weight.dtype
+            states["image_tower_states"] = self.memos["vision"](
+                pixels.to(dtype), lambda rows: vision(rows).last_hidden_state
+            )
+        if features is not None and features.shape[0]:
+            dtype = audio.conv1.weight.dtype
+            states["audio_tower_states"] = self.memos["audio"](
+                features.to(dtype), lambda rows: audio(rows).last_hidden_state
+            )
+        return states

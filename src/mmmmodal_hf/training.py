@@ -8,7 +8,9 @@
 Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
 parameters; a hook keeps unused branches in the graph with an exact zero, so no blank placeholder
 media are needed (`keep_unused_branches_in_the_graph`). Training-only speed-ups live beside this
-module: `training_head.py` (the LM head at labelled positions, on few rows) and `tower_memo.py`.
+module and reach the model as explicit inputs or subclasses: `training_head.py` (the LM head at labelled
+positions, `logits_to_keep` as a mask; `GroupedRowsHead`) and `tower_memo.py` (frozen towers' outputs as
+`image_tower_states` / `audio_tower_states`).
 """
 
 import logging
@@ -37,7 +39,7 @@ from .data import (
 )
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
 from .processing_mmmmodal import MMMModalProcessor
-from .tower_memo import remember_tower_outputs
+from .tower_memo import RememberedTowers
 from .training_head import GroupedRowsHead, summed_loss
 
 logger = logging.getLogger(__name__)
@@ -300,10 +302,13 @@ class MMMModalTrainer(Trainer):
     (`train_sampling_strategy="group_by_length"`) without encoding them first."""
 
     grouped_head: GroupedRowsHead | None = None  # `--grow_head_from_targets`: the model's head, few rows in use
+    remembered_towers: RememberedTowers | None = None  # `--remember_tower_outputs`
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Padding-free rows mark conversations by their restarting positions, which a KV cache would hide.
         inputs = {**inputs, "use_cache": False}
+        if self.remembered_towers is not None:  # frozen towers' outputs, computed once per medium
+            inputs.update(self.remembered_towers.tower_states(inputs))
         if not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
@@ -401,8 +406,7 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         args.train_encoders,
     )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if args.remember_tower_outputs:
-        remember_tower_outputs(base, args.remember_tower_outputs)
+    remembered = RememberedTowers(base, args.remember_tower_outputs) if args.remember_tower_outputs else None
     keep_unused_branches_in_the_graph(base)
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
@@ -424,6 +428,7 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         processing_class=processor,
         callbacks=[DataStatsCallback(stats), *callbacks],
     )
+    trainer.remembered_towers = remembered
     if args.grow_head_from_targets:
         trainer.grouped_head = GroupedRowsHead(base.get_output_embeddings(), rows_in_use=known)
         base.set_output_embeddings(trainer.grouped_head)

@@ -198,9 +198,10 @@ class MMMModalDemoModel(MMMModalModel):
             if inputs is None or inputs.shape[0] == 0:
                 continue
             if modality == "image":
-                features = self.get_image_features(inputs).pooler_output
+                features = self.get_image_features(inputs, kwargs.pop("image_tower_states", None)).pooler_output
             else:
-                features = self.get_audio_features(inputs, input_features_mask).pooler_output
+                states = kwargs.pop("audio_tower_states", None)
+                features = self.get_audio_features(inputs, input_features_mask, states).pooler_output
             mask = self.get_placeholder_mask(input_ids, embeds, features, modality)
             features = self._with_media_index(features, mask[..., 0], projector, position_ids, offset, modality)
             embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
