@@ -56,7 +56,7 @@ class TerminalChat:
             if kind == "image":
                 load_image(path, max_pixels=self.session.processor.max_image_pixels)
             else:
-                load_audio(path, self.session.processor.feature_extractor.sampling_rate)
+                load_audio(path, None)  # decoded at its own rate: whether it reads is what matters here
         except ValueError as error:
             raise type(error)(f"{where}: {error}; not attached") from error
         self.pending.append((kind, str(Path(path).resolve())))

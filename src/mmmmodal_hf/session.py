@@ -98,8 +98,12 @@ class MMMModalChatSession:
                 self._crop(turn["reused"])  # what the failed turn added to the cache goes; the conversation stays
                 raise
             return self._finish_turn(turn, output)
-        for piece in self.stream(text, images, audio, **generate_kwargs):
-            on_text(piece)
+        pieces = self.stream(text, images, audio, **generate_kwargs)
+        try:
+            for piece in pieces:
+                on_text(piece)
+        finally:
+            pieces.close()  # `on_text` failed: the turn is dropped now, not when the generator is collected
         return self.messages[-1]["content"]
 
     def stream(self, text: str, images=None, audio=None, **generate_kwargs):
