@@ -333,6 +333,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         past_key_values: Cache | None = None,
         image_tower_states: torch.FloatTensor | None = None,
         audio_tower_states: torch.FloatTensor | None = None,
+        graph_anchor: torch.Tensor | None = None,
         **kwargs,
     ) -> MMMModalModelOutputWithPast:
         r"""
@@ -341,6 +342,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
         input_features_mask (`(num_audio_windows, num_mel_frames)`): which mel frames hold real audio.
         image_tower_states, audio_tower_states (*optional*): the towers' hidden states at their feature layers for
             those media, when already computed (training with frozen towers remembers them): the towers do not run.
+        graph_anchor (*optional*): a zero added to the output, in training: one that depends on the branches a batch
+            does not use, so that DDP and ZeRO see every trainable parameter take part (`training.py`).
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -378,8 +381,9 @@ class MMMModalModel(MMMModalPreTrainedModel):
             **{CACHE_NAME: cache},
             **kwargs,
         )
+        hidden = outputs.last_hidden_state
         return MMMModalModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
+            last_hidden_state=hidden if graph_anchor is None else hidden + graph_anchor.to(hidden.dtype),
             **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,

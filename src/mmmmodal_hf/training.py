@@ -6,9 +6,9 @@
 - lora: PEFT LoRA on the language model, projectors trained fully; `export_lora` merges.
 
 Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
-parameters; a hook keeps unused branches in the graph with an exact zero, so no blank placeholder
-media are needed (`keep_unused_branches_in_the_graph`). Training-only speed-ups live beside this
-module and reach the model as explicit inputs or subclasses: `training_head.py` (the LM head at labelled
+parameters; `MMMModalTrainer` gives the model an exact zero that depends on the branches a batch does
+not use (`graph_anchor`, `_unused_branch_anchor`), so no blank placeholder media are needed.
+Training-only speed-ups live beside this module and reach the model as explicit inputs or subclasses: `training_head.py` (the LM head at labelled
 positions, `logits_to_keep` as a mask; `GroupedRowsHead`) and `tower_memo.py` (frozen towers' outputs as
 `image_tower_states` / `audio_tower_states`).
 """
@@ -241,22 +241,9 @@ def _unused_branch_anchor(inner, image_missing: bool, audio_missing: bool) -> to
     return anchor
 
 
-def keep_unused_branches_in_the_graph(model) -> None:
-    """In training, add `_unused_branch_anchor` to the base model's output of every batch (a forward hook)."""
-
-    def add_anchor(module, args, kwargs, output):
-        if not (module.training and torch.is_grad_enabled()):
-            return None
-
-        def missing(name):
-            value = kwargs.get(name)
-            return value is None or value.shape[0] == 0
-
-        anchor = _unused_branch_anchor(module, missing("pixel_values"), missing("input_features"))
-        output.last_hidden_state = output.last_hidden_state + anchor.to(output.last_hidden_state.dtype)
-        return output
-
-    model.model.register_forward_hook(add_anchor, with_kwargs=True)
+def _missing_media(inputs: dict) -> tuple[bool, bool]:
+    """Whether the batch holds no image, and whether it holds no audio."""
+    return tuple(inputs.get(name) is None or inputs[name].shape[0] == 0 for name in ("pixel_values", "input_features"))
 
 
 def combine_alignments(image_run: str | Path, audio_run: str | Path, output_dir: str | Path) -> Path:
@@ -309,6 +296,8 @@ class MMMModalTrainer(Trainer):
         inputs = {**inputs, "use_cache": False}
         if self.remembered_towers is not None:  # frozen towers' outputs, computed once per medium
             inputs.update(self.remembered_towers.tower_states(inputs))
+        if model.training and torch.is_grad_enabled():  # the branches this batch does not use take part, with 0
+            inputs["graph_anchor"] = _unused_branch_anchor(self._inner_model(model), *_missing_media(inputs))
         if not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
@@ -324,6 +313,11 @@ class MMMModalTrainer(Trainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (self.accelerator.num_processes // self.get_tp_size())  # as Trainer's own loss does
         return (loss, outputs) if return_outputs else loss
+
+    def _inner_model(self, model):
+        """The `MMMModalModel` inside what the trainer holds (DDP or DeepSpeed, and PEFT, around it)."""
+        model = self.accelerator.unwrap_model(model)
+        return (model.get_base_model() if hasattr(model, "get_base_model") else model).model
 
     def get_decay_parameter_names(self, model) -> list[str]:
         names = super().get_decay_parameter_names(model)
@@ -407,7 +401,6 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     remembered = RememberedTowers(base, args.remember_tower_outputs) if args.remember_tower_outputs else None
-    keep_unused_branches_in_the_graph(base)
     stats = EncodeStats()
     train_dataset, eval_dataset = build_datasets(args, processor, stats)
     if args.streaming:
