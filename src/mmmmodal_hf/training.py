@@ -8,9 +8,9 @@
 Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
 parameters; `MMMModalTrainer` gives the model an exact zero that depends on the branches a batch does
 not use (`graph_anchor`, `_unused_branch_anchor`), so no blank placeholder media are needed.
-Training-only speed-ups live beside this module and reach the model as explicit inputs or subclasses: `training_head.py` (the LM head at labelled
-positions, `logits_to_keep` as a mask; `GroupedRowsHead`) and `tower_memo.py` (frozen towers' outputs as
-`image_tower_states` / `audio_tower_states`).
+Training-only speed-ups live beside this module and reach the model as explicit inputs or subclasses:
+`training_head.py` (the LM head at labelled positions, `logits_to_keep` as a mask; `GroupedRowsHead`) and
+`tower_memo.py` (frozen towers' outputs as `image_tower_states` / `audio_tower_states`).
 """
 
 import logging
