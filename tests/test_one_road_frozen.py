@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from mmmmodal_hf.data import conversation_from_row, encode_conversation
+from mmmmodal_hf.data import approximate_length, conversation_from_row, encode_conversation
 from mmmmodal_hf.session import MMMModalChatSession
 
 from tiny_parts import random_clip, random_image
@@ -76,13 +76,35 @@ def summary(encoded: dict) -> dict:
     return record
 
 
-def training_records(processor, folder: Path) -> dict:
+def conversations(folder: Path) -> dict:
     rows = {name: block_row(turns, folder) for name, turns in TURNS.items()}
     rows["published_row"] = PUBLISHED_ROW
+    return {name: conversation_from_row(row, base_dir=str(folder), row_id=name) for name, row in rows.items()}
+
+
+def training_records(processor, folder: Path) -> dict:
     return {
-        name: summary(encode_conversation(processor, conversation_from_row(row, base_dir=str(folder), row_id=name)))
-        for name, row in rows.items()
+        name: summary(encode_conversation(processor, conversation))
+        for name, conversation in conversations(folder).items()
     }
+
+
+def shortened_records(processor, folder: Path) -> dict:
+    """What a `block_size` that drops the last exchange, then the last two, leaves; every text token labelled once."""
+    records = {}
+    for name in ("media_over_three_turns", "published_row"):
+        conversation = conversations(folder)[name]
+        full = len(encode_conversation(processor, conversation)["input_ids"])
+        records[name] = [summary(encode_conversation(processor, conversation, block_size=full - 1))]
+        if name == "media_over_three_turns":
+            second = len(records[name][0]["input_ids"])
+            records[name].append(summary(encode_conversation(processor, conversation, block_size=second - 1)))
+        records[name].append(summary(encode_conversation(processor, conversation, train_on="all")))
+    return records
+
+
+def approximate_lengths(processor, folder: Path) -> dict:
+    return {name: approximate_length(processor, conversation) for name, conversation in conversations(folder).items()}
 
 
 def session_records(model, processor, folder: Path) -> dict:
@@ -117,6 +139,24 @@ def test_training_encodes_as_frozen(session_processor, media):
         assert record.keys() == frozen[name].keys(), name
 
 
+def test_shortened_and_all_token_encodings_as_frozen(session_processor, media):
+    frozen = json.loads(FROZEN.read_text())["shortened"]
+    records = shortened_records(session_processor, media)
+    assert records.keys() == frozen.keys()
+    for name, encodings in records.items():
+        assert len(encodings) == len(frozen[name])
+        for record, expected in zip(encodings, frozen[name]):
+            assert record["input_ids"] == expected["input_ids"] and record.keys() == expected.keys(), name
+            assert record["answer_positions"] == expected["answer_positions"], name
+            for key in record.keys() - {"input_ids", "answer_positions"}:
+                assert record[key]["shape"] == expected[key]["shape"], (name, key)
+                assert record[key]["sum"] == pytest.approx(expected[key]["sum"], abs=0.05), (name, key)
+
+
+def test_approximate_lengths_as_frozen(session_processor, media):
+    assert approximate_lengths(session_processor, media) == json.loads(FROZEN.read_text())["approximate_lengths"]
+
+
 def test_the_chat_session_builds_its_turns_as_frozen(model, session_processor, media):
     frozen = json.loads(FROZEN.read_text())["session"]
     assert session_records(model, session_processor, media) == frozen
@@ -135,6 +175,8 @@ if __name__ == "__main__":  # record (only on purpose): python tests/test_one_ro
         folder = write_media(Path(scratch))
         records = {
             "training": training_records(processor, folder),
+            "shortened": shortened_records(processor, folder),
+            "approximate_lengths": approximate_lengths(processor, folder),
             "session": session_records(tiny_model(processor), processor, folder),
         }
     FROZEN.parent.mkdir(exist_ok=True)
