@@ -8,8 +8,13 @@ Both get the same decoded inputs (PIL images, float arrays at 16 kHz). Goal: at 
 """
 
 import argparse
+import re
 
 from common import clip, image, interleaved_medians, parse_arguments, report, small_processor
+
+from mmmmodal_hf.configuration_mmmmodal import AUDIO_SLOT_TOKEN, IMAGE_SLOT_TOKEN
+
+SLOT = {"<image>": IMAGE_SLOT_TOKEN, "<audio>": AUDIO_SLOT_TOKEN}
 
 
 def main() -> None:
@@ -23,14 +28,14 @@ def main() -> None:
     clips = [clip(3, seconds=12.0), clip(4, seconds=25.0)]
     batch_text, batch_images, batch_clips = [text] * args.samples, [images] * args.samples, [clips] * args.samples
     expanded = processor(text=batch_text, images=batch_images, audio=batch_clips, return_text_replacement_offsets=True)
-    written_out = [
-        processor.expand_media_placeholders(
-            text,
-            [processor.num_image_slots(processor.image_processor.size.height, processor.image_processor.size.width)]
-            * 2,
-            [processor.num_clip_slots(len(clips[0])), processor.num_clip_slots(len(clips[1]))],
-        )
-    ] * args.samples
+    image_slots = processor.num_image_slots(
+        processor.image_processor.size.height, processor.image_processor.size.width
+    )
+    slots = iter(
+        [image_slots] * 2 + [processor.num_clip_slots(len(clips[0])), processor.num_clip_slots(len(clips[1]))]
+    )
+    pieces = re.split(r"(<image>|<audio>)", text)  # each opening tag gets its slots written after it
+    written_out = ["".join(p + (SLOT[p] * next(slots) if p in SLOT else "") for p in pieces)] * args.samples
     assert processor.tokenizer(written_out, padding=True)["input_ids"] == expanded["input_ids"]
 
     def ours():

@@ -8,11 +8,15 @@ Any refactor of how conversations become model inputs must keep them.
 
 import json
 import sys
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 from mmmmodal_hf.data import approximate_length, conversation_from_row, encode_conversation
 from mmmmodal_hf.session import MMMModalChatSession
@@ -160,6 +164,38 @@ def test_approximate_lengths_as_frozen(session_processor, media):
 def test_the_chat_session_builds_its_turns_as_frozen(model, session_processor, media):
     frozen = json.loads(FROZEN.read_text())["session"]
     assert session_records(model, session_processor, media) == frozen
+
+
+@contextmanager
+def decodes():
+    """Counts the files Pillow and libsndfile open (the real ones, watched), by file name."""
+    opened = Counter()
+
+    def watched(real):
+        return lambda source, *args, **kwargs: (
+            opened.update([Path(str(source)).name]),
+            real(source, *args, **kwargs),
+        )[1]
+
+    with (
+        mock.patch.object(Image, "open", watched(Image.open)),
+        mock.patch.object(soundfile, "SoundFile", watched(soundfile.SoundFile)),
+    ):
+        yield opened
+
+
+def test_each_medium_is_decoded_once_per_conversation(model, session_processor, media):
+    every_medium = Counter(i for turn in TURNS["media_over_three_turns"] for i in [*turn[1], *turn[2]])
+    conversation = conversations(media)["media_over_three_turns"]
+    with decodes() as opened:  # shortened twice: measured by the media's slots, not by decoding them again
+        encode_conversation(session_processor, conversation, block_size=70)
+    assert opened == every_medium
+    with decodes() as opened:
+        approximate_length(session_processor, conversation)
+    assert not opened
+    with decodes() as opened:  # earlier turns' media are in the cache: never decoded again
+        session_records(model, session_processor, media)
+    assert opened == every_medium + Counter(TURNS["long_clip"][0][2])
 
 
 if __name__ == "__main__":  # record (only on purpose): python tests/test_one_road_frozen.py

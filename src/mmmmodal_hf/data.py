@@ -11,7 +11,6 @@ Relative paths are resolved against the data file's folder. Whether a file is an
 audio clip is decided by decoding it (`media_mmmmodal`), never by its extension.
 """
 
-import bisect
 import hashlib
 import json
 import logging
@@ -24,11 +23,10 @@ import torch
 from jinja2.exceptions import TemplateError
 from torch.utils.data import Dataset, IterableDataset, Sampler
 from transformers.trainer_pt_utils import get_length_grouped_indices
-from transformers.utils.chat_template_utils import render_jinja_template
 
 from .cli_errors import InputError
 from .configuration_mmmmodal import MEDIA_INPUT_NAMES
-from .processing_mmmmodal import placeholder_kinds
+from .processing_mmmmodal import EncodedMedium, placeholder_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -152,60 +150,80 @@ def encode_conversation(
     train_on: str = "answers",
     stats: EncodeStats | None = None,
 ) -> dict:
-    """Token ids, labels and media features for one conversation, unpadded.
+    """Token ids, labels and media features for one conversation, unpadded, through the processor's
+    `apply_chat_template` (its `return_assistant_tokens_mask` marks the answers).
 
     Labels are the answers only (`train_on="answers"`) or every text token (`"all"`, as the paper
     did); feature slots, tags (for answers) and anything else get -100. A conversation longer than
-    `block_size` loses whole trailing turns (never part of a media span); if even its first
-    exchange is too long, it raises `UnusableRow`.
+    `block_size` loses whole trailing turns (never part of a media span), measured with its media's
+    slots alone; if even its first exchange is too long, it raises `UnusableRow`. Each medium is
+    decoded once.
     """
     if train_on not in ("answers", "all"):
         raise ValueError(f"train_on must be 'answers' or 'all'; got {train_on!r}")
-    messages = list(conversation.messages)
-    images, audio = list(conversation.images), list(conversation.audio)
-    truncated = False
-    while True:
-        encoded = _encode(processor, messages, images, audio, train_on, conversation.row_id)
-        if block_size is None or len(encoded["input_ids"]) <= block_size:
-            break
-        messages, images, audio = _drop_last_exchange(messages, images, audio)
-        if not any(m["role"] == "assistant" for m in messages):
-            raise UnusableRow(
-                f"row {conversation.row_id}: {len(encoded['input_ids'])} tokens even with one exchange; "
-                f"block_size is {block_size}"
-            )
-        truncated = True
+    row_id = conversation.row_id
+    try:
+        images, audio = processor.load_media(conversation.images, conversation.audio)
+    except ValueError as error:
+        raise UnusableRow(f"row {row_id}: {error}") from error
+    messages = _with_media(conversation, images, audio)
+    encoded = _encode(processor, messages, train_on, row_id)
+    if block_size is None or len(encoded["input_ids"]) <= block_size:
+        return encoded
+    counts = processor._get_num_multimodal_tokens(
+        image_sizes=[image.size for image in images], audio_lengths=[len(clip) for clip in audio]
+    )
+    measured = _with_media(
+        conversation,
+        *([EncodedMedium(slots) for slots in counts[f"num_{kind}_tokens"]] for kind in ("image", "audio")),
+    )
+    kept, length = len(messages), len(encoded["input_ids"])
+    while length > block_size:
+        kept = _last_exchange_start(measured[:kept])
+        if not any(m["role"] == "assistant" for m in measured[:kept]):
+            raise UnusableRow(f"row {row_id}: {length} tokens even with one exchange; block_size is {block_size}")
+        length = len(_apply_template(processor, measured[:kept], False, row_id)["input_ids"][0])
     if stats is not None:
-        stats.truncated += int(truncated)
-    return encoded
+        stats.truncated += 1
+    return _encode(processor, messages[:kept], train_on, row_id)
 
 
-def _drop_last_exchange(messages, images, audio):
-    """Remove the trailing user+assistant turns and the media they hold."""
+def _last_exchange_start(messages) -> int:
+    """Where the trailing user+assistant turns begin."""
     cut = len(messages) - 1
     while cut > 0 and messages[cut]["role"] != "user":
         cut -= 1
-    dropped_images = sum(_media_counts(m)[0] for m in messages[cut:])
-    dropped_audio = sum(_media_counts(m)[1] for m in messages[cut:])
-    return (
-        messages[:cut],
-        images[: len(images) - dropped_images],
-        audio[: len(audio) - dropped_audio],
-    )
+    return cut
 
 
-def _render(processor, messages, row_id) -> tuple[str, list]:
-    """The conversation through the chat template: its text (media as tags) and the answers' spans."""
+def _with_media(conversation: Conversation, images, audio) -> list[dict]:
+    """The conversation's messages with its media (sources, decoded media or `EncodedMedium`s) in their blocks, as
+    the processor's `apply_chat_template` takes them. A message whose text holds its media's tags (a published
+    row) keeps that text; its media follow it as blocks marked "in_text", which the template does not render."""
+    media = {"image": iter(images), "audio": iter(audio)}
+    messages = []
+    for message in conversation.messages:
+        content = message["content"]
+        if isinstance(content, str) and placeholder_kinds(content):
+            in_text = [{"type": kind, kind: next(media[kind]), "in_text": True} for kind in placeholder_kinds(content)]
+            content = [{"type": "text", "text": content}, *in_text]
+        elif not isinstance(content, str):
+            content = [{**b, b["type"]: next(media[b["type"]])} if b["type"] in media else b for b in content]
+        messages.append({**message, "content": content})
+    return messages
+
+
+def _apply_template(processor, messages, answers_mask: bool, row_id):
     try:
-        prompts, answer_spans = render_jinja_template(
-            conversations=[messages],
-            chat_template=processor.chat_template,
-            return_assistant_tokens_mask=True,
-            **processor.tokenizer.special_tokens_map,
+        return processor.apply_chat_template(
+            messages,
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=answers_mask,
+            processor_kwargs={"padding": False, "sampling_rate": processor.feature_extractor.sampling_rate},
         )
-    except TemplateError as error:  # the template's own checks: roles, empty turns, media in answers
+    except (TemplateError, ValueError) as error:  # the template's checks (roles, empty turns), or the media's
         raise UnusableRow(f"row {row_id}: {error}") from error
-    return prompts[0], answer_spans
 
 
 def approximate_length(processor, conversation: Conversation) -> int:
@@ -216,51 +234,21 @@ def approximate_length(processor, conversation: Conversation) -> int:
     fixed output size (SigLIP's `size`), clips one Whisper window each (a longer clip has more, a
     trimmed one fewer).
     """
-    text, _ = _render(processor, conversation.messages, conversation.row_id)
     size = getattr(processor.image_processor, "size", None) or {}
-    image_slots = processor.num_image_slots(size["height"], size["width"]) if "height" in size else 0
-    try:
-        text = processor.expand_media_placeholders(
-            text,
-            [image_slots] * len(conversation.images),
-            [processor.audio_slots_per_window] * len(conversation.audio),
-        )
-    except ValueError as error:  # placeholders and files that do not match
-        raise UnusableRow(f"row {conversation.row_id}: {error}") from error
-    return len(processor.tokenizer(text, add_special_tokens=False)["input_ids"])
+    image = EncodedMedium(processor.num_image_slots(size["height"], size["width"]) if "height" in size else 0)
+    clip = EncodedMedium(processor.audio_slots_per_window)
+    messages = _with_media(conversation, [image] * len(conversation.images), [clip] * len(conversation.audio))
+    return len(_apply_template(processor, messages, False, conversation.row_id)["input_ids"][0])
 
 
-def _answer_tokens(token_spans, replacements, answer_spans) -> np.ndarray:
-    """Which tokens overlap an answer's characters. The answers' spans are in the rendered text; each
-    placeholder the processor expanded before a span shifts it by the characters its slots added."""
-    placeholder_ends = [r["span"][1] for r in replacements]
-    shift_after = [0] + [r["new_span"][1] - r["span"][1] for r in replacements]  # cumulative, in new coordinates
-    keep = np.zeros(len(token_spans), dtype=bool)
-    for span in answer_spans:
-        start, end = (char + shift_after[bisect.bisect_right(placeholder_ends, char)] for char in span)
-        keep |= [token_start < end and token_end > start for token_start, token_end in token_spans]
-    return keep
-
-
-def _encode(processor, messages, images, audio, train_on, row_id) -> dict:
-    prompt, answer_spans = _render(processor, messages, row_id)
-    try:
-        encoded = processor(
-            text=prompt,
-            images=images or None,
-            audio=audio or None,
-            add_special_tokens=False,
-            padding=False,
-            return_offsets_mapping=True,
-            return_text_replacement_offsets=True,
-        )
-    except ValueError as error:
-        raise UnusableRow(f"row {row_id}: {error}") from error
+def _encode(processor, messages, train_on, row_id) -> dict:
+    encoded = _apply_template(processor, messages, train_on == "answers", row_id)
     input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
-    if train_on == "answers":
-        keep = _answer_tokens(encoded["offset_mapping"][0], encoded["text_replacement_offsets"][0], answer_spans[0])
-    else:
-        keep = np.ones_like(input_ids, dtype=bool)
+    keep = (
+        np.asarray(encoded["assistant_masks"][0], dtype=bool)
+        if train_on == "answers"
+        else np.ones(len(input_ids), bool)
+    )
     keep &= (input_ids != processor.image_token_id) & (input_ids != processor.audio_token_id)
     result = {
         "input_ids": input_ids,

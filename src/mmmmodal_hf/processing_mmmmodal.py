@@ -53,6 +53,20 @@ MEDIA_PLACEHOLDERS = {
 }
 
 
+class EncodedMedium:
+    """In place of an image or clip whose features the model already holds (a chat's KV cache) or that is only
+    measured: the processor writes its `slots` into the text and returns no features for it. (Not a dataclass:
+    transformers turns those in a conversation into dicts.)"""
+
+    __slots__ = ("slots",)
+
+    def __init__(self, slots: int):
+        self.slots = slots
+
+    def __repr__(self) -> str:
+        return f"EncodedMedium(slots={self.slots})"
+
+
 def placeholder_kinds(text: str) -> list[str]:
     """ "image" or "audio" for each medium `text` holds, in order (a stray closing tag stands for none)."""
     return [match.lastgroup for match in PLACEHOLDER_RE.finditer(text) if match.lastgroup != "stray"]
@@ -178,7 +192,8 @@ class MMMModalProcessor(ProcessorMixin):
 
         text: a string or a list of them, with `<image>` / `<audio>` placeholders matched in order to the
             sample's media: images / audio (or `audios`), per sample (`[[a, b], [c]]`) or flat in placeholder
-            order. sampling_rate: of audio given as bare arrays (files carry their own).
+            order; an `EncodedMedium` in place of a medium gets its slots and no features. sampling_rate: of audio
+            given as bare arrays (files carry their own).
         Keywords go to the tokenizer (`padding=True`, `padding_side="left"` for generation, "right" for training;
             the tokenizer's saved side is not taken), the image processor (`rescale_factor`, `size`, ...) and the
             feature extractor (not `padding`/`max_length`/`truncation`: each window is one Whisper window).
@@ -263,28 +278,10 @@ class MMMModalProcessor(ProcessorMixin):
         pad_kwargs = {key: text_kwargs[key] for key in ("max_length", "pad_to_multiple_of") if key in text_kwargs}
         return self.tokenizer.pad(merged, padding=padding, padding_side=padding_side, **pad_kwargs)
 
-    def encode_media(self, images=(), audio=(), sampling_rate: int | None = None, return_tensors="pt"):
-        """Load and preprocess media on their own: `(features, image_slots, audio_slots)`.
-
-        For callers that tokenize text separately (a chat session keeping its KV cache): the slot
-        counts say how `expand_media_placeholders` must expand each medium's placeholder.
-        """
-        data, image_slots = self._encode_images([self._load_images(0, list(images))], {}, return_tensors)
-        audio_data, audio_slots = self._encode_audio([self._load_audio(0, list(audio), sampling_rate)], {})
-        return BatchFeature({**data, **audio_data}, tensor_type=return_tensors), image_slots, audio_slots
-
-    def expand_media_placeholders(self, text: str, image_slots: list[int], audio_slots: list[int]) -> str:
-        """`text` with each medium's slot tokens after its opening tag, as `__call__` writes them."""
-        matches, problem = self._read_text(0, text)
-        if problem:
-            raise ValueError(problem)
-        counts = (sum(m.lastgroup == "image" for m in matches), sum(m.lastgroup == "audio" for m in matches))
-        if counts != (len(image_slots), len(audio_slots)):
-            raise ValueError(
-                f"The text holds {counts[0]} image and {counts[1]} audio placeholders but slot counts were given "
-                f"for {len(image_slots)} images and {len(audio_slots)} clips."
-            )
-        return self._expand_placeholders([text], [matches], image_slots, audio_slots)[0][0]
+    def load_media(self, images=(), audio=(), sampling_rate: int | None = None) -> tuple[list, list]:
+        """Decode media once, checked as `__call__` checks them: PIL images and waveforms at the feature extractor's
+        rate, which `__call__` takes again without decoding (clips with `sampling_rate` of the feature extractor)."""
+        return self._load_images(0, list(images)), self._load_audio(0, list(audio), sampling_rate)
 
     def _read_text(self, index: int, text) -> tuple[list[re.Match], str | None]:
         """The sample's placeholders, and what is wrong with its text (None when nothing is)."""
@@ -311,7 +308,8 @@ class MMMModalProcessor(ProcessorMixin):
         loaded = []
         for position, item in enumerate(items):
             try:
-                loaded.append(load_image(item, max_pixels=self.max_image_pixels))
+                encoded = isinstance(item, EncodedMedium)  # kept: its slots are all the text needs
+                loaded.append(item if encoded else load_image(item, max_pixels=self.max_image_pixels))
             except ValueError as error:  # a MediaError of the problem's type, kept as the item is named
                 where = f"Sample {index + 1}, image {position + 1} ({describe_media(item)})"
                 raise type(error)(f"{where}: {error}") from error
@@ -322,6 +320,9 @@ class MMMModalProcessor(ProcessorMixin):
         extractor = self.feature_extractor
         waveforms, seconds = [], 0.0
         for position, item in enumerate(items):
+            if isinstance(item, EncodedMedium):
+                waveforms.append(item)
+                continue
             where = f"Sample {index + 1}, audio {position + 1} ({describe_media(item)})"
             try:
                 waveform = load_audio(item, extractor.sampling_rate, sampling_rate)
@@ -343,30 +344,32 @@ class MMMModalProcessor(ProcessorMixin):
         return waveforms
 
     def _encode_images(self, sample_images, images_kwargs, return_tensors):
-        """Every loaded image of the batch through the image processor in one call."""
-        loaded = [image for images in sample_images for image in images]
+        """Every loaded image of the batch through the image processor in one call; an `EncodedMedium` keeps its slots."""
+        items = [image for images in sample_images for image in images]
+        loaded = [image for image in items if not isinstance(image, EncodedMedium)]
         if not loaded:
-            return {}, []
+            return {}, [image.slots for image in items]
         tensor_type = "pt" if return_tensors == "pt" else "np"
         images_kwargs = {key: value for key, value in images_kwargs.items() if key != "return_tensors"}
         pixel_values = self.image_processor(loaded, return_tensors=tensor_type, **images_kwargs)["pixel_values"]
-        height, width = pixel_values.shape[-2:]
-        return {"pixel_values": pixel_values}, [self.num_image_slots(int(height), int(width))] * len(loaded)
+        slots = self.num_image_slots(*(int(side) for side in pixel_values.shape[-2:]))
+        return {"pixel_values": pixel_values}, [getattr(image, "slots", slots) for image in items]
 
     def _encode_audio(self, sample_audio, audio_kwargs: dict):
         """Cut every waveform into Whisper windows and extract all windows in one call (each padded to a window:
         `padding`, `max_length`, `truncation` are the windows', not the call's)."""
         extractor, size = self.feature_extractor, self.feature_extractor.n_samples
-        clips = [waveform for waveforms in sample_audio for waveform in waveforms]
+        items = [waveform for waveforms in sample_audio for waveform in waveforms]
+        slots = [clip.slots if isinstance(clip, EncodedMedium) else self.num_clip_slots(len(clip)) for clip in items]
+        clips = [clip for clip in items if not isinstance(clip, EncodedMedium)]
         windows = [clip[i * size : (i + 1) * size] for clip in clips for i in range(self.num_audio_windows(len(clip)))]
         if not windows:
-            return {}, []
+            return {}, slots
         settings = {k: v for k, v in audio_kwargs.items() if k not in ("padding", "max_length", "truncation")}
         settings.update(padding="max_length", return_attention_mask=True, return_tensors="np")
         features = extractor(windows, sampling_rate=extractor.sampling_rate, **settings)
         # Whisper calls its frame mask `attention_mask`; renamed so it never collides with the text mask.
         frame_mask = np.asarray(features["attention_mask"], dtype=np.int64)
-        slots = [self.num_clip_slots(len(clip)) for clip in clips]
         features = np.asarray(features["input_features"], dtype=np.float32)
         return {"input_features": features, "input_features_mask": frame_mask}, slots
 
@@ -496,4 +499,11 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
 
 MMMModalProcessor.register_for_auto_class()
 
-__all__ = ["MMMModalProcessor", "DEFAULT_CHAT_TEMPLATE", "MEDIA_PLACEHOLDERS", "PLACEHOLDER_RE", "placeholder_kinds"]
+__all__ = [
+    "MMMModalProcessor",
+    "DEFAULT_CHAT_TEMPLATE",
+    "EncodedMedium",
+    "MEDIA_PLACEHOLDERS",
+    "PLACEHOLDER_RE",
+    "placeholder_kinds",
+]

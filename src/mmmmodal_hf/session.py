@@ -9,17 +9,29 @@ Greedy replies are therefore the same as re-running the conversation from scratc
 
 import os
 import threading
+from itertools import groupby
 
 import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
 from .modeling_mmmmodal import CACHE_NAME
+from .processing_mmmmodal import EncodedMedium
 
 
 def _as_list(items) -> list:
     if items is None:
         return []
     return list(items) if isinstance(items, (list, tuple)) else [items]
+
+
+def _slot_runs(ids: list[int], slot_token_id: int) -> list[int]:
+    """The slots of each medium in `ids`, in order: a medium's slots are one run of its slot token."""
+    return [len(list(run)) for token, run in groupby(ids) if token == slot_token_id]
+
+
+def _user_message(text: str, images: list, audio: list) -> dict:
+    blocks = [*(_block("image", image) for image in images), *(_block("audio", clip) for clip in audio)]
+    return {"role": "user", "content": [*blocks, {"type": "text", "text": text}]}
 
 
 def _block(kind: str, item) -> dict:
@@ -140,41 +152,43 @@ class MMMModalChatSession:
         Media are loaded first: a bad file raises here, before the conversation changes."""
         images, audio = _as_list(images), _as_list(audio)
         settings = {**self.generate_kwargs, **generate_kwargs}
-        media, image_slots, audio_slots = self.processor.encode_media(images, audio)
-        message = {
-            "role": "user",
-            "content": [*(_block("image", i) for i in images), *(_block("audio", a) for a in audio)]
-            + [{"type": "text", "text": text}],
-        }
-        prompt = self.processor.apply_chat_template(
-            [*self.messages, message], add_generation_prompt=True, tokenize=False
-        )
-        expanded = self.processor.expand_media_placeholders(
-            prompt, self._image_slots + image_slots, self._audio_slots + audio_slots
-        )
-        ids = self.processor.tokenizer(expanded, add_special_tokens=False)["input_ids"]
+        message = _user_message(text, images, audio)  # kept with paths: a saved conversation is a training row
+        decoded = _user_message(text, *self.processor.load_media(images, audio))  # errors name this turn's media
+        # Earlier media are in the cache: the processor gives them their slots and takes this turn's decoded.
+        inputs = self._encode([*self._history_as_encoded(), decoded])
+        ids = inputs["input_ids"][0].tolist()
         self._check_context(len(ids), settings.get("max_new_tokens", 0))
 
         reused = self._reusable_prefix(ids)
         if reused is None:  # the history itself changed under old media: start over from scratch
             self._crop(0)
             reused = 0
-            media, _, _ = self.processor.encode_media(
-                self._all_media("image", images), self._all_media("audio", audio)
-            )
+            inputs = self._encode([*self.messages, decoded])
         else:
             self._crop(reused)
-        input_ids = torch.tensor([ids], device=self.model.device)
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            CACHE_NAME: self._cache,
-            **{key: value.to(self.model.device) if torch.is_tensor(value) else value for key, value in media.items()},
-            **settings,
-        }
+        inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
+        inputs = {**inputs, CACHE_NAME: self._cache, **settings}
         start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
+        image_slots = _slot_runs(ids, self.processor.image_token_id)[len(self._image_slots) :]
+        audio_slots = _slot_runs(ids, self.processor.audio_token_id)[len(self._audio_slots) :]
         return {"message": message, "ids": ids, "reused": reused, "start": start, "inputs": inputs,
                 "image_slots": image_slots, "audio_slots": audio_slots}  # fmt: skip
+
+    def _encode(self, messages: list[dict]):
+        rate = {"sampling_rate": self.processor.feature_extractor.sampling_rate}  # of clips decoded by `load_media`
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            processor_kwargs=rate,
+        )  # fmt: skip
+
+    def _history_as_encoded(self) -> list[dict]:
+        """The conversation so far, each medium replaced by its slots (`EncodedMedium`): the cache holds them."""
+        slots = {"image": iter(self._image_slots), "audio": iter(self._audio_slots)}
+        return [
+            {**m, "content": [{**b, b["type"]: EncodedMedium(next(slots[b["type"]]))} if b["type"] in slots else b
+                              for b in m["content"]]} if isinstance(m["content"], list) else m
+            for m in self.messages
+        ]  # fmt: skip
 
     def _finish_turn(self, turn: dict, output: torch.Tensor) -> str:
         """The generated reply joins the conversation, with the turn's media and where it began (for `undo`)."""
@@ -209,13 +223,6 @@ class MMMModalChatSession:
         ):
             return None
         return common
-
-    def _all_media(self, kind: str, new: list) -> list:
-        items = []
-        for message in self.messages:
-            if isinstance(message["content"], list):
-                items += [block.get("path", block.get(kind)) for block in message["content"] if block["type"] == kind]
-        return items + new
 
     def _check_context(self, prompt_tokens: int, max_new_tokens: int) -> None:
         if self.context_length is None or prompt_tokens + max_new_tokens <= self.context_length:
