@@ -6,6 +6,7 @@ import torch
 from transformers import SiglipImageProcessorPil, WhisperFeatureExtractor
 
 from mmmmodal_hf import MMMModalProcessor
+from mmmmodal_hf.processing_mmmmodal import EncodedMedium
 
 from tiny_parts import AUDIO_SLOTS_PER_WINDOW, CLIP_SLOTS, IMAGE_SLOTS, random_clip, random_image
 
@@ -198,6 +199,33 @@ def test_chat_template_tokenizes_media_from_every_turn(processor, tmp_path):
         ("image", IMAGE_SLOTS),
     ]
     assert (out["input_ids"][0] == processor.tokenizer.bos_token_id).sum() == 1, "BOS must not be doubled"
+
+
+def test_published_text_with_in_text_media_blocks_and_encoded_media(processor):
+    """Tags written in the text (the published rows) with their media as blocks marked in_text: the template renders
+    the text alone, the processor fills the tags in order; an EncodedMedium gets its slots and no features."""
+    text = "<image> </image> <audio> </audio> Apa ini?"
+    image, clip = random_image(3), random_clip(4)
+    chat = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": text},
+                {"type": "image", "image": image, "in_text": True},
+                {"type": "audio", "audio": clip, "in_text": True},
+            ],
+        }
+    ]
+    assert processor.apply_chat_template(chat) == processor.apply_chat_template([{"role": "user", "content": text}])
+    out = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="np")
+    direct = processor(text=processor.apply_chat_template(chat), images=[image], audio=[clip], return_tensors="np")
+    assert out["input_ids"].tolist() == direct["input_ids"].tolist()
+    np.testing.assert_array_equal(out["pixel_values"], direct["pixel_values"])
+    np.testing.assert_array_equal(out["input_features"], direct["input_features"])
+    chat[0]["content"][1]["image"] = EncodedMedium(IMAGE_SLOTS)
+    encoded = processor.apply_chat_template(chat, tokenize=True, return_dict=True, return_tensors="np")
+    assert encoded["input_ids"].tolist() == direct["input_ids"].tolist() and "pixel_values" not in encoded
+    assert encoded["input_features"].shape == direct["input_features"].shape
 
 
 def test_chat_template_batch_of_conversations(processor):

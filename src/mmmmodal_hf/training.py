@@ -204,8 +204,8 @@ def load_model(name_or_path: str | Path, dtype=None) -> MMMModalForConditionalGe
         return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, trust_remote_code=True)
 
 
-# A projector's own layers, reached by calling it on an empty input; anything else it holds (the demo's
-# ordinal embeddings) is reached by a zero sum.
+# A projector's own layers, reached by calling it on an empty input; anything else a model of this family adds
+# to a projector is reached by a zero sum.
 _PROJECTOR_LAYERS = {"linear_1", "act", "linear_2", "conv", "linear"}
 
 
