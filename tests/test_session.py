@@ -5,7 +5,7 @@ import torch
 
 from mmmmodal_hf import MMMModalChatSession
 
-from tiny_parts import random_clip, random_image
+from tiny_parts import package_patches, random_clip, random_image
 
 GENERATE = {"max_new_tokens": 6, "min_new_tokens": 6, "do_sample": False}
 TURNS = [
@@ -54,6 +54,13 @@ def test_four_turns_equal_from_scratch_and_encode_each_medium_once(model_fixture
         if number > 0:  # only the new turn (and at most the re-tokenized last reply) is prefilled
             assert session.last_prefill_tokens < prompt_length - 40
     assert len(session.messages) == 1 + 2 * len(TURNS)
+
+
+def test_a_chat_session_leaves_no_hooks_or_patches(model, session_processor):
+    session = MMMModalChatSession(model, session_processor, **GENERATE)
+    session.send(*TURNS[0][:2])
+    "".join(session.stream(TURNS[1][0], audio=TURNS[1][2]))
+    assert package_patches(model) == []
 
 
 def test_undo_and_reset_restore_equality(model, session_processor):

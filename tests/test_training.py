@@ -16,7 +16,7 @@ from mmmmodal_hf.data import LengthGroupedBatchSampler
 from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, save_stage_output, train
 
 from fresh_process import fresh_process_chat, load_in_fresh_process, write_fresh_process_media
-from tiny_parts import tiny_config, tiny_model, write_tiny_dataset
+from tiny_parts import package_patches, tiny_config, tiny_model, tiny_text_config, write_tiny_dataset
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,42 @@ def test_align_trains_only_projectors_and_tag_rows(base_folder, data_file, tmp_p
         session_processor.audio_end_token_id,
     ]
     assert rows == sorted(tags)
+
+
+class Inspect(TrainerCallback):
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.patches = package_patches(model)
+
+
+@pytest.mark.parametrize("stage, extra", [("align", ()), ("finetune", ("--remember_tower_outputs", "64"))])
+def test_a_training_run_leaves_no_hooks_or_patches(base_folder, data_file, tmp_path, stage, extra):
+    """What training needs reaches the model as explicit inputs and subclasses, never as hooks on its parts."""
+    inspect = Inspect()
+    run_stage(stage, base_folder, data_file, tmp_path / stage, *extra, callbacks=[inspect])
+    assert inspect.patches == []
+
+
+def test_align_on_a_tied_head_trains_only_the_tag_rows(data_file, tmp_path, session_processor):
+    """The head shares the embedding: neither its lookups nor the head's gradient reach any row but the tags'."""
+    base = tmp_path / "tied"
+    text_config = tiny_text_config(len(session_processor.tokenizer))
+    text_config.tie_word_embeddings = True
+    torch.manual_seed(0)
+    MMMModalForConditionalGeneration(
+        tiny_config(session_processor, text_config=text_config, tie_word_embeddings=True)
+    ).save_pretrained(base)
+    session_processor.save_pretrained(base)
+    output = run_stage("align", base, data_file, tmp_path / "align", "--weight_decay", "0.1")
+    changed, before, after = changed_weights(base, output)
+    embeddings = "model.language_model.embed_tokens.weight"
+    assert changed == {name for name in before if "_projector." in name} | {embeddings}
+    rows = (before[embeddings] != after[embeddings]).any(-1).nonzero().flatten().tolist()
+    assert rows == sorted(session_processor.special_token_ids[f"{kind}_token_id"] for kind in TAGS)
+    model = MMMModalForConditionalGeneration.from_pretrained(output)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+
+
+TAGS = ("image_start", "image_end", "audio_start", "audio_end")
 
 
 def test_align_one_modality_at_a_time(base_folder, data_file, tmp_path):

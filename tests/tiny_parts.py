@@ -261,3 +261,22 @@ def tiny_model(processor, **overrides) -> MMMModalForConditionalGeneration:
             for parameter in projector.parameters():
                 parameter.mul_(4.0)
     return model
+
+
+def package_patches(model) -> list[str]:
+    """Hooks, replaced `forward`s and attributes that this package put on `model`'s modules and weights."""
+    found = []
+    for name, module in model.named_modules():
+        hooks = [module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks]
+        found += [f"{name}: hook {hook}" for hook in (h for group in hooks for h in group.values()) if ours(hook)]
+        if "forward" in vars(module):
+            found.append(f"{name}: forward replaced by {vars(module)['forward']}")
+    for name, parameter in model.named_parameters():
+        hooks = [*(parameter._backward_hooks or {}).values(), *(parameter._post_accumulate_grad_hooks or {}).values()]
+        found += [f"{name}: gradient hook {hook}" for hook in hooks if ours(hook)]
+        found += [f"{name}: attribute {key}" for key in vars(parameter) if "mmmmodal" in key]
+    return found
+
+
+def ours(function) -> bool:
+    return getattr(function, "__module__", "").startswith("mmmmodal_hf")

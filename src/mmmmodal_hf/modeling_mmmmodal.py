@@ -334,6 +334,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         image_tower_states: torch.FloatTensor | None = None,
         audio_tower_states: torch.FloatTensor | None = None,
         graph_anchor: torch.Tensor | None = None,
+        trainable_token_ids: torch.Tensor | None = None,
         **kwargs,
     ) -> MMMModalModelOutputWithPast:
         r"""
@@ -344,6 +345,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
             those media, when already computed (training with frozen towers remembers them): the towers do not run.
         graph_anchor (*optional*): a zero added to the output, in training: one that depends on the branches a batch
             does not use, so that DDP and ZeRO see every trainable parameter take part (`training.py`).
+        trainable_token_ids (*optional*): in training, the tokens whose embedding rows learn from `input_ids`' lookups;
+            every other token's lookup is detached (`align` trains the tags' rows alone).
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
         """
         if (input_ids is None) == (inputs_embeds is None):
@@ -358,6 +361,9 @@ class MMMModalModel(MMMModalPreTrainedModel):
             self._check_context(position_ids, past_length + new_positions)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
+            if trainable_token_ids is not None:
+                learns = torch.isin(input_ids, trainable_token_ids.to(input_ids.device)).unsqueeze(-1)
+                inputs_embeds = torch.where(learns, inputs_embeds, inputs_embeds.detach())
 
         image = audio = image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:

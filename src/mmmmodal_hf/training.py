@@ -8,9 +8,10 @@
 Distributed runs (torchrun, DeepSpeed) need every rank to produce gradients for the same
 parameters; `MMMModalTrainer` gives the model an exact zero that depends on the branches a batch does
 not use (`graph_anchor`, `_unused_branch_anchor`), so no blank placeholder media are needed.
-Training-only speed-ups live beside this module and reach the model as explicit inputs or subclasses:
-`training_head.py` (the LM head at labelled positions, `logits_to_keep` as a mask; `GroupedRowsHead`) and
-`tower_memo.py` (frozen towers' outputs as `image_tower_states` / `audio_tower_states`).
+What training needs reaches the model as explicit inputs or subclasses, never as hooks: align's tag rows
+(`trainable_token_ids`; `RowsLearningHead` for a tied head), `training_head.py` (the LM head at labelled
+positions, `logits_to_keep` as a mask; `GroupedRowsHead`) and `tower_memo.py` (frozen towers' outputs as
+`image_tower_states` / `audio_tower_states`).
 """
 
 import logging
@@ -40,7 +41,7 @@ from .data import (
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
 from .processing_mmmmodal import MMMModalProcessor
 from .tower_memo import RememberedTowers
-from .training_head import GroupedRowsHead, summed_loss
+from .training_head import GroupedRowsHead, RowsLearningHead, summed_loss
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def prepare_stage(
     if stage == "align":
         for modality in align_modalities:
             getattr(inner, f"{modality}_projector").requires_grad_(True)
-        _train_only_rows(model.get_input_embeddings().weight, tag_token_ids(model.config))
+        # `MMMModalTrainer.trainable_token_ids` lets only the four tags' rows of it learn.
+        model.get_input_embeddings().weight.requires_grad_(True)
         return model
     inner.image_projector.requires_grad_(True)
     inner.audio_projector.requires_grad_(True)
@@ -186,15 +188,6 @@ def prepare_stage(
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
-
-
-def _train_only_rows(weight: torch.nn.Parameter, rows: list[int]) -> None:
-    """Let `weight` train, but only in `rows`: the gradient of every other row is zeroed."""
-    weight.requires_grad_(True)
-    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
-    keep[rows] = 1
-    weight.register_hook(lambda grad: grad * keep.to(grad.device, grad.dtype))
-    weight._mmmmodal_rows_only = True  # read by MMMModalTrainer: no weight decay on the frozen rows
 
 
 def load_model(name_or_path: str | Path, dtype=None) -> MMMModalForConditionalGeneration:
@@ -290,6 +283,7 @@ class MMMModalTrainer(Trainer):
 
     grouped_head: GroupedRowsHead | None = None  # `--grow_head_from_targets`: the model's head, few rows in use
     remembered_towers: RememberedTowers | None = None  # `--remember_tower_outputs`
+    trainable_token_ids: torch.Tensor | None = None  # align: only these tokens' embedding rows learn (the tags')
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Padding-free rows mark conversations by their restarting positions, which a KV cache would hide.
@@ -298,6 +292,8 @@ class MMMModalTrainer(Trainer):
             inputs.update(self.remembered_towers.tower_states(inputs))
         if model.training and torch.is_grad_enabled():  # the branches this batch does not use take part, with 0
             inputs["graph_anchor"] = _unused_branch_anchor(self._inner_model(model), *_missing_media(inputs))
+        if self.trainable_token_ids is not None:
+            inputs["trainable_token_ids"] = self.trainable_token_ids
         if not model.training or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs.pop("labels")
@@ -320,9 +316,12 @@ class MMMModalTrainer(Trainer):
         return (model.get_base_model() if hasattr(model, "get_base_model") else model).model
 
     def get_decay_parameter_names(self, model) -> list[str]:
+        """Trainer's, but no decay on an embedding of which only some rows learn: decay would shrink all the others."""
         names = super().get_decay_parameter_names(model)
-        rows_only = {n for n, p in model.named_parameters() if getattr(p, "_mmmmodal_rows_only", False)}
-        return [name for name in names if name not in rows_only]
+        if self.trainable_token_ids is None:
+            return names
+        embedding = model.get_input_embeddings().weight
+        return [name for name, parameter in model.named_parameters() if name in names and parameter is not embedding]
 
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
@@ -422,6 +421,10 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
         callbacks=[DataStatsCallback(stats), *callbacks],
     )
     trainer.remembered_towers = remembered
+    if args.stage == "align":
+        trainer.trainable_token_ids = torch.tensor(tag_token_ids(base.config))
+        if base.get_output_embeddings().weight is base.get_input_embeddings().weight:  # a tied head shares the rows
+            base.set_output_embeddings(RowsLearningHead(base.get_output_embeddings(), trainer.trainable_token_ids))
     if args.grow_head_from_targets:
         trainer.grouped_head = GroupedRowsHead(base.get_output_embeddings(), rows_in_use=known)
         base.set_output_embeddings(trainer.grouped_head)

@@ -76,6 +76,21 @@ class GroupedRowsHead(nn.Linear):
         return logits
 
 
+class RowsLearningHead(nn.Linear):
+    """A head tied to the input embedding, in `align`: it shares the weight, and its gradient reaches only `rows` of
+    it, as the embedding's lookups reach only those (`trainable_token_ids`); every other row stays as it was."""
+
+    def __init__(self, head: nn.Linear, rows: torch.Tensor):
+        super().__init__(head.in_features, head.out_features, bias=False, device="meta")
+        self.weight, self.bias = head.weight, head.bias
+        self.learns = torch.zeros(self.weight.shape[0], 1, dtype=torch.bool)
+        self.learns[rows] = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        learns = self.learns.to(self.weight.device)
+        return nn.functional.linear(hidden_states, torch.where(learns, self.weight, self.weight.detach()), self.bias)
+
+
 def summed_loss(head: nn.Module, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of `targets` (vocabulary ids) for the logits `head` gave at the labelled positions."""
     if isinstance(head, GroupedRowsHead) and head.training:
