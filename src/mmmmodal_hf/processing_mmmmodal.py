@@ -240,8 +240,11 @@ class MMMModalProcessor(ProcessorMixin):
 
         data, image_slots = self._encode_images([loaded[i][0] for i in kept], images_kwargs, return_tensors)
         audio_data, audio_slots = self._encode_audio([loaded[i][1] for i in kept], audio_kwargs)
-        expanded, offsets = self._expand_placeholders(
-            [texts[i] for i in kept], [placeholders[i] for i in kept], image_slots, audio_slots
+        expanded, offsets = self.get_text_with_replacements(  # transformers' expansion, through the hooks below
+            [texts[i] for i in kept],
+            [self.replace_image_token({"slots": image_slots}, index) for index in range(len(image_slots))],
+            [],
+            [self.replace_audio_token({"slots": audio_slots}, index) for index in range(len(audio_slots))],
         )
         data = {
             **self._tokenize(expanded, text_kwargs),
@@ -373,27 +376,14 @@ class MMMModalProcessor(ProcessorMixin):
         features = np.asarray(features["input_features"], dtype=np.float32)
         return {"input_features": features, "input_features_mask": frame_mask}, slots
 
-    def _expand_placeholders(self, texts, placeholders, image_slots, audio_slots):
-        """Put each medium's N slot tokens right after its opening tag; the rest of the text stays as it is."""
-        slots = {"image": (IMAGE_START_TOKEN, IMAGE_SLOT_TOKEN, iter(image_slots))}
-        slots["audio"] = (AUDIO_START_TOKEN, AUDIO_SLOT_TOKEN, iter(audio_slots))
-        expanded_texts, all_offsets = [], []
-        for text, matches in zip(texts, placeholders):
-            pieces, offsets, last, shift = [], [], 0, 0
-            for match in matches:
-                tag, slot_token, counts = slots[match.lastgroup]
-                replacement, start = tag + slot_token * next(counts), match.start()
-                pieces += [text[last:start], replacement]
-                new_span = (start + shift, start + shift + len(replacement))
-                span, kind = (start, start + len(tag)), match.lastgroup
-                offsets.append(
-                    {"type": kind, "span": span, "new_span": new_span, "text": tag, "replacement": replacement}
-                )
-                shift += len(replacement) - len(tag)
-                last = start + len(tag)
-            expanded_texts.append("".join(pieces) + text[last:])
-            all_offsets.append(offsets)
-        return expanded_texts, all_offsets
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        """What an image's `<image>` becomes: the tag, then its slots (`image_inputs["slots"]`, one count per image);
+        the rest of `<image> </image>` stays as written."""
+        return IMAGE_START_TOKEN + IMAGE_SLOT_TOKEN * image_inputs["slots"][image_idx]
+
+    def replace_audio_token(self, audio_inputs: dict, audio_idx: int, **kwargs) -> str:
+        """What a clip's `<audio>` becomes: the tag, then the slots of all its windows."""
+        return AUDIO_START_TOKEN + AUDIO_SLOT_TOKEN * audio_inputs["slots"][audio_idx]
 
     def _get_num_multimodal_tokens(self, image_sizes=None, audio_lengths=None, **kwargs) -> MultiModalData:
         """Slots per medium before any is processed, as serving engines (vLLM) ask: every image is resized
@@ -461,6 +451,11 @@ def _add_media_tokens(tokenizer) -> None:
         tokenizer.add_tokens(tokens, special_tokens=True)
 
 
+def _same_number(kind: str) -> str:
+    """The rule a count mismatch breaks, in the words of transformers' processors."""
+    return f" (the number of <{kind}> tokens in the prompts should be the same as the number of {kind} inputs passed)."
+
+
 def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int, str]) -> list[list]:
     """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order.
 
@@ -472,7 +467,8 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
     if media and all(isinstance(m, (list, tuple)) for m in media):
         if len(media) != len(counts):
             raise ValueError(
-                f"{kind.capitalize()}s were given for {len(media)} samples, but the text holds {len(counts)} samples."
+                f"{kind.capitalize()}s were given for {len(media)} samples, but the text holds {len(counts)} samples"
+                + _same_number(kind)
             )
         for index, (count, items) in enumerate(zip(counts, media)):
             if count != len(items) and index not in problems:
@@ -485,14 +481,14 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
         if cursor + count > len(media):
             raise ValueError(
                 f"Sample {index + 1} has {count} <{kind}> placeholder(s) but only {len(media) - cursor} of the "
-                f"{len(media)} {kind}(s) given are left for it."
+                f"{len(media)} {kind}(s) given are left for it" + _same_number(kind)
             )
         assigned.append(media[cursor : cursor + count])
         cursor += count
     if cursor != len(media):
         raise ValueError(
             f"{len(media)} {kind}(s) were given but the text holds only {cursor} <{kind}> placeholder(s); "
-            f"{kind} {cursor + 1} and after have no place."
+            f"{kind} {cursor + 1} and after have no place" + _same_number(kind)
         )
     return assigned
 
