@@ -526,11 +526,9 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         else:
             keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
             logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
+        loss, vocab_size = None, self.config.text_config.vocab_size
         if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=vocab_size, **kwargs)
         return MMMModalCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -547,10 +545,6 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
 MMMModalForConditionalGeneration.register_for_auto_class("AutoModelForCausalLM")
 
 __all__ = [
-    "tower_cuts",
-    "MMMModalPreTrainedModel",
-    "MMMModalModel",
-    "MMMModalForConditionalGeneration",
-    "MMMModalImageProjector",
-    "MMMModalAudioProjector",
-]
+    "tower_cuts", "MMMModalPreTrainedModel", "MMMModalModel", "MMMModalForConditionalGeneration",
+    "MMMModalImageProjector", "MMMModalAudioProjector",
+]  # fmt: skip
