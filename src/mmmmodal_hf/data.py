@@ -166,14 +166,14 @@ def encode_conversation(
         images, audio = processor.load_media(conversation.images, conversation.audio)
     except ValueError as error:
         raise UnusableRow(f"row {row_id}: {error}") from error
-    messages = _with_media(conversation, images, audio)
+    messages = messages_with_media(conversation, images, audio)
     encoded = _encode(processor, messages, train_on, row_id)
     if block_size is None or len(encoded["input_ids"]) <= block_size:
         return encoded
     counts = processor._get_num_multimodal_tokens(
         image_sizes=[image.size for image in images], audio_lengths=[len(clip) for clip in audio]
     )
-    measured = _with_media(
+    measured = messages_with_media(
         conversation,
         *([EncodedMedium(slots) for slots in counts[f"num_{kind}_tokens"]] for kind in ("image", "audio")),
     )
@@ -196,7 +196,7 @@ def _last_exchange_start(messages) -> int:
     return cut
 
 
-def _with_media(conversation: Conversation, images, audio) -> list[dict]:
+def messages_with_media(conversation: Conversation, images, audio) -> list[dict]:
     """The conversation's messages with its media (sources, decoded media or `EncodedMedium`s) in their blocks, as
     the processor's `apply_chat_template` takes them. A message whose text holds its media's tags (a published
     row) keeps that text; its media follow it as blocks marked "in_text", which the template does not render."""
@@ -237,7 +237,7 @@ def approximate_length(processor, conversation: Conversation) -> int:
     size = getattr(processor.image_processor, "size", None) or {}
     image = EncodedMedium(processor.num_image_slots(size["height"], size["width"]) if "height" in size else 0)
     clip = EncodedMedium(processor.audio_slots_per_window)
-    messages = _with_media(conversation, [image] * len(conversation.images), [clip] * len(conversation.audio))
+    messages = messages_with_media(conversation, [image] * len(conversation.images), [clip] * len(conversation.audio))
     return len(_apply_template(processor, messages, False, conversation.row_id)["input_ids"][0])
 
 

@@ -1,0 +1,54 @@
+"""`mmmmodal eval MODEL --data ROWS... --output-dir DIR`: score a checkpoint per kind and language.
+
+Every assistant turn of the rows (or the last of each, `--turns last`) is answered greedily from the
+reference history before it, and scored against the reference (docs/evaluation.md). DIR receives
+`predictions.jsonl` (written as turns are predicted: a stopped run resumes), `metrics.json`,
+`report.md` and `report.png`.
+"""
+
+import sys
+
+from ..cli_help import command_parser
+from .metrics import DEFAULT_METRICS
+from .run import EvalSettings, evaluate, recompute
+
+
+def build_parser():
+    parser = command_parser("mmmmodal eval", __doc__)
+    parser.add_argument("model", help="a model folder or Hub id")
+    parser.add_argument("--data", nargs="+", required=True, help="data files or folders (JSONL, JSON, Parquet)")
+    parser.add_argument("--output-dir", required=True, help="folder for predictions, metrics and the report")
+    parser.add_argument(
+        "--turns", choices=("all", "last"), default="all", help="score every assistant turn, or the last"
+    )
+    parser.add_argument("--group-by", nargs="+", default=["kind", "language"], help="row fields that group the scores")
+    parser.add_argument("--metrics", nargs="+", choices=DEFAULT_METRICS, default=list(DEFAULT_METRICS))
+    parser.add_argument("--batch-size", type=int, default=16, help="turns per batched, left-padded generate")
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from importlib.util import find_spec
+
+    if missing := [name for name in ("sacrebleu", "jiwer", "rouge_score") if find_spec(name) is None]:
+        print(f'mmmmodal eval needs {", ".join(missing)}: pip install "mmmmodal-hf[eval]"', file=sys.stderr)
+        return 1
+    if args.batch_size < 1 or args.max_new_tokens < 1:
+        print("mmmmodal eval: --batch-size and --max-new-tokens must be at least 1", file=sys.stderr)
+        return 2
+    settings = EvalSettings(
+        model=args.model, data=list(args.data), turns=args.turns, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed,
+    )  # fmt: skip
+    result = evaluate(settings, args.output_dir, tuple(args.metrics), tuple(args.group_by))
+    overall = ", ".join(f"{name} {value['value']:.3f} (n={value['n']})" for name, value in result["overall"].items())
+    print(f"{overall}\nskipped: {len(result['skipped'])}; report: {args.output_dir}/report.md")
+    return 0
+
+
+__all__ = ["EvalSettings", "evaluate", "recompute", "main"]

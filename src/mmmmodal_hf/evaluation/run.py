@@ -1,0 +1,222 @@
+"""`mmmmodal eval`: greedy predictions for every scored turn, written as they come, then the metrics and a report.
+
+A run that stops (killed, interrupted) resumes when the same command runs again: turns already in
+`predictions.jsonl` under the same settings are not predicted again; other settings start afresh, saying so.
+"""
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..data import UnusableRow, messages_with_media
+from .metrics import DEFAULT_METRICS, group_metrics, turn_scores
+from .turns import ScoredTurn, scored_turns
+
+
+@dataclass
+class EvalSettings:
+    """What decides the predictions; a run resumes only under the same."""
+
+    model: str
+    data: list[str]
+    turns: str = "all"
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    dtype: str = "float32"
+    device: str = "cpu"
+    seed: int = 0
+    do_sample: bool = False
+    repetition_penalty: float = 1.0
+    backend: str = "transformers"
+
+
+def evaluate(settings: EvalSettings, output_dir, metrics=DEFAULT_METRICS, group_by=("kind", "language"), say=print):
+    """Predict, score and report; returns the metrics (also in `output_dir/metrics.json`)."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    turns, skipped = scored_turns(settings.data, settings.turns, group_by)
+    done = _resumed(output_dir, settings, say)
+    todo = [turn for turn in turns if turn.key not in done]
+    if done and todo:
+        say(f"resuming: {len(turns) - len(todo)} of {len(turns)} turns already predicted")
+    if todo:
+        model, processor = _load(settings)
+        with open(output_dir / "predictions.jsonl", "a", encoding="utf-8") as predictions:
+            for record in _predict(model, processor, todo, settings):
+                if "skipped" in record:
+                    done[record["key"]] = record
+                else:
+                    predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    predictions.flush()
+                    done[(record["file"], record["line"], record["turn"])] = record
+    records = _finish_predictions(output_dir, done, metrics)
+    skipped += [r["skipped"] for r in done.values() if "skipped" in r]
+    result = {
+        **_grouped_metrics(records, metrics, group_by),
+        "skipped": skipped,
+        "settings": asdict(settings),
+        "metrics": list(metrics),
+        "data": [{"path": path, "sha256": _fingerprint(path)} for path in settings.data],
+        "versions": _versions(),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    (output_dir / "metrics.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    from .report import write_report
+
+    write_report(output_dir, result, group_by)
+    return result
+
+
+def _load(settings: EvalSettings):
+    from transformers import AutoModel, AutoProcessor
+
+    from ..cli_errors import loading
+
+    with loading(settings.model):
+        model = AutoModel.from_pretrained(settings.model, trust_remote_code=True, dtype=getattr(torch, settings.dtype))
+        processor = AutoProcessor.from_pretrained(settings.model, trust_remote_code=True)
+    return model.to(settings.device).eval(), processor
+
+
+def _predict(model, processor, turns: list[ScoredTurn], settings: EvalSettings):
+    """Records of predicted turns (and of turns that could not be), batch by batch; each row's media decoded once."""
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(settings.seed)
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    decoded: dict[int, list[dict] | str] = {}  # a row's messages with its media decoded, or why they cannot be
+    bar = tqdm(total=len(turns), desc="mmmmodal eval", unit="turn")
+    for start in range(0, len(turns), settings.batch_size):
+        batch, prompts = [], []
+        for turn in turns[start : start + settings.batch_size]:
+            messages = _row_messages(processor, turn, decoded)
+            if isinstance(messages, str):
+                yield _skip(turn, messages)
+                continue
+            batch.append(turn)
+            prompts.append(messages[: turn.message])
+        while batch:
+            inputs = processor.apply_chat_template(
+                prompts, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate},
+            )  # fmt: skip
+            lengths = inputs["attention_mask"].sum(-1).tolist()
+            over = [i for i, n in enumerate(lengths) if context and n + settings.max_new_tokens > context]
+            if not over:
+                break
+            for i in reversed(over):
+                yield _skip(batch.pop(i), f"{lengths[i]} prompt positions + {settings.max_new_tokens} new tokens are "
+                                         f"more than the model's context of {context}")  # fmt: skip
+                prompts.pop(i)
+        if batch:
+            inputs = {key: value.to(settings.device) for key, value in inputs.items()}
+            with torch.no_grad():
+                output = model.generate(
+                    **inputs, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+                    repetition_penalty=settings.repetition_penalty,
+                )  # fmt: skip
+            answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for turn, answer in zip(batch, answers):
+                yield {**turn.record(), "prediction": answer.strip()}
+        end = min(start + settings.batch_size, len(turns))
+        bar.update(end - start)
+        last_row = id(turns[end - 1].conversation)  # rows come in order: only the last may have turns left
+        for row in [row for row in decoded if row != last_row]:
+            del decoded[row]
+    bar.close()
+
+
+def _row_messages(processor, turn: ScoredTurn, decoded: dict):
+    row = id(turn.conversation)
+    if row not in decoded:
+        try:
+            images, audio = processor.load_media(turn.conversation.images, turn.conversation.audio)
+            decoded[row] = messages_with_media(turn.conversation, images, audio)
+        except (ValueError, UnusableRow) as error:
+            decoded[row] = str(error)
+    return decoded[row]
+
+
+def _skip(turn: ScoredTurn, reason: str) -> dict:
+    return {"key": turn.key, "skipped": {"where": f"{turn.file}:{turn.line}", "turn": turn.turn, "reason": reason}}
+
+
+def _resumed(output_dir: Path, settings: EvalSettings, say) -> dict:
+    """The turns already predicted under these settings, by (file, line, turn); other settings start afresh."""
+    settings_file, predictions = output_dir / "settings.json", output_dir / "predictions.jsonl"
+    current = asdict(settings)
+    previous = json.loads(settings_file.read_text()) if settings_file.exists() else None
+    if previous is not None and previous != current and predictions.exists():
+        changed = ", ".join(sorted(k for k in current.keys() | previous.keys() if current.get(k) != previous.get(k)))
+        say(f"settings changed ({changed}): starting afresh")
+        predictions.unlink()
+    settings_file.write_text(json.dumps(current, indent=2) + "\n")
+    done = {}
+    if predictions.exists():
+        lines = predictions.read_text(encoding="utf-8").splitlines(keepends=True)
+        complete = [line for line in lines if line.endswith("\n")]  # a line cut off by a kill is predicted again
+        for line in complete:
+            record = json.loads(line)
+            done[(record["file"], record["line"], record["turn"])] = record
+        if len(complete) != len(lines):
+            predictions.write_text("".join(complete), encoding="utf-8")
+    return done
+
+
+def _finish_predictions(output_dir: Path, done: dict, metrics) -> list[dict]:
+    """Every predicted turn with its scores, written back in data order (a resumed run wrote in two passes)."""
+    records = sorted((r for r in done.values() if "skipped" not in r), key=lambda r: (r["file"], r["line"], r["turn"]))
+    for record in records:
+        record["scores"] = turn_scores(
+            record["prediction"], record["reference"], metrics, record["transcription"], record.get("choices")
+        )
+    partial = output_dir / "predictions.jsonl.partial"
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    partial.replace(output_dir / "predictions.jsonl")
+    return records
+
+
+def _grouped_metrics(records: list[dict], metrics, group_by) -> dict:
+    result = {"overall": group_metrics(records, metrics)}
+    for name in group_by:
+        values = sorted({record.get(name, "(none)") for record in records})
+        result[f"by_{name}"] = {
+            v: group_metrics([r for r in records if r.get(name, "(none)") == v], metrics) for v in values
+        }
+    return result
+
+
+def _fingerprint(path: str) -> str:
+    """sha256 over the data files at `path`, in order (names and bytes)."""
+    from ..data import data_files
+
+    digest = hashlib.sha256()
+    for file in data_files(path):
+        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    return digest.hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    import transformers
+
+    return {
+        "mmmmodal-hf": version("mmmmodal-hf"),
+        "transformers": transformers.__version__,
+        "torch": torch.__version__,
+    }
+
+
+def recompute(output_dir, metrics=DEFAULT_METRICS, group_by=("kind", "language")) -> dict:
+    """The metrics of `output_dir/predictions.jsonl` computed again from its predictions and references."""
+    lines = Path(output_dir, "predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    return _grouped_metrics([json.loads(line) for line in lines], metrics, group_by)
+
+
+__all__ = ["EvalSettings", "evaluate", "recompute"]

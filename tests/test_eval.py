@@ -1,0 +1,128 @@
+"""`mmmmodal eval` on a tiny real-architecture model and rows written here: what is scored, what is skipped, the
+metrics against their definitions, and a stopped run resumed."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import soundfile
+
+from mmmmodal_hf.evaluation import EvalSettings, evaluate, recompute
+from mmmmodal_hf.evaluation.metrics import chosen_option, exact_match, group_metrics, normalise, token_f1
+
+from tiny_parts import random_clip, random_image
+
+pytest.importorskip("sacrebleu")
+
+
+def write_rows(folder: Path) -> Path:
+    """Kinds in two languages, a multi-turn row, a published-format row, a transcription, a multiple-choice row, a
+    row with a missing file (line 6) and one without an answer (line 7)."""
+    random_image(1).save(folder / "a.png")
+    soundfile.write(folder / "hello.wav", random_clip(2), 16000)
+    rows = [
+        {"kind": "colour", "language": "en", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "text", "text": "Colour?"}]},
+            {"role": "assistant", "content": "Blue."},
+            {"role": "user", "content": "And the shape?"},
+            {"role": "assistant", "content": "A circle."}]},
+        {"kind": "colour", "language": "ms", "conversations": [
+            {"role": "user", "content": "<image> </image> Apa warna ini?"},
+            {"role": "assistant", "content": "Biru."}], "filename": ["a.png"]},
+        {"kind": "transcription", "language": "en", "task": "transcription", "messages": [
+            {"role": "user", "content": [{"type": "audio", "path": "hello.wav"}, {"type": "text", "text": "Transcribe."}]},
+            {"role": "assistant", "content": "hello world"}]},
+        {"kind": "choice", "language": "ms", "choices": ["merah", "biru", "hijau"], "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "text", "text": "A, B atau C?"}]},
+            {"role": "assistant", "content": "B"}]},
+        {"kind": "colour", "language": "en", "messages": [
+            {"role": "user", "content": "Hello"}, {"role": "assistant", "content": "Hi."}]},
+        {"kind": "colour", "language": "en", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "gone.png"}, {"type": "text", "text": "?"}]},
+            {"role": "assistant", "content": "Red."}]},
+        {"kind": "colour", "language": "en", "messages": [{"role": "user", "content": "Only a question?"}]},
+    ]  # fmt: skip
+    path = folder / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory) -> Path:
+    return write_rows(tmp_path_factory.mktemp("eval_rows"))
+
+
+def settings(base_folder, rows, **overrides) -> EvalSettings:
+    return EvalSettings(
+        model=str(base_folder), data=[str(rows)], **{"max_new_tokens": 6, "batch_size": 2, **overrides}
+    )
+
+
+def lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_every_turn_is_scored_and_bad_rows_are_counted(base_folder, rows, tmp_path):
+    result = evaluate(settings(base_folder, rows), tmp_path, say=lambda _: None)
+    predicted = lines(tmp_path)
+    assert [(p["line"], p["turn"]) for p in predicted] == [(1, 1), (1, 2), (2, 1), (3, 1), (4, 1), (5, 1)]
+    assert {p["file"] for p in predicted} == {str(rows)}
+    assert result["overall"]["exact_match"]["n"] == 6
+    assert result["overall"]["wer"]["n"] == 1 and result["overall"]["choice_accuracy"]["n"] == 1
+    assert set(result["by_language"]) == {"en", "ms"} and result["by_kind"]["colour"]["exact_match"]["n"] == 4
+    skipped = {s["where"]: s["reason"] for s in result["skipped"]}
+    assert set(skipped) == {f"{rows}:6", f"{rows}:7"}
+    assert "gone.png" in skipped[f"{rows}:6"] and "no assistant turn" in skipped[f"{rows}:7"]
+    assert recompute(tmp_path) == {key: result[key] for key in ("overall", "by_kind", "by_language")}
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["overall"] == result["overall"] and saved["settings"]["max_new_tokens"] == 6
+    assert saved["versions"]["transformers"] and len(saved["data"][0]["sha256"]) == 64
+    assert "| colour |" in (tmp_path / "report.md").read_text() and (tmp_path / "report.png").stat().st_size > 0
+
+
+def test_last_turns_only(base_folder, rows, tmp_path):
+    evaluate(settings(base_folder, rows, turns="last"), tmp_path, say=lambda _: None)
+    assert [(p["line"], p["turn"]) for p in lines(tmp_path)] == [(1, 2), (2, 1), (3, 1), (4, 1), (5, 1)]
+
+
+def test_a_stopped_run_resumes_to_the_same_result(base_folder, rows, tmp_path):
+    straight = evaluate(settings(base_folder, rows), tmp_path / "straight", say=lambda _: None)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "straight", stopped)
+    kept = (stopped / "predictions.jsonl").read_text().splitlines(keepends=True)[:2]
+    (stopped / "predictions.jsonl").write_text("".join(kept) + '{"file": "cut off by a ki')  # killed mid-line
+    said = []
+    resumed = evaluate(settings(base_folder, rows), stopped, say=said.append)
+    assert said == ["resuming: 2 of 7 turns already predicted"]
+    assert lines(stopped) == lines(tmp_path / "straight")
+    assert {k: resumed[k] for k in ("overall", "by_kind", "skipped")} == {
+        k: straight[k] for k in ("overall", "by_kind", "skipped")
+    }
+    said.clear()
+    evaluate(settings(base_folder, rows, max_new_tokens=4), stopped, say=said.append)
+    assert said == ["settings changed (max_new_tokens): starting afresh"]
+
+
+def test_metric_definitions():
+    assert normalise("  Blue.\n") == "blue" and normalise("“Biru,” katanya.") == "biru katanya"
+    assert exact_match("blue", "Blue.") == 1.0 and exact_match("Blue sky", "Blue.") == 0.0
+    assert token_f1("the blue sky", "blue sky today") == pytest.approx(2 / 3)
+    choices = ["merah", "biru", "hijau"]
+    assert [chosen_option(a, choices) for a in ("B", "(c) hijau", "2.", "Ia biru.", "merah atau biru", "D")] == [
+        1, 2, 1, 1, None, None,
+    ]  # fmt: skip
+    turns = [{"prediction": "hello word", "reference": "hello world", "transcription": True, "scores": {}}]
+    assert group_metrics(turns, ("wer", "cer"))["wer"] == {"value": 0.5, "n": 1}
+
+
+def test_the_command(base_folder, rows, tmp_path):
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mmmmodal")), "eval", str(base_folder), "--data", str(rows),
+         "--output-dir", str(tmp_path), "--turns", "last", "--max-new-tokens", "4"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "skipped: 2" in done.stdout and (tmp_path / "metrics.json").exists()
