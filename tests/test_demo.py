@@ -71,6 +71,18 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     answers = example_answers(metrics["model_folder"])
     assert answers[0] == "Blue." and answers[2] == "Audio 1: high. Audio 2: low. So audio 1.", answers
     assert answers[1].endswith(".") and answers[3].endswith("."), answers
+    # `mmmmodal eval` on the held-out rows gives the accuracies the demo reports: the demo scores through it.
+    scored = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", metrics["model_folder"], "--data",
+         str(output / "world" / "heldout" / "data.jsonl"), "--turns", "last", "--batch-size", "32",
+         "--max-new-tokens", str(ANSWER_TOKENS), "--output-dir", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    by_kind = json.loads((tmp_path / "eval" / "metrics.json").read_text())["by_kind"]
+    assert {kind: by_kind[kind]["exact_match"]["value"] for kind in KINDS} == {
+        kind: metrics["accuracy"][kind]["accuracy"] for kind in KINDS
+    }
     # The saved model is a Hub repo as it stands: `mmmmodal push --dry-run` takes it (no pickles, a card).
     pushed = subprocess.run(
         [

@@ -1,16 +1,19 @@
 """`mmmmodal eval` on a tiny real-architecture model and rows written here: what is scored, what is skipped, the
 metrics against their definitions, and a stopped run resumed."""
 
+import http.server
 import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import soundfile
+from json_double import JsonHandler
 
-from mmmmodal_hf.evaluation import EvalSettings, evaluate, recompute
+from mmmmodal_hf.evaluation import EvalSettings, Server, evaluate, recompute
 from mmmmodal_hf.evaluation.metrics import chosen_option, exact_match, group_metrics, normalise, token_f1
 
 from tiny_parts import random_clip, random_image
@@ -126,3 +129,42 @@ def test_the_command(base_folder, rows, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "skipped: 2" in done.stdout and (tmp_path / "metrics.json").exists()
+
+
+class StandInJudge(JsonHandler):
+    """The network edge: an OpenAI-compatible judge that rates every answer 4 and keeps the prompts it was sent."""
+
+    prompts: list[str] = []
+
+    def do_GET(self):
+        self.send_json({"data": [{"id": "judge-model"}]})
+
+    def do_POST(self):
+        StandInJudge.prompts.append(self.read_json()["messages"][0]["content"])
+        reply = "Explanation: close to the reference.\nRating: 4"
+        self.send_json({"choices": [{"message": {"role": "assistant", "content": reply}}]})
+
+
+def test_a_judge_rates_every_answer(base_folder, rows, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), StandInJudge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        judge = Server(f"http://127.0.0.1:{server.server_port}/v1")
+        result = evaluate(settings(base_folder, rows, turns="last"), tmp_path, say=lambda _: None, judge=judge)
+    finally:
+        server.shutdown()
+    assert judge.model == "judge-model" and result["judge"]["model"] == "judge-model"
+    assert result["overall"]["judge"] == {"value": 4.0, "n": 5}
+    assert all(p["scores"]["judge"] == 4 for p in lines(tmp_path))
+    transcription = next(p for p in StandInJudge.prompts if "[Reference Answer]\nhello world" in p)
+    assert "[Question]\nTranscribe." in transcription and "Rating: (int)" in transcription
+
+
+def test_a_server_that_cannot_be_reached_is_one_line_naming_it(rows, tmp_path):
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("mmmmodal")), "eval", "served-model", "--data", str(rows),
+         "--output-dir", str(tmp_path), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("mmmmodal eval: cannot reach http://127.0.0.1:9/v1"), done.stderr

@@ -2,11 +2,12 @@
 
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import torch
+from json_double import JsonHandler
 from test_datatools import write_media
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -29,14 +30,14 @@ def write_items(folder: Path) -> Path:
     return items
 
 
-class ChatCompletions(BaseHTTPRequestHandler):
+class ChatCompletions(JsonHandler):
     """Speaks POST /v1/chat/completions. Every fourth relate prompt gets a reply that is not a conversation;
     translation prompts get each line back with its label kept and the text marked as Malay."""
 
     requests: list = []
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        body = self.read_json()
         type(self).requests.append({"path": self.path, **body})
         prompt = body["messages"][0]["content"]
         if prompt.startswith("Translate"):
@@ -48,15 +49,7 @@ class ChatCompletions(BaseHTTPRequestHandler):
             content = "Sure! Here is a conversation about them."
         else:
             content = REPLY
-        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
+        self.send_json({"choices": [{"message": {"role": "assistant", "content": content}}]})
 
 
 @pytest.fixture

@@ -112,6 +112,28 @@ def test_a_chat_request_with_an_image_and_a_clip_gets_the_tokens_of_generate(ser
     assert answer["usage"] == {**answer["usage"], "prompt_tokens": len(prompt), "completion_tokens": NEW_TOKENS}
 
 
+def test_mmmmodal_eval_through_the_server_predicts_what_generate_does(server, served_media, tmp_path):
+    """`mmmmodal eval --backend openai` against `mmmmodal serve` gives the transformers backend's predictions."""
+    from mmmmodal_hf.evaluation import EvalSettings, evaluate
+
+    url, model = server
+    blocks = [{"type": "image", "path": str(served_media["red"])}, {"type": "audio", "path": str(served_media["cd"])}]
+    row = {"kind": "mixed", "language": "en", "messages": [
+        {"role": "user", "content": [*blocks, {"type": "text", "text": "What do you see and hear?"}]},
+        {"role": "assistant", "content": "A shape and a tone."},
+        {"role": "user", "content": [{"type": "image", "path": str(served_media["small"])}, {"type": "text", "text": "And?"}]},
+        {"role": "assistant", "content": "Another shape."}]}  # fmt: skip
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps(row) + "\n")
+    common = dict(model=model, data=[str(rows)], max_new_tokens=NEW_TOKENS, batch_size=2)
+    base_url = url.rsplit("/chat/completions", 1)[0]
+    for name, settings in (("remote", dict(backend="openai", base_url=base_url)), ("local", {})):
+        evaluate(EvalSettings(**common, **settings), tmp_path / name, say=lambda _: None)
+    remote, local = ([json.loads(line) for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()]
+                     for name in ("remote", "local"))  # fmt: skip
+    assert len(local) == 2 and [r["prediction"] for r in remote] == [r["prediction"] for r in local]
+
+
 def test_a_truncated_wav_is_refused_naming_it_and_the_next_request_is_served(server, served_media):
     url, model = server
     broken = {"type": "input_audio", "input_audio": {"data": truncated_wav(served_media["beep"]), "format": "wav"}}

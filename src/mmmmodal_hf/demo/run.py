@@ -31,7 +31,9 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
-from ..data import conversation_from_row
+from ..evaluation.metrics import exact_match, verdict, verdict_match
+from ..evaluation.run import EvalSettings, predict
+from ..evaluation.turns import scored_turns
 from ..offline_tokenizer import mistral_tokenizer_folder
 from ..processing_mmmmodal import MMMModalProcessor
 from ..training import MMMModalTrainArguments, build_trainer, save_stage_output
@@ -267,37 +269,29 @@ class _LossOnTheBar(ProgressCallback):
             self.training_bar.set_postfix(loss=f"{logs['loss']:.4g}")
 
 
-def evaluate(model, processor, conversations: list[WorldConversation], media_folder: Path, batch_size: int = 32):
-    """Greedy answers to each held-out conversation's last question; exact match against the known answer."""
-    model.eval()
+def evaluate(model, processor, conversations: list[WorldConversation], rows: Path, batch_size: int = 32):
+    """Greedy answers to each held-out conversation's last question, through `mmmmodal eval`'s own prediction and
+    `exact_match` (`rows`: the split's data file, in the order of `conversations`)."""
+    turns, skipped = scored_turns([str(rows)], turns="last")
+    settings = EvalSettings(str(rows), [str(rows)], "last", max_new_tokens=ANSWER_TOKENS, batch_size=batch_size)
+    records = list(predict(model, processor, turns, settings))
+    if skipped or len(records) != len(conversations) or any("skipped" in record for record in records):
+        raise RuntimeError(f"held-out rows that could not be scored: {skipped or records}")
     results = []
-    # A batch generates until its longest answer ends: one kind per batch keeps short answers from
-    # waiting on worked ones.
-    conversations = sorted(conversations, key=lambda c: KINDS.index(c.kind))
-    for start in range(0, len(conversations), batch_size):
-        batch = conversations[start : start + batch_size]
-        # The same reading of rows as training: media are matched to their blocks in order.
-        prompts = [conversation_from_row({"messages": c.prompt()}, str(media_folder)) for c in batch]
-        images, clips = [p.images for p in prompts], [p.audio for p in prompts]
-        texts = [processor.apply_chat_template(p.messages, add_generation_prompt=True) for p in prompts]
-        inputs = processor(text=texts, images=images, audio=clips, add_special_tokens=False, return_tensors="pt")
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=ANSWER_TOKENS, do_sample=False)
-        answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        for conversation, answer in zip(batch, answers):
-            # How many media of the kind the question could mean: 1 needs no binding.
-            candidates = conversation.media_count(ASKED_MEDIUM[conversation.kind])
-            results.append(
-                {
-                    "kind": conversation.kind,
-                    "language": conversation.language,
-                    "expected": conversation.answer,
-                    "answer": answer.strip(),
-                    "correct": answer.strip() == conversation.answer,
-                    "candidates": candidates,
-                    "position": place_among(conversation.about, candidates),
-                }
-            )
+    for conversation, record in zip(conversations, records):
+        # How many media of the kind the question could mean: 1 needs no binding.
+        candidates = conversation.media_count(ASKED_MEDIUM[conversation.kind])
+        results.append(
+            {
+                "kind": conversation.kind,
+                "language": conversation.language,
+                "expected": record["reference"],
+                "answer": record["prediction"],
+                "correct": bool(exact_match(record["prediction"], record["reference"])),
+                "candidates": candidates,
+                "position": place_among(conversation.about, candidates),
+            }
+        )
     return results
 
 
@@ -311,11 +305,6 @@ def place_among(about: int | None, count: int) -> str | None:
     if count == 1:
         return "only"
     return "first" if about == 0 else "last" if about == count - 1 else "middle"
-
-
-def verdict(answer: str) -> str:
-    """An answer's last sentence: all of a short answer, the conclusion of a worked one ("Two.", "So audio 3.")."""
-    return answer.rsplit(". ", 1)[-1]
 
 
 def accuracy_table(results: list[dict], verdict_sets: dict[str, set[str]]) -> dict:
@@ -333,7 +322,7 @@ def accuracy_table(results: list[dict], verdict_sets: dict[str, set[str]]) -> di
         table[kind] = {
             "accuracy": _share_correct(rows),
             "well_formed": sum(verdict(r["answer"]) in verdict_sets.get(kind, ()) for r in rows) / max(1, len(rows)),
-            "verdict_right": sum(verdict(r["answer"]) == verdict(r["expected"]) for r in rows) / max(1, len(rows)),
+            "verdict_right": sum(verdict_match(r["answer"], r["expected"]) for r in rows) / max(1, len(rows)),
             "n": len(rows),
             "chance": CHANCE[kind],
             "by_candidates": _grouped(rows, "candidates"),
@@ -496,7 +485,8 @@ def run_demo(settings: DemoSettings) -> dict:
     print(f"[5/7] scoring {len(eval_split)} held-out conversations")
     eval_started = time.time()
     trained = MMMModalDemoForConditionalGeneration.from_pretrained(final)
-    results = evaluate(trained, MMMModalProcessor.from_pretrained(final), eval_split, output / "world" / "heldout")
+    heldout_rows = output / "world" / "heldout" / "data.jsonl"
+    results = evaluate(trained, MMMModalProcessor.from_pretrained(final), eval_split, heldout_rows)
     verdict_sets = {}
     for conversation in train_split:
         verdict_sets.setdefault(conversation.kind, set()).add(verdict(conversation.answer))
@@ -625,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TABLE_LEGEND = (
-    "accuracy: the answer equals the expected one; chance: guessing among the kind's answers; verdict: its key "
+    "accuracy: the answer equals the expected one (`mmmmodal eval`'s exact_match); chance: guessing among the kind's answers; verdict: its key "
     "word right (the colour, the count, 'image 2') whatever the wording; well-formed: some valid answer of the "
     "kind, right or not; one medium / several: accuracy (count) where the conversation held one / several media "
     "of the type asked about."

@@ -9,25 +9,37 @@ reference history before it, and scored against the reference (docs/evaluation.m
 import sys
 
 from ..cli_help import command_parser
-from .metrics import DEFAULT_METRICS
-from .run import EvalSettings, evaluate, recompute
+from .metrics import DEFAULT_METRICS, METRICS
+from .remote import Server
+from .run import EvalSettings, evaluate, predict, recompute
 
 
 def build_parser():
     parser = command_parser("mmmmodal eval", __doc__)
-    parser.add_argument("model", help="a model folder or Hub id")
+    parser.add_argument(
+        "model", help="a model folder or Hub id; with --backend openai, the model as the server names it"
+    )
     parser.add_argument("--data", nargs="+", required=True, help="data files or folders (JSONL, JSON, Parquet)")
     parser.add_argument("--output-dir", required=True, help="folder for predictions, metrics and the report")
     parser.add_argument(
         "--turns", choices=("all", "last"), default="all", help="score every assistant turn, or the last"
     )
     parser.add_argument("--group-by", nargs="+", default=["kind", "language"], help="row fields that group the scores")
-    parser.add_argument("--metrics", nargs="+", choices=DEFAULT_METRICS, default=list(DEFAULT_METRICS))
+    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULT_METRICS))
     parser.add_argument("--batch-size", type=int, default=16, help="turns per batched, left-padded generate")
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backend",
+        choices=("transformers", "openai"),
+        default="transformers",
+        help="generate here, or ask an OpenAI-compatible server (--base-url) for each answer",
+    )
+    parser.add_argument("--base-url", help="the server's API root for --backend openai, such as http://host:8000/v1")
+    parser.add_argument("--judge-url", help="an OpenAI-compatible server whose model rates each answer 1-5")
+    parser.add_argument("--judge-model", help="the judge's model name (default: the first the server lists)")
     return parser
 
 
@@ -41,14 +53,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.max_new_tokens < 1:
         print("mmmmodal eval: --batch-size and --max-new-tokens must be at least 1", file=sys.stderr)
         return 2
+    if args.backend == "openai" and not args.base_url:
+        print("mmmmodal eval: --backend openai needs --base-url", file=sys.stderr)
+        return 2
     settings = EvalSettings(
         model=args.model, data=list(args.data), turns=args.turns, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed, backend=args.backend,
+        base_url=args.base_url,
     )  # fmt: skip
-    result = evaluate(settings, args.output_dir, tuple(args.metrics), tuple(args.group_by))
+    judge = Server(args.judge_url, args.judge_model) if args.judge_url else None
+    result = evaluate(settings, args.output_dir, tuple(args.metrics), tuple(args.group_by), judge=judge)
     overall = ", ".join(f"{name} {value['value']:.3f} (n={value['n']})" for name, value in result["overall"].items())
     print(f"{overall}\nskipped: {len(result['skipped'])}; report: {args.output_dir}/report.md")
     return 0
 
 
-__all__ = ["EvalSettings", "evaluate", "recompute", "main"]
+__all__ = ["EvalSettings", "evaluate", "predict", "recompute", "main"]

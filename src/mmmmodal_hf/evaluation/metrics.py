@@ -1,7 +1,7 @@
 """The metrics `mmmmodal eval` reports, each over a group of scored turns (a kind, a language, all of them).
 
-Per turn: `exact_match`, token `f1`, `rouge_l`, `choice_accuracy` (multiple-choice rows) are averaged over the
-group; `chrf`, `bleu` (sacrebleu) and `wer`, `cer` (jiwer, transcription rows) are corpus-level over the group's
+Per turn: `exact_match`, token `f1`, `rouge_l`, `choice_accuracy` (multiple-choice rows) and, when asked for,
+`verdict_match` (the last sentences: worked answers) are averaged over the group; `chrf`, `bleu` (sacrebleu) and `wer`, `cer` (jiwer, transcription rows) are corpus-level over the group's
 turns, as those libraries define them. Every value comes with `n`, the turns it was computed over.
 """
 
@@ -10,7 +10,7 @@ import string
 import unicodedata
 
 DEFAULT_METRICS = ("exact_match", "f1", "chrf", "bleu", "rouge_l", "wer", "cer", "choice_accuracy")
-PER_TURN = ("exact_match", "f1", "rouge_l", "choice_accuracy")
+METRICS = (*DEFAULT_METRICS, "verdict_match")
 CORPUS = {"chrf", "bleu", "wer", "cer"}
 TRANSCRIPTION_ONLY = {"wer", "cer"}
 _EDGE_PUNCTUATION = string.punctuation + "“”‘’«»…。、"
@@ -25,6 +25,16 @@ def normalise(text: str) -> str:
 
 def exact_match(prediction: str, reference: str) -> float:
     return float(normalise(prediction) == normalise(reference))
+
+
+def verdict(answer: str) -> str:
+    """An answer's last sentence: all of a short answer, the conclusion of a worked one ("Two.", "So audio 3.")."""
+    return answer.strip().rsplit(". ", 1)[-1]
+
+
+def verdict_match(prediction: str, reference: str) -> float:
+    """`exact_match` of the last sentences: a worked answer is right when its conclusion is, whatever its steps."""
+    return exact_match(verdict(prediction), verdict(reference))
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -88,6 +98,8 @@ def turn_scores(prediction: str, reference: str, metrics, transcription: bool, c
         scores["exact_match"] = exact_match(prediction, reference)
     if "f1" in metrics:
         scores["f1"] = token_f1(prediction, reference)
+    if "verdict_match" in metrics:
+        scores["verdict_match"] = verdict_match(prediction, reference)
     if "rouge_l" in metrics:
         scores["rouge_l"] = rouge_l(prediction, reference)
     if "choice_accuracy" in metrics and choices:
@@ -133,5 +145,5 @@ def _corpus(name: str, turns: list[dict]) -> float:
     return sacrebleu.corpus_chrf(predictions, [references]).score
 
 
-__all__ = ["DEFAULT_METRICS", "normalise", "exact_match", "token_f1", "rouge_l", "chosen_option", "turn_scores",
-           "group_metrics"]  # fmt: skip
+__all__ = ["DEFAULT_METRICS", "METRICS", "normalise", "exact_match", "verdict", "verdict_match", "token_f1", "rouge_l",
+           "chosen_option", "turn_scores", "group_metrics"]  # fmt: skip

@@ -14,6 +14,7 @@ import torch
 
 from ..data import UnusableRow, messages_with_media
 from .metrics import DEFAULT_METRICS, group_metrics, turn_scores
+from .remote import Server, judge_scores, predict_remote, question_of
 from .turns import ScoredTurn, scored_turns
 
 
@@ -31,11 +32,15 @@ class EvalSettings:
     seed: int = 0
     do_sample: bool = False
     repetition_penalty: float = 1.0
-    backend: str = "transformers"
+    backend: str = "transformers"  # or "openai": `model` as the server at `base_url` names it
+    base_url: str | None = None
 
 
-def evaluate(settings: EvalSettings, output_dir, metrics=DEFAULT_METRICS, group_by=("kind", "language"), say=print):
-    """Predict, score and report; returns the metrics (also in `output_dir/metrics.json`)."""
+def evaluate(
+    settings: EvalSettings, output_dir, metrics=DEFAULT_METRICS, group_by=("kind", "language"), say=print, judge=None
+):
+    """Predict, score and report; returns the metrics (also in `output_dir/metrics.json`). `judge`: a `remote.Server`
+    whose 1-5 ratings of the answers become the `judge` metric."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -45,22 +50,28 @@ def evaluate(settings: EvalSettings, output_dir, metrics=DEFAULT_METRICS, group_
     if done and todo:
         say(f"resuming: {len(turns) - len(todo)} of {len(turns)} turns already predicted")
     if todo:
-        model, processor = _load(settings)
+        if settings.backend == "openai":
+            records = predict_remote(Server(settings.base_url, settings.model), todo, settings)
+        else:
+            records = predict(*_load(settings), todo, settings)
         with open(output_dir / "predictions.jsonl", "a", encoding="utf-8") as predictions:
-            for record in _predict(model, processor, todo, settings):
+            for record in records:
                 if "skipped" in record:
                     done[record["key"]] = record
                 else:
                     predictions.write(json.dumps(record, ensure_ascii=False) + "\n")
                     predictions.flush()
                     done[(record["file"], record["line"], record["turn"])] = record
-    records = _finish_predictions(output_dir, done, metrics)
+    if judge is not None:
+        metrics = (*metrics, "judge")
+    records = _finish_predictions(output_dir, done, metrics, judge, {t.key: question_of(t) for t in turns})
     skipped += [r["skipped"] for r in done.values() if "skipped" in r]
     result = {
         **_grouped_metrics(records, metrics, group_by),
         "skipped": skipped,
         "settings": asdict(settings),
         "metrics": list(metrics),
+        "judge": None if judge is None else {"url": judge.base_url, "model": judge.model, "prompt": "AudioBench's"},
         "data": [{"path": path, "sha256": _fingerprint(path)} for path in settings.data],
         "versions": _versions(),
         "seconds": round(time.perf_counter() - started, 2),
@@ -83,8 +94,9 @@ def _load(settings: EvalSettings):
     return model.to(settings.device).eval(), processor
 
 
-def _predict(model, processor, turns: list[ScoredTurn], settings: EvalSettings):
-    """Records of predicted turns (and of turns that could not be), batch by batch; each row's media decoded once."""
+def predict(model, processor, turns: list[ScoredTurn], settings: EvalSettings):
+    """Records of predicted turns (`ScoredTurn.record()` with `prediction`), and of turns that could not be (with
+    `skipped`), batch by batch in the order of `turns`; each row's media decoded once."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(settings.seed)
@@ -168,13 +180,19 @@ def _resumed(output_dir: Path, settings: EvalSettings, say) -> dict:
     return done
 
 
-def _finish_predictions(output_dir: Path, done: dict, metrics) -> list[dict]:
-    """Every predicted turn with its scores, written back in data order (a resumed run wrote in two passes)."""
+def _finish_predictions(output_dir: Path, done: dict, metrics, judge=None, questions=None) -> list[dict]:
+    """Every predicted turn with its scores, written back in data order (a resumed run wrote in two passes); a
+    judge's rating already given is kept."""
     records = sorted((r for r in done.values() if "skipped" not in r), key=lambda r: (r["file"], r["line"], r["turn"]))
     for record in records:
+        rating = record.get("scores", {}).get("judge")
         record["scores"] = turn_scores(
             record["prediction"], record["reference"], metrics, record["transcription"], record.get("choices")
         )
+        if rating is not None and judge is not None:
+            record["scores"]["judge"] = rating
+    if judge is not None:
+        judge_scores(judge, [r for r in records if "judge" not in r["scores"]], questions)
     partial = output_dir / "predictions.jsonl.partial"
     partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
     partial.replace(output_dir / "predictions.jsonl")
@@ -219,4 +237,4 @@ def recompute(output_dir, metrics=DEFAULT_METRICS, group_by=("kind", "language")
     return _grouped_metrics([json.loads(line) for line in lines], metrics, group_by)
 
 
-__all__ = ["EvalSettings", "evaluate", "recompute"]
+__all__ = ["EvalSettings", "evaluate", "predict", "recompute"]
