@@ -6,6 +6,7 @@ reference history before it, and scored against the reference (docs/evaluation.m
 `report.md` and `report.png`.
 """
 
+import json
 import sys
 
 from ..cli_help import command_parser
@@ -25,21 +26,29 @@ def build_parser():
         "--turns", choices=("all", "last"), default="all", help="score every assistant turn, or the last"
     )
     parser.add_argument("--group-by", nargs="+", default=["kind", "language"], help="row fields that group the scores")
-    parser.add_argument("--metrics", nargs="+", choices=METRICS, default=list(DEFAULT_METRICS))
+    parser.add_argument(
+        "--metrics", nargs="+", choices=METRICS, default=list(DEFAULT_METRICS), metavar="METRIC",
+        help=f"which to report, of {', '.join(METRICS)}",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16, help="turns per batched, left-padded generate")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="the longest answer, in tokens")
+    parser.add_argument(
+        "--dtype", default="float32", choices=("float32", "bfloat16", "float16"), help="the model's weights"
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="torch's seed (decoding is greedy)")
     parser.add_argument(
         "--backend",
-        choices=("transformers", "openai"),
+        choices=("transformers", "vllm", "openai"),
         default="transformers",
-        help="generate here, or ask an OpenAI-compatible server (--base-url) for each answer",
+        help="generate here, with an offline vLLM engine here, or ask an OpenAI-compatible server (--base-url)",
+    )
+    parser.add_argument(
+        "--vllm-args", type=json.loads, help="more `vllm.LLM` arguments as JSON, such as '{\"max_model_len\": 8192}'"
     )
     parser.add_argument("--base-url", help="the server's API root for --backend openai, such as http://host:8000/v1")
     parser.add_argument("--judge-url", help="an OpenAI-compatible server whose model rates each answer 1-5")
-    parser.add_argument("--judge-model", help="the judge's model name (default: the first the server lists)")
+    parser.add_argument("--judge-model", help="the judge's model name (unset: the first model the server lists)")
     return parser
 
 
@@ -59,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = EvalSettings(
         model=args.model, data=list(args.data), turns=args.turns, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed, backend=args.backend,
-        base_url=args.base_url,
+        base_url=args.base_url, engine_args=args.vllm_args,
     )  # fmt: skip
     judge = Server(args.judge_url, args.judge_model) if args.judge_url else None
     result = evaluate(settings, args.output_dir, tuple(args.metrics), tuple(args.group_by), judge=judge)

@@ -32,8 +32,9 @@ class EvalSettings:
     seed: int = 0
     do_sample: bool = False
     repetition_penalty: float = 1.0
-    backend: str = "transformers"  # or "openai": `model` as the server at `base_url` names it
+    backend: str = "transformers"  # or "openai": `model` as the server at `base_url` names it; or "vllm"
     base_url: str | None = None
+    engine_args: dict | None = None  # --backend vllm: more arguments of `vllm.LLM` (max_model_len, ...)
 
 
 def evaluate(
@@ -52,6 +53,10 @@ def evaluate(
     if todo:
         if settings.backend == "openai":
             records = predict_remote(Server(settings.base_url, settings.model), todo, settings)
+        elif settings.backend == "vllm":
+            from .offline_vllm import predict_vllm
+
+            records = predict_vllm(todo, settings)
         else:
             records = predict(*_load(settings), todo, settings)
         with open(output_dir / "predictions.jsonl", "a", encoding="utf-8") as predictions:

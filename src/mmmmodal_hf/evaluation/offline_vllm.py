@@ -1,0 +1,62 @@
+"""`mmmmodal eval --backend vllm`: the answers from an offline `vllm.LLM` on this machine (the `[vllm]` extra), the
+same OpenAI chat parts `mmmmodal serve` takes, batch by batch."""
+
+import gc
+import os
+
+from ..data import messages_with_media
+from .remote import openai_messages
+from .turns import ScoredTurn
+
+
+def predict_vllm(turns: list[ScoredTurn], settings):
+    """`predict`'s records from `vllm.LLM(settings.model)`; `settings.engine_args` go to the engine as they are."""
+    from tqdm.auto import tqdm
+
+    os.environ.setdefault("VLLM_MEDIA_CONNECTOR", "mmmmodal")  # media decoded and refused as the processor does
+    from vllm import LLM, SamplingParams
+
+    engine = LLM(model=settings.model, trust_remote_code=True, dtype=settings.dtype, seed=settings.seed,
+                 **(settings.engine_args or {}))  # fmt: skip
+    sampling = SamplingParams(
+        temperature=0, max_tokens=settings.max_new_tokens, seed=settings.seed,
+        repetition_penalty=settings.repetition_penalty,
+    )  # fmt: skip
+    bar = tqdm(total=len(turns), desc="mmmmodal eval", unit="turn")
+    try:
+        yield from _batches(engine, sampling, turns, settings.batch_size, bar)
+    finally:  # the engine's processes stop now, not at interpreter exit (where vLLM's shutdown logs fail)
+        bar.close()
+        del engine
+        gc.collect()
+
+
+def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
+    for start in range(0, len(turns), batch_size):
+        batch = turns[start : start + batch_size]
+        try:
+            outputs = engine.chat([_messages(turn) for turn in batch], sampling, use_tqdm=False)
+        except (ValueError, OSError):  # one turn refused (a medium, the context): each asked alone to name it
+            outputs = [_alone(engine, turn, sampling) for turn in batch]
+        for turn, output in zip(batch, outputs):
+            if isinstance(output, str):
+                yield {"key": turn.key, "skipped": {"where": f"{turn.file}:{turn.line}", "turn": turn.turn,
+                                                    "reason": output}}  # fmt: skip
+            else:
+                yield {**turn.record(), "prediction": output.outputs[0].text.strip()}
+        bar.update(len(batch))
+
+
+def _messages(turn: ScoredTurn) -> list[dict]:
+    conversation = turn.conversation
+    return openai_messages(messages_with_media(conversation, conversation.images, conversation.audio)[: turn.message])
+
+
+def _alone(engine, turn: ScoredTurn, sampling):
+    try:
+        return engine.chat(_messages(turn), sampling, use_tqdm=False)[0]
+    except (ValueError, OSError) as error:
+        return str(error)
+
+
+__all__ = ["predict_vllm"]

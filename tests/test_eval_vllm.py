@@ -1,0 +1,41 @@
+"""`mmmmodal eval --backend vllm`: an offline `vllm.LLM` predicts what the transformers backend does (vLLM job)."""
+
+import json
+
+import pytest
+
+pytest.importorskip("vllm", reason="vLLM is not installed: .ci/run runs this module in its vLLM venv")
+
+from mmmmodal_hf.evaluation import EvalSettings, evaluate  # noqa: E402
+
+from vllm_parts import ENGINE_SETTINGS, NEW_TOKENS  # noqa: E402
+
+
+def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_media, tmp_path):
+    blocks = [
+        {"type": "image", "path": str(served_media["wide"])},
+        {"type": "audio", "path": str(served_media["long"])},
+    ]
+    rows = [
+        {"kind": "mixed", "language": "en", "messages": [
+            {"role": "user", "content": [*blocks, {"type": "text", "text": "What is this?"}]},
+            {"role": "assistant", "content": "A shape and a tone."},
+            {"role": "user", "content": [{"type": "audio", "path": str(served_media["beep"])}, {"type": "text", "text": "And?"}]},
+            {"role": "assistant", "content": "A beep."}]},
+        {"kind": "text", "language": "ms", "messages": [
+            {"role": "user", "content": "Apa khabar?"}, {"role": "assistant", "content": "Baik."}]},
+    ]  # fmt: skip
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    common = dict(model=str(served_folder), data=[str(data)], max_new_tokens=NEW_TOKENS, batch_size=3)
+    engine = {key: value for key, value in ENGINE_SETTINGS.items() if key != "dtype"}
+    offline = evaluate(EvalSettings(**common, backend="vllm", engine_args=engine), tmp_path / "vllm", say=print)
+    local = evaluate(EvalSettings(**common), tmp_path / "local", say=print)
+    predicted = {
+        name: [
+            json.loads(line)["prediction"] for line in (tmp_path / name / "predictions.jsonl").read_text().splitlines()
+        ]
+        for name in ("vllm", "local")
+    }
+    assert len(predicted["local"]) == 3 and predicted["vllm"] == predicted["local"]
+    assert offline["overall"] == local["overall"] and offline["settings"]["backend"] == "vllm"
