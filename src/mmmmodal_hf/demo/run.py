@@ -637,7 +637,7 @@ def accuracy_lines(accuracy: dict) -> list[str]:
         )
         if row["accuracy"] <= row["chance"]:
             guessing.append(f"{kind} ({row['accuracy']:.0%} against {row['chance']:.0%})")
-    lines += textwrap.wrap(TABLE_LEGEND, 110)
+    lines += textwrap.wrap(TABLE_LEGEND, 110, break_on_hyphens=False)  # "well-formed" stays one word
     if guessing:
         lines.append(f"no better than chance, so not learned yet: {', '.join(guessing)}")
     positions = accuracy["several_by_position"]
