@@ -98,12 +98,12 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
         raise UnusableRow(f"row {row_id}: {len(filenames)} files in 'filename' but {tags_seen} media tags in the text")
     for number, message in enumerate(normalised, start=1):
         # The template renders an empty answer (a chat model may give one); as training data it teaches nothing.
-        if message["role"] == "assistant" and not _text_of(message["content"]).strip():
+        if message["role"] == "assistant" and not text_of(message["content"]).strip():
             raise UnusableRow(f"row {row_id}: message {number} (assistant) is empty: there is no answer to learn")
     return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id)
 
 
-def _text_of(content) -> str:
+def text_of(content) -> str:
     return (
         content if isinstance(content, str) else "".join(b.get("text", "") for b in content if b.get("type") == "text")
     )
@@ -268,7 +268,7 @@ def answer_token_ids(rows, tokenizer) -> list[int]:
     target's row when it first appears.
     """
     answers = [
-        _text_of(message.get("content") or "")
+        text_of(message.get("content") or "")
         for row in rows
         for message in (row.get("conversations") or row.get("messages") or [])
         if message.get("role") == "assistant"

@@ -274,9 +274,11 @@ def evaluate(model, processor, conversations: list[WorldConversation], rows: Pat
     `exact_match` (`rows`: the split's data file, in the order of `conversations`)."""
     turns, skipped = scored_turns([str(rows)], turns="last")
     settings = EvalSettings(str(rows), [str(rows)], "last", max_new_tokens=ANSWER_TOKENS, batch_size=batch_size)
-    records = list(predict(model, processor, turns, settings))
-    if skipped or len(records) != len(conversations) or any("skipped" in record for record in records):
+    records = {record.get("key") or (record["file"], record["line"], record["turn"]): record
+               for record in predict(model, processor, turns, settings)}  # fmt: skip
+    if skipped or len(records) != len(conversations) or any("skipped" in record for record in records.values()):
         raise RuntimeError(f"held-out rows that could not be scored: {skipped or records}")
+    records = [records[turn.key] for turn in turns]  # predicted batched by prompt size: back in data order
     results = []
     for conversation, record in zip(conversations, records):
         # How many media of the kind the question could mean: 1 needs no binding.

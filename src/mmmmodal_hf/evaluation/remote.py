@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from ..cli_errors import InputError
-from ..data import _text_of
+from ..data import text_of
 from .turns import ScoredTurn
 
 TIMEOUT = httpx.Timeout(600, connect=10)
@@ -168,7 +168,7 @@ def judge_scores(judge: Server, records: list[dict], questions: dict, workers: i
 
 def question_of(turn: ScoredTurn) -> str:
     """The text of the user turn a scored turn answers."""
-    return _text_of(turn.conversation.messages[turn.message - 1]["content"]).strip()
+    return text_of(turn.conversation.messages[turn.message - 1]["content"]).strip()
 
 
 def _key(record: dict) -> tuple:

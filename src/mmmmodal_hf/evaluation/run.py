@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import UnusableRow, messages_with_media
+from ..data import UnusableRow, messages_with_media, text_of
+from ..processing_mmmmodal import placeholder_kinds
 from .metrics import DEFAULT_METRICS, group_metrics, turn_scores
 from .remote import Server, judge_scores, predict_remote, question_of
 from .turns import ScoredTurn, scored_turns
@@ -99,53 +100,77 @@ def _load(settings: EvalSettings):
     return model.to(settings.device).eval(), processor
 
 
+WINDOW_BATCHES = 8  # turns are batched by prompt size within windows of this many batches (rows' media kept that long)
+
+
 def predict(model, processor, turns: list[ScoredTurn], settings: EvalSettings):
     """Records of predicted turns (`ScoredTurn.record()` with `prediction`), and of turns that could not be (with
-    `skipped`), batch by batch in the order of `turns`; each row's media decoded once."""
+    `skipped`). Within each window of `WINDOW_BATCHES` batches the turns are batched by prompt size, so a batch
+    pads little; each row's media are decoded once and let go after the window of its last turn."""
     from tqdm.auto import tqdm
 
     torch.manual_seed(settings.seed)
-    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     decoded: dict[int, list[dict] | str] = {}  # a row's messages with its media decoded, or why they cannot be
-    bar = tqdm(total=len(turns), desc="mmmmodal eval", unit="turn")
-    for start in range(0, len(turns), settings.batch_size):
-        batch, prompts = [], []
-        for turn in turns[start : start + settings.batch_size]:
-            messages = _row_messages(processor, turn, decoded)
-            if isinstance(messages, str):
-                yield _skip(turn, messages)
-                continue
-            batch.append(turn)
-            prompts.append(messages[: turn.message])
-        while batch:
-            inputs = processor.apply_chat_template(
-                prompts, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-                processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate},
-            )  # fmt: skip
-            lengths = inputs["attention_mask"].sum(-1).tolist()
-            over = [i for i, n in enumerate(lengths) if context and n + settings.max_new_tokens > context]
-            if not over:
-                break
-            for i in reversed(over):
-                yield _skip(batch.pop(i), f"{lengths[i]} prompt positions + {settings.max_new_tokens} new tokens are "
-                                         f"more than the model's context of {context}")  # fmt: skip
-                prompts.pop(i)
-        if batch:
-            inputs = {key: value.to(settings.device) for key, value in inputs.items()}
-            with torch.no_grad():
-                output = model.generate(
-                    **inputs, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
-                    repetition_penalty=settings.repetition_penalty,
-                )  # fmt: skip
-            answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-            for turn, answer in zip(batch, answers):
-                yield {**turn.record(), "prediction": answer.strip()}
-        end = min(start + settings.batch_size, len(turns))
-        bar.update(end - start)
-        last_row = id(turns[end - 1].conversation)  # rows come in order: only the last may have turns left
-        for row in [row for row in decoded if row != last_row]:
-            del decoded[row]
-    bar.close()
+    window = settings.batch_size * WINDOW_BATCHES
+    with tqdm(total=len(turns), desc="mmmmodal eval", unit="turn") as bar:
+        for window_start in range(0, len(turns), window):
+            chunk = sorted(turns[window_start : window_start + window], key=_prompt_size)
+            for start in range(0, len(chunk), settings.batch_size):
+                yield from _predict_batch(
+                    model, processor, chunk[start : start + settings.batch_size], settings, decoded
+                )
+                bar.update(len(chunk[start : start + settings.batch_size]))
+            upcoming = {id(turn.conversation) for turn in turns[window_start + window : window_start + 2 * window]}
+            for row in [row for row in decoded if row not in upcoming]:
+                del decoded[row]
+
+
+def _prompt_size(turn: ScoredTurn) -> tuple[int, int]:
+    """Media, then characters, of the turn's prompt: what its length grows with."""
+    media = characters = 0
+    for message in turn.conversation.messages[: turn.message]:
+        content = message["content"]
+        text = text_of(content)
+        media += len(placeholder_kinds(text)) if isinstance(content, str) else sum(
+            block.get("type") in ("image", "audio") for block in content)  # fmt: skip
+        characters += len(text)
+    return media, characters
+
+
+def _predict_batch(model, processor, turns: list[ScoredTurn], settings: EvalSettings, decoded: dict):
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    batch, prompts = [], []
+    for turn in turns:
+        messages = _row_messages(processor, turn, decoded)
+        if isinstance(messages, str):
+            yield _skip(turn, messages)
+            continue
+        batch.append(turn)
+        prompts.append(messages[: turn.message])
+    while batch:
+        inputs = processor.apply_chat_template(
+            prompts, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate},
+        )  # fmt: skip
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        over = [i for i, n in enumerate(lengths) if context and n + settings.max_new_tokens > context]
+        if not over:
+            break
+        for i in reversed(over):
+            yield _skip(batch.pop(i), f"{lengths[i]} prompt positions + {settings.max_new_tokens} new tokens are "
+                                     f"more than the model's context of {context}")  # fmt: skip
+            prompts.pop(i)
+    if not batch:
+        return
+    inputs = {key: value.to(settings.device) for key, value in inputs.items()}
+    with torch.no_grad():
+        output = model.generate(
+            **inputs, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
+            repetition_penalty=settings.repetition_penalty,
+        )  # fmt: skip
+    answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    for turn, answer in zip(batch, answers):
+        yield {**turn.record(), "prediction": answer.strip()}
 
 
 def _row_messages(processor, turn: ScoredTurn, decoded: dict):

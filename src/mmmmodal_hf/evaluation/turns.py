@@ -4,7 +4,7 @@ answered from the reference history before it. Rows that cannot be scored are co
 import os
 from dataclasses import dataclass, field
 
-from ..data import Conversation, UnusableRow, _text_of, load_rows, row_conversation
+from ..data import Conversation, UnusableRow, load_rows, row_conversation, text_of
 
 TRANSCRIPTION_TASKS = {"transcription", "transcribe", "asr"}
 
@@ -65,7 +65,7 @@ def scored_turns(paths, turns: str = "all", group_by=("kind", "language")) -> tu
             choices = row.get("choices") if isinstance(row.get("choices"), list) and row.get("choices") else None
             numbered = list(enumerate(answers, start=1))
             for turn, message in numbered[-1:] if turns == "last" else numbered:
-                reference = _text_of(conversation.messages[message]["content"]).strip()
+                reference = text_of(conversation.messages[message]["content"]).strip()
                 scored.append(
                     ScoredTurn(
                         file,
