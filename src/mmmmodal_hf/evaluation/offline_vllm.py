@@ -4,8 +4,6 @@ same OpenAI chat parts `mmmmodal serve` takes, batch by batch."""
 import gc
 import os
 
-from ..data import messages_with_media
-from .remote import openai_messages
 from .turns import ScoredTurn
 
 
@@ -35,26 +33,20 @@ def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
     for start in range(0, len(turns), batch_size):
         batch = turns[start : start + batch_size]
         try:
-            outputs = engine.chat([_messages(turn) for turn in batch], sampling, use_tqdm=False)
+            outputs = engine.chat([turn.openai_prompt() for turn in batch], sampling, use_tqdm=False)
         except (ValueError, OSError):  # one turn refused (a medium, the context): each asked alone to name it
             outputs = [_alone(engine, turn, sampling) for turn in batch]
         for turn, output in zip(batch, outputs):
             if isinstance(output, str):
-                yield {"key": turn.key, "skipped": {"where": f"{turn.file}:{turn.line}", "turn": turn.turn,
-                                                    "reason": output}}  # fmt: skip
+                yield turn.skipped(output)
             else:
                 yield {**turn.record(), "prediction": output.outputs[0].text.strip()}
         bar.update(len(batch))
 
 
-def _messages(turn: ScoredTurn) -> list[dict]:
-    conversation = turn.conversation
-    return openai_messages(messages_with_media(conversation, conversation.images, conversation.audio)[: turn.message])
-
-
 def _alone(engine, turn: ScoredTurn, sampling):
     try:
-        return engine.chat(_messages(turn), sampling, use_tqdm=False)[0]
+        return engine.chat(turn.openai_prompt(), sampling, use_tqdm=False)[0]
     except (ValueError, OSError) as error:
         return str(error)
 

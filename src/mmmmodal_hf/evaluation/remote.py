@@ -131,18 +131,13 @@ def predict_remote(server: Server, turns: list[ScoredTurn], settings):
     """`predict`'s records, answered by `server`: `batch_size` requests at a time, in the order of `turns`."""
     from tqdm.auto import tqdm
 
-    from ..data import messages_with_media
-
     def ask(turn: ScoredTurn) -> dict:
-        conversation = turn.conversation
-        prompt = messages_with_media(conversation, conversation.images, conversation.audio)[: turn.message]
         try:
-            answer = server.chat(openai_messages(prompt), settings.max_new_tokens, settings.seed)
+            answer = server.chat(turn.openai_prompt(), settings.max_new_tokens, settings.seed)
         except InputError:  # the server itself: unreachable or failing, for every turn
             raise
         except (ValueError, OSError) as error:  # this turn refused by the server, or a file that cannot be read
-            where = {"where": f"{turn.file}:{turn.line}", "turn": turn.turn, "reason": str(error)}
-            return {"key": turn.key, "skipped": where}
+            return turn.skipped(str(error))
         return {**turn.record(), "prediction": answer.strip()}
 
     with ThreadPoolExecutor(max_workers=settings.batch_size) as pool:

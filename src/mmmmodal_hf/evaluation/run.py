@@ -143,7 +143,7 @@ def _predict_batch(model, processor, turns: list[ScoredTurn], settings: EvalSett
     for turn in turns:
         messages = _row_messages(processor, turn, decoded)
         if isinstance(messages, str):
-            yield _skip(turn, messages)
+            yield turn.skipped(messages)
             continue
         batch.append(turn)
         prompts.append(messages[: turn.message])
@@ -157,7 +157,7 @@ def _predict_batch(model, processor, turns: list[ScoredTurn], settings: EvalSett
         if not over:
             break
         for i in reversed(over):
-            yield _skip(batch.pop(i), f"{lengths[i]} prompt positions + {settings.max_new_tokens} new tokens are "
+            yield batch.pop(i).skipped(f"{lengths[i]} prompt positions + {settings.max_new_tokens} new tokens are "
                                      f"more than the model's context of {context}")  # fmt: skip
             prompts.pop(i)
     if not batch:
@@ -182,10 +182,6 @@ def _row_messages(processor, turn: ScoredTurn, decoded: dict):
         except (ValueError, UnusableRow) as error:
             decoded[row] = str(error)
     return decoded[row]
-
-
-def _skip(turn: ScoredTurn, reason: str) -> dict:
-    return {"key": turn.key, "skipped": {"where": f"{turn.file}:{turn.line}", "turn": turn.turn, "reason": reason}}
 
 
 def _resumed(output_dir: Path, settings: EvalSettings, say) -> dict:
