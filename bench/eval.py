@@ -75,7 +75,12 @@ def main() -> None:
     row["batched_vs_one_at_a_time_speedup"] = times["one_at_a_time"] / times["batched"]
     if args.base_url:
         row["openai_vs_batched_speedup"] = times["batched"] / times["openai"]
-    extra = {"conversations": args.rows, "turns": turns, "batch_size": args.batch_size, "goal": "batched > one at a time"}
+    extra = {
+        "conversations": args.rows,
+        "turns": turns,
+        "batch_size": args.batch_size,
+        "goal": "batched > one at a time",
+    }
     report("mmmmodal eval: turns scored per second", [row], extra)
 
 

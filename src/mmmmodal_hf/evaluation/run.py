@@ -138,7 +138,6 @@ def _prompt_size(turn: ScoredTurn) -> tuple[int, int]:
 
 
 def _predict_batch(model, processor, turns: list[ScoredTurn], settings: EvalSettings, decoded: dict):
-    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     batch, prompts = [], []
     for turn in turns:
         messages = _row_messages(processor, turn, decoded)
@@ -147,30 +146,51 @@ def _predict_batch(model, processor, turns: list[ScoredTurn], settings: EvalSett
             continue
         batch.append(turn)
         prompts.append(messages[: turn.message])
-    while batch:
+    for turn, answer in zip(batch, answer_prompts(model, processor, prompts, settings)):
+        yield (
+            turn.skipped(answer.reason) if isinstance(answer, Unanswered) else {**turn.record(), "prediction": answer}
+        )
+
+
+@dataclass
+class Unanswered:
+    """A prompt that was not answered, and why (with `max_new_tokens` it would pass the model's context)."""
+
+    reason: str
+
+
+def answer_prompts(model, processor, prompts: list[list[dict]], settings: EvalSettings) -> list:
+    """Each prompt's answer (`generate` on the batch, left-padded, stripped) or `Unanswered`. A prompt is a
+    conversation's messages up to the answer, its media decoded (`processor.load_media`)."""
+    context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    answers: list = [None] * len(prompts)
+    kept = list(range(len(prompts)))
+    while kept:
         inputs = processor.apply_chat_template(
-            prompts, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate},
+            [prompts[i] for i in kept], add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt", processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate},
         )  # fmt: skip
         lengths = inputs["attention_mask"].sum(-1).tolist()
-        over = [i for i, n in enumerate(lengths) if context and n + settings.max_new_tokens > context]
+        over = [i for i, n in zip(kept, lengths) if context and n + settings.max_new_tokens > context]
+        for i, n in zip(kept, lengths):
+            if i in over:
+                answers[i] = Unanswered(f"{n} prompt positions + {settings.max_new_tokens} new tokens are more "
+                                        f"than the model's context of {context}")  # fmt: skip
         if not over:
             break
-        for i in reversed(over):
-            yield batch.pop(i).skipped(f"{lengths[i]} prompt positions + {settings.max_new_tokens} new tokens are "
-                                     f"more than the model's context of {context}")  # fmt: skip
-            prompts.pop(i)
-    if not batch:
-        return
+        kept = [i for i in kept if i not in over]
+    if not kept:
+        return answers
     inputs = {key: value.to(settings.device) for key, value in inputs.items()}
     with torch.no_grad():
         output = model.generate(
             **inputs, max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample,
             repetition_penalty=settings.repetition_penalty,
         )  # fmt: skip
-    answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    for turn, answer in zip(batch, answers):
-        yield {**turn.record(), "prediction": answer.strip()}
+    decoded = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    for i, answer in zip(kept, decoded):
+        answers[i] = answer.strip()
+    return answers
 
 
 def _row_messages(processor, turn: ScoredTurn, decoded: dict):

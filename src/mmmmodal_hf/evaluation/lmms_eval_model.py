@@ -1,0 +1,126 @@
+"""A chat model for lmms-eval (0.7): `lmms-eval --model mmmmodal --model_args pretrained=FOLDER --tasks ...` answers
+lmms-eval's image and audio tasks with this package's processor and batched `generate`, the code of `mmmmodal eval`'s
+transformers backend. lmms-eval finds it through the `lmms_eval.models` entry point (`manifest`); this module is
+imported only by lmms-eval, which must be installed."""
+
+import json
+import logging
+from dataclasses import replace
+
+from lmms_eval.api.model import lmms
+from lmms_eval.protocol import ChatMessages
+
+from ..data import UnusableRow, conversation_from_row, messages_with_media
+from .run import EvalSettings, Unanswered, _load, answer_prompts
+
+logger = logging.getLogger(__name__)
+
+
+def manifest():
+    """The entry point lmms-eval's model registry loads: `--model mmmmodal` is `MMMModal`, a chat model."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="mmmmodal", chat_class_path=f"{__name__}.MMMModal")
+
+
+class MMMModal(lmms):
+    """lmms-eval's chat model interface over an MMMModal checkpoint (a folder or Hub id).
+
+    `--model_args`: `pretrained` (required), `dtype` (float32), `device` (or lmms-eval's `--device`; cpu),
+    `max_new_tokens` (256, where a task does not set it), `seed` (0). `--batch_size N` batches `generate`.
+    Decoding follows the task's `generation_kwargs` (`max_new_tokens`, `temperature` > 0 or `do_sample`
+    samples, `until` cuts the answer at its first stop string); by default greedy. A request that cannot be
+    answered (a medium that cannot be read, a prompt over the context, a video) is answered "" and logged
+    with its task and document, and counted in `unanswered`.
+    """
+
+    is_simple = False
+
+    def __init__(self, pretrained: str, device: str | None = None, dtype: str = "float32", batch_size=1,
+                 max_new_tokens: int = 256, seed: int = 0, max_batch_size=None, **unknown) -> None:  # fmt: skip
+        super().__init__()
+        if unknown:
+            raise ValueError(f"mmmmodal: unknown --model_args {sorted(unknown)}; known: pretrained, device, dtype, "
+                             "max_new_tokens, seed")  # fmt: skip
+        batch = 16 if str(batch_size).startswith("auto") else int(batch_size)
+        self.settings = EvalSettings(model=pretrained, data=[], batch_size=batch, dtype=dtype,
+                                     device=device or "cpu", max_new_tokens=int(max_new_tokens), seed=int(seed))  # fmt: skip
+        self.model, self.processor = _load(self.settings)
+        self.unanswered: list[str] = []
+
+    def generate_until(self, requests) -> list[str]:
+        """Answers in the order of `requests`: requests with the same generation settings are batched together."""
+        from tqdm.auto import tqdm
+
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[2], sort_keys=True, default=str), []).append(index)
+        answers: list[str] = [""] * len(requests)
+        with tqdm(total=len(requests), desc="mmmmodal", unit="request") as bar:
+            for indices in groups.values():
+                settings, until = self._settings(requests[indices[0]].args[2])
+                for start in range(0, len(indices), settings.batch_size):
+                    batch = indices[start : start + settings.batch_size]
+                    for index, answer in zip(batch, self._answer([requests[i] for i in batch], settings)):
+                        answers[index] = _cut(answer, until)
+                        self.cache_hook.add_partial("generate_until", (requests[index].args[0], requests[index].args[2]),
+                                                    answers[index])  # fmt: skip
+                    bar.update(len(batch))
+        return answers
+
+    def _settings(self, generation: dict) -> tuple[EvalSettings, list[str]]:
+        sample = bool(generation.get("do_sample")) or float(generation.get("temperature") or 0) > 0
+        tokens = int(generation.get("max_new_tokens") or self.settings.max_new_tokens)
+        until = generation.get("until") or []
+        until = [until] if isinstance(until, str) else until
+        return replace(self.settings, do_sample=sample, max_new_tokens=tokens), until
+
+    def _answer(self, batch, settings: EvalSettings) -> list[str]:
+        prompts, where, answers = [], [], [""] * len(batch)
+        for position, request in enumerate(batch):
+            _, doc_to_messages, _, doc_id, task, split = request.args
+            name = f"task {task}, document {doc_id}"
+            try:
+                messages = ChatMessages(messages=doc_to_messages(self.task_dict[task][split][doc_id])).to_hf_messages()
+                prompts.append(self._decoded(messages, name))
+                where.append(position)
+            except (ValueError, UnusableRow) as error:
+                self._unanswered(name, str(error))
+        for position, answer in zip(where, answer_prompts(self.model, self.processor, prompts, settings)):
+            name = f"task {batch[position].args[4]}, document {batch[position].args[3]}"
+            if isinstance(answer, Unanswered):
+                self._unanswered(name, answer.reason)
+            else:
+                answers[position] = answer
+        return answers
+
+    def _decoded(self, messages: list[dict], name: str) -> list[dict]:
+        """The messages with their media decoded as `mmmmodal eval` decodes a row's."""
+        if any(block.get("type") == "video" for message in messages for block in message["content"]):
+            raise ValueError("it gives a video; MMMModal takes images and audio")
+        conversation = conversation_from_row({"messages": messages}, row_id=name)
+        images, audio = self.processor.load_media(conversation.images, conversation.audio)
+        return messages_with_media(conversation, images, audio)
+
+    def _unanswered(self, name: str, reason: str) -> None:
+        self.unanswered.append(f"{name}: {reason}")
+        logger.warning("mmmmodal answers %s with nothing: %s", name, reason)
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("mmmmodal answers lmms-eval's generation tasks (generate_until); as in lmms-eval's "
+                                  "other chat models, loglikelihood tasks are not supported")  # fmt: skip
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("mmmmodal does not take lmms-eval's multi-round tasks; `mmmmodal eval` scores every "
+                                  "turn of multi-turn rows")  # fmt: skip
+
+
+def _cut(answer: str, until: list[str]) -> str:
+    """The answer up to the first of the task's stop strings, stripped as every answer is."""
+    for stop in until:
+        if stop and stop in answer:
+            answer = answer[: answer.index(stop)]
+    return answer.strip()
+
+
+__all__ = ["MMMModal", "manifest"]

@@ -1,0 +1,134 @@
+"""The lmms-eval plugin (`lmms-eval --model mmmmodal`), run as a user runs it: lmms-eval's own command in a real
+process, on a task defined over local files (image, audio and text questions; one image that cannot be read).
+lmms-eval and its torchvision need a venv of their own (`.ci/install-lmms-eval-venv`); elsewhere this file skips."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import soundfile
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from mmmmodal_hf.evaluation.run import EvalSettings, Unanswered, answer_prompts
+
+from tiny_parts import random_clip, random_image
+
+pytest.importorskip("lmms_eval", reason="lmms-eval runs in its own venv: bash .ci/install-lmms-eval-venv")
+
+QUESTIONS = [  # (image, audio, question); the last image cannot be read
+    ("shape.png", None, "What colour is the shape?"),
+    (None, "beep.wav", "How many beeps?"),
+    ("shape.png", "beep.wav", "Apa yang anda lihat dan dengar?"),
+    (None, None, "Say hello."),
+    ("broken.png", None, "What is this?"),
+]
+
+TASK_UTILS = """
+import soundfile
+from PIL import Image
+
+
+def doc_to_messages(doc):
+    content = []
+    if doc["image"]:
+        content.append({"type": "image", "url": Image.open(doc["image"]) if doc["image"].endswith("shape.png") else doc["image"]})
+    if doc["audio"]:
+        array, rate = soundfile.read(doc["audio"], dtype="float32")
+        content.append({"type": "audio", "url": {"array": array, "sampling_rate": rate}})
+    content.append({"type": "text", "text": doc["question"]})
+    return [{"role": "user", "content": content}]
+
+
+def doc_to_text(doc):
+    return doc["question"]
+"""
+
+
+def _media(folder):
+    random_image(1, size=(48, 40)).save(folder / "shape.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    soundfile.write(folder / "beep.wav", random_clip(2, seconds=0.7, rate=22050), 22050)
+
+
+def _task(folder, references: list[str], stop: str):
+    """A task over local files, as lmms-eval's `--include_path` reads one."""
+    with open(folder / "data.jsonl", "w") as rows:
+        for (image, audio, question), answer in zip(QUESTIONS, references):
+            rows.write(json.dumps({"image": image and str(folder / image), "audio": audio and str(folder / audio),
+                                   "question": question, "answer": answer}) + "\n")  # fmt: skip
+    (folder / "mmmmodal_utils.py").write_text(TASK_UTILS)
+    (folder / "mmmmodal_local.yaml").write_text(
+        textwrap.dedent(f"""\
+        task: mmmmodal_local
+        dataset_path: json
+        dataset_kwargs:
+          data_files: {folder / "data.jsonl"}
+        test_split: train
+        output_type: generate_until
+        doc_to_messages: !function mmmmodal_utils.doc_to_messages
+        doc_to_text: !function mmmmodal_utils.doc_to_text
+        doc_to_target: answer
+        generation_kwargs:
+          max_new_tokens: 6
+          temperature: 0
+          do_sample: false
+          until: [{json.dumps(stop)}]
+        metric_list:
+          - metric: exact_match
+            aggregation: mean
+            higher_is_better: true
+        metadata:
+          version: 0.0
+        """)
+    )
+
+
+def _expected_answers(folder, model_folder) -> list[str]:
+    """What the package's own evaluation code answers to the same questions (greedy, 6 new tokens)."""
+    model = AutoModel.from_pretrained(model_folder, trust_remote_code=True, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(model_folder, trust_remote_code=True)
+    prompts = []
+    for image, audio, question in QUESTIONS[:-1]:
+        images, clips = processor.load_media([folder / image] if image else [], [folder / audio] if audio else [])
+        content = [{"type": "image", "image": i} for i in images] + [{"type": "audio", "audio": c} for c in clips]
+        prompts.append([{"role": "user", "content": [*content, {"type": "text", "text": question}]}])
+    answers = answer_prompts(
+        model, processor, prompts, EvalSettings(model=str(model_folder), data=[], max_new_tokens=6)
+    )
+    assert not any(isinstance(answer, Unanswered) for answer in answers)
+    return answers
+
+
+def test_lmms_eval_runs_a_local_task_through_the_plugin(tmp_path, base_folder):
+    task = tmp_path / "task"
+    task.mkdir()
+    _media(task)
+    answers = _expected_answers(task, base_folder)
+    stop = answers[1][len(answers[1]) // 2 :][:2]  # the task's `until`: from the middle of one answer
+    expected = [answer.split(stop)[0].strip() for answer in answers]
+    assert expected[1] != answers[1]
+    # Two references are the package's own answers, so lmms-eval's exact match must come to 2 of 5.
+    _task(task, [expected[0], "not this", expected[2], "nor this", "nothing"], stop)
+    output = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", "mmmmodal", "--model_args", f"pretrained={base_folder}",
+         "--tasks", "mmmmodal_local", "--include_path", str(task), "--batch_size", "2", "--device", "cpu",
+         "--output_path", str(output), "--log_samples"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (results_file,) = output.rglob("*_results.json")
+    (samples_file,) = output.rglob("*_samples_mmmmodal_local.jsonl")
+    results = json.loads(results_file.read_text())["results"]["mmmmodal_local"]
+    samples = sorted((json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"])
+
+    answers = [sample["filtered_resps"] for sample in samples]
+    assert answers == [*expected, ""]  # the unreadable image: answered with nothing, and said so
+    said = run.stdout + run.stderr
+    assert "mmmmodal answers task mmmmodal_local, document 4 with nothing" in said and "not a readable image" in said
+    assert [float(sample["exact_match"]) for sample in samples] == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert results["exact_match,none"] == pytest.approx(0.4)
