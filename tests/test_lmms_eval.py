@@ -43,6 +43,14 @@ def doc_to_messages(doc):
     return [{"role": "user", "content": content}]
 
 
+def doc_to_visual(doc):
+    visuals = [Image.open(doc["image"]) if doc["image"].endswith("shape.png") else doc["image"]] if doc["image"] else []
+    if doc["audio"]:
+        array, rate = soundfile.read(doc["audio"], dtype="float32")
+        visuals.append({"array": array, "sampling_rate": rate})
+    return visuals
+
+
 def doc_to_text(doc):
     return doc["question"]
 """
@@ -54,8 +62,9 @@ def _media(folder):
     soundfile.write(folder / "beep.wav", random_clip(2, seconds=0.7, rate=22050), 22050)
 
 
-def _task(folder, references: list[str], stop: str):
-    """A task over local files, as lmms-eval's `--include_path` reads one."""
+def _task(folder, references: list[str], stop: str, media_from: str):
+    """A task over local files, as lmms-eval's `--include_path` reads one; its media from `doc_to_messages` or
+    `doc_to_visual`."""
     with open(folder / "data.jsonl", "w") as rows:
         for (image, audio, question), answer in zip(QUESTIONS, references):
             rows.write(json.dumps({"image": image and str(folder / image), "audio": audio and str(folder / audio),
@@ -69,7 +78,7 @@ def _task(folder, references: list[str], stop: str):
           data_files: {folder / "data.jsonl"}
         test_split: train
         output_type: generate_until
-        doc_to_messages: !function mmmmodal_utils.doc_to_messages
+        {media_from}: !function mmmmodal_utils.{media_from}
         doc_to_text: !function mmmmodal_utils.doc_to_text
         doc_to_target: answer
         generation_kwargs:
@@ -103,21 +112,32 @@ def _expected_answers(folder, model_folder) -> list[str]:
     return answers
 
 
-def test_lmms_eval_runs_a_local_task_through_the_plugin(tmp_path, base_folder):
-    task = tmp_path / "task"
-    task.mkdir()
-    _media(task)
-    answers = _expected_answers(task, base_folder)
+@pytest.fixture(scope="module")
+def task(tmp_path_factory, base_folder):
+    """The task's media, the package's own answers (cut at the task's `until`) and that stop string."""
+    folder = tmp_path_factory.mktemp("lmms_eval_task")
+    _media(folder)
+    answers = _expected_answers(folder, base_folder)
     stop = answers[1][len(answers[1]) // 2 :][:2]  # the task's `until`: from the middle of one answer
     expected = [answer.split(stop)[0].strip() for answer in answers]
     assert expected[1] != answers[1]
+    return folder, expected, stop
+
+
+@pytest.mark.parametrize(
+    "media_from, interface",
+    [("doc_to_messages", "chat"), ("doc_to_visual", "chat"), ("doc_to_visual", "simple")],
+    ids=["messages", "visuals", "force_simple"],
+)
+def test_lmms_eval_runs_a_local_task_through_the_plugin(tmp_path, base_folder, task, media_from, interface):
+    folder, expected, stop = task
     # Two references are the package's own answers, so lmms-eval's exact match must come to 2 of 5.
-    _task(task, [expected[0], "not this", expected[2], "nor this", "nothing"], stop)
+    _task(folder, [expected[0], "not this", expected[2], "nor this", "nothing"], stop, media_from)
     output = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, "-m", "lmms_eval", "--model", "mmmmodal", "--model_args", f"pretrained={base_folder}",
-         "--tasks", "mmmmodal_local", "--include_path", str(task), "--batch_size", "2", "--device", "cpu",
-         "--output_path", str(output), "--log_samples"],
+         "--tasks", "mmmmodal_local", "--include_path", str(folder), "--batch_size", "2", "--device", "cpu",
+         "--output_path", str(output), "--log_samples", *(["--force_simple"] if interface == "simple" else [])],
         capture_output=True, text=True, timeout=600, env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

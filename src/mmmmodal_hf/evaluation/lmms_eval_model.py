@@ -17,10 +17,13 @@ logger = logging.getLogger(__name__)
 
 
 def manifest():
-    """The entry point lmms-eval's model registry loads: `--model mmmmodal` is `MMMModal`, a chat model."""
+    """The entry point lmms-eval's model registry loads: `--model mmmmodal` is `MMMModal`, a chat model, and with
+    `--force_simple` `MMMModalSimple`."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id="mmmmodal", chat_class_path=f"{__name__}.MMMModal")
+    return ModelManifest(
+        model_id="mmmmodal", chat_class_path=f"{__name__}.MMMModal", simple_class_path=f"{__name__}.MMMModalSimple"
+    )
 
 
 class MMMModal(lmms):
@@ -54,19 +57,31 @@ class MMMModal(lmms):
 
         groups: dict[str, list[int]] = {}
         for index, request in enumerate(requests):
-            groups.setdefault(json.dumps(request.args[2], sort_keys=True, default=str), []).append(index)
+            groups.setdefault(json.dumps(self._generation(request), sort_keys=True, default=str), []).append(index)
         answers: list[str] = [""] * len(requests)
         with tqdm(total=len(requests), desc="mmmmodal", unit="request") as bar:
             for indices in groups.values():
-                settings, until = self._settings(requests[indices[0]].args[2])
+                settings, until = self._settings(self._generation(requests[indices[0]]))
                 for start in range(0, len(indices), settings.batch_size):
                     batch = indices[start : start + settings.batch_size]
                     for index, answer in zip(batch, self._answer([requests[i] for i in batch], settings)):
                         answers[index] = _cut(answer, until)
-                        self.cache_hook.add_partial("generate_until", (requests[index].args[0], requests[index].args[2]),
-                                                    answers[index])  # fmt: skip
+                        context = (requests[index].args[0], self._generation(requests[index]))
+                        self.cache_hook.add_partial("generate_until", context, answers[index])
                     bar.update(len(batch))
         return answers
+
+    def _generation(self, request) -> dict:
+        """The task's generation settings in a request (lmms-eval's chat requests hold them third)."""
+        return request.args[2]
+
+    def _messages(self, request) -> list[dict]:
+        """The request's conversation as content blocks: the task's `doc_to_messages`."""
+        _, doc_to_messages, _, doc_id, task, split = request.args
+        messages = ChatMessages(messages=doc_to_messages(self.task_dict[task][split][doc_id])).to_hf_messages()
+        for message in messages:  # lmms-eval's chat interface names an audio that is not a path a "video"
+            message["content"] = [_block(b["video"]) if _is_audio(b.get("video")) else b for b in message["content"]]
+        return messages
 
     def _settings(self, generation: dict) -> tuple[EvalSettings, list[str]]:
         sample = bool(generation.get("do_sample")) or float(generation.get("temperature") or 0) > 0
@@ -78,16 +93,13 @@ class MMMModal(lmms):
     def _answer(self, batch, settings: EvalSettings) -> list[str]:
         prompts, where, answers = [], [], [""] * len(batch)
         for position, request in enumerate(batch):
-            _, doc_to_messages, _, doc_id, task, split = request.args
-            name = f"task {task}, document {doc_id}"
             try:
-                messages = ChatMessages(messages=doc_to_messages(self.task_dict[task][split][doc_id])).to_hf_messages()
-                prompts.append(self._decoded(messages, name))
+                prompts.append(self._decoded(self._messages(request), _name(request)))
                 where.append(position)
             except (ValueError, UnusableRow) as error:
-                self._unanswered(name, str(error))
+                self._unanswered(_name(request), str(error))
         for position, answer in zip(where, answer_prompts(self.model, self.processor, prompts, settings)):
-            name = f"task {batch[position].args[4]}, document {batch[position].args[3]}"
+            name = _name(batch[position])
             if isinstance(answer, Unanswered):
                 self._unanswered(name, answer.reason)
             else:
@@ -115,6 +127,46 @@ class MMMModal(lmms):
                                   "turn of multi-turn rows")  # fmt: skip
 
 
+class MMMModalSimple(MMMModal):
+    """lmms-eval's simple interface (`--force_simple`): the task's `doc_to_visual` media, then its prompt text. For
+    audio tasks such as LibriSpeech, whose `doc_to_visual` gives datasets' audio dicts: lmms-eval's chat interface
+    keeps only such a dict's `path`, which is often a bare file name."""
+
+    is_simple = True
+
+    def _generation(self, request) -> dict:
+        return request.args[1]
+
+    def _messages(self, request) -> list[dict]:
+        context, _, doc_to_visual, doc_id, task, split = request.args
+        visuals = doc_to_visual(self.task_dict[task][split][doc_id]) or []
+        return [{"role": "user", "content": [*map(_block, visuals), {"type": "text", "text": context}]}]
+
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac")
+
+
+def _is_audio(visual) -> bool:
+    """A datasets audio dict or an audio file's path."""
+    if isinstance(visual, dict):
+        return any(visual.get(key) is not None for key in ("array", "bytes"))
+    return isinstance(visual, str) and visual.lower().endswith(AUDIO_SUFFIXES)
+
+
+def _block(visual) -> dict:
+    """A task's medium as a content block: audio for datasets' audio dicts and audio files, else an image (a video
+    when its file says so, which MMMModal does not take)."""
+    if _is_audio(visual):
+        return {"type": "audio", "audio": visual}
+    if isinstance(visual, str) and visual.lower().endswith((".mp4", ".webm", ".mkv", ".mov", ".avi")):
+        return {"type": "video", "video": visual}
+    return {"type": "image", "image": visual}
+
+
+def _name(request) -> str:
+    return f"task {request.args[-2]}, document {request.args[-3]}"
+
+
 def _cut(answer: str, until: list[str]) -> str:
     """The answer up to the first of the task's stop strings, stripped as every answer is."""
     for stop in until:
@@ -123,4 +175,4 @@ def _cut(answer: str, until: list[str]) -> str:
     return answer.strip()
 
 
-__all__ = ["MMMModal", "manifest"]
+__all__ = ["MMMModal", "MMMModalSimple", "manifest"]
