@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import soundfile
-from json_double import JsonHandler
 
 from mmmmodal_hf.evaluation import EvalSettings, Server, evaluate, recompute
 from mmmmodal_hf.evaluation.metrics import chosen_option, exact_match, group_metrics, normalise, token_f1
 
+from json_double import JsonHandler
 from tiny_parts import random_clip, random_image
 
 pytest.importorskip("sacrebleu")

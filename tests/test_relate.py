@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from json_double import JsonHandler
 from test_datatools import write_media
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from mmmmodal_hf.datatools.relate import PROMPTS, LocalLLM, MalformedReply, load_items, parse_conversation, relate
 from mmmmodal_hf.datatools.validate import validate_dataset
+
+from json_double import JsonHandler
 
 CAPTIONS = {
     "media/red.png": "a red square on white",

@@ -47,6 +47,7 @@ class Conversation:
     images: list = field(default_factory=list)
     audio: list = field(default_factory=list)
     row_id: str = "?"
+    videos: list = field(default_factory=list)
 
 
 def _resolve(path, base_dir: str | None):
@@ -67,7 +68,8 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
     messages = row.get("conversations") or row.get("messages")
     if not messages:
         raise UnusableRow(f"row {row_id}: no 'conversations' or 'messages'")
-    normalised, images, audio = [], [], []
+    normalised, images, audio, videos = [], [], [], []
+    media = {"image": images, "audio": audio, "video": videos}
     filenames = list(row.get("filename") or [])
     tags_seen = 0
     for message in messages:
@@ -78,19 +80,18 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
                     raise UnusableRow(
                         f"row {row_id}: the text holds more media tags than the {len(filenames)} files in 'filename'"
                     )
-                path = _resolve(filenames[tags_seen], base_dir)
-                (images if kind == "image" else audio).append(path)
+                media[kind].append(_resolve(filenames[tags_seen], base_dir))
                 tags_seen += 1
             normalised.append({"role": role, "content": content})
         elif isinstance(content, list):
             blocks = [_clean_block(block) for block in content]
             for block in blocks:
                 kind = block.get("type")
-                if kind in ("image", "audio"):
+                if kind in media:
                     value = next((block[k] for k in (kind, "path", "url") if k in block), None)
                     if value is None:
                         raise UnusableRow(f"row {row_id}: a {kind} block has no '{kind}', 'path' or 'url'")
-                    (images if kind == "image" else audio).append(_resolve(value, base_dir))
+                    media[kind].append(_resolve(value, base_dir))
             normalised.append({"role": role, "content": [_strip_media_value(b) for b in blocks]})
         else:
             raise UnusableRow(f"row {row_id}: message content must be a string or a list of blocks")
@@ -100,7 +101,7 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
         # The template renders an empty answer (a chat model may give one); as training data it teaches nothing.
         if message["role"] == "assistant" and not text_of(message["content"]).strip():
             raise UnusableRow(f"row {row_id}: message {number} (assistant) is empty: there is no answer to learn")
-    return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id)
+    return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id, videos=videos)
 
 
 def text_of(content) -> str:
@@ -111,16 +112,7 @@ def text_of(content) -> str:
 
 def _strip_media_value(block: dict) -> dict:
     # The template only needs the block's type; media travel separately, in order.
-    return {"type": block["type"]} if block.get("type") in ("image", "audio") else block
-
-
-def _media_counts(message: dict) -> tuple[int, int]:
-    content = message["content"]
-    if isinstance(content, str):
-        kinds = placeholder_kinds(content)
-    else:
-        kinds = [block.get("type") for block in content]
-    return kinds.count("image"), kinds.count("audio")
+    return {"type": block["type"]} if block.get("type") in ("image", "audio", "video") else block
 
 
 @dataclass
@@ -200,7 +192,7 @@ def messages_with_media(conversation: Conversation, images, audio) -> list[dict]
     """The conversation's messages with its media (sources, decoded media or `EncodedMedium`s) in their blocks, as
     the processor's `apply_chat_template` takes them. A message whose text holds its media's tags (a published
     row) keeps that text; its media follow it as blocks marked "in_text", which the template does not render."""
-    media = {"image": iter(images), "audio": iter(audio)}
+    media = {"image": iter(images), "audio": iter(audio), "video": iter(conversation.videos)}  # videos: sources
     messages = []
     for message in conversation.messages:
         content = message["content"]

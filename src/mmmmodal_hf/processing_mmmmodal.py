@@ -19,7 +19,7 @@ import numpy as np
 from transformers import AddedToken, BatchFeature, ProcessorMixin
 from transformers.audio_utils import AudioInput
 from transformers.image_utils import ImageInput
-from transformers.processing_utils import MultiModalData, ProcessingKwargs, TextKwargs, Unpack
+from transformers.processing_utils import MultiModalData, ProcessingKwargs, TextKwargs, Unpack, VideosKwargs
 from transformers.tokenization_utils_base import TextInput
 
 from .configuration_mmmmodal import (
@@ -35,7 +35,15 @@ from .configuration_mmmmodal import (
     num_real_audio_slots,
     whisper_encoder_frames,
 )
-from .media_mmmmodal import DEFAULT_MAX_IMAGE_PIXELS, MediaTooLargeError, describe_media, load_audio, load_image
+from .media_mmmmodal import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    MediaTooLargeError,
+    describe_media,
+    load_audio,
+    load_image,
+    load_video,
+)
 
 # The released models' chat format (Mistral-Instruct, media as the published data's tags), in the file
 # transformers saves a processor's template to: a saved folder's processor reads that folder's copy.
@@ -43,13 +51,17 @@ _TEMPLATE_FILE = Path(__file__).with_name("chat_template.jinja")
 DEFAULT_CHAT_TEMPLATE = _TEMPLATE_FILE.read_text(encoding="utf-8") if _TEMPLATE_FILE.is_file() else None
 
 # `<image>`, `<image></image>` and `<image> </image>` each stand for one image (same for audio); the last is what
-# the chat template writes for a media block and what the published data holds.
+# the chat template writes for a media block and what the published data holds. `<video>` stands for a video, which
+# the processor writes as its frames and soundtrack pieces with the published tags (it never reaches the tokenizer).
+VIDEO_PLACEHOLDER = "<video>"
 PLACEHOLDER_RE = re.compile(
-    r"(?P<image><image>(?:\s*</image>)?)|(?P<audio><audio>(?:\s*</audio>)?)|(?P<stray></image>|</audio>)"
+    r"(?P<image><image>(?:\s*</image>)?)|(?P<audio><audio>(?:\s*</audio>)?)|(?P<video><video>)"
+    r"|(?P<stray></image>|</audio>)"
 )
 MEDIA_PLACEHOLDERS = {
     "image": f"{IMAGE_START_TOKEN} {IMAGE_END_TOKEN}",
     "audio": f"{AUDIO_START_TOKEN} {AUDIO_END_TOKEN}",
+    "video": VIDEO_PLACEHOLDER,
 }
 
 
@@ -68,7 +80,7 @@ class EncodedMedium:
 
 
 def placeholder_kinds(text: str) -> list[str]:
-    """ "image" or "audio" for each medium `text` holds, in order (a stray closing tag stands for none)."""
+    """ "image", "audio" or "video" for each medium `text` holds, in order (a stray closing tag stands for none)."""
     return [match.lastgroup for match in PLACEHOLDER_RE.finditer(text) if match.lastgroup != "stray"]
 
 
@@ -92,11 +104,20 @@ class MMMModalTextKwargs(TextKwargs, total=False):
     return_text_replacement_offsets: bool
 
 
+class MMMModalVideosKwargs(VideosKwargs, total=False):
+    """How videos are read: transformers' `num_frames` or `fps`, and the processor's `max_frames` and
+    `load_audio_from_video` (default True: a video's soundtrack, where it has one, follows its frames)."""
+
+    max_frames: int
+    load_audio_from_video: bool
+
+
 class MMMModalProcessorKwargs(ProcessingKwargs, total=False):
     """The call's keywords: the sub-processors' (nested as `text_kwargs` / `images_kwargs` / `audio_kwargs`, or
     flat), merged with their saved defaults as every transformers processor merges them."""
 
     text_kwargs: MMMModalTextKwargs
+    videos_kwargs: MMMModalVideosKwargs
     _defaults = {"text_kwargs": {"padding": True, "padding_side": "left"}}  # left: ready for batched generation
 
 
@@ -143,7 +164,7 @@ class MMMModalProcessor(ProcessorMixin):
         self.audio_conv_kernel, self.audio_conv_stride = audio_conv_kernel, audio_conv_stride
         self.max_image_pixels, self.trim_audio_padding = max_image_pixels, trim_audio_padding
         _add_media_tokens(tokenizer)
-        self.image_token, self.audio_token = IMAGE_START_TOKEN, AUDIO_START_TOKEN
+        self.image_token, self.audio_token, self.video_token = IMAGE_START_TOKEN, AUDIO_START_TOKEN, VIDEO_PLACEHOLDER
         for name, token in _TOKENS.items():
             setattr(self, name, tokenizer.convert_tokens_to_ids(token))
         super().__init__(
@@ -174,11 +195,17 @@ class MMMModalProcessor(ProcessorMixin):
         """Whisper windows a clip of `num_samples` (at the feature extractor's rate) is cut into."""
         return max(1, math.ceil(num_samples / self.feature_extractor.n_samples)) if self.long_audio == "chunk" else 1
 
-    def num_clip_slots(self, num_samples: int) -> int:
-        """Slots a clip of `num_samples` fills: each window's, from its real mel frames (one per hop begun)."""
+    def num_clip_slots(self, num_samples: int, real_only: bool = False) -> int:
+        """Slots a clip of `num_samples` fills: each window's, from its real mel frames (one per hop begun).
+        `real_only`: only the slots that start in real audio, as `trim_audio_padding` keeps."""
         window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
-        windows = range(self.num_audio_windows(num_samples))
-        return sum(self.num_window_slots(-(-min(window, num_samples - i * window) // hop)) for i in windows)
+        windows, real = range(self.num_audio_windows(num_samples)), lambda n: -(-n // hop)
+        if real_only:
+            slots, stride = self.audio_slots_per_window, self.audio_conv_stride
+            return sum(
+                num_real_audio_slots(real(min(window, num_samples - i * window)), slots, stride) for i in windows
+            )
+        return sum(self.num_window_slots(real(min(window, num_samples - i * window))) for i in windows)
 
     def __call__(
         self,
@@ -186,6 +213,7 @@ class MMMModalProcessor(ProcessorMixin):
         images: ImageInput | None = None,
         audio: AudioInput | None = None,
         audios: AudioInput | None = None,
+        videos=None,
         **kwargs: Unpack[MMMModalProcessorKwargs],
     ) -> BatchFeature:
         """`input_ids`, `attention_mask`, and where media are given `pixel_values`, `input_features`, `input_features_mask`.
@@ -194,6 +222,9 @@ class MMMModalProcessor(ProcessorMixin):
             sample's media: images / audio (or `audios`), per sample (`[[a, b], [c]]`) or flat in placeholder
             order; an `EncodedMedium` in place of a medium gets its slots and no features. sampling_rate: of audio
             given as bare arrays (files carry their own).
+        videos: for `<video>` placeholders, as media are given: files, URLs, bytes, frames (`media_mmmmodal.load_video`).
+            Each becomes its frames in time order, each frame an image and, with its soundtrack, followed by the sound
+            up to the next frame (`num_frames` or `fps`, `max_frames`, `load_audio_from_video`).
         Keywords go to the tokenizer (`padding=True`, `padding_side="left"` for generation, "right" for training;
             the tokenizer's saved side is not taken), the image processor (`rescale_factor`, `size`, ...) and the
             feature extractor (not `padding`/`max_length`/`truncation`: each window is one Whisper window).
@@ -204,7 +235,9 @@ class MMMModalProcessor(ProcessorMixin):
         own = {key: kwargs.pop(key, False) for key in ("skip_bad_samples", "return_text_replacement_offsets")}
         saved = {key: value for key, value in self.tokenizer.init_kwargs.items() if key != "padding_side"}
         merged = self._merge_kwargs(MMMModalProcessorKwargs, tokenizer_init_kwargs=saved, **kwargs)
-        text_kwargs, images_kwargs, audio_kwargs = (merged[f"{kind}_kwargs"] for kind in ("text", "images", "audio"))
+        text_kwargs, images_kwargs, audio_kwargs, videos_kwargs = (
+            merged[f"{kind}_kwargs"] for kind in ("text", "images", "audio", "videos")
+        )
         skip_bad_samples, return_text_replacement_offsets = (text_kwargs.pop(key, own[key]) for key in own)
         return_tensors = text_kwargs.pop("return_tensors", None)
         sampling_rate = audio_kwargs.pop("sampling_rate", None)
@@ -221,15 +254,17 @@ class MMMModalProcessor(ProcessorMixin):
         problems = {index: problem for index, (_, problem) in enumerate(read) if problem}
         per_kind = {
             kind: _assign_media(media, [[m for m in p if m.lastgroup == kind] for p in placeholders], kind, problems)
-            for kind, media in (("image", images), ("audio", audio))
+            for kind, media in (("image", images), ("audio", audio), ("video", videos))
         }
         loaded = {}
         for index in range(len(texts)):
             try:
                 if index in problems:
                     raise ValueError(problems[index])
-                images_of, clips_of = per_kind["image"][index], per_kind["audio"][index]
-                loaded[index] = (self._load_images(index, images_of), self._load_audio(index, clips_of, sampling_rate))
+                loaded[index] = self._load_sample(
+                    index, placeholders[index], *(per_kind[kind][index] for kind in ("image", "audio", "video")),
+                    sampling_rate, videos_kwargs,
+                )  # fmt: skip
             except ValueError as error:
                 if not skip_bad_samples:
                     raise
@@ -240,11 +275,17 @@ class MMMModalProcessor(ProcessorMixin):
 
         data, image_slots = self._encode_images([loaded[i][0] for i in kept], images_kwargs, return_tensors)
         audio_data, audio_slots = self._encode_audio([loaded[i][1] for i in kept], audio_kwargs)
+        image_slots, audio_slots, named = iter(image_slots), iter(audio_slots), {"image": [], "audio": [], "video": []}
+        for kind, medium in (medium for index in kept for medium in loaded[index][2]):  # in placeholder order
+            if kind == "video":
+                named["video"].append(self._video_layout(medium, image_slots, audio_slots))
+            else:
+                named[kind].append(next(image_slots if kind == "image" else audio_slots))
         expanded, offsets = self.get_text_with_replacements(  # transformers' expansion, through the hooks below
             [texts[i] for i in kept],
-            [self.replace_image_token({"slots": image_slots}, index) for index in range(len(image_slots))],
-            [],
-            [self.replace_audio_token({"slots": audio_slots}, index) for index in range(len(audio_slots))],
+            [self.replace_image_token({"slots": named["image"]}, index) for index in range(len(named["image"]))],
+            [self.replace_video_token({"layouts": named["video"]}, index) for index in range(len(named["video"]))],
+            [self.replace_audio_token({"slots": named["audio"]}, index) for index in range(len(named["audio"]))],
         )
         data = {
             **self._tokenize(expanded, text_kwargs),
@@ -280,6 +321,51 @@ class MMMModalProcessor(ProcessorMixin):
         merged = {key: [row[key] for row in rows] for key in rows[0]}
         pad_kwargs = {key: text_kwargs[key] for key in ("max_length", "pad_to_multiple_of") if key in text_kwargs}
         return self.tokenizer.pad(merged, padding=padding, padding_side=padding_side, **pad_kwargs)
+
+    def _load_sample(self, index, matches, images, clips, videos, sampling_rate, videos_kwargs) -> tuple:
+        """A sample's media decoded: what the image processor sees (images and video frames) and the feature
+        extractor (clips and soundtracks), each in placeholder order, and each placeholder's (kind, medium)."""
+        media = {
+            "image": iter(self._load_images(index, images)),
+            "audio": iter(self._load_audio(index, clips, sampling_rate)),
+            "video": iter(self._load_videos(index, videos, videos_kwargs)),
+        }
+        visual, sound, named = [], [], []
+        for kind in (match.lastgroup for match in matches):
+            named.append((kind, next(media[kind])))
+            medium = named[-1][1]
+            visual += [medium] if kind == "image" else medium.frames if kind == "video" else []
+            sound += [medium] if kind == "audio" else [medium.soundtrack] if kind == "video" else []
+        return visual, [clip for clip in sound if clip is not None], named
+
+    def _load_videos(self, index: int, items: list, videos_kwargs: dict) -> list:
+        options = {
+            "num_frames": videos_kwargs.get("num_frames"), "fps": videos_kwargs.get("fps"),
+            "max_frames": videos_kwargs.get("max_frames") or DEFAULT_MAX_FRAMES,
+            "load_audio_from_video": videos_kwargs.get("load_audio_from_video", True),
+            "sampling_rate": self.feature_extractor.sampling_rate, "max_pixels": self.max_image_pixels,
+            "sample_frames": videos_kwargs.get("do_sample_frames") is not False,
+        }  # fmt: skip
+        loaded = []
+        for position, item in enumerate(items):
+            try:
+                loaded.append(load_video(item, **options))
+            except ValueError as error:  # a MediaError of the problem's type, kept as the item is named
+                raise type(error)(
+                    f"Sample {index + 1}, video {position + 1} ({describe_media(item)}): {error}"
+                ) from error
+        return loaded
+
+    def _video_layout(self, video, image_slots, audio_slots) -> list[tuple[int, int]]:
+        """(frame slots, soundtrack piece slots) per frame: piece k holds the soundtrack's slots that start between
+        frame k and frame k + 1 (the first from the start, the last to the end); the soundtrack is one clip."""
+        frames = [next(image_slots) for _ in video.frames]
+        if video.soundtrack is None:
+            return [(slots, 0) for slots in frames]
+        rate, total = self.feature_extractor.sampling_rate, next(audio_slots)
+        cuts = [self.num_clip_slots(min(len(video.soundtrack), round(time * rate)), True) for time in video.times[1:]]
+        bounds = [0, *(min(cut, total) for cut in cuts), total]
+        return [(slots, end - start) for slots, start, end in zip(frames, bounds, bounds[1:])]
 
     def load_media(self, images=(), audio=(), sampling_rate: int | None = None) -> tuple[list, list]:
         """Decode media once, checked as `__call__` checks them: PIL images and waveforms at the feature extractor's
@@ -385,6 +471,14 @@ class MMMModalProcessor(ProcessorMixin):
         """What a clip's `<audio>` becomes: the tag, then the slots of all its windows."""
         return AUDIO_START_TOKEN + AUDIO_SLOT_TOKEN * audio_inputs["slots"][audio_idx]
 
+    def replace_video_token(self, video_inputs: dict, video_idx: int, **kwargs) -> str:
+        """What a video's `<video>` becomes: each frame as a published image, each followed by its soundtrack piece
+        as a published clip (`video_inputs["layouts"]`: (frame slots, piece slots) per frame), one per line."""
+        image, audio = f"{IMAGE_START_TOKEN}{{}} {IMAGE_END_TOKEN}", f"{AUDIO_START_TOKEN}{{}} {AUDIO_END_TOKEN}"
+        parts = [(image.format(IMAGE_SLOT_TOKEN * frame), audio.format(AUDIO_SLOT_TOKEN * piece) if piece else None)
+                 for frame, piece in video_inputs["layouts"][video_idx]]  # fmt: skip
+        return "\n".join(part for pair in parts for part in pair if part)
+
     def _get_num_multimodal_tokens(self, image_sizes=None, audio_lengths=None, **kwargs) -> MultiModalData:
         """Slots per medium before any is processed, as serving engines (vLLM) ask: every image is resized
         to the processor's size or the call's (`image_sizes` do not matter); `audio_lengths` are samples per clip."""
@@ -399,7 +493,8 @@ class MMMModalProcessor(ProcessorMixin):
 
     def apply_chat_template(self, conversation, *args, **kwargs):
         """transformers' `apply_chat_template`; with `tokenize=True` every medium reaches `__call__` as the user gave
-        it (base64 decoded), to be loaded with its errors: transformers would load audio itself (with librosa)."""
+        it (base64 decoded), to be loaded with its errors: transformers would load audio itself (with librosa), and
+        a video's soundtrack (`load_audio_from_video`, which `__call__` takes, as `num_frames`, `fps`, `max_frames`)."""
         if not kwargs.get("tokenize"):
             return super().apply_chat_template(conversation, *args, **kwargs)
         is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
@@ -408,6 +503,9 @@ class MMMModalProcessor(ProcessorMixin):
             audio.append([])
             conversations.append([_with_media_sources_taken(message, audio[-1]) for message in messages])
         processor_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), "audios": audio if any(audio) else None}
+        for key in ("num_frames", "fps", "max_frames", "load_audio_from_video"):  # how videos are read, by `__call__`
+            if kwargs.get(key) is not None:
+                processor_kwargs[key] = kwargs.pop(key)
         conversation = conversations if is_batched else conversations[0]
         return super().apply_chat_template(conversation, *args, processor_kwargs=processor_kwargs, **kwargs)
 
@@ -501,5 +599,6 @@ __all__ = [
     "EncodedMedium",
     "MEDIA_PLACEHOLDERS",
     "PLACEHOLDER_RE",
+    "VIDEO_PLACEHOLDER",
     "placeholder_kinds",
 ]

@@ -132,7 +132,7 @@ def _prompt_size(turn: ScoredTurn) -> tuple[int, int]:
         content = message["content"]
         text = text_of(content)
         media += len(placeholder_kinds(text)) if isinstance(content, str) else sum(
-            block.get("type") in ("image", "audio") for block in content)  # fmt: skip
+            block.get("type") in ("image", "audio", "video") for block in content)  # fmt: skip
         characters += len(text)
     return media, characters
 

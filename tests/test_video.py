@@ -1,0 +1,246 @@
+"""Videos: real files written with PyAV (a known colour each second, beeps at known times, soundtracks at 44.1 kHz
+stereo and 16 kHz mono, none), read by `media_mmmmodal.load_video` and laid out by the processor as the published
+tags: each frame an image, each followed by the soundtrack from it to the next frame, the soundtrack encoded once."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mmmmodal_hf import MMMModalProcessor
+from mmmmodal_hf.media_mmmmodal import (
+    CorruptMediaError,
+    MediaTooLargeError,
+    NotAVideoError,
+    Video,
+    load_video,
+    sample_times,
+)
+
+from tiny_parts import random_clip, random_image
+from video_files import beeping_soundtrack, colour_at, write_video
+
+pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
+
+LAYOUT_RE = re.compile(r"(<image>|<audio>)((?:<image_slot>|<audio_slot>)*) (</image>|</audio>)")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    return {
+        "mp4": write_video(folder / "stereo.mp4", audio_rate=44100, channels=2),
+        "mkv": write_video(folder / "mono.mkv", audio_rate=16000, channels=1),
+        "webm": write_video(folder / "clip.webm", codec="libvpx-vp9", audio_rate=48000),
+        "mov": write_video(folder / "silent.mov", audio_rate=None),
+        "avi": write_video(folder / "silent.avi", codec="mpeg4", audio_rate=None),
+    }
+
+
+def layout(processor, input_ids) -> list[tuple[str, int]]:
+    """The media spans of an expanded prompt: ("image" or "audio", slots) in order."""
+    text = processor.tokenizer.decode(input_ids)
+    return [(match.group(1)[1:-1], match.group(2).count("_slot>")) for match in LAYOUT_RE.finditer(text)]
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv", "webm", "mov", "avi"])
+def test_frames_are_the_frames_at_their_times(videos, container):
+    video = load_video(videos[container], num_frames=8)
+    assert len(video.frames) == 8 and video.duration == pytest.approx(4.0, abs=0.1)
+    assert video.times == pytest.approx([i * video.duration / 8 for i in range(8)])
+    for frame, time in zip(video.frames, video.times):
+        assert np.abs(np.asarray(frame)[10, 10].astype(int) - colour_at(time)).max() <= 6, (time, frame)
+    assert (video.soundtrack is None) == (container in ("mov", "avi"))
+
+
+@pytest.mark.parametrize(
+    "options, count", [({"num_frames": 3}, 3), ({"fps": 2}, 8), ({"fps": 0.1}, 1), ({"fps": 30, "max_frames": 20}, 20)]
+)
+def test_frame_counts_follow_num_frames_or_fps(videos, options, count):
+    assert len(load_video(videos["mp4"], **options).frames) == count
+    assert len(sample_times(4.0, **options)) == count
+
+
+def test_num_frames_and_fps_together_are_refused(videos):
+    with pytest.raises(ValueError, match="num_frames or fps, not both"):
+        load_video(videos["mp4"], num_frames=4, fps=1)
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv", "webm"])
+def test_the_soundtrack_is_mono_at_the_processors_rate_with_its_beep_in_place(videos, container):
+    soundtrack = load_video(videos[container]).soundtrack
+    assert soundtrack.dtype == np.float32 and soundtrack.ndim == 1
+    assert len(soundtrack) == pytest.approx(4 * 16000, rel=0.02)
+    loudness = [np.abs(soundtrack[int(t * 16000) : int((t + 0.1) * 16000)]).max() for t in np.arange(0, 3.9, 0.1)]
+    assert np.argmax(loudness) in (15, 16, 17)  # the beep at 1.5-1.8 s (the codec may shift it a few ms)
+    assert loudness[np.argmax(loudness)] > 10 * np.median(loudness)
+
+
+def test_a_video_is_its_frames_each_followed_by_its_soundtrack_piece(processor, videos):
+    inputs = processor(text="Look: <video> What colour?", videos=[videos["mp4"]], num_frames=4)
+    spans = layout(processor, inputs["input_ids"][0])
+    assert [kind for kind, _ in spans] == ["image", "audio"] * 4
+    video = load_video(videos["mp4"], num_frames=4)
+    soundtrack_slots = processor.num_clip_slots(len(video.soundtrack))
+    pieces = [slots for kind, slots in spans if kind == "audio"]
+    assert sum(pieces) == soundtrack_slots  # the whole soundtrack, split among the pieces
+    hop = processor.feature_extractor.hop_length
+    seconds_per_slot = processor.audio_conv_stride * 2 * hop / processor.feature_extractor.sampling_rate
+    for piece, start, end in zip(pieces, video.times, [*video.times[1:], len(video.soundtrack) / 16000]):
+        assert abs(piece - (end - start) / seconds_per_slot) <= 2, (piece, start, end)  # by time
+    assert all(slots == processor.num_image_slots(32, 32) for kind, slots in spans if kind == "image")
+
+    # The frames are images, and the soundtrack one clip encoded in its own windows: the same features.
+    as_media = processor(text="<image>" * 4 + "<audio>", images=video.frames, audio=[video.soundtrack])
+    assert np.array_equal(inputs["pixel_values"], as_media["pixel_values"])
+    assert np.array_equal(inputs["input_features"], as_media["input_features"])
+    assert len(inputs["input_features"]) == processor.num_audio_windows(len(video.soundtrack)) == 5
+
+
+def test_a_video_without_its_soundtrack_is_its_frames(processor, videos):
+    for source, options in ((videos["mp4"], {"load_audio_from_video": False}), (videos["mov"], {})):
+        inputs = processor(text="<video>", videos=[source], num_frames=3, **options)
+        assert [kind for kind, _ in layout(processor, inputs["input_ids"][0])] == ["image"] * 3
+        assert "input_features" not in inputs
+
+
+def test_a_file_and_its_frames_with_their_soundtrack_give_the_same_inputs(processor, videos):
+    decoded = load_video(videos["mp4"], num_frames=8, sampling_rate=16000)
+    as_frames = {"frames": decoded.frames, "fps": 2, "audio": decoded.soundtrack, "sampling_rate": 16000}
+    expected = processor(text="<video> Apa warna?", videos=[videos["mp4"]], num_frames=8)
+    for given in (decoded, as_frames, videos["mp4"].read_bytes()):
+        inputs = processor(text="<video> Apa warna?", videos=[given], num_frames=8)
+        assert inputs["input_ids"] == expected["input_ids"]
+        assert np.array_equal(inputs["pixel_values"], expected["pixel_values"])
+        assert np.array_equal(inputs["input_features"], expected["input_features"])
+
+
+def test_a_soundtrack_at_any_rate_and_channel_count(processor):
+    frames = [np.full((24, 32, 3), colour, np.uint8) for colour in ((255, 0, 0), (0, 255, 0))]
+    for rate, channels in ((44100, 2), (8000, 1), (22050, 6)):
+        sound = beeping_soundtrack(2.0, rate, channels)
+        video = load_video({"frames": frames, "fps": 1, "audio": sound, "sampling_rate": rate}, num_frames=2)
+        assert video.soundtrack.shape == (32000,)
+
+
+def test_a_chat_takes_video_blocks_with_transformers_keywords(processor, videos):
+    conversation = [
+        {"role": "user", "content": [{"type": "video", "path": str(videos["mp4"])}, {"type": "text", "text": "Apa?"}]}
+    ]
+    assert "<video>" in processor.apply_chat_template(conversation, add_generation_prompt=True)
+    for options, kinds in (
+        ({"num_frames": 3}, ["image", "audio"] * 3),
+        ({"fps": 1, "load_audio_from_video": False}, ["image"] * 4),
+    ):
+        inputs = processor.apply_chat_template(
+            conversation, add_generation_prompt=True, tokenize=True, return_dict=True, **options
+        )
+        assert [kind for kind, _ in layout(processor, inputs["input_ids"][0])] == kinds
+
+
+def test_a_batch_mixing_videos_images_and_clips_generates_as_each_prompt_alone(processor, model, videos):
+    texts = ["[INST] <image> </image> <video> Which colour came last? [/INST]", "[INST] <audio> </audio> Apa? [/INST]"]
+    kwargs = {"videos": [[videos["mkv"]], []], "images": [[random_image(1)], []], "audio": [[], [random_clip(2)]]}
+    batch = processor(text=texts, num_frames=3, return_tensors="pt", **kwargs)
+    together = model.generate(**batch, max_new_tokens=4, do_sample=False)[:, batch["input_ids"].shape[1] :]
+    for row, text in enumerate(texts):
+        alone = processor(text=[text], num_frames=3, return_tensors="pt", **{k: [v[row]] for k, v in kwargs.items()})
+        tokens = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1] :]
+        assert together[row].tolist() == tokens[0].tolist()
+
+
+def test_training_rows_take_videos(processor, videos):
+    from mmmmodal_hf.data import conversation_from_row, encode_conversation
+
+    row = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [{"type": "video", "path": "stereo.mp4"}, {"type": "text", "text": "Colour?"}],
+            },
+            {"role": "assistant", "content": "Red, then green."},
+        ]
+    }
+    encoded = encode_conversation(processor, conversation_from_row(row, str(videos["mp4"].parent)))
+    assert len(encoded["pixel_values"]) == 8 and len(encoded["input_features"]) == 5
+    labelled = [token for token, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100]
+    assert processor.tokenizer.decode(labelled).strip() == "Red, then green.</s>"
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda folder: folder / "missing.mp4", ValueError, "no such file"),
+        (lambda folder: _bytes(folder / "noise.mp4", np.random.bytes(5000)), NotAVideoError, "not a readable video"),
+        (lambda folder: _wav(folder / "speech.wav"), NotAVideoError, "no video stream"),
+        (lambda folder: {"frames": [], "fps": 2}, CorruptMediaError, "no frames"),
+    ],
+    ids=["missing", "not_a_video", "audio_file", "no_frames"],
+)
+def test_bad_videos_are_named(processor, tmp_path, make, error, message):
+    with pytest.raises(error, match=rf"Sample 1, video 1 .*{message}"):
+        processor(text="<video> ?", videos=[make(tmp_path)])
+
+
+def test_a_truncated_video_is_named_or_read_as_far_as_it_goes(processor, videos, tmp_path):
+    data = videos["mkv"].read_bytes()
+    truncated = _bytes(tmp_path / "cut.mkv", data[: len(data) // 2])
+    try:
+        inputs = processor(text="<video>", videos=[truncated], num_frames=4)
+    except ValueError as error:  # the file's own stated duration, or its missing end
+        assert str(error).startswith("Sample 1, video 1 ") and isinstance(error, (CorruptMediaError, NotAVideoError))
+    else:
+        assert len(inputs["pixel_values"]) == 4
+
+
+def test_frames_over_the_pixel_limit_are_refused_before_decoding(videos, session_processor, tmp_path):
+    small = MMMModalProcessor(
+        session_processor.image_processor, session_processor.feature_extractor, session_processor.tokenizer,
+        patch_size=session_processor.patch_size, audio_conv_kernel=session_processor.audio_conv_kernel,
+        audio_conv_stride=session_processor.audio_conv_stride, max_image_pixels=1000,
+    )  # fmt: skip
+    with pytest.raises(MediaTooLargeError, match="Sample 1, video 1 .*64x48, more than max_pixels=1,000"):
+        small(text="<video>", videos=[videos["mp4"]])
+
+
+def test_skip_bad_samples_keeps_the_rest_of_the_batch(processor, videos, tmp_path):
+    broken = _bytes(tmp_path / "broken.mp4", b"not a video at all")
+    inputs = processor(
+        text=["<video> ok?", "<video> broken?"],
+        videos=[[videos["mp4"]], [broken]],
+        num_frames=2,
+        skip_bad_samples=True,
+    )
+    assert inputs.kept_samples == [0] and "Sample 2, video 1" in inputs.skipped_samples[0]["error"]
+
+
+def test_a_video_object_is_taken_as_decoded():
+    video = Video([random_image(0)], [0.0], 1.0, None)
+    assert load_video(video) is video and "1 frames over 1.00 s" in repr(video)
+
+
+def _bytes(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+def _wav(path):
+    import soundfile
+
+    soundfile.write(path, random_clip(3, seconds=1.0), 16000)
+    return path
+
+
+def test_without_pyav_a_video_file_names_the_extra(videos):
+    code = (
+        "import sys; sys.modules['av'] = None\n"  # as where PyAV is not installed
+        "from mmmmodal_hf.media_mmmmodal import load_video\n"
+        f"load_video({str(videos['mp4'])!r})\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (
+        run.returncode == 1
+        and 'ImportError: reading a video file needs PyAV: pip install av (or "mmmmodal-hf[video]")' in run.stderr
+    )

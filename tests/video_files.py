@@ -1,0 +1,56 @@
+"""Real video files for the tests, written with PyAV: a known colour each second and beeps at known times."""
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40), (200, 40, 200), (40, 210, 210)]
+
+
+def colour_at(second: float) -> tuple[int, int, int]:
+    return COLOURS[int(second) % len(COLOURS)]
+
+
+def beeping_soundtrack(seconds: float, rate: int, channels: int, beeps=(1.5,), beep_seconds=0.3) -> np.ndarray:
+    """(channels, samples) float32: quiet noise, and a 1 kHz beep starting at each of `beeps` (seconds)."""
+    samples = int(round(seconds * rate))
+    sound = np.random.default_rng(0).normal(0, 0.01, (channels, samples)).astype(np.float32)
+    for start in beeps:
+        first, last = int(start * rate), int((start + beep_seconds) * rate)
+        sound[:, first:last] += 0.5 * np.sin(2 * np.pi * 1000 * np.arange(last - first) / rate).astype(np.float32)
+    return sound
+
+
+def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), audio_rate: int | None = 44100,
+                channels: int = 2, beeps=(1.5,), codec: str = "libx264", gop: int = 12) -> Path:  # fmt: skip
+    """A video whose frames are one colour per second (`colour_at`), with a beeping soundtrack unless
+    `audio_rate` is None. Its container follows the suffix (mp4, webm, mkv, mov, avi)."""
+    import av
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(codec, rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.codec_context.gop_size = gop
+        audio = None
+        if audio_rate is not None:
+            audio = container.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=audio_rate)
+            audio.layout = "stereo" if channels == 2 else "mono"
+        for index in range(int(seconds * fps)):
+            pixels = np.zeros((height, width, 3), np.uint8)
+            pixels[:] = colour_at(index / fps)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if audio is not None:
+            sound = beeping_soundtrack(seconds, audio_rate, channels, beeps)
+            chunk = 1024
+            for start in range(0, sound.shape[1], chunk):
+                piece = np.ascontiguousarray(sound[:, start : start + chunk])
+                frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=audio.layout.name)
+                frame.sample_rate, frame.pts, frame.time_base = audio_rate, start, Fraction(1, audio_rate)
+                container.mux(audio.encode(frame))
+            container.mux(audio.encode())
+    return path
