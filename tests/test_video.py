@@ -244,3 +244,14 @@ def test_without_pyav_a_video_file_names_the_extra(videos):
         run.returncode == 1
         and 'ImportError: reading a video file needs PyAV: pip install av (or "mmmmodal-hf[video]")' in run.stderr
     )
+
+
+def test_an_animated_gif_is_a_video(tmp_path):
+    from PIL import Image
+
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    frames = [Image.new("RGB", (32, 24), colour) for colour in colours]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=500, loop=0)
+    video = load_video(tmp_path / "a.gif", num_frames=4)
+    assert video.duration == pytest.approx(2.0) and video.soundtrack is None
+    assert [tuple(int(v) for v in np.asarray(frame)[5, 5]) for frame in video.frames] == colours
