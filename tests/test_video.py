@@ -255,3 +255,29 @@ def test_an_animated_gif_is_a_video(tmp_path):
     video = load_video(tmp_path / "a.gif", num_frames=4)
     assert video.duration == pytest.approx(2.0) and video.soundtrack is None
     assert [tuple(int(v) for v in np.asarray(frame)[5, 5]) for frame in video.frames] == colours
+
+
+def test_validate_checks_videos(tmp_path, session_processor, videos):
+    import json
+
+    from mmmmodal_hf.datatools.validate import validate_dataset
+
+    wav = _wav(tmp_path / "speech.wav")
+    broken = _bytes(tmp_path / "broken.mp4", b"\x00" * 4000)
+
+    def row(path, content="<video>\nWhat changes?"):  # the published format, a video behind its tag
+        return {"conversations": [{"role": "user", "content": content}, {"role": "assistant", "content": "Red."}],
+                "filename": [str(path)]}  # fmt: skip
+
+    blocks = {"messages": [  # content blocks: a silent video and an image
+        {"role": "user", "content": [{"type": "video", "path": str(videos["mov"])}, {"type": "image", "path": str(wav)}]},
+        {"role": "assistant", "content": "Nothing."}]}  # fmt: skip
+    rows = [row(videos["mp4"]), row(wav), row(broken), blocks]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = validate_dataset(tmp_path / "rows.jsonl", session_processor, block_size=4096)
+    problems = {kind: [row_id.rsplit(":", 1)[1] for row_id, _ in items] for kind, items in report.problems.items()}
+    assert problems == {"wrong media kind": ["2", "4"], "unreadable media": ["3"]}, report.problems
+    assert "is audio, but its tag says video" in report.problems["wrong media kind"][0][1]
+    assert report.kinds["video"] == 3 and report.kinds["mixed"] == 1
+    assert report.video_seconds == [pytest.approx(4.0, abs=0.1)] and report.videos_with_soundtrack == 1
+    assert "video seconds:  min 4.0, p50 4.0, max 4.0; 1 of 1 with a soundtrack" in report.summary()

@@ -21,7 +21,7 @@ from ..cli_help import command_parser
 from ..data import Conversation, UnusableRow, load_rows, row_conversation
 from .rows import media_kind, to_published, write_rows
 
-KINDS = ("image", "audio", "mixed")
+KINDS = ("image", "audio", "video", "mixed")
 
 
 def parse_distribution(text: str, cast=str) -> dict:

@@ -9,25 +9,24 @@ from ..processing_mmmmodal import MEDIA_PLACEHOLDERS, placeholder_kinds
 
 
 def media_kind(conversation: Conversation) -> str:
-    """text, image, audio or mixed: which media the row holds."""
-    has_images, has_audio = bool(conversation.images), bool(conversation.audio)
-    return {(False, False): "text", (True, False): "image", (False, True): "audio", (True, True): "mixed"}[
-        (has_images, has_audio)
-    ]
+    """text, image, audio, video or mixed: which media the row holds."""
+    media = {"image": conversation.images, "audio": conversation.audio, "video": conversation.videos}
+    held = [kind for kind, items in media.items() if items]
+    return "text" if not held else held[0] if len(held) == 1 else "mixed"
 
 
 def media_in_order(conversation: Conversation) -> list[tuple[str, object]]:
     """(kind, item) for every medium of the conversation, in the order its tags appear."""
-    images, audio = iter(conversation.images), iter(conversation.audio)
+    media = {"image": iter(conversation.images), "audio": iter(conversation.audio), "video": iter(conversation.videos)}
     order = []
     for message in conversation.messages:
         content = message["content"]
         kinds = (
             placeholder_kinds(content)
             if isinstance(content, str)
-            else [block["type"] for block in content if block.get("type") in ("image", "audio")]
+            else [block["type"] for block in content if block.get("type") in media]
         )
-        order += [(kind, next(images) if kind == "image" else next(audio)) for kind in kinds]
+        order += [(kind, next(media[kind])) for kind in kinds]
     return order
 
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..cli_errors import loading
 from ..cli_help import command_parser
 from ..data import UnusableRow, conversation_from_row, encode_conversation, load_rows
-from ..media_mmmmodal import load_audio, load_image
+from ..media_mmmmodal import load_audio, load_image, load_video
 from .rows import media_in_order, media_kind
 
 PROBLEM_KINDS = ("unusable row", "missing file", "wrong media kind", "unreadable media", "too long")
@@ -31,6 +31,9 @@ class ValidationReport:
     kinds: Counter = field(default_factory=Counter)
     images_per_row: Counter = field(default_factory=Counter)
     audio_per_row: Counter = field(default_factory=Counter)
+    videos_per_row: Counter = field(default_factory=Counter)
+    video_seconds: list[float] = field(default_factory=list)
+    videos_with_soundtrack: int = 0
     turns_per_row: Counter = field(default_factory=Counter)
     lengths: list[int] = field(default_factory=list)
     problems: dict[str, list[tuple[str, str]]] = field(default_factory=lambda: defaultdict(list))
@@ -51,6 +54,9 @@ class ValidationReport:
             "kinds": dict(self.kinds),
             "images_per_row": dict(self.images_per_row),
             "audio_per_row": dict(self.audio_per_row),
+            "videos_per_row": dict(self.videos_per_row),
+            "video_seconds": self.video_seconds,
+            "videos_with_soundtrack": self.videos_with_soundtrack,
             "turns_per_row": dict(self.turns_per_row),
             "length_percentiles": self.length_percentiles(),
             "problems": {kind: [list(item) for item in items] for kind, items in self.problems.items() if items},
@@ -59,10 +65,20 @@ class ValidationReport:
 
     def summary(self, listed: int = 10) -> str:
         lines = [
-            f"{self.rows} rows: " + ", ".join(f"{self.kinds[k]} {k}" for k in ("text", "image", "audio", "mixed"))
+            f"{self.rows} rows: "
+            + ", ".join(
+                f"{self.kinds[k]} {k}"
+                for k in ("text", "image", "audio", "video", "mixed")
+                if k != "video" or self.kinds[k]
+            )  # fmt: skip
         ]
         lines.append("images per row: " + _counts(self.images_per_row))
         lines.append("audio per row:  " + _counts(self.audio_per_row))
+        if self.video_seconds:
+            seconds = np.percentile(self.video_seconds, [0, 50, 100])
+            lines.append("videos per row: " + _counts(self.videos_per_row))
+            lines.append(f"video seconds:  min {seconds[0]:.1f}, p50 {seconds[1]:.1f}, max {seconds[2]:.1f}; "
+                         f"{self.videos_with_soundtrack} of {len(self.video_seconds)} with a soundtrack")  # fmt: skip
         lines.append("user turns:     " + _counts(self.turns_per_row))
         if self.lengths:
             lines.append(
@@ -91,17 +107,22 @@ def _check_media(kind: str, item, processor) -> tuple[str, str] | None:
     if not str(item).startswith(("http://", "https://")) and not path.exists():
         return "missing file", f"{kind} file {item} does not exist"
     rate = processor.feature_extractor.sampling_rate
-    loaders = {"image": lambda: load_image(item), "audio": lambda: load_audio(item, rate)}
+    loaders = {
+        "image": lambda: load_image(item),
+        "audio": lambda: load_audio(item, rate),
+        "video": lambda: load_video(item, num_frames=1, load_audio_from_video=False),
+    }
     try:
         loaders[kind]()
         return None
     except ValueError as error:
-        other = "audio" if kind == "image" else "image"
-        try:
-            loaders[other]()
-        except ValueError:
-            return "unreadable media", f"{kind} file {item}: {error}"
-        return "wrong media kind", f"{item} is {other}, but its tag says {kind}"
+        for other in (other for other in loaders if other != kind):
+            try:
+                loaders[other]()
+            except ValueError:
+                continue
+            return "wrong media kind", f"{item} is {other}, but its tag says {kind}"
+        return "unreadable media", f"{kind} file {item}: {error}"
 
 
 def validate_dataset(path, processor, block_size: int = 8192, limit: int | None = None) -> ValidationReport:
@@ -121,6 +142,7 @@ def validate_dataset(path, processor, block_size: int = 8192, limit: int | None 
         report.kinds[media_kind(conversation)] += 1
         report.images_per_row[len(conversation.images)] += 1
         report.audio_per_row[len(conversation.audio)] += 1
+        report.videos_per_row[len(conversation.videos)] += 1
         report.turns_per_row[sum(m["role"] == "user" for m in conversation.messages)] += 1
         try:  # decodes every file as its tag's kind and tokenizes with the feature slots
             length = len(encode_conversation(processor, conversation, block_size=None)["input_ids"])
@@ -135,6 +157,10 @@ def validate_dataset(path, processor, block_size: int = 8192, limit: int | None 
                 report.problems["unusable row"].append((row_id, str(error)))
             continue
         report.lengths.append(length)
+        for video in conversation.videos:  # its duration and whether it has a soundtrack, for the summary
+            read = load_video(video, num_frames=1, sampling_rate=processor.feature_extractor.sampling_rate)
+            report.video_seconds.append(read.duration)
+            report.videos_with_soundtrack += read.soundtrack is not None
         if length > block_size:
             report.problems["too long"].append(
                 (row_id, f"{length} tokens, {length - block_size} over the block of {block_size}")
