@@ -281,3 +281,22 @@ def test_validate_checks_videos(tmp_path, session_processor, videos):
     assert report.kinds["video"] == 3 and report.kinds["mixed"] == 1
     assert report.video_seconds == [pytest.approx(4.0, abs=0.1)] and report.videos_with_soundtrack == 1
     assert "video seconds:  min 4.0, p50 4.0, max 4.0; 1 of 1 with a soundtrack" in report.summary()
+
+
+def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
+    import json
+
+    pytest.importorskip("sacrebleu")
+    from mmmmodal_hf.evaluation import EvalSettings, evaluate
+
+    video_row = {"kind": "video_colour", "language": "en", "messages": [
+        {"role": "user", "content": [{"type": "video", "path": str(videos["webm"])}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": "Red."}]}  # fmt: skip
+    text_row = {"kind": "text", "language": "ms", "messages": [
+        {"role": "user", "content": "Apa khabar?"}, {"role": "assistant", "content": "Baik."}]}  # fmt: skip
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (video_row, text_row)))
+    settings = EvalSettings(
+        model=str(base_folder), data=[str(tmp_path / "rows.jsonl")], max_new_tokens=3, batch_size=2
+    )
+    result = evaluate(settings, tmp_path / "out", say=lambda _: None)
+    assert result["by_kind"]["video_colour"]["exact_match"]["n"] == 1 and not result["skipped"]
