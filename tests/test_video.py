@@ -300,3 +300,62 @@ def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
     )
     result = evaluate(settings, tmp_path / "out", say=lambda _: None)
     assert result["by_kind"]["video_colour"]["exact_match"]["n"] == 1 and not result["skipped"]
+
+
+def test_a_chat_session_takes_videos_and_answers_as_from_scratch(model, session_processor, videos):
+    import torch
+
+    from mmmmodal_hf import MMMModalChatSession
+
+    generate = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
+    session = MMMModalChatSession(model, session_processor, video_options={"num_frames": 3}, **generate)
+    turns = [
+        ("Watch this.", [random_image(1)], [videos["mp4"]]),
+        ("And then?", [], []),
+        ("This one?", [], [videos["mov"]]),
+    ]
+    for number, (text, images, clips) in enumerate(turns):
+        session.send(text, images=images, videos=clips)
+        inputs = session_processor.apply_chat_template(
+            session.messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+            num_frames=3,
+        )  # fmt: skip
+        with torch.no_grad():
+            expected = model.generate(**inputs, **generate)[0, inputs["input_ids"].shape[1] :].tolist()
+        assert session.last_reply_ids == expected, f"turn {number + 1}"
+        if number:  # earlier frames and soundtracks are in the cache, not encoded again
+            assert session.last_prefill_tokens < inputs["input_ids"].shape[1] / 3
+    assert session.messages[0]["content"][1] == {"type": "video", "path": str(videos["mp4"])}  # a training row
+    session.undo()
+    session.send("This one?", videos=[videos["mov"]])
+    assert session.last_reply_ids == expected
+
+
+def test_the_terminal_chat_attaches_videos(saved_folder, videos, tmp_path):
+    import json
+
+    wav = _wav(tmp_path / "speech.wav")
+    script = "\n".join([f"/video {videos['mp4']}", "What happens?", f"/video {wav}", "/video", "And then?",
+                        f"/save {tmp_path / 'chat.json'}", "/quit"]) + "\n"  # fmt: skip
+    command = [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(saved_folder), "--max-new-tokens", "3",
+               "--num-frames", "3"]  # fmt: skip
+    completed = subprocess.run(command, input=script, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "(video attached to the next turn" in out and "/video needs a file: /video PATH" in out
+    assert "error: video 2 (" in out and "no video stream" in out and "not attached" in out
+    assert sum(line.startswith("model> ") for line in out.splitlines()) == 2
+    saved = json.loads((tmp_path / "chat.json").read_text())["messages"]
+    assert saved[0]["content"][0] == {"type": "video", "path": str(videos["mp4"].resolve())}
+
+    one_shot = subprocess.run([*command, "--video", str(videos["mkv"]), "-p", "Apa?"], capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert one_shot.returncode == 0 and one_shot.stdout.strip(), one_shot.stderr[-3000:]
+    refused = subprocess.run(
+        [*command, "--video", str(wav), "-p", "Apa?"], capture_output=True, text=True, timeout=300
+    )
+    assert (
+        refused.returncode == 2
+        and "mmmmodal chat: video 1 (" in refused.stderr
+        and "no video stream" in refused.stderr
+    )

@@ -1,4 +1,4 @@
-"""`mmmmodal chat MODEL`: a multi-turn chat in the terminal with images and audio, streamed as it is generated.
+"""`mmmmodal chat MODEL`: a multi-turn chat in the terminal with images, audio and videos, streamed as generated.
 
     mmmmodal chat ./mmmmodal-demo/model
     you> /image cat.png
@@ -6,10 +6,10 @@
     you> What do you see and hear?
     model> ...
 
-Commands: `/image PATH` and `/audio PATH` attach media to the next turn, `/undo` drops the last
+Commands: `/image PATH`, `/audio PATH` and `/video PATH` attach media to the next turn, `/undo` drops the last
 exchange, `/reset` starts over, `/save FILE` writes the conversation as a training row
 (`{"messages": [...]}`), `/quit` ends. The KV cache is kept across turns (`MMMModalChatSession`).
-One-shot: `mmmmodal chat MODEL --image a.png --audio b.wav -p "question"`.
+One-shot: `mmmmodal chat MODEL --image a.png --audio b.wav --video c.mp4 -p "question"`.
 """
 
 import argparse
@@ -21,18 +21,29 @@ from transformers import AutoModel, AutoProcessor
 
 from .cli_errors import loading
 from .cli_help import command_parser
-from .media_mmmmodal import load_audio, load_image
+from .media_mmmmodal import load_audio, load_image, load_video
 from .session import MMMModalChatSession
 
-HELP = "commands: /image PATH, /audio PATH, /undo, /reset, /save FILE, /quit"
+HELP = "commands: /image PATH, /audio PATH, /video PATH, /undo, /reset, /save FILE, /quit"
+KINDS = ("image", "audio", "video")
+
+
+def _check(kind: str, path: str, max_pixels) -> None:
+    """Whether a file reads as `kind` (a `ValueError` saying why not): audio at its own rate, a video's first frame."""
+    if kind == "image":
+        load_image(path, max_pixels=max_pixels)
+    elif kind == "audio":
+        load_audio(path, None)
+    else:
+        load_video(path, num_frames=1, load_audio_from_video=False, max_pixels=max_pixels)
 
 
 class TerminalChat:
     """`mmmmodal chat`'s state: media attached for the next turn, and the `MMMModalChatSession` that keeps the
     KV cache, so each turn encodes only its own media and prefills only its own tokens."""
 
-    def __init__(self, model, processor, system: str | None = None, **generate_kwargs):
-        self.session = MMMModalChatSession(model, processor, system=system, **generate_kwargs)
+    def __init__(self, model, processor, system: str | None = None, video_options=None, **generate_kwargs):
+        self.session = MMMModalChatSession(model, processor, system, video_options=video_options, **generate_kwargs)
         self.pending: list[tuple[str, str]] = []
 
     @property
@@ -53,10 +64,7 @@ class TerminalChat:
         if not Path(path).is_file():
             raise ValueError(f"{where}: no such file")
         try:
-            if kind == "image":
-                load_image(path, max_pixels=self.session.processor.max_image_pixels)
-            else:
-                load_audio(path, None)  # decoded at its own rate: whether it reads is what matters here
+            _check(kind, path, self.session.processor.max_image_pixels)
         except ValueError as error:
             raise type(error)(f"{where}: {error}; not attached") from error
         self.pending.append((kind, str(Path(path).resolve())))
@@ -72,10 +80,9 @@ class TerminalChat:
         The attachments go with this turn whatever happens: if it fails, they are dropped with it
         (the error says why) and the conversation goes on as it was.
         """
-        images = [path for kind, path in self.pending if kind == "image"]
-        clips = [path for kind, path in self.pending if kind == "audio"]
+        images, clips, videos = ([path for kind, path in self.pending if kind == wanted] for wanted in KINDS)
         self.pending = []
-        return self.session.send(text, images=images, audio=clips, on_text=on_text)
+        return self.session.send(text, images=images, audio=clips, videos=videos, on_text=on_text)
 
     def save(self, path: str) -> Path:
         """The conversation as a training row in the content-block format (`mmmmodal train` reads it)."""
@@ -107,7 +114,7 @@ def interactive(chat: TerminalChat, lines, write) -> None:
             elif line == "/undo":
                 chat.undo()
                 write("(last exchange removed)\n")
-            elif line.split()[0] in ("/image", "/audio"):
+            elif line.split()[0] in ("/image", "/audio", "/video"):
                 kind, _, path = line[1:].partition(" ")
                 if not path.strip():
                     write(f"/{kind} needs a file: /{kind} PATH\n")
@@ -141,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", "--prompt", help="ask one question and exit (None: an interactive chat)")
     parser.add_argument("--image", action="append", default=[], help="image for the first turn; repeatable")
     parser.add_argument("--audio", action="append", default=[], help="audio for the first turn; repeatable")
+    parser.add_argument("--video", action="append", default=[], help="video for the first turn; repeatable")
+    parser.add_argument("--num-frames", type=int, default=8, help="frames taken from each video")
     parser.add_argument("--system", help="a system message put before the first turn")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
     parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens")
@@ -168,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        chat = TerminalChat(*load(args.model), system=args.system, **generate_kwargs)
+        video_options = {"num_frames": args.num_frames}
+        chat = TerminalChat(*load(args.model), system=args.system, video_options=video_options, **generate_kwargs)
         notice = getattr(chat.session.model.config, "chat_notice", None)  # what the model's folder says of it
-        for kind in ("image", "audio"):
+        for kind in KINDS:
             for path in getattr(args, kind):
                 chat.attach(kind, path)
                 if args.prompt is None:
@@ -195,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unusable_attachment(args) -> str | None:
-    """What is wrong with the first `--image` / `--audio` file that is missing or not that medium, else None."""
-    for kind, loader in (("image", load_image), ("audio", lambda path: load_audio(path, None))):  # its own rate
+    """What is wrong with the first `--image` / `--audio` / `--video` file that is missing or not that medium."""
+    for kind in KINDS:
         for number, path in enumerate(getattr(args, kind), start=1):
             if not Path(path).is_file():
                 return f"{kind} {number} ({path}): no such file"
             try:
-                loader(path)
+                _check(kind, path, None)
             except ValueError as error:
                 return f"{kind} {number} ({path}): {error}"
     return None

@@ -367,6 +367,10 @@ class MMMModalProcessor(ProcessorMixin):
         bounds = [0, *(min(cut, total) for cut in cuts), total]
         return [(slots, end - start) for slots, start, end in zip(frames, bounds, bounds[1:])]
 
+    def load_videos(self, videos=(), **videos_kwargs) -> list:
+        """Decode videos once, checked and named as `__call__` does (`media_mmmmodal.Video`s, which it takes again)."""
+        return self._load_videos(0, list(videos), videos_kwargs)
+
     def load_media(self, images=(), audio=(), sampling_rate: int | None = None) -> tuple[list, list]:
         """Decode media once, checked as `__call__` checks them: PIL images and waveforms at the feature extractor's
         rate, which `__call__` takes again without decoding (clips with `sampling_rate` of the feature extractor)."""

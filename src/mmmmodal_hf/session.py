@@ -29,8 +29,9 @@ def _slot_runs(ids: list[int], slot_token_id: int) -> list[int]:
     return [len(list(run)) for token, run in groupby(ids) if token == slot_token_id]
 
 
-def _user_message(text: str, images: list, audio: list) -> dict:
-    blocks = [*(_block("image", image) for image in images), *(_block("audio", clip) for clip in audio)]
+def _user_message(text: str, images: list, audio: list, videos: list = ()) -> dict:
+    blocks = [*(_block("image", image) for image in images), *(_block("audio", clip) for clip in audio),
+              *(_block("video", video) for video in videos)]  # fmt: skip
     return {"role": "user", "content": [*blocks, {"type": "text", "text": text}]}
 
 
@@ -47,18 +48,21 @@ class MMMModalChatSession:
     >>> session = MMMModalChatSession(model, processor, max_new_tokens=64)
     >>> session.send("What is in these?", images=["cat.png", "dog.png"])
     >>> session.send("And this sound?", audio="bark.wav")   # earlier images are not encoded again
+    >>> session.send("What happens here?", videos="walk.mp4")  # its frames, each with its soundtrack piece
     >>> session.undo()                                       # cache cropped back to before that turn
 
-    `send` returns the reply; `on_text` receives it piece by piece as it is generated.
+    `send` returns the reply; `on_text` receives it piece by piece as it is generated. `video_options` (the
+    processor's `num_frames`, `fps`, `max_frames`, `load_audio_from_video`) say how videos are read.
     Context policy: a turn whose prompt plus `max_new_tokens` exceeds the language model's context
     raises `ValueError` before anything runs, and the conversation is left as it was (`undo` or
     `reset` make room).
     """
 
     def __init__(
-        self, model, processor, system: str | None = None, context_length: int | None = None, **generate_kwargs
-    ):
-        self.model, self.processor = model, processor
+        self, model, processor, system: str | None = None, context_length: int | None = None,
+        video_options: dict | None = None, **generate_kwargs,
+    ):  # fmt: skip
+        self.model, self.processor, self.video_options = model, processor, video_options or {}
         self.system = system
         self.context_length = context_length or getattr(model.config.text_config, "max_position_embeddings", None)
         self.generate_kwargs = {"max_new_tokens": 256, "do_sample": False, **generate_kwargs}
@@ -71,9 +75,10 @@ class MMMModalChatSession:
         self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
         self._image_slots: list[int] = []
         self._audio_slots: list[int] = []
+        self._video_pieces: list[list[bool]] = []  # per video, per frame: whether a soundtrack piece follows it
         self._cache = DynamicCache(config=self.model.config.get_text_config())
         self._cached_ids: list[int] = []
-        self._turn_starts: list[tuple[int, int, int, int]] = []  # messages, images, clips, cached tokens
+        self._turn_starts: list[tuple[int, ...]] = []  # messages, images, clips, cached tokens, videos
         self.last_prefill_tokens = 0  # positions the last turn fed through the model before its first new token
         self.last_reply_ids: list[int] = []
 
@@ -85,8 +90,8 @@ class MMMModalChatSession:
         """Drop the last exchange; the cache is cropped back to where that turn began."""
         if not self._turn_starts:
             raise ValueError("There is no turn to undo.")
-        messages, images, clips, cached = self._turn_starts.pop()
-        self.messages = self.messages[:messages]
+        messages, images, clips, cached, videos = self._turn_starts.pop()
+        self.messages, self._video_pieces = self.messages[:messages], self._video_pieces[:videos]
         self._image_slots, self._audio_slots = self._image_slots[:images], self._audio_slots[:clips]
         self._crop(cached)
 
@@ -99,10 +104,10 @@ class MMMModalChatSession:
 
     # -- a turn -----------------------------------------------------------------------------------
 
-    def send(self, text: str, images=None, audio=None, on_text=None, **generate_kwargs) -> str:
+    def send(self, text: str, images=None, audio=None, on_text=None, videos=None, **generate_kwargs) -> str:
         """Add a user turn with its media, generate the reply (streamed to `on_text`), and return it."""
         if on_text is None:
-            turn = self._start_turn(text, images, audio, generate_kwargs)
+            turn = self._start_turn(text, images, audio, videos, generate_kwargs)
             try:
                 with torch.no_grad():
                     output = self.model.generate(**turn["inputs"])
@@ -110,7 +115,7 @@ class MMMModalChatSession:
                 self._crop(turn["reused"])  # what the failed turn added to the cache goes; the conversation stays
                 raise
             return self._finish_turn(turn, output)
-        pieces = self.stream(text, images, audio, **generate_kwargs)
+        pieces = self.stream(text, images, audio, videos=videos, **generate_kwargs)
         try:
             for piece in pieces:
                 on_text(piece)
@@ -118,10 +123,10 @@ class MMMModalChatSession:
             pieces.close()  # `on_text` failed: the turn is dropped now, not when the generator is collected
         return self.messages[-1]["content"]
 
-    def stream(self, text: str, images=None, audio=None, **generate_kwargs):
+    def stream(self, text: str, images=None, audio=None, videos=None, **generate_kwargs):
         """`send`, piece by piece: yields the reply's text as it is generated; the turn joins the conversation when
         the reply is complete. A consumer that stops early drops the turn (the generation already started ends)."""
-        turn = self._start_turn(text, images, audio, generate_kwargs)
+        turn = self._start_turn(text, images, audio, videos, generate_kwargs)
         streamer = TextIteratorStreamer(self.processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
         result: dict = {}
 
@@ -147,13 +152,14 @@ class MMMModalChatSession:
             raise result["error"]
         self._finish_turn(turn, result["output"])
 
-    def _start_turn(self, text: str, images, audio, generate_kwargs: dict) -> dict:
+    def _start_turn(self, text: str, images, audio, videos, generate_kwargs: dict) -> dict:
         """The turn's prompt ids and media, the cache cropped to what it shares with them; nothing else changes.
         Media are loaded first: a bad file raises here, before the conversation changes."""
-        images, audio = _as_list(images), _as_list(audio)
+        images, audio, videos = _as_list(images), _as_list(audio), _as_list(videos)
         settings = {**self.generate_kwargs, **generate_kwargs}
-        message = _user_message(text, images, audio)  # kept with paths: a saved conversation is a training row
-        decoded = _user_message(text, *self.processor.load_media(images, audio))  # errors name this turn's media
+        message = _user_message(text, images, audio, videos)  # kept with paths: a saved conversation is a training row
+        loaded = self.processor.load_videos(videos, **self.video_options)  # errors name this turn's media
+        decoded = _user_message(text, *self.processor.load_media(images, audio), loaded)
         # Earlier media are in the cache: the processor gives them their slots and takes this turn's decoded.
         inputs = self._encode([*self._history_as_encoded(), decoded])
         ids = inputs["input_ids"][0].tolist()
@@ -168,11 +174,27 @@ class MMMModalChatSession:
             self._crop(reused)
         inputs = {key: value.to(self.model.device) for key, value in inputs.items()}
         inputs = {**inputs, CACHE_NAME: self._cache, **settings}
-        start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused)
+        start = (len(self.messages), len(self._image_slots), len(self._audio_slots), reused, len(self._video_pieces))
         image_slots = _slot_runs(ids, self.processor.image_token_id)[len(self._image_slots) :]
         audio_slots = _slot_runs(ids, self.processor.audio_token_id)[len(self._audio_slots) :]
         return {"message": message, "ids": ids, "reused": reused, "start": start, "inputs": inputs,
-                "image_slots": image_slots, "audio_slots": audio_slots}  # fmt: skip
+                "image_slots": image_slots, "audio_slots": audio_slots,
+                "video_pieces": self._pieces(ids, len(images), len(audio), loaded)}  # fmt: skip
+
+    def _pieces(self, ids: list[int], images: int, clips: int, videos: list) -> list[list[bool]]:
+        """Per video of this turn, per frame: whether a soundtrack piece follows it (one without slots is left out).
+        The turn's media come as images, clips, then videos, so after a frame an audio span is its piece."""
+        media = {self.processor.image_token_id: "image", self.processor.audio_token_id: "audio"}
+        runs = [media[token] for token, _ in groupby(ids) if token in media]
+        runs = runs[len(self._image_slots) + len(self._audio_slots) + images + clips :]
+        pieces = []
+        for video in videos:
+            pieces.append([])
+            for _ in video.frames:
+                runs.pop(0)
+                pieces[-1].append(bool(runs) and runs[0] == "audio" and video.soundtrack is not None)
+                runs = runs[1:] if pieces[-1][-1] else runs
+        return pieces
 
     def _encode(self, messages: list[dict]):
         rate = {"sampling_rate": self.processor.feature_extractor.sampling_rate}  # of clips decoded by `load_media`
@@ -182,13 +204,23 @@ class MMMModalChatSession:
         )  # fmt: skip
 
     def _history_as_encoded(self) -> list[dict]:
-        """The conversation so far, each medium replaced by its slots (`EncodedMedium`): the cache holds them."""
-        slots = {"image": iter(self._image_slots), "audio": iter(self._audio_slots)}
+        """The conversation so far, each medium replaced by its slots (`EncodedMedium`): the cache holds them. A video
+        becomes the images and clips it was laid out as (its frames, each with its soundtrack piece)."""
+        slots, videos = {"image": iter(self._image_slots), "audio": iter(self._audio_slots)}, iter(self._video_pieces)
+
+        def encoded(block: dict) -> list[dict]:
+            if block["type"] == "video":
+                kinds = [kind for piece in next(videos) for kind in ("image", "audio") if kind == "image" or piece]
+                return [encoded({"type": kind})[0] for kind in kinds]
+            kind = block["type"]
+            return [{**block, kind: EncodedMedium(next(slots[kind]))}] if kind in slots else [block]
+
         return [
-            {**m, "content": [{**b, b["type"]: EncodedMedium(next(slots[b["type"]]))} if b["type"] in slots else b
-                              for b in m["content"]]} if isinstance(m["content"], list) else m
+            {**m, "content": [part for b in m["content"] for part in encoded(b)]}
+            if isinstance(m["content"], list)
+            else m
             for m in self.messages
-        ]  # fmt: skip
+        ]
 
     def _finish_turn(self, turn: dict, output: torch.Tensor) -> str:
         """The generated reply joins the conversation, with the turn's media and where it began (for `undo`)."""
@@ -200,6 +232,7 @@ class MMMModalChatSession:
         self.messages += [turn["message"], {"role": "assistant", "content": answer}]
         self._image_slots += turn["image_slots"]
         self._audio_slots += turn["audio_slots"]
+        self._video_pieces += turn["video_pieces"]
         self._turn_starts.append(turn["start"])
         return answer
 
