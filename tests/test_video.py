@@ -359,3 +359,18 @@ def test_the_terminal_chat_attaches_videos(saved_folder, videos, tmp_path):
         and "mmmmodal chat: video 1 (" in refused.stderr
         and "no video stream" in refused.stderr
     )
+
+
+def test_a_video_over_the_context_is_refused_before_any_encoder_runs(model, processor, videos):
+    inputs = processor(text="<video> ?", videos=[videos["mp4"]], num_frames=60, return_tensors="pt")
+    assert inputs["input_ids"].shape[1] > model.config.text_config.max_position_embeddings
+    encoded = []
+    towers = (model.model.vision_tower, model.model.audio_tower)
+    handles = [tower.register_forward_hook(lambda *args: encoded.append(1)) for tower in towers]
+    try:
+        with pytest.raises(ValueError, match=r"sample 1: \d+ positions.*fewer video frames \(`num_frames`\)"):
+            model.generate(**inputs, max_new_tokens=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert not encoded

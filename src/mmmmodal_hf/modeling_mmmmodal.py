@@ -295,7 +295,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         if too_long:
             raise ValueError(
                 f"The input does not fit the language model's context of {limit} positions ({'; '.join(too_long)}). "
-                "Drop earlier turns or media, or use shorter audio (processor `max_audio_seconds`)."
+                "Drop turns or media, take fewer video frames (`num_frames`) or less audio (`max_audio_seconds`)."
             )
 
     def get_placeholder_mask(
