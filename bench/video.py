@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from common import DEVICE, interleaved_medians, parse_arguments, report, small_model, small_processor
-from overhead import _scatter, bare_language_model
+from overhead import bare_language_model, seconds_per_token
 
 from mmmmodal_hf.media_mmmmodal import load_video
 
@@ -90,25 +90,7 @@ def prefill(model, processor, path, repeats: int) -> dict:
 
 def decode(model, processor, path, repeats: int, new_tokens: int) -> dict:
     inputs = processor(text=PROMPT, videos=[path], return_tensors="pt").to(DEVICE)
-    bare = bare_language_model(model)
-    with torch.no_grad():
-        embeds = _scatter(model, inputs)
-    fixed = {"do_sample": False}
-
-    def ours(count):
-        return lambda: model.generate(**inputs, max_new_tokens=count, min_new_tokens=count, **fixed)
-
-    def theirs(count):
-        return lambda: bare.generate(inputs_embeds=embeds, attention_mask=inputs["attention_mask"],
-                                     max_new_tokens=count, min_new_tokens=count, **fixed)  # fmt: skip
-
-    with torch.no_grad():
-        times = interleaved_medians(
-            {"ours_1": ours(1), "ours_n": ours(1 + new_tokens), "bare_1": theirs(1), "bare_n": theirs(1 + new_tokens)},
-            repeats=repeats,
-        )
-    ours_per_token = (times["ours_n"] - times["ours_1"]) / new_tokens
-    bare_per_token = (times["bare_n"] - times["bare_1"]) / new_tokens
+    ours_per_token, bare_per_token = seconds_per_token(model, bare_language_model(model), inputs, repeats, new_tokens)
     return {
         "ours_s": ours_per_token,
         "baseline_s": bare_per_token,
