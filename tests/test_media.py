@@ -221,5 +221,5 @@ def test_each_problem_has_its_type_and_keeps_it_through_the_processor(processor,
     assert media_kind(str(tmp_path / "whole.png")) == "image" and media_kind(str(tmp_path / "tone.wav")) == "audio"
     with pytest.raises(CorruptMediaError, match="cut.png: the image data is corrupt"):
         media_kind(str(tmp_path / "cut.png"))
-    with pytest.raises(MediaError, match="neither an image nor audio"):
+    with pytest.raises(MediaError, match="neither an image, audio nor a video"):
         media_kind(str(tmp_path / "text.png"))

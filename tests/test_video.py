@@ -175,9 +175,10 @@ def test_training_rows_take_videos(processor, videos):
         (lambda folder: folder / "missing.mp4", ValueError, "no such file"),
         (lambda folder: _bytes(folder / "noise.mp4", np.random.bytes(5000)), NotAVideoError, "not a readable video"),
         (lambda folder: _wav(folder / "speech.wav"), NotAVideoError, "no video stream"),
+        (lambda folder: _png(folder / "still.png"), NotAVideoError, "a still image, not a video"),
         (lambda folder: {"frames": [], "fps": 2}, CorruptMediaError, "no frames"),
     ],
-    ids=["missing", "not_a_video", "audio_file", "no_frames"],
+    ids=["missing", "not_a_video", "audio_file", "still_image", "no_frames"],
 )
 def test_bad_videos_are_named(processor, tmp_path, make, error, message):
     with pytest.raises(error, match=rf"Sample 1, video 1 .*{message}"):
@@ -223,6 +224,11 @@ def test_a_video_object_is_taken_as_decoded():
 
 def _bytes(path, data: bytes):
     path.write_bytes(data)
+    return path
+
+
+def _png(path):
+    random_image(4).save(path)
     return path
 
 

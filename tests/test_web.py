@@ -84,6 +84,26 @@ def test_browser_chat_with_two_images_and_a_clip_then_a_follow_up(web_app):
     assert (artifacts / "web_chat.png").stat().st_size > 10_000
 
 
+def test_a_video_upload_shows_inline_and_is_answered(web_app):
+    """A video among the uploads is its frames and soundtrack to the model, and a player in the page's history."""
+    from playwright.sync_api import sync_playwright
+
+    from video_files import write_video
+
+    url, media, folder = web_app
+    video = write_video(folder / "walk.mp4", seconds=2.0)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url)
+        send(page, "What happens in the video, and what colour is the shape?", [str(video), media["red_circle"]])
+        assert wait_for_answers(page, 1)[0].strip()
+        assert page.locator("#conversation [data-testid=user] video").count() == 1
+        assert page.locator("#conversation [data-testid=user] img").count() >= 1
+        assert "Could not" not in page.locator("#status").inner_text()
+        browser.close()
+
+
 def test_same_conversation_through_gradio_client(web_app):
     from gradio_client import Client, handle_file
 

@@ -338,6 +338,8 @@ def _read_video_file(source, num_frames, fps, max_frames, sampling_rate, max_pix
     except av.FFmpegError as error:
         raise NotAVideoError(f"not a readable video ({error})") from None
     with container:
+        if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's still images
+            raise NotAVideoError("the file is a still image, not a video (give it as an image)")
         if not container.streams.video:
             raise NotAVideoError("the file has no video stream (an audio file? give it as audio)")
         stream = container.streams.video[0]

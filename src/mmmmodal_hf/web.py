@@ -1,6 +1,6 @@
-"""`mmmmodal web MODEL`: a Gradio page for multi-image, multi-audio, multi-turn chat.
+"""`mmmmodal web MODEL`: a Gradio page for multi-image, multi-audio, multi-turn chat, videos too.
 
-Each turn takes text plus any number of images and audio files (upload, paste, microphone);
+Each turn takes text plus any number of images, audio files and videos (upload, paste, microphone);
 the media show inline in the history, the answer streams token by token, and the whole
 conversation stays in the prompt through an `MMMModalChatSession` (earlier media are never
 encoded again). Undo, retry and clear, generation settings, and English/Malay examples whose
@@ -13,18 +13,26 @@ import sys
 from pathlib import Path
 
 from .cli_help import command_parser
-from .media_mmmmodal import MediaError, NotAnImageError, NotAudioError, load_audio, load_image
+from .media_mmmmodal import (
+    MediaError,
+    NotAnImageError,
+    NotAudioError,
+    NotAVideoError,
+    load_audio,
+    load_image,
+    load_video,
+)
 from .session import MMMModalChatSession
 
 INTRO = (
     "# MMMModal chat\n"
-    "Ask about several images and audio clips over several turns, in English or Malay. "
+    "Ask about several images, audio clips and videos over several turns, in English or Malay. "
     "Attach files with the clip button (or paste, or record), then send."
 )
 
 
 def media_kind(path: str, name: str | None = None) -> str:
-    """image or audio, decided by decoding the file (never by its name).
+    """image, audio or video, decided by decoding the file (never by its name).
 
     A file that is one kind but broken (a truncated PNG, a cut-off WAV) is reported with that kind's
     own error, named as `name` (the file as it was uploaded), never by the server's temporary path.
@@ -44,7 +52,14 @@ def media_kind(path: str, name: str | None = None) -> str:
         pass
     except MediaError as error:
         raise type(error)(f"{name}: {error}") from None
-    raise MediaError(f"{name} is neither an image nor audio this page can read (Pillow and libsndfile formats)")
+    try:
+        load_video(path, num_frames=1, load_audio_from_video=False)  # its first frame: whether it is a video
+        return "video"
+    except (NotAVideoError, ImportError):  # not a video, or PyAV (the [video] extra) is not installed
+        pass
+    except MediaError as error:
+        raise type(error)(f"{name}: {error}") from None
+    raise MediaError(f"{name} is neither an image, audio nor a video this page can read (Pillow, libsndfile, FFmpeg)")
 
 
 EXAMPLES = Path(__file__).with_name("web_examples")  # drawn once by the package's demo world; shipped as files
@@ -86,15 +101,16 @@ def _message_parts(message) -> tuple[str, list[str]]:
     return message.get("text", "").strip(), [_file_path(f) for f in message.get("files", [])]
 
 
-def _sorted_media(files: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """The files split into images and audio by decoding them, and what is wrong with the others."""
-    images, audio, problems = [], [], []
+def _sorted_media(files: list[str]) -> tuple[dict[str, list[str]], list[str]]:
+    """The files by kind (`images`, `audio`, `videos`: the session's keywords) from decoding them, and what is wrong
+    with the others."""
+    media, problems = {"images": [], "audio": [], "videos": []}, []
     for path in files:
         try:
-            (images if media_kind(path) == "image" else audio).append(path)
+            media[{"image": "images", "audio": "audio", "video": "videos"}[media_kind(path)]].append(path)
         except ValueError as error:
             problems.append(str(error))
-    return images, audio, problems
+    return media, problems
 
 
 def _last_user_turn(history: list) -> tuple[int, dict]:
@@ -131,9 +147,9 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
         if not text and not files:
             yield gr.update(), history, session, ""
             return
-        images, audio, problems = _sorted_media(files)
+        media, problems = _sorted_media(files)
         if problems:  # the message goes back to the box without the bad files; nothing else changes
-            kept = [path for path in files if path in images or path in audio]
+            kept = [path for path in files if any(path in paths for paths in media.values())]
             yield {"text": text, "files": kept}, history, session, "**Could not use a file:** " + "; ".join(problems)
             return
         turn = [{"role": "user", "content": [{"path": path}]} for path in files]
@@ -142,9 +158,7 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
         yield None, shown, session, ""
         streamed = ""
         try:
-            for piece in session.stream(
-                text, images=images, audio=audio, **_generation_settings(max_new_tokens, temperature, top_p)
-            ):
+            for piece in session.stream(text, **media, **_generation_settings(max_new_tokens, temperature, top_p)):
                 streamed += piece
                 shown[-1] = {"role": "assistant", "content": streamed}
                 yield None, shown, session, ""
@@ -158,13 +172,11 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
         """One turn for API clients (gradio_client): the reply text; the conversation lives in the client's session."""
         session = session or new_session()
         text, files = _message_parts(message)
-        images, audio, problems = _sorted_media(files)
+        media, problems = _sorted_media(files)
         if problems:  # refused cleanly, as the page refuses it: the client is told, the server log keeps no traceback
             raise gr.Error("; ".join(problems), print_exception=False)
         try:
-            answer = session.send(
-                text, images=images, audio=audio, **_generation_settings(max_new_tokens, temperature, top_p)
-            )
+            answer = session.send(text, **media, **_generation_settings(max_new_tokens, temperature, top_p))
         except ValueError as error:
             raise gr.Error(str(error), print_exception=False) from None
         return answer, session
@@ -195,10 +207,10 @@ def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: in
         chatbot = gr.Chatbot(label="Conversation", height=480, elem_id="conversation")
         status = gr.Markdown(elem_id="status")
         box = gr.MultimodalTextbox(
-            file_types=["image", "audio"],
+            file_types=["image", "audio", "video"],
             file_count="multiple",
             sources=["upload", "microphone"],
-            placeholder="Ask about your images and audio (English or Malay)...",
+            placeholder="Ask about your images, audio and videos (English or Malay)...",
             show_label=False,
             elem_id="message",
         )
