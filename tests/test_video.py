@@ -380,3 +380,20 @@ def test_a_video_over_the_context_is_refused_before_any_encoder_runs(model, proc
         for handle in handles:
             handle.remove()
     assert not encoded
+
+
+def test_a_video_over_the_context_is_named_with_the_frames_that_would_fit(processor, videos):
+    processor.tokenizer.model_max_length = 1024  # the context, where transformers keeps it
+    with pytest.raises(ValueError) as refused:
+        processor(text="Watch: <image> <video> What changed?", images=[random_image(0)], videos=[videos["mp4"]],
+                  num_frames=60)  # fmt: skip
+    message = str(refused.value)
+    assert re.match(r"Sample 1 needs \d+ positions, more than the context of 1024: video 1 \(4\.0 s, 60 frames "
+                    r"\+ soundtrack: \d+ positions\)\. num_frames=\d+ \(or max_frames=\d+ with fps\) would fit", message)  # fmt: skip
+    fits = int(re.search(r"num_frames=(\d+)", message).group(1))
+    inputs = processor(text="Watch: <image> <video> What changed?", images=[random_image(0)], videos=[videos["mp4"]],
+                       num_frames=fits)  # fmt: skip
+    assert len(inputs["input_ids"][0]) <= 1024  # the advice is right: that many fit, one more does not
+    with pytest.raises(ValueError, match="more than the context of 1024"):
+        processor(text="Watch: <image> <video> What changed?", images=[random_image(0)], videos=[videos["mp4"]],
+                  num_frames=fits + 1)  # fmt: skip

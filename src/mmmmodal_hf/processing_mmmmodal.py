@@ -276,9 +276,11 @@ class MMMModalProcessor(ProcessorMixin):
         data, image_slots = self._encode_images([loaded[i][0] for i in kept], images_kwargs, return_tensors)
         audio_data, audio_slots = self._encode_audio([loaded[i][1] for i in kept], audio_kwargs)
         image_slots, audio_slots, named = iter(image_slots), iter(audio_slots), {"image": [], "audio": [], "video": []}
-        for kind, medium in (medium for index in kept for medium in loaded[index][2]):  # in placeholder order
-            if kind == "video":
+        videos_of = {index: [] for index in kept}  # each sample's videos, with their layouts
+        for sample, (kind, medium) in ((index, medium) for index in kept for medium in loaded[index][2]):
+            if kind == "video":  # in placeholder order
                 named["video"].append(self._video_layout(medium, image_slots, audio_slots))
+                videos_of[sample].append((medium, named["video"][-1]))
             else:
                 named[kind].append(next(image_slots if kind == "image" else audio_slots))
         expanded, offsets = self.get_text_with_replacements(  # transformers' expansion, through the hooks below
@@ -292,6 +294,8 @@ class MMMModalProcessor(ProcessorMixin):
             **data,
             **audio_data,
         }
+        for row, index in enumerate(kept):
+            self._check_videos_fit(index, videos_of[index], sum(data["attention_mask"][row]))
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
         batch = BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
@@ -366,6 +370,24 @@ class MMMModalProcessor(ProcessorMixin):
         cuts = [self.num_clip_slots(min(len(video.soundtrack), round(time * rate)), True) for time in video.times[1:]]
         bounds = [0, *(min(cut, total) for cut in cuts), total]
         return [(slots, end - start) for slots, start, end in zip(frames, bounds, bounds[1:])]
+
+    def _check_videos_fit(self, index: int, videos: list, positions: int) -> None:
+        """A sample with videos longer than the context (the tokenizer's `model_max_length`, where it is set) is
+        refused before any encoder runs, naming its videos and the frame count that would fit. A frame costs its
+        slots and 4 positions of tags and line, a soundtrack piece the same; the soundtrack's slots stay whole."""
+        context = self.tokenizer.model_max_length
+        if not videos or positions <= context or context >= 10**9:
+            return
+        spans = [sum(slots + 4 for pair in layout for slots in pair if slots) for _, layout in videos]
+        pieces = sum(piece for _, layout in videos for _, piece in layout)
+        per_frame = sum(layout[0][0] + 4 + 4 * (video.soundtrack is not None) for video, layout in videos)
+        fits = max(0, (context - (positions - sum(spans)) - pieces) // per_frame)
+        sound = {True: " + soundtrack", False: ""}
+        named = [f"video {n + 1} ({video.duration:.1f} s, {len(video.frames)} frames{sound[video.soundtrack is not None]}"
+                 f": {span} positions)" for n, ((video, _), span) in enumerate(zip(videos, spans))]  # fmt: skip
+        advice = f"num_frames={fits} (or max_frames={fits} with fps) would fit" if fits else "no frame count fits"
+        raise ValueError(f"Sample {index + 1} needs {positions} positions, more than the context of {context}: "
+                         f"{', '.join(named)}. {advice}; load_audio_from_video=False takes fewer.")  # fmt: skip
 
     def load_videos(self, videos=(), **videos_kwargs) -> list:
         """Decode videos once, checked and named as `__call__` does (`media_mmmmodal.Video`s, which it takes again)."""
