@@ -397,3 +397,17 @@ def test_a_video_over_the_context_is_named_with_the_frames_that_would_fit(proces
     with pytest.raises(ValueError, match="more than the context of 1024"):
         processor(text="Watch: <image> <video> What changed?", images=[random_image(0)], videos=[videos["mp4"]],
                   num_frames=fits + 1)  # fmt: skip
+
+
+def test_soundtracks_count_against_max_audio_seconds(session_processor, videos):
+    limited = MMMModalProcessor(
+        session_processor.image_processor, session_processor.feature_extractor, session_processor.tokenizer,
+        patch_size=session_processor.patch_size, audio_conv_kernel=session_processor.audio_conv_kernel,
+        audio_conv_stride=session_processor.audio_conv_stride, max_audio_seconds=5.0,
+    )  # fmt: skip
+    limited(text="<video>", videos=[videos["mp4"]], num_frames=2)  # 4 s of soundtrack: within 5 s
+    with pytest.raises(MediaTooLargeError, match=r"Sample 1: its audio and its videos' soundtracks last \d+\.\d s, "):
+        limited(text="<audio> <video>", audio=[random_clip(1, seconds=2.0)], videos=[videos["mp4"]], num_frames=2)
+    limited(text="<video>", videos=[videos["mp4"]], num_frames=2, load_audio_from_video=False)
+    with pytest.raises(MediaTooLargeError):
+        limited(text="<video> <video>", videos=[videos["mp4"], videos["mkv"]], num_frames=2)

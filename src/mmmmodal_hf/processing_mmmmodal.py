@@ -340,7 +340,15 @@ class MMMModalProcessor(ProcessorMixin):
             medium = named[-1][1]
             visual += [medium] if kind == "image" else medium.frames if kind == "video" else []
             sound += [medium] if kind == "audio" else [medium.soundtrack] if kind == "video" else []
-        return visual, [clip for clip in sound if clip is not None], named
+        sound = [clip for clip in sound if clip is not None]
+        seconds = (
+            sum(len(clip) for clip in sound if not isinstance(clip, EncodedMedium))
+            / self.feature_extractor.sampling_rate
+        )
+        if self.max_audio_seconds is not None and videos and seconds > self.max_audio_seconds:
+            raise MediaTooLargeError(f"Sample {index + 1}: its audio and its videos' soundtracks last {seconds:.1f} s, "
+                                     f"more than max_audio_seconds={self.max_audio_seconds:g}.")  # fmt: skip
+        return visual, sound, named
 
     def _load_videos(self, index: int, items: list, videos_kwargs: dict) -> list:
         options = {
