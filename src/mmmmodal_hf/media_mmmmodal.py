@@ -300,14 +300,12 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
                                 max_pixels)  # fmt: skip
     given = item if isinstance(item, dict) else {"frames": item}
     frames, rate = given.get("frames"), float(given.get("fps") or 1.0)
-    if frames is None or len(frames) == 0:
-        raise (
-            CorruptMediaError("the video has no frames")
-            if frames is not None
-            else MediaError(
-                f"a video dict needs 'frames' (with 'fps', and 'audio' with 'sampling_rate'); got {sorted(given)}"
-            )
+    if frames is None:
+        raise MediaError(
+            f"a video dict needs 'frames' (with 'fps', and 'audio' with 'sampling_rate'); got {sorted(given)}"
         )
+    if len(frames) == 0:
+        raise CorruptMediaError("the video has no frames")
     duration = len(frames) / rate
     times = (
         sample_times(duration, num_frames, fps, max_frames)

@@ -199,13 +199,10 @@ class MMMModalProcessor(ProcessorMixin):
         """Slots a clip of `num_samples` fills: each window's, from its real mel frames (one per hop begun).
         `real_only`: only the slots that start in real audio, as `trim_audio_padding` keeps."""
         window, hop = self.feature_extractor.n_samples, self.feature_extractor.hop_length
-        windows, real = range(self.num_audio_windows(num_samples)), lambda n: -(-n // hop)
-        if real_only:
-            slots, stride = self.audio_slots_per_window, self.audio_conv_stride
-            return sum(
-                num_real_audio_slots(real(min(window, num_samples - i * window)), slots, stride) for i in windows
-            )
-        return sum(self.num_window_slots(real(min(window, num_samples - i * window))) for i in windows)
+        slots, stride = self.audio_slots_per_window, self.audio_conv_stride
+        per_window = (lambda real: num_real_audio_slots(real, slots, stride)) if real_only else self.num_window_slots
+        windows = range(self.num_audio_windows(num_samples))
+        return sum(per_window(-(-min(window, num_samples - i * window) // hop)) for i in windows)
 
     def __call__(
         self,
