@@ -19,7 +19,7 @@ from mmmmodal_hf.media_mmmmodal import (
     sample_times,
 )
 
-from tiny_parts import random_clip, random_image
+from tiny_parts import random_clip, random_image, tiny_model, tiny_vision_config
 from video_files import beeping_soundtrack, colour_at, write_video
 
 pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
@@ -149,6 +149,55 @@ def test_a_batch_mixing_videos_images_and_clips_generates_as_each_prompt_alone(p
         alone = processor(text=[text], num_frames=3, return_tensors="pt", **{k: [v[row]] for k, v in kwargs.items()})
         tokens = model.generate(**alone, max_new_tokens=4, do_sample=False)[:, alone["input_ids"].shape[1] :]
         assert together[row].tolist() == tokens[0].tolist()
+
+
+def test_pooled_frames_fill_a_quarter_of_the_slots_each_averaged_in_2x2_groups(processor, model, videos):
+    import torch
+
+    text = "[INST] <image> </image> <video> Which colour came last? [/INST]"
+    inputs = processor(text=text, images=[random_image(0)], videos=[videos["mp4"]], num_frames=3, pool_frames=True,
+                       return_tensors="pt")  # fmt: skip
+    spans = layout(processor, inputs["input_ids"][0])
+    full, pooled = processor.num_image_slots(32, 32), processor.num_image_slots(32, 32, pooled=True)
+    assert (full, pooled) == (16, 4)
+    assert [slots for kind, slots in spans if kind == "image"] == [full, pooled, pooled, pooled]  # the image is whole
+    assert inputs["pooled_images"].tolist() == [False, True, True, True]
+    unpooled = processor(text=text, images=[random_image(0)], videos=[videos["mp4"]], num_frames=3)
+    assert "pooled_images" not in unpooled  # off by default: the published layout
+    assert np.array_equal(inputs["pixel_values"], unpooled["pixel_values"])
+    assert np.array_equal(inputs["input_features"], unpooled["input_features"])  # the soundtrack is as it was
+
+    with torch.no_grad():
+        whole = model.model.get_image_features(inputs["pixel_values"]).pooler_output  # (4, 16, hidden)
+        got = model.model.get_image_features(inputs["pixel_values"], pooled_images=inputs["pooled_images"])
+    grid = whole.unflatten(1, (4, 4))  # each frame's 4x4 patches, averaged in 2x2 groups
+    groups = [grid[1:, r : r + 2, c : c + 2].mean((1, 2)) for r in (0, 2) for c in (0, 2)]
+    expected = torch.cat([whole[0], torch.stack(groups, 1).flatten(0, 1)])
+    assert torch.allclose(got.pooler_output, expected, atol=1e-6)
+
+    # An odd grid (5 x 5 patches at 40 px): its last row and column are groups of their own.
+    odd = processor(text="<video>", videos=[videos["mp4"]], num_frames=1, pool_frames=True, size={"height": 40, "width": 40},
+                    return_tensors="pt")  # fmt: skip
+    assert layout(processor, odd["input_ids"][0])[0] == ("image", 9)
+    at_40 = tiny_model(processor, vision_config=tiny_vision_config(image_size=40))
+    with torch.no_grad():
+        whole = at_40.model.get_image_features(odd["pixel_values"]).pooler_output.unflatten(1, (5, 5))[0]
+        got = at_40.model.get_image_features(odd["pixel_values"], pooled_images=odd["pooled_images"]).pooler_output
+    assert torch.allclose(got[8], whole[4, 4], atol=1e-6) and torch.allclose(got[2], whole[:2, 4].mean(0), atol=1e-6)
+
+    # generate: batched (left-padded beside another prompt) and beam search answer as the prompt alone does.
+    other = processor(text=["[INST] <audio> </audio> Apa? [/INST]"], audio=[random_clip(2)], return_tensors="pt")
+    batch = processor(text=[text, "[INST] <audio> </audio> Apa? [/INST]"], images=[[random_image(0)], []],
+                      videos=[[videos["mp4"]], []], audio=[[], [random_clip(2)]], num_frames=3, pool_frames=True,
+                      return_tensors="pt")  # fmt: skip
+    settings = {"max_new_tokens": 4, "do_sample": False}
+    together = model.generate(**batch, **settings)[:, batch["input_ids"].shape[1] :].tolist()
+    alone = [
+        model.generate(**prompt, **settings)[0, prompt["input_ids"].shape[1] :].tolist() for prompt in (inputs, other)
+    ]
+    assert together == alone
+    beams = model.generate(**batch, **settings, num_beams=2)[:, batch["input_ids"].shape[1] :].tolist()
+    assert beams[0] == model.generate(**inputs, **settings, num_beams=2)[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def test_training_rows_take_videos(processor, videos):
@@ -308,13 +357,14 @@ def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
     assert result["by_kind"]["video_colour"]["exact_match"]["n"] == 1 and not result["skipped"]
 
 
-def test_a_chat_session_takes_videos_and_answers_as_from_scratch(model, session_processor, videos):
+@pytest.mark.parametrize("options", [{"num_frames": 3}, {"num_frames": 3, "pool_frames": True}], ids=["", "pooled"])
+def test_a_chat_session_takes_videos_and_answers_as_from_scratch(model, session_processor, videos, options):
     import torch
 
     from mmmmodal_hf import MMMModalChatSession
 
     generate = {"max_new_tokens": 4, "min_new_tokens": 4, "do_sample": False}
-    session = MMMModalChatSession(model, session_processor, video_options={"num_frames": 3}, **generate)
+    session = MMMModalChatSession(model, session_processor, video_options=options, **generate)
     turns = [
         ("Watch this.", [random_image(1)], [videos["mp4"]]),
         ("And then?", [], []),
@@ -324,7 +374,7 @@ def test_a_chat_session_takes_videos_and_answers_as_from_scratch(model, session_
         session.send(text, images=images, videos=clips)
         inputs = session_processor.apply_chat_template(
             session.messages[:-1], add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            num_frames=3,
+            **options,
         )  # fmt: skip
         with torch.no_grad():
             expected = model.generate(**inputs, **generate)[0, inputs["input_ids"].shape[1] :].tolist()
@@ -397,6 +447,10 @@ def test_a_video_over_the_context_is_named_with_the_frames_that_would_fit(proces
     with pytest.raises(ValueError, match="more than the context of 1024"):
         processor(text="Watch: <image> <video> What changed?", images=[random_image(0)], videos=[videos["mp4"]],
                   num_frames=fits + 1)  # fmt: skip
+    assert "pool_frames=True a quarter of each frame's slots" in message  # the third way, named
+    pooled = processor(text="Watch: <image> <video> What changed?", images=[random_image(0)], videos=[videos["mp4"]],
+                       num_frames=fits + 1, pool_frames=True)  # fmt: skip
+    assert len(pooled["input_ids"][0]) < len(inputs["input_ids"][0])
 
 
 def test_soundtracks_count_against_max_audio_seconds(session_processor, videos):

@@ -34,9 +34,11 @@ def encoder_layers_needed(feature_layer: int, depth: int) -> int:
     return depth + 1 + feature_layer if feature_layer < 0 else feature_layer
 
 
-def num_image_slots(height: int, width: int, patch_size: int) -> int:
-    """Positions one image fills: one per SigLIP patch (no CLS token, no pooling)."""
-    return (height // patch_size) * (width // patch_size)
+def num_image_slots(height: int, width: int, patch_size: int, pooled: bool = False) -> int:
+    """Positions one image fills: one per SigLIP patch (no CLS token), or with `pooled` (video frames, on request)
+    one per 2x2 group of patches, an odd row or column its own group: 576 -> 144 at 384 px."""
+    rows, columns = height // patch_size, width // patch_size
+    return -(-rows // 2) * -(-columns // 2) if pooled else rows * columns
 
 
 def whisper_encoder_frames(num_mel_frames: int) -> int:

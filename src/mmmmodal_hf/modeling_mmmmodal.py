@@ -194,12 +194,9 @@ class MMMModalPreTrainedModel(PreTrainedModel):
             parts = sorted(
                 {(re.match(r"(.*?\.(layers\.\d+|head))\.", k) or re.match(r"(.*)\.", k))[1] for k in unused}
             )
-            logger.warning(
-                "Dropped %d tensors that never reach the features (encoder layers after the feature layer, final "
-                "norms, SigLIP's pooling head): %s. Save the model again to store it without them.",
-                len(unused),
-                ", ".join(parts),
-            )
+            logger.warning("Dropped %d tensors that never reach the features (encoder layers after the feature layer, "
+                           "final norms, SigLIP's pooling head): %s. Save the model again to store it without them.",
+                           len(unused), ", ".join(parts))  # fmt: skip
 
 
 class MMMModalModel(MMMModalPreTrainedModel):
@@ -231,28 +228,32 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, tower_states=None, **kwargs
+        self, pixel_values: torch.Tensor, tower_states=None, pooled_images=None, **kwargs
     ) -> BaseModelOutputWithPooling:
         """SigLIP hidden state at `vision_feature_layer` (no pooling) in `last_hidden_state`, projected in
         `pooler_output` (`(num_images, num_image_slots, hidden_size)`): all images of a batch in one tower call.
         `output_hidden_states` / `output_attentions` return the tower's, as transformers' getters do.
-        `tower_states`: that hidden state when already computed (a frozen tower's, remembered): the tower does not run."""
+        `tower_states`: that hidden state when already computed (a frozen tower's, remembered): the tower does not run.
+        `pooled_images` (bool per image): those images' projected slots are averaged in 2x2 groups (video frames, on
+        request, as LLaVA-OneVision pools them); `pooler_output` is then every image's slots, flat: `(slots, hidden)`."""
         if tower_states is not None:
             tower = BaseModelOutputWithPooling(last_hidden_state=tower_states)
         else:
             tower_dtype = self.vision_tower.get_input_embeddings().weight.dtype
             tower = self.vision_tower(pixel_values.to(tower_dtype), **_tower_outputs(kwargs))
-        hidden = tower.last_hidden_state
-        return BaseModelOutputWithPooling(hidden, self.image_projector(hidden), tower.hidden_states, tower.attentions)
+        hidden, features = tower.last_hidden_state, self.image_projector(tower.last_hidden_state)
+        if pooled_images is not None and bool(pooled_images.any()):
+            grid = [side // self.config.vision_config.patch_size for side in pixel_values.shape[-2:]]
+            pooled = nn.functional.avg_pool2d(features.unflatten(1, grid).permute(0, 3, 1, 2), 2, ceil_mode=True)
+            pooled, chosen = pooled.flatten(2).transpose(1, 2), pooled_images.tolist()
+            features = torch.cat([pooled[i] if chosen[i] else features[i] for i in range(len(chosen))])
+        return BaseModelOutputWithPooling(hidden, features, tower.hidden_states, tower.attentions)
 
     @can_return_tuple
     def get_audio_features(
-        self,
-        input_features: torch.Tensor,
-        input_features_mask: torch.Tensor | None = None,
-        tower_states=None,
+        self, input_features: torch.Tensor, input_features_mask: torch.Tensor | None = None, tower_states=None,
         **kwargs,
-    ) -> BaseModelOutputWithPooling:
+    ) -> BaseModelOutputWithPooling:  # fmt: skip
         """Whisper encoder hidden state at `audio_feature_layer` (`last_hidden_state`), projected (`pooler_output`).
 
         `input_features` holds one log-mel window per row (a long clip spans consecutive rows), and
@@ -333,6 +334,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         past_key_values: Cache | None = None,
         image_tower_states: torch.FloatTensor | None = None,
         audio_tower_states: torch.FloatTensor | None = None,
+        pooled_images: torch.BoolTensor | None = None,
         graph_anchor: torch.Tensor | None = None,
         trainable_token_ids: torch.Tensor | None = None,
         **kwargs,
@@ -341,6 +343,7 @@ class MMMModalModel(MMMModalPreTrainedModel):
         pixel_values (`(num_images, 3, height, width)`): every image of the batch, in slot order.
         input_features (`(num_audio_windows, num_mel_bins, num_mel_frames)`): every audio window, in slot order.
         input_features_mask (`(num_audio_windows, num_mel_frames)`): which mel frames hold real audio.
+        pooled_images (`(num_images,)`, *optional*): which images fill a quarter of the slots (`get_image_features`).
         image_tower_states, audio_tower_states (*optional*): the towers' hidden states at their feature layers for
             those media, when already computed (training with frozen towers remembers them): the towers do not run.
         graph_anchor (*optional*): a zero added to the output, in training: one that depends on the branches a batch
@@ -367,7 +370,9 @@ class MMMModalModel(MMMModalPreTrainedModel):
 
         image = audio = image_features = audio_features = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            image = self.get_image_features(pixel_values, image_tower_states, return_dict=True, **kwargs)
+            image = self.get_image_features(
+                pixel_values, image_tower_states, pooled_images, return_dict=True, **kwargs
+            )
             image_features = image.pooler_output.to(inputs_embeds.dtype)
             mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features, "image")
             inputs_embeds = inputs_embeds.masked_scatter(mask, image_features)
@@ -380,13 +385,9 @@ class MMMModalModel(MMMModalPreTrainedModel):
             inputs_embeds = inputs_embeds.masked_scatter(mask, audio_features)
 
         outputs = self.language_model(
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **{CACHE_NAME: cache},
-            **kwargs,
-        )
+            attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            **{CACHE_NAME: cache}, **kwargs,
+        )  # fmt: skip
         hidden = outputs.last_hidden_state
         return MMMModalModelOutputWithPast(
             last_hidden_state=hidden if graph_anchor is None else hidden + graph_anchor.to(hidden.dtype),
@@ -436,10 +437,13 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         prompt takes (rows are taken in order until a prompt's slots are filled). Skipped where slots and media
         disagree: `forward` names the mismatch."""
         patch = self.config.vision_config.patch_size
+        image_slots = lambda rows, pooled=None: [  # noqa: E731
+            num_image_slots(*rows.shape[-2:], patch, p) for p in (pooled.tolist() if pooled is not None else [0] * len(rows))
+        ]  # fmt: skip
         for keys, token, slots_per_row in (
-            (MEDIA_INPUT_NAMES["image"], self.config.image_token_id, lambda rows: [num_image_slots(*rows.shape[-2:], patch)] * len(rows)),
+            ((*MEDIA_INPUT_NAMES["image"], "pooled_images"), self.config.image_token_id, image_slots),
             (MEDIA_INPUT_NAMES["audio"], self.config.audio_token_id, self.model.audio_slots_per_window),
-        ):  # fmt: skip
+        ):
             if input_ids is None or model_kwargs.get(keys[0]) is None:
                 continue
             per_row = slots_per_row(*(model_kwargs.get(key) for key in keys))
@@ -496,11 +500,13 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         past_key_values: Cache | None = None,
+        pooled_images: torch.BoolTensor | None = None,
         **kwargs,
     ) -> MMMModalCausalLMOutputWithPast:
         r"""
         labels (`(batch_size, sequence_length)`, *optional*): targets for the next-token loss; -100 is ignored.
         cache, past_key_values (`Cache`, *optional*): the KV cache, under either name (see `CACHE_NAME`).
+        pooled_images: as in `MMMModalModel.forward`.
         logits_to_keep: compute logits only for the last N positions (an int), at these indices (a tensor), or where a
             boolean `(batch_size, sequence_length)` mask is true: `(num_kept, vocab)` logits, as training's loss at its
             labelled positions asks (no `labels` with a mask: the loss is the caller's).
@@ -508,18 +514,10 @@ class MMMModalForConditionalGeneration(MMMModalPreTrainedModel, GenerationMixin)
         if labels is not None and torch.is_tensor(logits_to_keep) and logits_to_keep.dtype == torch.bool:
             raise ValueError("`labels` need logits at every position; with a `logits_to_keep` mask, compute the loss")
         outputs = self.model(
-            input_ids=input_ids,
-            pixel_values=pixel_values,
-            input_features=input_features,
-            input_features_mask=input_features_mask,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=_one_cache(cache, past_key_values),
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            return_dict=True,
-            **kwargs,
-        )
+            input_ids, pixel_values, input_features, input_features_mask, attention_mask, position_ids,
+            cache=_one_cache(cache, past_key_values), inputs_embeds=inputs_embeds, use_cache=use_cache,
+            pooled_images=pooled_images, return_dict=True, **kwargs,
+        )  # fmt: skip
         hidden_states = outputs.last_hidden_state
         if torch.is_tensor(logits_to_keep) and logits_to_keep.dtype == torch.bool:
             logits = self.lm_head(hidden_states[logits_to_keep.to(hidden_states.device)])

@@ -105,11 +105,14 @@ class MMMModalTextKwargs(TextKwargs, total=False):
 
 
 class MMMModalVideosKwargs(VideosKwargs, total=False):
-    """How videos are read: transformers' `num_frames` or `fps`, and the processor's `max_frames` and
-    `load_audio_from_video` (default True: a video's soundtrack, where it has one, follows its frames)."""
+    """How videos are read: transformers' `num_frames` or `fps`, and the processor's `max_frames`,
+    `load_audio_from_video` (default True: a video's soundtrack, where it has one, follows its frames) and
+    `pool_frames` (default False: each frame fills a quarter of an image's slots, `pooled_images`; not what the
+    released checkpoints saw)."""
 
     max_frames: int
     load_audio_from_video: bool
+    pool_frames: bool
 
 
 class MMMModalProcessorKwargs(ProcessingKwargs, total=False):
@@ -182,9 +185,9 @@ class MMMModalProcessor(ProcessorMixin):
         frames = whisper_encoder_frames(self.feature_extractor.nb_max_frames)
         return num_audio_slots(frames, self.audio_conv_kernel, self.audio_conv_stride)
 
-    def num_image_slots(self, height: int, width: int) -> int:
-        """Slots for one image of `height` x `width` pixels after the image processor (576 for 384 px)."""
-        return num_image_slots(height, width, self.patch_size)
+    def num_image_slots(self, height: int, width: int, pooled: bool = False) -> int:
+        """Slots for one image of `height` x `width` pixels after the image processor (576 for 384 px; 144 pooled)."""
+        return num_image_slots(int(height), int(width), self.patch_size, pooled)
 
     def num_window_slots(self, num_real_mel_frames: int) -> int:
         """Slots one window gets: all of them, or with `trim_audio_padding` those that start in real audio."""
@@ -221,7 +224,7 @@ class MMMModalProcessor(ProcessorMixin):
             given as bare arrays (files carry their own).
         videos: for `<video>` placeholders, as media are given: files, URLs, bytes, frames (`media_mmmmodal.load_video`).
             Each becomes its frames in time order, each frame an image and, with its soundtrack, followed by the sound
-            up to the next frame (`num_frames` or `fps`, `max_frames`, `load_audio_from_video`).
+            up to the next frame (`num_frames` or `fps`, `max_frames`, `load_audio_from_video`, `pool_frames`).
         Keywords go to the tokenizer (`padding=True`, `padding_side="left"` for generation, "right" for training;
             the tokenizer's saved side is not taken), the image processor (`rescale_factor`, `size`, ...) and the
             feature extractor (not `padding`/`max_length`/`truncation`: each window is one Whisper window).
@@ -237,6 +240,7 @@ class MMMModalProcessor(ProcessorMixin):
         )
         skip_bad_samples, return_text_replacement_offsets = (text_kwargs.pop(key, own[key]) for key in own)
         return_tensors = text_kwargs.pop("return_tensors", None)
+        pool_frames = bool(videos_kwargs.pop("pool_frames", False))
         sampling_rate = audio_kwargs.pop("sampling_rate", None)
         if audios is not None and audio is not None:
             raise ValueError("Pass audio as `audio=` or `audios=`, not both.")
@@ -273,13 +277,17 @@ class MMMModalProcessor(ProcessorMixin):
         data, image_slots = self._encode_images([loaded[i][0] for i in kept], images_kwargs, return_tensors)
         audio_data, audio_slots = self._encode_audio([loaded[i][1] for i in kept], audio_kwargs)
         image_slots, audio_slots, named = iter(image_slots), iter(audio_slots), {"image": [], "audio": [], "video": []}
-        videos_of = {index: [] for index in kept}  # each sample's videos, with their layouts
+        pool_frames = pool_frames and "pixel_values" in data
+        pooled = self.num_image_slots(*data["pixel_values"].shape[-2:], pooled=True) if pool_frames else None
+        videos_of, pooled_rows = {index: [] for index in kept}, []  # each sample's videos with their layouts; rows
         for sample, (kind, medium) in ((index, medium) for index in kept for medium in loaded[index][2]):
             if kind == "video":  # in placeholder order
-                named["video"].append(self._video_layout(medium, image_slots, audio_slots))
+                named["video"].append(self._video_layout(medium, image_slots, audio_slots, pooled))
                 videos_of[sample].append((medium, named["video"][-1]))
+                pooled_rows += [pool_frames] * len(medium.frames)
             else:
                 named[kind].append(next(image_slots if kind == "image" else audio_slots))
+                pooled_rows += [False] * (kind == "image" and not isinstance(medium, EncodedMedium))
         expanded, offsets = self.get_text_with_replacements(  # transformers' expansion, through the hooks below
             [texts[i] for i in kept],
             [self.replace_image_token({"slots": named["image"]}, index) for index in range(len(named["image"]))],
@@ -292,7 +300,9 @@ class MMMModalProcessor(ProcessorMixin):
             **audio_data,
         }
         for row, index in enumerate(kept):
-            self._check_videos_fit(index, videos_of[index], sum(data["attention_mask"][row]))
+            self._check_videos_fit(index, videos_of[index], sum(data["attention_mask"][row]), pool_frames)
+        if pool_frames:
+            data["pooled_images"] = np.array(pooled_rows)
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
         batch = BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
@@ -365,10 +375,11 @@ class MMMModalProcessor(ProcessorMixin):
                 ) from error
         return loaded
 
-    def _video_layout(self, video, image_slots, audio_slots) -> list[tuple[int, int]]:
+    def _video_layout(self, video, image_slots, audio_slots, pooled: int | None) -> list[tuple[int, int]]:
         """(frame slots, soundtrack piece slots) per frame: piece k holds the soundtrack's slots that start between
-        frame k and frame k + 1 (the first from the start, the last to the end); the soundtrack is one clip."""
-        frames = [next(image_slots) for _ in video.frames]
+        frame k and frame k + 1 (the first from the start, the last to the end); the soundtrack is one clip. A frame
+        fills `pooled` slots where frames are pooled."""
+        frames = [pooled or slots for slots in (next(image_slots) for _ in video.frames)]
         if video.soundtrack is None:
             return [(slots, 0) for slots in frames]
         rate, total = self.feature_extractor.sampling_rate, next(audio_slots)
@@ -376,7 +387,7 @@ class MMMModalProcessor(ProcessorMixin):
         bounds = [0, *(min(cut, total) for cut in cuts), total]
         return [(slots, end - start) for slots, start, end in zip(frames, bounds, bounds[1:])]
 
-    def _check_videos_fit(self, index: int, videos: list, positions: int) -> None:
+    def _check_videos_fit(self, index: int, videos: list, positions: int, pooled: bool) -> None:
         """A sample with videos longer than the context (the tokenizer's `model_max_length`, where it is set) is
         refused before any encoder runs, naming its videos and the frame count that would fit. A frame costs its
         slots and 4 positions of tags and line, a soundtrack piece the same; the soundtrack's slots stay whole."""
@@ -391,8 +402,9 @@ class MMMModalProcessor(ProcessorMixin):
         named = [f"video {n + 1} ({video.duration:.1f} s, {len(video.frames)} frames{sound[video.soundtrack is not None]}"
                  f": {span} positions)" for n, ((video, _), span) in enumerate(zip(videos, spans))]  # fmt: skip
         advice = f"num_frames={fits} (or max_frames={fits} with fps) would fit" if fits else "no frame count fits"
+        pool = "" if pooled else ", pool_frames=True a quarter of each frame's slots (unlike released training)"
         raise ValueError(f"Sample {index + 1} needs {positions} positions, more than the context of {context}: "
-                         f"{', '.join(named)}. {advice}; load_audio_from_video=False takes fewer.")  # fmt: skip
+                         f"{', '.join(named)}. {advice}; load_audio_from_video=False takes fewer{pool}.")  # fmt: skip
 
     def load_videos(self, videos=(), **videos_kwargs) -> list:
         """Decode videos once, checked and named as `__call__` does (`media_mmmmodal.Video`s, which it takes again)."""
@@ -534,7 +546,7 @@ class MMMModalProcessor(ProcessorMixin):
             audio.append([])
             conversations.append([_with_media_sources_taken(message, audio[-1]) for message in messages])
         processor_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), "audios": audio if any(audio) else None}
-        for key in ("num_frames", "fps", "max_frames", "load_audio_from_video"):  # how videos are read, by `__call__`
+        for key in ("num_frames", "fps", "max_frames", "load_audio_from_video", "pool_frames"):  # read by `__call__`
             if kwargs.get(key) is not None:
                 processor_kwargs[key] = kwargs.pop(key)
         conversation = conversations if is_batched else conversations[0]

@@ -52,7 +52,7 @@ class MMMModalChatSession:
     >>> session.undo()                                       # cache cropped back to before that turn
 
     `send` returns the reply; `on_text` receives it piece by piece as it is generated. `video_options` (the
-    processor's `num_frames`, `fps`, `max_frames`, `load_audio_from_video`) say how videos are read.
+    processor's `num_frames`, `fps`, `max_frames`, `load_audio_from_video`, `pool_frames`) say how videos are read.
     Context policy: a turn whose prompt plus `max_new_tokens` exceeds the language model's context
     raises `ValueError` before anything runs, and the conversation is left as it was (`undo` or
     `reset` make room).
@@ -198,9 +198,10 @@ class MMMModalChatSession:
 
     def _encode(self, messages: list[dict]):
         rate = {"sampling_rate": self.processor.feature_extractor.sampling_rate}  # of clips decoded by `load_media`
+        pool = {"pool_frames": True} if self.video_options.get("pool_frames") else {}  # videos are decoded already
         return self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            processor_kwargs=rate,
+            processor_kwargs={**rate, **pool},
         )  # fmt: skip
 
     def _history_as_encoded(self) -> list[dict]:
