@@ -20,7 +20,7 @@ from mmmmodal_hf.media_mmmmodal import (
 )
 
 from tiny_parts import random_clip, random_image, tiny_model, tiny_vision_config
-from video_files import beeping_soundtrack, colour_at, write_video
+from video_files import COLOURS, beeping_soundtrack, colour_at, write_turned_video, write_video
 
 pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
 
@@ -266,6 +266,14 @@ def test_skip_bad_samples_keeps_the_rest_of_the_batch(processor, videos, tmp_pat
     assert inputs.kept_samples == [0] and "Sample 2, video 1" in inputs.skipped_samples[0]["error"]
 
 
+def test_frames_come_out_upright_as_the_files_display_matrix_says(tmp_path):
+    video = load_video(write_turned_video(tmp_path / "phone.mp4"), num_frames=2)
+    for frame in video.frames:  # stored 64 x 32, red left and blue right; shown turned clockwise: red on top
+        pixels = np.asarray(frame, dtype=int)
+        assert pixels.shape == (64, 32, 3)
+        assert np.abs(pixels[:24] - COLOURS[0]).max() < 16 and np.abs(pixels[40:] - COLOURS[2]).max() < 16
+
+
 def test_a_video_object_is_taken_as_decoded():
     video = Video([random_image(0)], [0.0], 1.0, None)
     assert load_video(video) is video and "1 frames over 1.00 s" in repr(video)
@@ -394,7 +402,7 @@ def test_the_terminal_chat_attaches_videos(saved_folder, videos, tmp_path):
     script = "\n".join([f"/video {videos['mp4']}", "What happens?", f"/video {wav}", "/video", "And then?",
                         f"/save {tmp_path / 'chat.json'}", "/quit"]) + "\n"  # fmt: skip
     command = [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(saved_folder), "--max-new-tokens", "3",
-               "--num-frames", "3"]  # fmt: skip
+               "--num-frames", "3", "--pool-frames"]  # fmt: skip
     completed = subprocess.run(command, input=script, capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     out = completed.stdout

@@ -54,3 +54,30 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), 
                 container.mux(audio.encode(frame))
             container.mux(audio.encode())
     return path
+
+
+def write_turned_video(path: Path, size=(64, 32), fps: int = 10) -> Path:
+    """An mp4 stored sideways, as phones record: frames red on the left and blue on the right, and a track header
+    whose display matrix says to show them turned 90 degrees clockwise (red on top). PyAV writes no display
+    matrix, so it is written into the `tkhd` box's matrix afterwards: [0, 1, 0; -1, 0, 0; 0, 0, 1]."""
+    import struct
+
+    import av
+
+    width, height = size
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        for index in range(fps):
+            pixels = np.zeros((height, width, 3), np.uint8)
+            pixels[:, : width // 2], pixels[:, width // 2 :] = COLOURS[0], COLOURS[2]
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = index, Fraction(1, fps)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    data = bytearray(path.read_bytes())
+    header = data.find(b"tkhd")  # the one track's header: version, flags, times, ids, then the matrix
+    matrix = header + 4 + (52 if data[header + 4] == 1 else 40)
+    struct.pack_into(">9i", data, matrix, 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
