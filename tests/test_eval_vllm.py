@@ -12,6 +12,9 @@ from vllm_parts import ENGINE_SETTINGS, NEW_TOKENS  # noqa: E402
 
 
 def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_media, tmp_path):
+    from video_files import write_video
+
+    video = write_video(tmp_path / "clip.mp4", audio_rate=44100, channels=2)  # 8 frames and the soundtrack, both ways
     blocks = [
         {"type": "image", "path": str(served_media["wide"])},
         {"type": "audio", "path": str(served_media["long"])},
@@ -24,6 +27,9 @@ def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_medi
             {"role": "assistant", "content": "A beep."}]},
         {"kind": "text", "language": "ms", "messages": [
             {"role": "user", "content": "Apa khabar?"}, {"role": "assistant", "content": "Baik."}]},
+        {"kind": "video", "language": "en", "messages": [
+            {"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": "Which colour?"}]},
+            {"role": "assistant", "content": "Red."}]},
     ]  # fmt: skip
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -37,5 +43,5 @@ def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_medi
         ]
         for name in ("vllm", "local")
     }
-    assert len(predicted["local"]) == 3 and predicted["vllm"] == predicted["local"]
+    assert len(predicted["local"]) == 4 and predicted["vllm"] == predicted["local"]
     assert offline["overall"] == local["overall"] and offline["settings"]["backend"] == "vllm"

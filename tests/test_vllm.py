@@ -96,3 +96,53 @@ def test_a_three_turn_chat_with_openai_parts_matches_the_chat_template(engine, r
     prompt, tokens = reference.chat(turns)
     assert list(output.prompt_token_ids) == prompt
     assert list(output.outputs[0].token_ids) == tokens
+
+
+# name -> (prompt text, videos, images, clips): videos as names of `served_videos`, the rest of `write_media`.
+VIDEO_CASES = {
+    "a video with its soundtrack": ("[INST] <video> Which colour? [/INST]", ["stereo"], [], []),
+    "a silent video after a newline": ("[INST] Look:\n<video>\nWhich? [/INST]", ["silent"], [], []),
+    "two videos": ("[INST] <video> and <video> Which came first? [/INST]", ["stereo", "silent"], [], []),
+    "an image, a video and a clip": (f"[INST] {IMAGE} <video>\n{AUDIO} Which? [/INST]", ["stereo"], ["red"], ["cd"]),
+}
+
+
+@pytest.fixture(scope="module")
+def served_videos(tmp_path_factory):
+    pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
+    from video_files import write_video
+
+    folder = tmp_path_factory.mktemp("served_videos")
+    return {
+        "stereo": write_video(folder / "stereo.mp4", audio_rate=44100, channels=2),
+        "silent": write_video(folder / "silent.mov", audio_rate=None),
+    }
+
+
+def test_videos_with_their_soundtracks_get_the_prompt_ids_and_greedy_tokens_of_generate(
+    engine, reference, served_media, served_videos
+):
+    """A video item is its sampled frames with its soundtrack (`video_item`): vLLM lays it out as the processor does,
+    each frame's slots then its soundtrack piece's, batched with other requests' images and clips."""
+    from vllm import SamplingParams
+
+    from mmmmodal_hf.media_mmmmodal import load_video
+    from mmmmodal_hf.serving.vllm_media import video_item
+
+    requests = []
+    for text, videos, images, clips in VIDEO_CASES.values():
+        request = vllm_request((text, images, clips), served_media)
+        decoded = [video_item(load_video(served_videos[name], num_frames=3)) for name in videos]
+        requests.append({**request, "multi_modal_data": {**request.get("multi_modal_data", {}), "video": decoded}})
+    outputs = engine.generate(requests, SamplingParams(temperature=0, max_tokens=NEW_TOKENS))
+    for (name, (text, videos, images, clips)), output in zip(VIDEO_CASES.items(), outputs):
+        media = {
+            "images": [served_media[n] for n in images] or None,
+            "audio": [served_media[n] for n in clips] or None,
+        }
+        inputs = reference.processor(
+            text=text, videos=[served_videos[n] for n in videos], num_frames=3, return_tensors="pt", **media
+        )
+        prompt, tokens = reference.tokens(inputs)
+        assert list(output.prompt_token_ids) == prompt, name
+        assert list(output.outputs[0].token_ids) == tokens, name

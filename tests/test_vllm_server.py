@@ -134,6 +134,39 @@ def test_mmmmodal_eval_through_the_server_predicts_what_generate_does(server, se
     assert len(local) == 2 and [r["prediction"] for r in remote] == [r["prediction"] for r in local]
 
 
+def test_a_video_url_with_its_soundtrack_gets_the_tokens_of_generate(server, served_folder, tmp_path):
+    """A `video_url` part is read by the processor's loader (8 frames, the soundtrack) and laid out as `generate`'s;
+    a file that is no video is refused, naming it."""
+    pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
+    from video_files import write_video
+
+    url, model = server
+    video = write_video(tmp_path / "clip.mp4", audio_rate=44100, channels=2)
+    part = {
+        "type": "video_url",
+        "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode()},
+    }
+    status, answer = post(
+        url, chat_body(model, [{"role": "user", "content": [part, {"type": "text", "text": "Which colour?"}]}])
+    )
+    assert status == 200, answer
+    reference = Reference(served_folder)
+    blocks = [{"type": "video", "path": str(video)}, {"type": "text", "text": "Which colour?"}]
+    inputs = reference.processor.apply_chat_template(
+        [{"role": "user", "content": blocks}], add_generation_prompt=True, tokenize=True, return_dict=True,
+        return_tensors="pt",
+    )  # fmt: skip
+    prompt, tokens = reference.tokens(inputs)
+    assert answer["prompt_token_ids"] == prompt and answer["choices"][0]["token_ids"] == tokens
+
+    part["video_url"]["url"] = "data:video/mp4;base64," + base64.b64encode(b"not a video").decode()
+    status, answer = post(url, chat_body(model, [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]))
+    assert status == 400
+    assert answer["error"]["message"].startswith(
+        "message 1, video 1: the video <11 bytes> could not be used: not a readable video"
+    )
+
+
 def test_a_truncated_wav_is_refused_naming_it_and_the_next_request_is_served(server, served_media):
     url, model = server
     broken = {"type": "input_audio", "input_audio": {"data": truncated_wav(served_media["beep"]), "format": "wav"}}

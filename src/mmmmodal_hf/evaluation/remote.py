@@ -75,8 +75,8 @@ class Server:
 
 
 def openai_messages(messages: list[dict]) -> list[dict]:
-    """Messages as OpenAI chat parts: text, `image_url` and `input_audio` (files as base64, URLs as they are). A
-    published row's text is cut at its tags, each medium a part in its place."""
+    """Messages as OpenAI chat parts: text, `image_url`, `input_audio` and `video_url` (files as base64, URLs as they
+    are). A published row's text is cut at its tags, each medium a part in its place."""
     converted = []
     for message in messages:
         content = message["content"]
@@ -116,14 +116,13 @@ def _part(block: dict) -> dict:
     kind = block["type"]
     if kind == "text":
         return {"type": "text", "text": block["text"]}
-    source = block.get(kind, block.get("path", block.get("url")))
+    source, url = block.get(kind, block.get("path", block.get("url"))), f"{kind}_url"
     if isinstance(source, str) and source.startswith(("http://", "https://")):
-        return {"type": "image_url", "image_url": {"url": source}} if kind == "image" else {
-            "type": "audio_url", "audio_url": {"url": source}}  # fmt: skip
+        return {"type": url, url: {"url": source}}
     data = base64.b64encode(Path(source).read_bytes()).decode()
-    if kind == "image":
-        mime = mimetypes.guess_type(str(source))[0] or "image/png"
-        return {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{data}"}}
+    if kind in ("image", "video"):
+        mime = mimetypes.guess_type(str(source))[0] or f"{kind}/{'png' if kind == 'image' else 'mp4'}"
+        return {"type": url, url: {"url": f"data:{mime};base64,{data}"}}
     return {"type": "input_audio", "input_audio": {"data": data, "format": Path(source).suffix.lstrip(".") or "wav"}}
 
 

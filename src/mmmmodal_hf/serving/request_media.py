@@ -28,12 +28,12 @@ MEDIA_NAMES: ContextVar[dict[str, str] | None] = ContextVar("mmmmodal_media_name
 
 
 def request_media(messages) -> list[tuple[str, str, str]]:
-    """(name, kind, url) of each image and audio part of OpenAI chat `messages`, in order; items counted per
+    """(name, kind, url) of each image, audio and video part of OpenAI chat `messages`, in order; items counted per
     message and kind from 1, messages from 1, as the request lists them."""
     items = []
     for number, message in enumerate(messages if isinstance(messages, list) else [], start=1):
         content = message.get("content") if isinstance(message, dict) else None
-        counts = {"image": 0, "audio": 0}
+        counts = {"image": 0, "audio": 0, "video": 0}
         for part in content if isinstance(content, list) else []:
             kind, url = _media_part(part)
             if kind is not None:
@@ -46,10 +46,10 @@ def _media_part(part) -> tuple[str | None, str | None]:
     if not isinstance(part, dict):
         return None, None
     kind = part.get("type")
-    if kind in ("image_url", "audio_url"):
+    if kind in ("image_url", "audio_url", "video_url"):
         value = part.get(kind)
         url = value.get("url") if isinstance(value, dict) else value
-        return ("image" if kind == "image_url" else "audio"), url if isinstance(url, str) else None
+        return kind.removesuffix("_url"), url if isinstance(url, str) else None
     if kind == "input_audio" and isinstance(part.get("input_audio"), dict):
         audio = part["input_audio"]
         return "audio", f"data:audio/{audio.get('format', '')};base64,{audio.get('data', '')}"  # as vLLM builds it

@@ -10,15 +10,29 @@ audio 2: ...`).
 
 from contextlib import contextmanager
 
+import numpy as np
 from vllm import envs
 from vllm.multimodal.media import MEDIA_CONNECTOR_REGISTRY, MediaConnector, MediaWithBytes
 from vllm.multimodal.media.audio import AudioMediaIO
+from vllm.multimodal.media.base import MediaIO
 from vllm.multimodal.media.image import ImageMediaIO
 
-from ..media_mmmmodal import describe_media, load_image, read_audio
+from ..media_mmmmodal import Video, describe_media, load_image, load_video, read_audio
 from .request_media import MEDIA_NAMES, inline_bytes
 
 CONNECTOR = "mmmmodal"
+
+
+def video_item(video: Video, sampling_rate: int = 16000) -> tuple[np.ndarray, dict]:
+    """A decoded video (`media_mmmmodal.load_video`) as vLLM's `multi_modal_data["video"]` item: its frames, and
+    metadata that keeps their times (taken again as they are: `do_sample_frames` off) and its soundtrack, mono at
+    `sampling_rate` (the one `load_video` gave it)."""
+    count = len(video.frames)
+    metadata = {"fps": count / video.duration, "duration": video.duration, "total_num_frames": count,
+                "frames_indices": list(range(count)), "do_sample_frames": False}  # fmt: skip
+    if video.soundtrack is not None:
+        metadata.update(audio=video.soundtrack, sampling_rate=sampling_rate)
+    return np.stack([np.asarray(frame) for frame in video.frames]), metadata
 
 
 class MMMModalAudioIO(AudioMediaIO):
@@ -42,6 +56,25 @@ class MMMModalImageIO(ImageMediaIO):
 
     def load_bytes(self, data: bytes, source=None):
         return MediaWithBytes(_loaded("image", source or data, lambda: load_image(data)), data)
+
+    def load_file(self, filepath):
+        return self.load_bytes(filepath.read_bytes(), source=filepath)
+
+
+class MMMModalVideoIO(MediaIO):
+    """Decoded once, by the processor's loader (PyAV, seeking to the sampled frames), with its soundtrack; `num_frames`
+    or `fps` and `max_frames` from vLLM's `--media-io-kwargs '{"video": {...}}'` (default 8 frames, as `generate`)."""
+
+    def __init__(self, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None, **_):
+        self.options = {"num_frames": num_frames, "fps": fps, **({"max_frames": max_frames} if max_frames else {})}
+
+    def load_base64(self, media_type: str, data: str):
+        return self.load_bytes(_decoded(data))
+
+    def load_bytes(self, data: bytes, source=None):
+        return MediaWithBytes(
+            _loaded("video", source or data, lambda: video_item(load_video(data, **self.options))), data
+        )
 
     def load_file(self, filepath):
         return self.load_bytes(filepath.read_bytes(), source=filepath)
@@ -89,6 +122,18 @@ class MMMModalMediaConnector(MediaConnector):
             return await self.load_from_url_async(
                 image_url, self._image_io(image_mode), fetch_timeout=envs.VLLM_IMAGE_FETCH_TIMEOUT
             )
+
+    def fetch_video(self, video_url: str, *, image_mode: str | None = "RGB", video_processor: str | None = None):
+        return self.load_from_url(video_url, self._video_io(), fetch_timeout=envs.VLLM_VIDEO_FETCH_TIMEOUT)
+
+    async def fetch_video_async(self, video_url: str, *, image_mode: str | None = "RGB", video_processor=None):
+        with _named(video_url):
+            return await self.load_from_url_async(
+                video_url, self._video_io(), fetch_timeout=envs.VLLM_VIDEO_FETCH_TIMEOUT
+            )
+
+    def _video_io(self):
+        return MMMModalVideoIO(**self.media_io_kwargs.get("video", {}))
 
     def _audio_io(self):
         return MMMModalAudioIO(**self.media_io_kwargs.get("audio", {}))
