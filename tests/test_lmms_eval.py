@@ -19,12 +19,13 @@ from tiny_parts import random_clip, random_image
 
 pytest.importorskip("lmms_eval", reason="lmms-eval runs in its own venv: bash .ci/install-lmms-eval-venv")
 
-QUESTIONS = [  # (image, audio, question); the last image cannot be read
+QUESTIONS = [  # (image or video, audio, question); broken.png cannot be read
     ("shape.png", None, "What colour is the shape?"),
     (None, "beep.wav", "How many beeps?"),
     ("shape.png", "beep.wav", "Apa yang anda lihat dan dengar?"),
     (None, None, "Say hello."),
     ("broken.png", None, "What is this?"),
+    ("clip.mp4", None, "Which colour came first?"),  # a video task: its frames and its soundtrack
 ]
 
 TASK_UTILS = """
@@ -35,7 +36,8 @@ from PIL import Image
 def doc_to_messages(doc):
     content = []
     if doc["image"]:
-        content.append({"type": "image", "url": Image.open(doc["image"]) if doc["image"].endswith("shape.png") else doc["image"]})
+        kind = "video" if doc["image"].endswith(".mp4") else "image"
+        content.append({"type": kind, "url": Image.open(doc["image"]) if doc["image"].endswith("shape.png") else doc["image"]})
     if doc["audio"]:
         array, rate = soundfile.read(doc["audio"], dtype="float32")
         content.append({"type": "audio", "url": {"array": array, "sampling_rate": rate}})
@@ -57,6 +59,9 @@ def doc_to_text(doc):
 
 
 def _media(folder):
+    from video_files import write_video
+
+    write_video(folder / "clip.mp4", audio_rate=22050, channels=2)
     random_image(1, size=(48, 40)).save(folder / "shape.png")
     (folder / "broken.png").write_bytes(b"not a png")
     soundfile.write(folder / "beep.wav", random_clip(2, seconds=0.7, rate=22050), 22050)
@@ -102,7 +107,11 @@ def _expected_answers(folder, model_folder) -> list[str]:
     model = AutoModel.from_pretrained(model_folder, trust_remote_code=True, dtype=torch.float32).eval()
     processor = AutoProcessor.from_pretrained(model_folder, trust_remote_code=True)
     prompts = []
-    for image, audio, question in QUESTIONS[:-1]:
+    for image, audio, question in (q for q in QUESTIONS if q[0] != "broken.png"):
+        if image and image.endswith(".mp4"):
+            prompts.append([{"role": "user", "content": [{"type": "video", "video": str(folder / image)},
+                                                         {"type": "text", "text": question}]}])  # fmt: skip
+            continue
         images, clips = processor.load_media([folder / image] if image else [], [folder / audio] if audio else [])
         content = [{"type": "image", "image": i} for i in images] + [{"type": "audio", "audio": c} for c in clips]
         prompts.append([{"role": "user", "content": [*content, {"type": "text", "text": question}]}])
@@ -130,8 +139,8 @@ def task(tmp_path_factory, base_folder):
 )
 def test_lmms_eval_runs_local_tasks_through_the_plugin(tmp_path, base_folder, task, interface, tasks):
     folder, expected, stop = task
-    # Two references are the package's own answers, so lmms-eval's exact match must come to 2 of 5.
-    _tasks(folder, [expected[0], "not this", expected[2], "nor this", "nothing"], stop)
+    # Three references are the package's own answers, so lmms-eval's exact match must come to 3 of 6.
+    _tasks(folder, [expected[0], "not this", expected[2], "nor this", "nothing", expected[4]], stop)
     output = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, "-m", "lmms_eval", "--model", "mmmmodal", "--model_args", f"pretrained={base_folder}",
@@ -149,7 +158,9 @@ def test_lmms_eval_runs_local_tasks_through_the_plugin(tmp_path, base_folder, ta
             (json.loads(line) for line in samples_file.read_text().splitlines()), key=lambda s: s["doc_id"]
         )
         answers = [sample["filtered_resps"] for sample in samples]
-        assert answers == [*expected, ""], name  # the unreadable image: answered with nothing, and said so
+        assert answers == [*expected[:4], "", expected[4]], (
+            name
+        )  # the unreadable image: answered with nothing, and said so
         assert f"mmmmodal answers task {name}, document 4 with nothing" in said and "not a readable image" in said
-        assert [float(sample["exact_match"]) for sample in samples] == [1.0, 0.0, 1.0, 0.0, 0.0]
-        assert results["exact_match,none"] == pytest.approx(0.4)
+        assert [float(sample["exact_match"]) for sample in samples] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+        assert results["exact_match,none"] == pytest.approx(0.5)

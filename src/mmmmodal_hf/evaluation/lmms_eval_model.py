@@ -33,7 +33,7 @@ class MMMModal(lmms):
     `max_new_tokens` (256, where a task does not set it), `seed` (0). `--batch_size N` batches `generate`.
     Decoding follows the task's `generation_kwargs` (`max_new_tokens`, `temperature` > 0 or `do_sample`
     samples, `until` cuts the answer at its first stop string); by default greedy. A request that cannot be
-    answered (a medium that cannot be read, a prompt over the context, a video) is answered "" and logged
+    answered (a medium that cannot be read, a prompt over the context) is answered "" and logged
     with its task and document, and counted in `unanswered`.
     """
 
@@ -107,9 +107,8 @@ class MMMModal(lmms):
         return answers
 
     def _decoded(self, messages: list[dict], name: str) -> list[dict]:
-        """The messages with their media decoded as `mmmmodal eval` decodes a row's."""
-        if any(block.get("type") == "video" for message in messages for block in message["content"]):
-            raise ValueError("it gives a video; MMMModal takes images and audio")
+        """The messages with their media decoded as `mmmmodal eval` decodes a row's (videos at the processor's defaults:
+        8 frames with their soundtrack)."""
         conversation = conversation_from_row({"messages": messages}, row_id=name)
         images, audio = self.processor.load_media(conversation.images, conversation.audio)
         return messages_with_media(conversation, images, audio)
@@ -154,8 +153,8 @@ def _is_audio(visual) -> bool:
 
 
 def _block(visual) -> dict:
-    """A task's medium as a content block: audio for datasets' audio dicts and audio files, else an image (a video
-    when its file says so, which MMMModal does not take)."""
+    """A task's medium as a content block: audio for datasets' audio dicts and audio files, a video where its file
+    says so, else an image."""
     if _is_audio(visual):
         return {"type": "audio", "audio": visual}
     if isinstance(visual, str) and visual.lower().endswith((".mp4", ".webm", ".mkv", ".mov", ".avi")):
