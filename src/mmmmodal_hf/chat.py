@@ -151,8 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", action="append", default=[], help="video for the first turn; repeatable")
     parser.add_argument("--num-frames", type=int, default=8, help="frames taken from each video")
     parser.add_argument(
-        "--pool-frames", action="store_true", help="a quarter of the slots per video frame (2x2 average)"
-    )
+        "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
+        help="a quarter of the slots per video frame (2x2 average; not what released checkpoints saw)",
+    )  # fmt: skip
     parser.add_argument("--system", help="a system message put before the first turn")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
     parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens")
