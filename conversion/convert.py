@@ -174,6 +174,11 @@ def convert_checkpoint(
         trim_audio_padding=False,
     )
     config = our_config(published, processor)
+    # The context, where transformers keeps it and the processor reads it (a video that does not fit is named before
+    # anything is encoded), as `mmmmodal build` sets it: the released tokenizers leave it unset.
+    max_positions = getattr(config.text_config, "max_position_embeddings", None)
+    if max_positions and tokenizer.model_max_length > max_positions:
+        tokenizer.model_max_length = max_positions
     with torch.device("meta"):
         expected = set(MMMModalForConditionalGeneration(config).state_dict())
     # Tower weights the trimmed towers lack (layers after the feature layer, final norms, SigLIP's head).

@@ -103,6 +103,9 @@ def test_converted_model_loads_and_generates(converted):
     config = json.loads((root / "converted" / "config.json").read_text())
     assert (config["image_start_token_id"], config["audio_end_token_id"]) == (32000, 32003)
     assert (config["image_token_id"], config["audio_token_id"]) == (32004, 32005)
+    # The context where the processor reads it, so a video that does not fit is named before anything is encoded.
+    tokenizer_config = json.loads((root / "converted" / "tokenizer_config.json").read_text())
+    assert tokenizer_config["model_max_length"] == config["text_config"]["max_position_embeddings"]
 
 
 def test_unknown_keys_stop_the_conversion(tmp_path, tokenizer_folder):
