@@ -10,6 +10,8 @@ from PIL import Image
 from mmmmodal_hf.conversion.verify import check_folder_loads
 from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among, quick_checks, verdict
 from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
+from mmmmodal_hf.demo.video import video_quick_checks
+from mmmmodal_hf.demo.video_world import VIDEO_KINDS, VIDEO_MOMENTS, VideoFact, ask_video, make_video_split
 from mmmmodal_hf.demo.world import ASKED_MEDIUM, CHANCE, EASY_KINDS, KINDS, make_split
 from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 
@@ -117,6 +119,40 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert (rope["rope_type"], rope["factor"]) == ("llama3", 1000.0)
     assert saved["text_config"]["model_type"] == metrics["settings"]["lm"] == "qwen3"
     assert metrics["reloaded_language_model"] == "Qwen3Model"
+    # `--video`: the trained model's third stage, videos with their soundtracks beside rows of its own world, then
+    # every kind scored again and the saved folder reloaded in a fresh process to answer questions about videos.
+    video = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--video", "--quick", "--output-dir", str(output)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert video.returncode == 0, video.stderr[-4000:]
+    assert "quick run: 2 of 2 checks passed" in video.stdout, video.stdout[-3000:]
+    watched = json.loads((output / "video" / "report" / "metrics.json").read_text())
+    assert watched["kinds"] == [*VIDEO_KINDS, *KINDS] and watched["quick_checks"] == video_quick_checks(watched)
+    assert all(watched["accuracy"][kind]["n"] == metrics["settings"]["eval_per_kind"] for kind in watched["kinds"])
+    assert all(f"{kind} " in video.stdout for kind in VIDEO_KINDS)
+    chats = json.loads((output / "video" / "report" / "sample_chats.json").read_text())
+    assert [chat[0]["content"][0]["type"] for chat in chats] == ["video", "video"]
+    assert all(chat[-1]["role"] == "assistant" and chat[-1]["content"] for chat in chats)
+    assert watched["reloaded_from"].startswith("transformers_modules.")
+    # `mmmmodal eval` on the held-out video rows gives the accuracies the video stage reports.
+    scored = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", watched["model_folder"], "--data",
+         str(output / "video" / "world" / "heldout" / "data.jsonl"), "--turns", "last", "--batch-size", "32",
+         "--max-new-tokens", str(ANSWER_TOKENS), "--output-dir", str(tmp_path / "eval_video")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    by_kind = json.loads((tmp_path / "eval_video" / "metrics.json").read_text())["by_kind"]
+    assert {kind: by_kind[kind]["exact_match"]["value"] for kind in VIDEO_KINDS} == {
+        kind: watched["accuracy"][kind]["accuracy"] for kind in VIDEO_KINDS
+    }
+    # Without a finished `mmmmodal demo` in the folder, --video says what to run first.
+    missing = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--video", "--output-dir", str(tmp_path / "none")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert missing.returncode != 0 and "Run `mmmmodal demo --output-dir" in missing.stderr, missing.stderr[-2000:]
 
 
 def test_trained_tokenizer_when_mistral_common_is_missing(tmp_path):
@@ -137,6 +173,35 @@ def test_every_answer_fits_what_evaluation_generates(tmp_path):
     answers = {c.answer for c in make_split(tmp_path / "world", 900, seed=0, images=60, clips=40)}
     longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
     assert longest + 1 <= ANSWER_TOKENS  # and the end-of-sequence token
+
+
+def test_video_world_shows_each_colour_and_sounds_its_beep_where_the_answers_say(tmp_path):
+    """The processor's default 8 frames of a demo video show the colours its facts list, and the beep sounds in the
+    half second after the frame its answer names (AAC's start delay included)."""
+    import numpy as np
+
+    from mmmmodal_hf.demo.world import COLOURS, SAMPLE_RATE
+    from mmmmodal_hf.media_mmmmodal import load_video
+
+    rows = make_video_split(tmp_path, 12, seed=5, videos=6)
+    assert {(row.kind, row.language) for row in rows} == {(k, lang) for k in VIDEO_KINDS for lang in ("en", "ms")}
+    facts = {}
+    for row in rows:
+        video = load_video(tmp_path / row.turns[0]["content"][0]["path"])
+        assert len(video.frames) == VIDEO_MOMENTS and video.times == [k / 2 for k in range(VIDEO_MOMENTS)]
+        shown = []
+        for frame in video.frames:
+            pixels = np.asarray(frame).reshape(-1, 3).astype(float)
+            shape = pixels[pixels.min(1) < 150].mean(0)  # the shape's pixels: the background is light
+            shown.append(min(COLOURS, key=lambda name: np.abs(np.array(COLOURS[name][0]) - shape).sum()))
+        halves = np.abs(video.soundtrack[: SAMPLE_RATE * 4]).reshape(VIDEO_MOMENTS, -1).max(1)
+        beep = int(halves.argmax())
+        assert halves[beep] > 0.3 and np.delete(halves, beep).max() < 0.1, halves
+        # The row's answer, recomputed from what was decoded.
+        fact = VideoFact(row.turns[0]["content"][0]["path"], "circle", shown, beep)
+        assert ask_video(row.kind, row.language, fact) == (row.turns[0]["content"][1]["text"], row.answer)
+        facts[row.turns[0]["content"][0]["path"]] = (shown, beep)
+    assert len(facts) >= 4 and any(len(set(shown)) > 1 for shown, _ in facts.values())
 
 
 def example_answers(folder) -> list[str]:

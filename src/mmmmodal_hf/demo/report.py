@@ -50,7 +50,12 @@ def draw_report(metrics: dict) -> Image.Image:
     if metrics.get("settings", {}).get("quick_run"):
         draw.text((_MARGIN, 2), QUICK_LABEL, fill=(160, 30, 30))
     _draw_losses(draw, metrics["losses"], (_MARGIN, _MARGIN, half - _MARGIN // 2, _HEIGHT - _MARGIN))
-    _draw_accuracy(draw, metrics["accuracy"], (half + _MARGIN // 2, _MARGIN, _WIDTH - _MARGIN // 2, _HEIGHT - _MARGIN))
+    _draw_accuracy(
+        draw,
+        metrics["accuracy"],
+        metrics.get("kinds", KINDS),
+        (half + _MARGIN // 2, _MARGIN, _WIDTH - _MARGIN // 2, _HEIGHT - _MARGIN),
+    )
     return image
 
 
@@ -83,13 +88,13 @@ def _draw_losses(draw, losses, box):
     draw.text(((left + right) // 2 - 15, bottom + 22), "step", fill="black")
 
 
-def _draw_accuracy(draw, table, box):
+def _draw_accuracy(draw, table, kinds, box):
     left, top, right, bottom = box
     draw.text((left, top - 35), "held-out exact match per kind (grey: chance, line: 90% target)", fill="black")
     draw.text((left, top - 24), "red bar: no better than chance", fill=BELOW_CHANCE)
     draw.rectangle(box, outline="black")
-    width = (right - left) / len(KINDS)
-    for index, kind in enumerate(KINDS):
+    width = (right - left) / len(kinds)
+    for index, kind in enumerate(kinds):
         x0 = left + index * width + 4
         x1 = x0 + width - 8
         accuracy, chance = table[kind]["accuracy"], table[kind]["chance"]

@@ -107,6 +107,12 @@ class DemoSettings:
     train_encoders: int = 0  # 0: the towers stay frozen in finetune, as published; 1: they train too
     grow_head: int = 1  # 1: finetune's LM head computed on the answers' tokens (`--grow_head_from_targets`)
     quick_run: bool = False  # the short run for CI: its own checks (`quick_checks`), not the 90% target
+    # `--video` (video.py): the trained model's third stage, on videos mixed with its own world's rows.
+    video_conversations: int = 2000
+    video_train_videos: int = 500
+    video_replay: int = 3000  # rows of the demo's own world in the video stage, so its kinds hold
+    video_finetune_steps: int = 1200
+    video_learning_rate: float = 3e-4
 
     @classmethod
     def quick(cls, **overrides) -> "DemoSettings":
@@ -122,6 +128,10 @@ class DemoSettings:
             finetune_steps=800,
             vision_pretrain_steps=400,
             audio_pretrain_steps=100,
+            video_conversations=400,
+            video_train_videos=100,
+            video_replay=400,
+            video_finetune_steps=400,  # 150 left the end's colour at 8% after the quick demo's model
             quick_run=True,
         )
         return cls(**{**values, **overrides})
@@ -282,7 +292,7 @@ def evaluate(model, processor, conversations: list[WorldConversation], rows: Pat
     results = []
     for conversation, record in zip(conversations, records):
         # How many media of the kind the question could mean: 1 needs no binding.
-        candidates = conversation.media_count(ASKED_MEDIUM[conversation.kind])
+        candidates = conversation.media_count(ASKED_MEDIUM.get(conversation.kind, "video"))
         results.append(
             {
                 "kind": conversation.kind,
@@ -309,7 +319,7 @@ def place_among(about: int | None, count: int) -> str | None:
     return "first" if about == 0 else "last" if about == count - 1 else "middle"
 
 
-def accuracy_table(results: list[dict], verdict_sets: dict[str, set[str]]) -> dict:
+def accuracy_table(results: list[dict], verdict_sets: dict[str, set[str]], kinds=KINDS, chance=CHANCE) -> dict:
     """Exact match per kind and language; `well_formed` is the share of answers whose verdict is *some*
     valid verdict of the kind (a colour for a colour question), which shows the format was learned
     even where the content was not, and `verdict_right` the share whose verdict is right, whatever
@@ -319,14 +329,14 @@ def accuracy_table(results: list[dict], verdict_sets: dict[str, set[str]]) -> di
     (only, first, middle, last), and `several_by_position` pools them over those kinds: a model
     that favours the last medium shows it there."""
     table = {}
-    for kind in KINDS:
+    for kind in kinds:
         rows = [r for r in results if r["kind"] == kind]
         table[kind] = {
             "accuracy": _share_correct(rows),
             "well_formed": sum(verdict(r["answer"]) in verdict_sets.get(kind, ()) for r in rows) / max(1, len(rows)),
             "verdict_right": sum(verdict_match(r["answer"], r["expected"]) for r in rows) / max(1, len(rows)),
             "n": len(rows),
-            "chance": CHANCE[kind],
+            "chance": chance[kind],
             "by_candidates": _grouped(rows, "candidates"),
             "by_position": _grouped(rows, "position", POSITIONS),
         }
@@ -583,6 +593,11 @@ OPTION_HELP = {
     "audio_pretrain_steps": "steps of the audio tower's stand-in pretraining",
     "train_encoders": "let the towers train in finetune too (published: frozen)",
     "grow_head": "compute finetune's LM head on the answers' tokens (--grow_head_from_targets)",
+    "video_conversations": "--video: training conversations about videos",
+    "video_train_videos": "--video: distinct training videos",
+    "video_replay": "--video: rows of the demo's own world trained beside them",
+    "video_finetune_steps": "--video: steps of the video finetune",
+    "video_learning_rate": "--video: peak learning rate of the video finetune",
 }
 _BOOLEAN_OPTIONS = {"train_encoders", "grow_head", "media_labels"}
 
@@ -601,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="a short run (a few minutes) that checks the pipeline learns, for CI (default: off)",
+    )
+    parser.add_argument(
+        "--video",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="teach the model a finished `mmmmodal demo` left in --output-dir videos with their soundtracks, and "
+        "score every kind again (its own run of a few minutes; default: off)",
     )
     choices = {"tokenizer": ["auto", "mistral", "trained"], "lm": sorted(TEXT_CONFIGS)}
     for name, text in OPTION_HELP.items():
@@ -624,13 +646,13 @@ TABLE_LEGEND = (
 )
 
 
-def accuracy_lines(accuracy: dict) -> list[str]:
+def accuracy_lines(accuracy: dict, kinds=KINDS) -> list[str]:
     """The results table as printed, its columns explained under it, and a word for any kind no better than chance."""
     lines = [
         f"{'kind':16s} accuracy  (chance)  verdict  well-formed   {'one medium':>10s}  {'several':>10s}  (of the asked type)"
     ]
     guessing = []
-    for kind in KINDS:
+    for kind in kinds:
         row = accuracy[kind]
         one, several = one_and_several(row["by_candidates"])
         lines.append(
@@ -653,11 +675,18 @@ def accuracy_lines(accuracy: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: int(v) if k in _BOOLEAN_OPTIONS else v for k, v in vars(args).items() if k != "quick"}
+    overrides = {
+        k: int(v) if k in _BOOLEAN_OPTIONS else v for k, v in vars(args).items() if k not in ("quick", "video")
+    }
     settings = DemoSettings.quick(**overrides) if args.quick else DemoSettings(**overrides)
-    metrics = run_demo(settings)
+    if args.video:
+        from .video import run_video_demo  # video.py builds on this module's stages
+
+        metrics = run_video_demo(settings)
+    else:
+        metrics = run_demo(settings)
     print()
-    print("\n".join(accuracy_lines(metrics["accuracy"])))
+    print("\n".join(accuracy_lines(metrics["accuracy"], metrics.get("kinds", KINDS))))
     minutes = metrics["timings"]["total_s"] / 60
     if settings.quick_run:
         checks = metrics["quick_checks"]
@@ -672,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
             f"target 90% on every kind: {'reached' if metrics['reached_accuracy'] else 'NOT reached'}; {minutes:.1f} "
             f"min in all ({'within' if metrics['within_time'] else 'past'} the {TARGET_MINUTES}-minute budget)"
         )
-    report = Path(settings.output_dir) / "report"
+    report = Path(settings.output_dir) / ("video/report" if args.video else "report")
     print(
         f"report: {report} (chats with the reloaded model: {report / 'sample_chats.md'}); model: {metrics['model_folder']}"
     )
