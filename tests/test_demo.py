@@ -74,14 +74,7 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert answers[0] == "Blue." and answers[2] == "Audio 1: high. Audio 2: low. So audio 1.", answers
     assert answers[1].endswith(".") and answers[3].endswith("."), answers
     # `mmmmodal eval` on the held-out rows gives the accuracies the demo reports: the demo scores through it.
-    scored = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", metrics["model_folder"], "--data",
-         str(output / "world" / "heldout" / "data.jsonl"), "--turns", "last", "--batch-size", "32",
-         "--max-new-tokens", str(ANSWER_TOKENS), "--output-dir", str(tmp_path / "eval")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    by_kind = json.loads((tmp_path / "eval" / "metrics.json").read_text())["by_kind"]
+    by_kind = eval_by_kind(metrics["model_folder"], output / "world" / "heldout" / "data.jsonl", tmp_path / "eval")
     assert {kind: by_kind[kind]["exact_match"]["value"] for kind in KINDS} == {
         kind: metrics["accuracy"][kind]["accuracy"] for kind in KINDS
     }
@@ -136,14 +129,8 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
     assert all(chat[-1]["role"] == "assistant" and chat[-1]["content"] for chat in chats)
     assert watched["reloaded_from"].startswith("transformers_modules.")
     # `mmmmodal eval` on the held-out video rows gives the accuracies the video stage reports.
-    scored = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", watched["model_folder"], "--data",
-         str(output / "video" / "world" / "heldout" / "data.jsonl"), "--turns", "last", "--batch-size", "32",
-         "--max-new-tokens", str(ANSWER_TOKENS), "--output-dir", str(tmp_path / "eval_video")],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert scored.returncode == 0, scored.stderr[-3000:]
-    by_kind = json.loads((tmp_path / "eval_video" / "metrics.json").read_text())["by_kind"]
+    heldout_videos = output / "video" / "world" / "heldout" / "data.jsonl"
+    by_kind = eval_by_kind(watched["model_folder"], heldout_videos, tmp_path / "eval_video")
     assert {kind: by_kind[kind]["exact_match"]["value"] for kind in VIDEO_KINDS} == {
         kind: watched["accuracy"][kind]["accuracy"] for kind in VIDEO_KINDS
     }
@@ -153,6 +140,17 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert missing.returncode != 0 and "Run `mmmmodal demo --output-dir" in missing.stderr, missing.stderr[-2000:]
+
+
+def eval_by_kind(model_folder, rows, output_dir) -> dict:
+    """`mmmmodal eval`'s metrics per kind for the last turn of each row, predicted as the demo predicts."""
+    scored = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", str(model_folder), "--data", str(rows), "--turns", "last",
+         "--batch-size", "32", "--max-new-tokens", str(ANSWER_TOKENS), "--output-dir", str(output_dir)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    return json.loads((output_dir / "metrics.json").read_text())["by_kind"]
 
 
 def test_trained_tokenizer_when_mistral_common_is_missing(tmp_path):

@@ -22,14 +22,13 @@ from ..processing_mmmmodal import MMMModalProcessor
 from .remote_code import MMMModalDemoConfig, MMMModalDemoForConditionalGeneration
 from .report import write_report
 from .run import (
-    TARGET_ACCURACY,
-    TARGET_MINUTES,
     DemoSettings,
     accuracy_table,
     evaluate,
     reload_and_chat,
     run_stage,
     sample_chats,
+    target_verdict,
 )
 from .video_world import VIDEO_CHANCE, VIDEO_KINDS, make_video_split
 from .world import CHANCE, KINDS, read_split
@@ -111,18 +110,12 @@ def run_video_demo(settings: DemoSettings) -> dict:
     one_per_kind = [next(c for c in eval_split if c.kind == kind) for kind in VIDEO_KINDS]
     reloaded = reload_and_chat(final, sample_chats(one_per_kind, folder / "world" / "heldout"), folder)
     timings["total_s"] = time.time() - started
-    reached_accuracy = all(table[kind]["accuracy"] >= TARGET_ACCURACY for kind in kinds)
-    within_time = timings["total_s"] <= TARGET_MINUTES * 60
     metrics = {
         "settings": asdict(settings),
         "kinds": list(kinds),
         "video_kinds": list(VIDEO_KINDS),
         "accuracy": table,
-        "target": TARGET_ACCURACY,
-        "target_minutes": TARGET_MINUTES,
-        "reached_accuracy": reached_accuracy,
-        "within_time": within_time,
-        "reached_target": reached_accuracy and within_time,
+        **target_verdict(table, kinds, timings["total_s"]),
         "losses": losses,
         "timings": timings,
         "reloaded_from": reloaded["model_module"],
