@@ -200,6 +200,39 @@ def test_pooled_frames_fill_a_quarter_of_the_slots_each_averaged_in_2x2_groups(p
     assert beams[0] == model.generate(**inputs, **settings, num_beams=2)[0, inputs["input_ids"].shape[1] :].tolist()
 
 
+def test_continuing_a_cache_after_pooled_frames_encodes_only_the_new_image_unpooled(processor, model, videos):
+    """A second turn given with the first turn's KV cache and all its media again (pooled frames, then a new image
+    that keeps all its slots): only the new image is encoded, and the answer is a fresh prefill's."""
+    import torch
+
+    from mmmmodal_hf.modeling_mmmmodal import CACHE_NAME
+
+    first_text = "[INST] <video> Which colour came last? [/INST]"
+    first = processor(text=first_text, videos=[videos["mp4"]], num_frames=3, pool_frames=True, return_tensors="pt")
+    both = processor(text=first_text + " Red. [INST] <image> </image> And this? [/INST]", images=[random_image(5)],
+                     videos=[videos["mp4"]], num_frames=3, pool_frames=True, return_tensors="pt")  # fmt: skip
+    assert both["pooled_images"].tolist() == [True, True, True, False]
+    media = {key: value for key, value in both.items() if key not in ("input_ids", "attention_mask")}
+    ids = both["input_ids"]
+    with torch.no_grad():
+        cache = model(**first, use_cache=True)[CACHE_NAME]
+        kept = model.prepare_inputs_for_generation(  # as generate prepares its first step
+            ids, **{CACHE_NAME: cache}, **media, attention_mask=torch.ones_like(ids), is_first_iteration=True
+        )
+        assert kept["pooled_images"].tolist() == [False] and kept["pixel_values"].shape[0] == 1
+        assert torch.equal(kept["pixel_values"], both["pixel_values"][3:])
+        settings = {
+            "attention_mask": torch.ones_like(ids),
+            "max_new_tokens": 6,
+            "min_new_tokens": 6,
+            "do_sample": False,
+        }
+        cache = model(**first, use_cache=True)[CACHE_NAME]
+        continued = model.generate(input_ids=ids, **{CACHE_NAME: cache}, **media, **settings)
+        fresh = model.generate(input_ids=ids, **media, **settings)
+    assert continued[0, -6:].tolist() == fresh[0, -6:].tolist()
+
+
 def test_training_rows_take_videos(processor, videos):
     from mmmmodal_hf.data import conversation_from_row, encode_conversation
 
