@@ -251,6 +251,70 @@ def test_training_rows_take_videos(processor, videos):
     assert processor.tokenizer.decode(labelled).strip() == "Red, then green.</s>"
 
 
+def test_training_reads_videos_with_its_video_options_and_pools_frames_beside_whole_images(
+    processor, base_folder, videos, tmp_path
+):
+    """`mmmmodal train --num_frames 3 --pool_frames`: rows read videos as the processor's keywords say, a batch
+    flags each image row (a video's pooled frames, another row's whole image), and the stage trains on it."""
+    import json
+
+    import torch
+
+    from mmmmodal_hf.collator import MMMModalPackingCollator
+    from mmmmodal_hf.data import conversation_from_row, encode_conversation
+    from mmmmodal_hf.training import parse_args, train
+
+    def row(blocks, answer):
+        return {"messages": [{"role": "user", "content": [*blocks, {"type": "text", "text": "Colour?"}]},
+                             {"role": "assistant", "content": answer}]}  # fmt: skip
+
+    random_image(3).save(tmp_path / "still.png")
+    rows = [
+        row([{"type": "video", "path": str(videos["mp4"])}], "Red, then green."),
+        row([{"type": "image", "path": str(tmp_path / "still.png")}], "Grey."),
+    ]
+    options = {"num_frames": 3, "pool_frames": True}
+    video_row, image_row = (
+        encode_conversation(processor, conversation_from_row(r), video_kwargs=options) for r in rows
+    )
+    assert len(video_row["pixel_values"]) == 3 and video_row["pooled_images"].tolist() == [True] * 3
+    slots = int((np.asarray(video_row["input_ids"]) == processor.image_token_id).sum())
+    assert slots == 3 * processor.num_image_slots(32, 32, pooled=True)
+    unpooled = encode_conversation(processor, conversation_from_row(rows[0]), video_kwargs={"num_frames": 3})
+    assert "pooled_images" not in unpooled and len(unpooled["input_ids"]) > len(video_row["input_ids"])
+    batch = MMMModalPackingCollator(processor.tokenizer.pad_token_id, 512)([video_row, image_row])
+    assert batch["pooled_images"].tolist() == [True, True, True, False] and len(batch["pixel_values"]) == 4
+
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args, training_args = parse_args(
+        [*("--stage", "finetune", "--model", str(base_folder), "--data", str(data), "--output_dir", str(tmp_path / "out")),
+         *("--max_steps", "2", "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no"),
+         *("--block_size", "512", "--num_frames", "3", "--pool_frames", "True", "--use_cpu", "True", "--logging_steps", "1")]
+    )  # fmt: skip
+    assert args.video_kwargs == {"num_frames": 3, "load_audio_from_video": True, "pool_frames": True}
+    history = []
+    train(args, training_args, [_LossesInto(history)])
+    assert len(history) == 2 and all(torch.isfinite(torch.tensor(history)))
+    with pytest.raises(ValueError, match="give --num_frames or --fps, not both"):
+        parse_args(["--stage", "finetune", "--model", "m", "--data", "d", "--output_dir", "o", "--num_frames", "2",
+                    "--fps", "1"])  # fmt: skip
+
+
+class _LossesInto:
+    """A `TrainerCallback` that keeps each logged training loss."""
+
+    def __init__(self, losses: list):
+        self.losses = losses
+
+    def __getattr__(self, name):  # every other callback event: nothing to do
+        return lambda *args, **kwargs: None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
 @pytest.mark.parametrize(
     "make, error, message",
     [

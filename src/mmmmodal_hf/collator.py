@@ -21,6 +21,9 @@ def _concat_media(samples: list[dict]) -> dict:
         parts = [np.asarray(s[key]) for s in samples if key in s and len(s[key])]
         if parts:
             batch[key] = torch.from_numpy(np.concatenate(parts, axis=0))
+    if any("pooled_images" in s for s in samples):  # pooled video frames: a flag per image, False where not given
+        flags = [np.asarray(s.get("pooled_images", np.zeros(len(s.get("pixel_values", ())), bool))) for s in samples]
+        batch["pooled_images"] = torch.from_numpy(np.concatenate(flags).astype(bool))
     return batch
 
 

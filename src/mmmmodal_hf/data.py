@@ -141,9 +141,11 @@ def encode_conversation(
     block_size: int | None = None,
     train_on: str = "answers",
     stats: EncodeStats | None = None,
+    video_kwargs: dict | None = None,
 ) -> dict:
     """Token ids, labels and media features for one conversation, unpadded, through the processor's
-    `apply_chat_template` (its `return_assistant_tokens_mask` marks the answers).
+    `apply_chat_template` (its `return_assistant_tokens_mask` marks the answers). `video_kwargs` (the processor's
+    `num_frames` or `fps`, `max_frames`, `load_audio_from_video`, `pool_frames`) say how videos are read.
 
     Labels are the answers only (`train_on="answers"`) or every text token (`"all"`, as the paper
     did); feature slots, tags (for answers) and anything else get -100. A conversation longer than
@@ -159,7 +161,8 @@ def encode_conversation(
     except ValueError as error:
         raise UnusableRow(f"row {row_id}: {error}") from error
     messages = messages_with_media(conversation, images, audio)
-    encoded = _encode(processor, messages, train_on, row_id)
+    video_kwargs = video_kwargs or {}
+    encoded = _encode(processor, messages, train_on, row_id, video_kwargs)
     if block_size is None or len(encoded["input_ids"]) <= block_size:
         return encoded
     counts = processor._get_num_multimodal_tokens(
@@ -174,10 +177,10 @@ def encode_conversation(
         kept = _last_exchange_start(measured[:kept])
         if not any(m["role"] == "assistant" for m in measured[:kept]):
             raise UnusableRow(f"row {row_id}: {length} tokens even with one exchange; block_size is {block_size}")
-        length = len(_apply_template(processor, measured[:kept], False, row_id)["input_ids"][0])
+        length = len(_apply_template(processor, measured[:kept], False, row_id, video_kwargs)["input_ids"][0])
     if stats is not None:
         stats.truncated += 1
-    return _encode(processor, messages[:kept], train_on, row_id)
+    return _encode(processor, messages[:kept], train_on, row_id, video_kwargs)
 
 
 def _last_exchange_start(messages) -> int:
@@ -205,20 +208,24 @@ def messages_with_media(conversation: Conversation, images, audio) -> list[dict]
     return messages
 
 
-def _apply_template(processor, messages, answers_mask: bool, row_id):
+def _apply_template(processor, messages, answers_mask: bool, row_id, video_kwargs: dict):
     try:
         return processor.apply_chat_template(
             messages,
             tokenize=True,
             return_dict=True,
             return_assistant_tokens_mask=answers_mask,
-            processor_kwargs={"padding": False, "sampling_rate": processor.feature_extractor.sampling_rate},
+            processor_kwargs={
+                "padding": False,
+                "sampling_rate": processor.feature_extractor.sampling_rate,
+                **video_kwargs,
+            },
         )
     except (TemplateError, ValueError) as error:  # the template's checks (roles, empty turns), or the media's
         raise UnusableRow(f"row {row_id}: {error}") from error
 
 
-def approximate_length(processor, conversation: Conversation) -> int:
+def approximate_length(processor, conversation: Conversation, video_kwargs: dict | None = None) -> int:
     """About how many tokens `conversation` encodes to, from its text and media counts, no media decoded.
 
     Length-grouped batching needs every row's length before training; measuring it by encoding
@@ -230,11 +237,11 @@ def approximate_length(processor, conversation: Conversation) -> int:
     image = EncodedMedium(processor.num_image_slots(size["height"], size["width"]) if "height" in size else 0)
     clip = EncodedMedium(processor.audio_slots_per_window)
     messages = messages_with_media(conversation, [image] * len(conversation.images), [clip] * len(conversation.audio))
-    return len(_apply_template(processor, messages, False, conversation.row_id)["input_ids"][0])
+    return len(_apply_template(processor, messages, False, conversation.row_id, video_kwargs or {})["input_ids"][0])
 
 
-def _encode(processor, messages, train_on, row_id) -> dict:
-    encoded = _apply_template(processor, messages, train_on == "answers", row_id)
+def _encode(processor, messages, train_on, row_id, video_kwargs: dict) -> dict:
+    encoded = _apply_template(processor, messages, train_on == "answers", row_id, video_kwargs)
     input_ids = np.asarray(encoded["input_ids"][0], dtype=np.int64)
     keep = (
         np.asarray(encoded["assistant_masks"][0], dtype=bool)
@@ -246,7 +253,7 @@ def _encode(processor, messages, train_on, row_id) -> dict:
         "input_ids": input_ids,
         "labels": np.where(keep, input_ids, IGNORE_INDEX),
     }
-    for key in (*MEDIA_INPUT_NAMES["image"], *MEDIA_INPUT_NAMES["audio"]):
+    for key in (*MEDIA_INPUT_NAMES["image"], *MEDIA_INPUT_NAMES["audio"], "pooled_images"):
         if key in encoded:
             result[key] = encoded[key]
     return result
@@ -383,14 +390,17 @@ def conversations_from_dataset(rows):
 class _RowEncoder:
     """Shared by both datasets: encode a raw row, or count and log why it cannot be used."""
 
-    def __init__(self, processor, block_size: int | None, train_on: str, stats: EncodeStats | None):
+    def __init__(self, processor, block_size: int | None, train_on: str, stats: EncodeStats | None, video_kwargs):
         self.processor, self.block_size, self.train_on = processor, block_size, train_on
         self.stats = stats if stats is not None else EncodeStats()
+        self.video_kwargs = video_kwargs or {}
 
     def encode_row(self, row: dict, index: int) -> dict | None:
         try:
             conversation = row_conversation(row, index)
-            encoded = encode_conversation(self.processor, conversation, self.block_size, self.train_on, self.stats)
+            encoded = encode_conversation(
+                self.processor, conversation, self.block_size, self.train_on, self.stats, self.video_kwargs
+            )
         except UnusableRow as error:
             self.stats.skipped += 1
             logger.warning("skipping %s", error)
@@ -419,8 +429,9 @@ class ConversationDataset(_RowEncoder, Dataset):
         train_on="answers",
         stats: EncodeStats | None = None,
         cache_rows: bool = False,
+        video_kwargs: dict | None = None,
     ):
-        super().__init__(processor, block_size, train_on, stats)
+        super().__init__(processor, block_size, train_on, stats, video_kwargs)
         self.rows = rows
         self._bad: set[int] = set()
         self._cache: dict[int, dict] | None = {} if cache_rows else None
@@ -437,7 +448,7 @@ class ConversationDataset(_RowEncoder, Dataset):
             for index, row in enumerate(self.rows):
                 try:
                     conversation = row_conversation(row, index)
-                    self._lengths.append(approximate_length(self.processor, conversation))
+                    self._lengths.append(approximate_length(self.processor, conversation, self.video_kwargs))
                 except UnusableRow:
                     self._lengths.append(0)  # skipped when served, as `__getitem__` says
         return self._lengths
@@ -465,8 +476,9 @@ class ConversationDataset(_RowEncoder, Dataset):
 class StreamingConversationDataset(_RowEncoder, IterableDataset):
     """Iterable counterpart of `ConversationDataset` for `load_rows(..., streaming=True)`."""
 
-    def __init__(self, rows, processor, block_size=None, train_on="answers", stats: EncodeStats | None = None):
-        super().__init__(processor, block_size, train_on, stats)
+    def __init__(self, rows, processor, block_size=None, train_on="answers", stats: EncodeStats | None = None,
+                 video_kwargs: dict | None = None):  # fmt: skip
+        super().__init__(processor, block_size, train_on, stats, video_kwargs)
         self.rows = rows
 
     def __iter__(self):

@@ -108,7 +108,34 @@ class MMMModalTrainArguments:
         },
     )
 
+    num_frames: int | None = field(
+        default=None, metadata={"help": "frames taken from each video (default 8; or give --fps)"}
+    )
+    fps: float | None = field(
+        default=None, metadata={"help": "frames per second of video taken, instead of --num_frames"}
+    )
+    max_frames: int | None = field(default=None, metadata={"help": "most frames taken from a video with --fps (64)"})
+    load_audio_from_video: bool = field(
+        default=True, metadata={"help": "a video's soundtrack follows its frames, where it has one"}
+    )
+    pool_frames: bool = field(
+        default=False,
+        metadata={"help": "a quarter of the slots per video frame, averaged in 2x2 groups (not what released "
+                  "checkpoints saw)"},
+    )  # fmt: skip
+
+    @property
+    def video_kwargs(self) -> dict:
+        """How the processor reads videos: its `videos_kwargs`, as `processor(...)` and `apply_chat_template` take them."""
+        given = {"num_frames": self.num_frames, "fps": self.fps, "max_frames": self.max_frames}
+        return {key: value for key, value in given.items() if value is not None} | {
+            "load_audio_from_video": self.load_audio_from_video,
+            "pool_frames": self.pool_frames,
+        }
+
     def __post_init__(self):
+        if self.num_frames is not None and self.fps is not None:
+            raise ValueError("give --num_frames or --fps, not both")
         if self.stage not in STAGES:
             raise ValueError(f"--stage must be one of {STAGES}; got {self.stage!r}")
         if self.train_on not in ("answers", "all"):
@@ -357,12 +384,16 @@ def init_cpu_distributed(timeout_seconds: int) -> bool:
 def build_datasets(args: MMMModalTrainArguments, processor, stats: EncodeStats):
     rows = load_rows(args.data, streaming=args.streaming)
     if args.streaming:
-        train = StreamingConversationDataset(rows, processor, args.block_size, args.train_on, stats)
+        train = StreamingConversationDataset(rows, processor, args.block_size, args.train_on, stats, args.video_kwargs)
     else:
-        train = ConversationDataset(rows, processor, args.block_size, args.train_on, stats, args.cache_rows)
+        train = ConversationDataset(
+            rows, processor, args.block_size, args.train_on, stats, args.cache_rows, args.video_kwargs
+        )
     evaluation = None
     if args.eval_data:
-        evaluation = ConversationDataset(load_rows(args.eval_data), processor, args.block_size, args.train_on)
+        evaluation = ConversationDataset(
+            load_rows(args.eval_data), processor, args.block_size, args.train_on, video_kwargs=args.video_kwargs
+        )
     return train, evaluation
 
 
