@@ -461,6 +461,37 @@ def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
     result = evaluate(settings, tmp_path / "out", say=lambda _: None)
     assert result["by_kind"]["video_colour"]["exact_match"]["n"] == 1 and not result["skipped"]
 
+    # `mmmmodal eval --num-frames 3 --pool-frames` predicts what `generate` answers with the processor's same keywords.
+    scored = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", str(base_folder), "--data", str(tmp_path / "rows.jsonl"),
+         "--max-new-tokens", "3", "--num-frames", "3", "--pool-frames", "--output-dir", str(tmp_path / "pooled")],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    predicted = [json.loads(line) for line in (tmp_path / "pooled" / "predictions.jsonl").read_text().splitlines()]
+    from transformers import AutoModel, AutoProcessor
+
+    model = AutoModel.from_pretrained(base_folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(base_folder, trust_remote_code=True)
+    inputs = processor.apply_chat_template(video_row["messages"][:1], add_generation_prompt=True, tokenize=True,
+                                           return_dict=True, return_tensors="pt", num_frames=3, pool_frames=True)  # fmt: skip
+    assert inputs["pooled_images"].tolist() == [True] * 3
+    answer = model.generate(**inputs, max_new_tokens=3, do_sample=False)[0, inputs["input_ids"].shape[1] :]
+    video_prediction = next(record["prediction"] for record in predicted if record["kind"] == "video_colour")
+    assert video_prediction == processor.decode(answer, skip_special_tokens=True).strip()
+    assert json.loads((tmp_path / "pooled" / "settings.json").read_text())["video_options"] == {
+        "num_frames": 3,
+        "pool_frames": True,
+    }
+    default = [json.loads(line) for line in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert video_prediction != next(r["prediction"] for r in default if r["kind"] == "video_colour")  # 8 whole frames
+    refused = subprocess.run(
+        [sys.executable, "-m", "mmmmodal_hf.cli", "eval", "m", "--data", "d", "--output-dir", str(tmp_path / "x"),
+         "--backend", "openai", "--base-url", "http://127.0.0.1:9", "--pool-frames"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "are for --backend transformers" in refused.stderr
+
 
 @pytest.mark.parametrize("options", [{"num_frames": 3}, {"num_frames": 3, "pool_frames": True}], ids=["", "pooled"])
 def test_a_chat_session_takes_videos_and_answers_as_from_scratch(model, session_processor, videos, options):

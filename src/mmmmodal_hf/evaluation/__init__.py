@@ -6,6 +6,7 @@ reference history before it, and scored against the reference (docs/evaluation.m
 `report.md` and `report.png`.
 """
 
+import argparse
 import json
 import sys
 
@@ -46,6 +47,16 @@ def build_parser():
     parser.add_argument(
         "--vllm-args", type=json.loads, help="more `vllm.LLM` arguments as JSON, such as '{\"max_model_len\": 8192}'"
     )
+    parser.add_argument(
+        "--num-frames", type=int, help="frames taken from each video (default 8; transformers backend)"
+    )
+    parser.add_argument("--fps", type=float, help="frames per second of video taken, instead of --num-frames")
+    parser.add_argument(
+        "--pool-frames",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="a quarter of the slots per video frame, as in a --pool_frames finetune",
+    )
     parser.add_argument("--base-url", help="the server's API root for --backend openai, such as http://host:8000/v1")
     parser.add_argument("--judge-url", help="an OpenAI-compatible server whose model rates each answer 1-5")
     parser.add_argument("--judge-model", help="the judge's model name (unset: the first model the server lists)")
@@ -62,13 +73,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.max_new_tokens < 1:
         print("mmmmodal eval: --batch-size and --max-new-tokens must be at least 1", file=sys.stderr)
         return 2
+    video_options = {"num_frames": args.num_frames, "fps": args.fps, "pool_frames": args.pool_frames or None}
+    video_options = {key: value for key, value in video_options.items() if value is not None}
+    if video_options and args.backend != "transformers":
+        print("mmmmodal eval: --num-frames, --fps and --pool-frames are for --backend transformers (a vLLM server reads "
+              "videos as its --media-io-kwargs say)", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.num_frames is not None and args.fps is not None:
+        print("mmmmodal eval: give --num-frames or --fps, not both", file=sys.stderr)
+        return 2
     if args.backend == "openai" and not args.base_url:
         print("mmmmodal eval: --backend openai needs --base-url", file=sys.stderr)
         return 2
     settings = EvalSettings(
         model=args.model, data=list(args.data), turns=args.turns, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, dtype=args.dtype, device=args.device, seed=args.seed, backend=args.backend,
-        base_url=args.base_url, engine_args=args.vllm_args,
+        base_url=args.base_url, engine_args=args.vllm_args, video_options=video_options or None,
     )  # fmt: skip
     judge = Server(args.judge_url, args.judge_model) if args.judge_url else None
     result = evaluate(settings, args.output_dir, tuple(args.metrics), tuple(args.group_by), judge=judge)

@@ -36,6 +36,7 @@ class EvalSettings:
     backend: str = "transformers"  # or "openai": `model` as the server at `base_url` names it; or "vllm"
     base_url: str | None = None
     engine_args: dict | None = None  # --backend vllm: more arguments of `vllm.LLM` (max_model_len, ...)
+    video_options: dict | None = None  # the processor's `num_frames` or `fps`, `pool_frames` (transformers backend)
 
 
 def evaluate(
@@ -168,7 +169,8 @@ def answer_prompts(model, processor, prompts: list[list[dict]], settings: EvalSe
     while kept:
         inputs = processor.apply_chat_template(
             [prompts[i] for i in kept], add_generation_prompt=True, tokenize=True, return_dict=True,
-            return_tensors="pt", processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate},
+            return_tensors="pt",
+            processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate, **(settings.video_options or {})},
         )  # fmt: skip
         lengths = inputs["attention_mask"].sum(-1).tolist()
         over = [i for i, n in zip(kept, lengths) if context and n + settings.max_new_tokens > context]
