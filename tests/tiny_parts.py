@@ -18,7 +18,10 @@ from transformers import (
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
 
 # Tests that need a GPU run where one is (as transformers' `require_torch_accelerator`); CI has none.
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="checks the model on a CUDA GPU against the CPU; this machine has none (pytest tests/test_cuda.py on one)",
+)
 DEVICES = ["cpu", pytest.param("cuda", marks=requires_cuda)]  # a test parametrized over them runs on each
 IMAGE_SIZE, PATCH_SIZE = 32, 8  # 16 image slots
 MAX_SOURCE_POSITIONS = 50  # 100 mel frames = 1 s window at 16 kHz

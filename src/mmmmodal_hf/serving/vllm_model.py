@@ -99,7 +99,8 @@ class MMMModalDummyInputsBuilder(MultiModalDummyInputsBuilder):
         if videos:
             size = self.info.get_image_size_with_most_features()
             frame = Image.new("RGB", (size.width, size.height))
-            data["video"] = [video_item(Video([frame], [0.0], 1.0, np.zeros(16000, np.float32)))] * videos
+            rate = self.info.get_hf_processor().feature_extractor.sampling_rate
+            data["video"] = [video_item(Video([frame], [0.0], 1.0, np.zeros(rate, np.float32)), rate)] * videos
         return data
 
 
