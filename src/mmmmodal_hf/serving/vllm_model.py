@@ -29,7 +29,7 @@ from vllm.model_executor.models.transformers.multimodal import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 from vllm.multimodal.inputs import MultiModalFieldConfig
-from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser, VideoProcessorItems
+from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
 from vllm.multimodal.processing import BaseMultiModalProcessor, PromptUpdateDetails
 
 from ..configuration_mmmmodal import MEDIA_INPUT_NAMES
@@ -141,16 +141,15 @@ class MMMModalMultiModalProcessor(MultiModalProcessor):
         clips = mm_items.get_items("audio", AudioProcessorItems) if counts.get("audio") else None
         windows = [processor.num_audio_windows(len(clips.get(i))) for i in range(clips.get_count())] if clips else []
         if counts.get("video"):
-            videos = [metadata for _, metadata in mm_items.get_items("video", VideoProcessorItems).get_all()]
-            self._split_video_rows(hf_inputs, processor, counts.get("image", 0), sum(windows), videos)
+            self._split_video_rows(hf_inputs, processor, counts.get("image", 0), sum(windows))
         if windows:
             hf_inputs["audio_num_windows"] = torch.tensor(windows)
         return hf_inputs
 
-    def _split_video_rows(self, hf_inputs, processor, images: int, clip_windows: int, videos: list[dict]) -> None:
+    def _split_video_rows(self, hf_inputs, processor, images: int, clip_windows: int) -> None:
         """The processor's rows come as the dummy text orders the media: clips then soundtracks in `input_features`,
         images then frames in `pixel_values`. The videos' rows move to their own fields, with each frame's slots and
-        its soundtrack piece's (`video_layout`, read off the video's replacement)."""
+        its soundtrack piece's (`video_layout`, read off the video's replacement), and its soundtrack's windows."""
         for key, first in (
             ("pixel_values", images),
             ("input_features", clip_windows),
@@ -162,20 +161,18 @@ class MMMModalMultiModalProcessor(MultiModalProcessor):
                 if first:
                     hf_inputs[key] = rows[:first]
         kinds = {processor.image_token_id: 0, processor.audio_token_id: 1}
-        layouts, frames = [], []
+        layouts, frames, windows = [], [], []
         for ids in hf_inputs["video_replacement_ids"].split(hf_inputs["video_replacement_sizes"].tolist()):
             runs = [(kinds[token], len(list(run))) for token, run in groupby(ids.tolist()) if token in kinds]
             layout = [[slots, runs[i + 1][1] if i + 1 < len(runs) and runs[i + 1][0] else 0]
                       for i, (kind, slots) in enumerate(runs) if kind == 0]  # fmt: skip
             layouts += layout
             frames.append(len(layout))
+            # The soundtrack's windows, from its slots: every window but its last fills all of a window's slots.
+            windows.append(-(-sum(piece for _, piece in layout) // processor.audio_slots_per_window))
         hf_inputs["video_layout"] = torch.tensor(layouts)
         hf_inputs["num_video_patches"] = torch.tensor(frames)
-        rate = processor.feature_extractor.sampling_rate  # each soundtrack's windows, as the processor cut them
-        sound = [None if v.get("audio") is None else load_audio(v["audio"], rate, v["sampling_rate"]) for v in videos]
-        hf_inputs["video_num_windows"] = torch.tensor(
-            [0 if s is None else processor.num_audio_windows(len(s)) for s in sound]
-        )
+        hf_inputs["video_num_windows"] = torch.tensor(windows)
 
     def _unpad_audios(self, hf_inputs, mm_data, mm_kwargs) -> None:
         """Nothing to do: every window is padded to a whole window on its own, whatever is beside it."""
