@@ -14,7 +14,7 @@ from vllm_parts import ENGINE_SETTINGS, NEW_TOKENS  # noqa: E402
 def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_media, tmp_path):
     from video_files import write_video
 
-    video = write_video(tmp_path / "clip.mp4", audio_rate=44100, channels=2)  # 8 frames and the soundtrack, both ways
+    video = write_video(tmp_path / "clip.mp4", audio_rate=44100, channels=2)
     blocks = [
         {"type": "image", "path": str(served_media["wide"])},
         {"type": "audio", "path": str(served_media["long"])},
@@ -33,7 +33,9 @@ def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_medi
     ]  # fmt: skip
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    common = dict(model=str(served_folder), data=[str(data)], max_new_tokens=NEW_TOKENS, batch_size=3)
+    # The video read as `--num-frames 4 --pool-frames` say, both ways (the engine's media_io and processor kwargs).
+    common = dict(model=str(served_folder), data=[str(data)], max_new_tokens=NEW_TOKENS, batch_size=3,
+                  video_options={"num_frames": 4, "pool_frames": True})  # fmt: skip
     engine = {key: value for key, value in ENGINE_SETTINGS.items() if key != "dtype"}
     offline = evaluate(EvalSettings(**common, backend="vllm", engine_args=engine), tmp_path / "vllm", say=print)
     local = evaluate(EvalSettings(**common), tmp_path / "local", say=print)

@@ -129,20 +129,30 @@ def test_videos_with_their_soundtracks_get_the_prompt_ids_and_greedy_tokens_of_g
     from mmmmodal_hf.media_mmmmodal import load_video
     from mmmmodal_hf.serving.vllm_media import video_item
 
+    # Each case as it is, and with its frames pooled (`pool_frames`, a processor keyword: per request here, or
+    # `--mm-processor-kwargs` for a server), beside requests that do not pool.
+    cases = [(name, case, pool) for pool in (False, True) for name, case in VIDEO_CASES.items()]
     requests = []
-    for text, videos, images, clips in VIDEO_CASES.values():
+    for _, (text, videos, images, clips), pool in cases:
         request = vllm_request((text, images, clips), served_media)
         decoded = [video_item(load_video(served_videos[name], num_frames=3)) for name in videos]
         requests.append({**request, "multi_modal_data": {**request.get("multi_modal_data", {}), "video": decoded}})
+        if pool:
+            requests[-1]["mm_processor_kwargs"] = {"pool_frames": True}
     outputs = engine.generate(requests, SamplingParams(temperature=0, max_tokens=NEW_TOKENS))
-    for (name, (text, videos, images, clips)), output in zip(VIDEO_CASES.items(), outputs):
+    prompt_lengths = {}
+    for (name, (text, videos, images, clips), pool), output in zip(cases, outputs):
         media = {
             "images": [served_media[n] for n in images] or None,
             "audio": [served_media[n] for n in clips] or None,
         }
         inputs = reference.processor(
-            text=text, videos=[served_videos[n] for n in videos], num_frames=3, return_tensors="pt", **media
-        )
+            text=text, videos=[served_videos[n] for n in videos], num_frames=3, pool_frames=pool,
+            return_tensors="pt", **media,
+        )  # fmt: skip
         prompt, tokens = reference.tokens(inputs)
-        assert list(output.prompt_token_ids) == prompt, name
-        assert list(output.outputs[0].token_ids) == tokens, name
+        assert list(output.prompt_token_ids) == prompt, (name, pool)
+        assert list(output.outputs[0].token_ids) == tokens, (name, pool)
+        prompt_lengths[name, pool] = len(prompt)
+    # Pooled, each frame fills a quarter of its slots: every prompt is shorter.
+    assert all(prompt_lengths[name, True] < prompt_lengths[name, False] for name in VIDEO_CASES), prompt_lengths

@@ -159,6 +159,15 @@ def test_a_video_url_with_its_soundtrack_gets_the_tokens_of_generate(server, ser
     prompt, tokens = reference.tokens(inputs)
     assert answer["prompt_token_ids"] == prompt and answer["choices"][0]["token_ids"] == tokens
 
+    # Pooled frames are the server's choice (`--mm-processor-kwargs`, tested with `vllm serve` below): vLLM refuses a
+    # request's own processor keywords unless started with `--trust-request-mm-kwargs`, and says so.
+    body = {
+        **chat_body(model, [{"role": "user", "content": [part, blocks[1]]}]),
+        "mm_processor_kwargs": {"pool_frames": True},
+    }
+    status, answer = post(url, body)
+    assert status == 400 and "--trust-request-mm-kwargs" in answer["error"]["message"], answer
+
     part["video_url"]["url"] = "data:video/mp4;base64," + base64.b64encode(b"not a video").decode()
     status, answer = post(url, chat_body(model, [{"role": "user", "content": [part, {"type": "text", "text": "?"}]}]))
     assert status == 400
@@ -292,17 +301,38 @@ def test_image_and_audio_urls_are_fetched_and_answered_as_the_files_are(
 
 def test_vllm_own_serve_command_loads_the_plugin_and_answers_as_generate(served_folder, served_media, tmp_path):
     """`vllm serve MODEL --trust-remote-code`, with no help from `mmmmodal serve`: vLLM finds the plugin through
-    its `vllm.general_plugins` entry point. The media connector is chosen as docs/serving.md tells users to."""
+    its `vllm.general_plugins` entry point. The media connector is chosen as docs/serving.md tells users to. Started
+    as a model finetuned on pooled video frames is served (`--mm-processor-kwargs`): its videos' frames are pooled
+    as `generate` pools them, its images are not."""
     command = [sys.executable, "-c", VLLM_CLI, "serve", str(served_folder), "--trust-remote-code", *ENGINE_FLAGS]
     command += ["--gpu-memory-utilization", CPU_MEMORY_SHARE]  # the CPU defaults `mmmmodal serve` would set
+    command += ["--mm-processor-kwargs", json.dumps({"pool_frames": True})]
     env = {**os.environ, "VLLM_MEDIA_CONNECTOR": CONNECTOR, "VLLM_CPU_KVCACHE_SPACE": CPU_KV_CACHE_GIB}
     with launched(command, env, tmp_path / "vllm-serve.log") as base:
+        reference = Reference(served_folder)
         turns = [("user", [served_media["red"], served_media["cd"], "What do you see and hear?"])]
         status, answer = post(f"{base}/v1/chat/completions", chat_body(str(served_folder), openai_chat(turns)))
         assert status == 200, answer
-        prompt, tokens = Reference(served_folder).chat(turns)
+        prompt, tokens = reference.chat(turns)
         assert answer["prompt_token_ids"] == prompt
         assert answer["choices"][0]["token_ids"] == tokens
+        from video_files import write_video  # PyAV: the [video] extra, in the test extra
+
+        video = write_video(tmp_path / "clip.mp4", audio_rate=44100, channels=2)
+        url = "data:video/mp4;base64," + base64.b64encode(video.read_bytes()).decode()
+        content = [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "Which colour?"}]
+        status, answer = post(
+            f"{base}/v1/chat/completions", chat_body(str(served_folder), [{"role": "user", "content": content}])
+        )
+        assert status == 200, answer
+        blocks = [{"type": "video", "path": str(video)}, content[1]]
+        inputs = reference.processor.apply_chat_template(
+            [{"role": "user", "content": blocks}], add_generation_prompt=True, tokenize=True, return_dict=True,
+            return_tensors="pt", pool_frames=True,
+        )  # fmt: skip
+        assert inputs["pooled_images"].all()
+        prompt, tokens = reference.tokens(inputs)
+        assert answer["prompt_token_ids"] == prompt and answer["choices"][0]["token_ids"] == tokens
 
 
 def test_the_docs_openai_client_example_streams_the_answer_of_generate(

@@ -48,7 +48,7 @@ def build_parser():
         "--vllm-args", type=json.loads, help="more `vllm.LLM` arguments as JSON, such as '{\"max_model_len\": 8192}'"
     )
     parser.add_argument(
-        "--num-frames", type=int, help="frames taken from each video (default 8; transformers backend)"
+        "--num-frames", type=int, help="frames taken from each video (default 8; not with --backend openai)"
     )
     parser.add_argument("--fps", type=float, help="frames per second of video taken, instead of --num-frames")
     parser.add_argument(
@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     video_options = {"num_frames": args.num_frames, "fps": args.fps, "pool_frames": args.pool_frames or None}
     video_options = {key: value for key, value in video_options.items() if value is not None}
-    if video_options and args.backend != "transformers":
-        print("mmmmodal eval: --num-frames, --fps and --pool-frames are for --backend transformers (a vLLM server reads "
-              "videos as its --media-io-kwargs say)", file=sys.stderr)  # fmt: skip
+    if video_options and args.backend == "openai":
+        print("mmmmodal eval: --num-frames, --fps and --pool-frames are for --backend transformers or vllm (a server "
+              "reads videos as its --media-io-kwargs and --mm-processor-kwargs say)", file=sys.stderr)  # fmt: skip
         return 2
     if args.num_frames is not None and args.fps is not None:
         print("mmmmodal eval: give --num-frames or --fps, not both", file=sys.stderr)

@@ -8,14 +8,15 @@ from .turns import ScoredTurn
 
 
 def predict_vllm(turns: list[ScoredTurn], settings):
-    """`predict`'s records from `vllm.LLM(settings.model)`; `settings.engine_args` go to the engine as they are."""
+    """`predict`'s records from `vllm.LLM(settings.model)`; `settings.engine_args` go to the engine as they are, after
+    the video options (`engine_video_args`)."""
     from tqdm.auto import tqdm
 
     os.environ.setdefault("VLLM_MEDIA_CONNECTOR", "mmmmodal")  # media decoded and refused as the processor does
     from vllm import LLM, SamplingParams
 
-    engine = LLM(model=settings.model, trust_remote_code=True, dtype=settings.dtype, seed=settings.seed,
-                 **(settings.engine_args or {}))  # fmt: skip
+    engine_args = {**engine_video_args(settings.video_options), **(settings.engine_args or {})}
+    engine = LLM(model=settings.model, trust_remote_code=True, dtype=settings.dtype, seed=settings.seed, **engine_args)
     sampling = SamplingParams(
         temperature=0, max_tokens=settings.max_new_tokens, seed=settings.seed,
         repetition_penalty=settings.repetition_penalty,
@@ -27,6 +28,17 @@ def predict_vllm(turns: list[ScoredTurn], settings):
         bar.close()
         del engine
         gc.collect()
+
+
+def engine_video_args(options: dict | None) -> dict:
+    """The processor's video options as the engine takes them: how many frames the media connector reads
+    (`media_io_kwargs`), and whether the processor pools them (`mm_processor_kwargs`)."""
+    options, args = options or {}, {}
+    if reading := {key: options[key] for key in ("num_frames", "fps") if key in options}:
+        args["media_io_kwargs"] = {"video": reading}
+    if options.get("pool_frames"):
+        args["mm_processor_kwargs"] = {"pool_frames": True}
+    return args
 
 
 def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
@@ -51,4 +63,4 @@ def _alone(engine, turn: ScoredTurn, sampling):
         return str(error)
 
 
-__all__ = ["predict_vllm"]
+__all__ = ["predict_vllm", "engine_video_args"]

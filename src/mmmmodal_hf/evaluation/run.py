@@ -36,7 +36,7 @@ class EvalSettings:
     backend: str = "transformers"  # or "openai": `model` as the server at `base_url` names it; or "vllm"
     base_url: str | None = None
     engine_args: dict | None = None  # --backend vllm: more arguments of `vllm.LLM` (max_model_len, ...)
-    video_options: dict | None = None  # the processor's `num_frames` or `fps`, `pool_frames` (transformers backend)
+    video_options: dict | None = None  # the processor's `num_frames` or `fps`, `pool_frames` (not --backend openai)
 
 
 def evaluate(

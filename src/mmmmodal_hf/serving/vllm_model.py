@@ -32,7 +32,7 @@ from vllm.multimodal.inputs import MultiModalFieldConfig
 from vllm.multimodal.parse import AudioProcessorItems, MultiModalDataParser
 from vllm.multimodal.processing import BaseMultiModalProcessor, PromptUpdateDetails
 
-from ..configuration_mmmmodal import MEDIA_INPUT_NAMES
+from ..configuration_mmmmodal import MEDIA_INPUT_NAMES, num_image_slots
 from ..media_mmmmodal import Video, load_audio
 from ..modeling_mmmmodal import MMMModalModel
 from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
@@ -136,6 +136,7 @@ class MMMModalMultiModalProcessor(MultiModalProcessor):
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         hf_inputs = super()._apply_hf_processor_main(mm_items, hf_kwargs)
+        hf_inputs.pop("pooled_images", None)  # images are never pooled; a video's frames are, as its layout says
         processor = self.info.get_hf_processor(**hf_kwargs)
         counts = mm_items.get_all_counts()
         clips = mm_items.get_items("audio", AudioProcessorItems) if counts.get("audio") else None
@@ -220,9 +221,13 @@ class MMMModalForVLLM(TransformersMultiModalForCausalLM):
         if pixel_values is None:
             return None
         layout, frames = kwargs.pop("video_layout").tolist(), kwargs.pop("num_video_patches").flatten().tolist()
-        frame_features = self.model.get_image_features(pixel_values, return_dict=True).pooler_output
+        # A frame with fewer slots than an image of its size was pooled (`pool_frames`, in `mm_processor_kwargs`).
+        whole = num_image_slots(*pixel_values.shape[-2:], self.model.config.vision_config.patch_size)
+        pooled = torch.tensor([slots < whole for slots, _ in layout])
+        frame_features = self.model.get_image_features(pixel_values, pooled_images=pooled, return_dict=True)
+        frame_features = frame_features.pooler_output.flatten(0, -2).split([slots for slots, _ in layout])
         features = kwargs.pop("input_features_videos", None)
-        sound = frame_features.new_zeros(0, frame_features.shape[-1])
+        sound = frame_features[0].new_zeros(0, frame_features[0].shape[-1])
         if features is not None and len(features):
             mask = kwargs.pop("input_features_mask_videos", None)
             sound = self.model.get_audio_features(features, mask, return_dict=True).pooler_output
