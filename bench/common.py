@@ -20,6 +20,7 @@ from PIL import Image
 from transformers import (
     AutoTokenizer,
     LlamaConfig,
+    MistralConfig,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
     WhisperConfig,
@@ -86,6 +87,27 @@ def small_config(processor: MMMModalProcessor, layers: int = 4, **overrides) -> 
         **processor.special_token_ids,
     )  # fmt: skip
     return MMMModalConfig(**{**values, **overrides})
+
+
+# The published language models' shapes, for `sized_config` (random weights: nothing is downloaded).
+LANGUAGE_MODELS = {
+    "tinyllama": (LlamaConfig, dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                                    num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5)),
+    "mistral-7b": (MistralConfig, dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                       num_attention_heads=32, num_key_value_heads=8, sliding_window=None)),
+}  # fmt: skip
+
+
+def sized_config(processor: MMMModalProcessor, size: str, context: int = 8192) -> MMMModalConfig:
+    """ "small" (`small_config`), or a published size: SigLIP-base-384 and Whisper-small's encoder (the config's
+    defaults) with the real LM shapes. `context`: the LM's positions."""
+    if size == "small" or quick():
+        config = small_config(processor)
+        config.text_config.max_position_embeddings = context
+        return config
+    config_class, shape = LANGUAGE_MODELS[size]
+    text = config_class(**shape, vocab_size=len(processor.tokenizer), max_position_embeddings=context)
+    return MMMModalConfig(text_config=text.to_dict(), **processor.special_token_ids)
 
 
 def _quick_values(processor: MMMModalProcessor) -> dict:

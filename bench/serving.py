@@ -27,28 +27,17 @@ import urllib.request
 from pathlib import Path
 
 import torch
-from common import DEVICE, clip, image, parse_arguments, report, small_config, small_processor
-from transformers import LlamaConfig, MistralConfig, StoppingCriteria
+from common import DEVICE, LANGUAGE_MODELS, clip, image, parse_arguments, report, sized_config, small_processor
+from transformers import StoppingCriteria
 
-from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration
+from mmmmodal_hf import MMMModalForConditionalGeneration
 
 QUESTION = "What do you see in the picture and hear in the clip?"
-LANGUAGE_MODELS = {
-    "tinyllama": (LlamaConfig, dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                                    num_attention_heads=32, num_key_value_heads=4, rms_norm_eps=1e-5)),
-    "mistral-7b": (MistralConfig, dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                       num_attention_heads=32, num_key_value_heads=8, sliding_window=None)),
-}  # fmt: skip
 
 
 def build_folder(size: str, dtype: torch.dtype, folder: Path) -> Path:
     processor = small_processor()
-    if size == "small":
-        config = small_config(processor)
-    else:  # the published towers (the config's defaults) and the real LM shapes
-        config_class, shape = LANGUAGE_MODELS[size]
-        text = config_class(**shape, vocab_size=len(processor.tokenizer), max_position_embeddings=8192)
-        config = MMMModalConfig(text_config=text.to_dict(), **processor.special_token_ids)
+    config = sized_config(processor, size)
     torch.manual_seed(0)
     with torch.device(DEVICE):
         model = MMMModalForConditionalGeneration(config).to(dtype)

@@ -4,6 +4,7 @@ bench/serving.py and bench/server_memory.py need vLLM and run in the vLLM job (t
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,10 @@ SCRIPTS = sorted(
 )
 
 
-def run_quick(script: str, timeout: int = 600) -> list[dict]:
+def run_quick(script: str, *options: str, timeout: int = 600) -> list[dict]:
     """The script's JSON reports, after asserting it ran to the end."""
     completed = subprocess.run(
-        [sys.executable, str(BENCH / script), "--quick"],
+        [sys.executable, str(BENCH / script), "--quick", *options],
         cwd=BENCH.parent,
         capture_output=True,
         text=True,
@@ -46,3 +47,13 @@ def test_benchmark_runs_in_quick_mode(script):
             ]
             # Figures only: a quick run's timings are noise (a per-token time may even come out negative).
             assert all(math.isfinite(value) for value in numbers), row
+
+
+def test_the_video_benchmarks_pooled_prefill_runs_in_quick_mode():
+    """The case a GPU run measures (`--pooled-prefill --size tinyllama`), at the quick sizes: pooled frames, fewer
+    positions."""
+    pytest.importorskip("av", reason="the video benchmark writes its video with PyAV (the [video] extra)")
+    (report,) = run_quick("video.py", "--pooled-prefill")
+    (row,) = report["rows"]
+    pooled, whole = (int(n) for n in re.match(r"positions (\d+) vs (\d+)", row["detail"]).groups())
+    assert pooled < whole and math.isfinite(row["ratio"]), row
