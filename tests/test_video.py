@@ -342,6 +342,31 @@ def test_a_truncated_video_is_named_or_read_as_far_as_it_goes(processor, videos,
         assert len(inputs["pixel_values"]) == 4
 
 
+def test_approximate_lengths_read_a_video_files_header_only(processor, videos, tmp_path):
+    """Length-grouped training measures every row before it starts: a video file counts from its header (its
+    duration, whether it has a soundtrack) as the processor would lay it out, to within a token of its encoding;
+    no frame is decoded, so a file cut in half whose header still states its length measures as the whole file."""
+    from mmmmodal_hf.data import approximate_length, row_conversation
+
+    def row(path) -> dict:
+        question = [{"type": "video", "path": str(path)}, {"type": "text", "text": "Which colour?"}]
+        return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": "Red."}]}
+
+    options = [{}, {"num_frames": 3, "pool_frames": True}, {"fps": 2.0}, {"load_audio_from_video": False}]
+    for name in ("mp4", "mov", "webm"):  # a 44.1 kHz stereo soundtrack, none, a 48 kHz one
+        for video_kwargs in options:
+            approximate = approximate_length(processor, row_conversation(row(videos[name]), 0), video_kwargs)
+            encoded = processor.apply_chat_template(
+                row(videos[name])["messages"], tokenize=True, return_dict=True,
+                processor_kwargs={"padding": False, **video_kwargs},
+            )  # fmt: skip
+            assert abs(approximate - len(encoded["input_ids"][0])) <= 1, (name, video_kwargs)
+    data = videos["mkv"].read_bytes()
+    cut = _bytes(tmp_path / "cut.mkv", data[: len(data) // 2])
+    whole = approximate_length(processor, row_conversation(row(videos["mkv"]), 0))
+    assert approximate_length(processor, row_conversation(row(cut), 0)) == whole
+
+
 def test_frames_over_the_pixel_limit_are_refused_before_decoding(videos, session_processor, tmp_path):
     small = MMMModalProcessor(
         session_processor.image_processor, session_processor.feature_extractor, session_processor.tokenizer,

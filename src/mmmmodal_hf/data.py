@@ -26,6 +26,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .cli_errors import InputError
 from .configuration_mmmmodal import MEDIA_INPUT_NAMES
+from .media_mmmmodal import DEFAULT_MAX_FRAMES, Video, sample_times
 from .processing_mmmmodal import EncodedMedium, placeholder_kinds
 
 logger = logging.getLogger(__name__)
@@ -191,11 +192,16 @@ def _last_exchange_start(messages) -> int:
     return cut
 
 
-def messages_with_media(conversation: Conversation, images, audio) -> list[dict]:
+def messages_with_media(conversation: Conversation, images, audio, videos=None) -> list[dict]:
     """The conversation's messages with its media (sources, decoded media or `EncodedMedium`s) in their blocks, as
-    the processor's `apply_chat_template` takes them. A message whose text holds its media's tags (a published
-    row) keeps that text; its media follow it as blocks marked "in_text", which the template does not render."""
-    media = {"image": iter(images), "audio": iter(audio), "video": iter(conversation.videos)}  # videos: sources
+    the processor's `apply_chat_template` takes them (videos: the conversation's sources unless given). A message
+    whose text holds its media's tags (a published row) keeps that text; its media follow it as blocks marked
+    "in_text", which the template does not render."""
+    media = {
+        "image": iter(images),
+        "audio": iter(audio),
+        "video": iter(conversation.videos if videos is None else videos),
+    }
     messages = []
     for message in conversation.messages:
         content = message["content"]
@@ -231,13 +237,52 @@ def approximate_length(processor, conversation: Conversation, video_kwargs: dict
     Length-grouped batching needs every row's length before training; measuring it by encoding
     would decode every image and clip up front. Images count the slots of the image processor's
     fixed output size (SigLIP's `size`), clips one Whisper window each (a longer clip has more, a
-    trimmed one fewer).
+    trimmed one fewer), video files what their headers say (`video_from_header`).
     """
+    video_kwargs = video_kwargs or {}
     size = getattr(processor.image_processor, "size", None) or {}
     image = EncodedMedium(processor.num_image_slots(size["height"], size["width"]) if "height" in size else 0)
     clip = EncodedMedium(processor.audio_slots_per_window)
-    messages = messages_with_media(conversation, [image] * len(conversation.images), [clip] * len(conversation.audio))
-    return len(_apply_template(processor, messages, False, conversation.row_id, video_kwargs or {})["input_ids"][0])
+    videos = [video_from_header(processor, source, video_kwargs) or source for source in conversation.videos]
+    messages = messages_with_media(
+        conversation, [image] * len(conversation.images), [clip] * len(conversation.audio), videos
+    )
+    return len(_apply_template(processor, messages, False, conversation.row_id, video_kwargs)["input_ids"][0])
+
+
+def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
+    """A video file as the processor lays it out, read from its header alone: its duration gives the frame times
+    (`video_kwargs`' `num_frames` or `fps`, `max_frames`), each frame an `EncodedMedium` of the image processor's
+    size (pooled where `pool_frames` says), and a soundtrack it has is silence of its length. None where there is
+    no local file whose header PyAV reads (a URL, frames given, no PyAV, not a video): that video is decoded."""
+    if not isinstance(source, (str, os.PathLike)) or str(source).startswith(("http://", "https://")):
+        return None
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(str(source)) as container:
+            stream = container.streams.video[0]
+            duration = (
+                float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+            )
+            has_soundtrack = bool(container.streams.audio)
+    except (OSError, IndexError, av.FFmpegError):
+        return None
+    size = getattr(processor.image_processor, "size", None) or {}
+    if "height" not in size:
+        return None
+    frame = EncodedMedium(
+        processor.num_image_slots(size["height"], size["width"], bool(video_kwargs.get("pool_frames")))
+    )
+    times = sample_times(duration, video_kwargs.get("num_frames"), video_kwargs.get("fps"),
+                         video_kwargs.get("max_frames") or DEFAULT_MAX_FRAMES)  # fmt: skip
+    rate = processor.feature_extractor.sampling_rate
+    sound = has_soundtrack and video_kwargs.get("load_audio_from_video", True)
+    return Video(
+        [frame] * len(times), times, duration, np.zeros(max(1, round(duration * rate)), np.float32) if sound else None
+    )
 
 
 def _encode(processor, messages, train_on, row_id, video_kwargs: dict) -> dict:
