@@ -91,18 +91,22 @@ def as_images_and_clips(processor, path) -> dict:
     return processor(text=text, images=video.frames, audio=pieces, return_tensors="pt").to(DEVICE)
 
 
+def forwards(model, ours, baseline, repeats: int) -> dict:
+    """One forward on `ours` against one on `baseline` (medians, interleaved), with both inputs' sizes."""
+    with torch.no_grad():
+        times = interleaved_medians({"ours": lambda: model(**ours), "baseline": lambda: model(**baseline)}, repeats)
+    return {
+        "ours_s": times["ours"],
+        "baseline_s": times["baseline"],
+        "ratio": times["ours"] / times["baseline"],
+        "detail": f"positions {ours['input_ids'].shape[1]} vs {baseline['input_ids'].shape[1]}, Whisper windows "
+        f"{ours['input_features'].shape[0]} vs {baseline['input_features'].shape[0]}, {len(ours['pixel_values'])} frames",
+    }
+
+
 def prefill(model, processor, path, repeats: int) -> dict:
     video = processor(text=PROMPT, videos=[path], return_tensors="pt").to(DEVICE)
-    separate = as_images_and_clips(processor, path)
-    with torch.no_grad():
-        times = interleaved_medians({"video": lambda: model(**video), "separate": lambda: model(**separate)}, repeats)
-    return {
-        "ours_s": times["video"],
-        "baseline_s": times["separate"],
-        "ratio": times["video"] / times["separate"],
-        "detail": f"positions {video['input_ids'].shape[1]} vs {separate['input_ids'].shape[1]}, Whisper windows "
-        f"{video['input_features'].shape[0]} vs {separate['input_features'].shape[0]}",
-    }
+    return forwards(model, video, as_images_and_clips(processor, path), repeats)
 
 
 def decode(model, processor, path, repeats: int, new_tokens: int) -> dict:
@@ -120,16 +124,7 @@ def pooled_prefill(model, processor, path, repeats: int, frames: int) -> dict:
     """One forward on a `frames`-frame video with pooled frames against the same video with whole ones."""
     kwargs = dict(text=PROMPT, videos=[path], num_frames=frames, return_tensors="pt")
     whole = processor(**kwargs).to(DEVICE)
-    pooled = processor(**kwargs, pool_frames=True).to(DEVICE)
-    with torch.no_grad():
-        times = interleaved_medians({"pooled": lambda: model(**pooled), "whole": lambda: model(**whole)}, repeats)
-    return {
-        "ours_s": times["pooled"],
-        "baseline_s": times["whole"],
-        "ratio": times["pooled"] / times["whole"],
-        "detail": f"positions {pooled['input_ids'].shape[1]} vs {whole['input_ids'].shape[1]}, "
-        f"{len(whole['pixel_values'])} frames, {whole['input_features'].shape[0]} Whisper windows",
-    }
+    return forwards(model, processor(**kwargs, pool_frames=True).to(DEVICE), whole, repeats)
 
 
 def pooled_prefill_model(processor, size: str, dtype: torch.dtype, context: int):
