@@ -228,17 +228,17 @@ def run_stage(
         data=str(data),
         # Each step's 16 conversations side by side in rows of at most 256 tokens (a demo conversation has
         # about 200 at most), position ids restarting per conversation, rows of nearly equal length: packed
-        # blocks ran 1.18x the steps per second of batches padded to their longest row (BENCHMARKS.md 10).
+        # blocks ran 1.18x the steps per second of batches padded to their longest row (docs/demo-benchmarks.md 10).
         block_size=256,
         packing=True,
         train_encoders=train_encoders,
         # Frozen towers run once per distinct medium (2,500 in the world), which recurs in ~10
-        # conversations an epoch (BENCHMARKS.md section 10).
+        # conversations an epoch (docs/demo-benchmarks.md section 10).
         remember_tower_outputs=0 if train_encoders else 8192,
         # Each row is seen 4-5 times: encoding it once leaves both cores to the model after epoch 1.
         cache_rows=True,
         # The answers use under 200 of the tokenizer's 32k tokens; the head over all of them took half of
-        # each step (BENCHMARKS.md section 10).
+        # each step (docs/demo-benchmarks.md section 10).
         grow_head_from_targets=stage == "finetune" and bool(settings.grow_head),
     )
     training_args = TrainingArguments(

@@ -256,7 +256,7 @@ def worked_count(images: list[ImageFact], shape: str, language: str) -> str:
     written verdict, comparing and counting in one word, the LM took Malay's "segi tiga" for
     "segi empat" and back in nearly all its counting misses (docs/demo-experiments.md). The counts are
     words: the Mistral tokenizer writes a digit after a bare "▁", one position further from what
-    decides it, and that slowed learning the count twofold (`bench/slot_lookup.py`).
+    decides it, and that slowed learning the count twofold (`demo_experiments/slot_lookup.py`).
     """
     word = 0 if language == "en" else 1
     yes, no = _yes_no(language)
