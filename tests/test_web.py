@@ -123,6 +123,34 @@ def test_same_conversation_through_gradio_client(web_app):
     assert isinstance(first, str) and first.strip() and isinstance(follow_up, str) and follow_up.strip()
 
 
+def test_the_pages_video_options_read_each_upload_as_the_chat_session_does(model, session_processor, tmp_path):
+    """`mmmmodal web --num-frames 3 --pool-frames` (a model finetuned on pooled frames): an uploaded video is read
+    so, and answered as `MMMModalChatSession` answers with the same options."""
+    from gradio_client import Client, handle_file
+
+    from mmmmodal_hf.session import MMMModalChatSession
+    from mmmmodal_hf.web import build_parser
+
+    from video_files import write_video
+
+    args = build_parser().parse_args(["model", "--num-frames", "3", "--pool-frames"])
+    options = {"num_frames": args.num_frames, "pool_frames": args.pool_frames}
+    video = write_video(tmp_path / "walk.mp4", seconds=2.0)
+    question = "What colour is the shape?"
+    app = build_app(model, session_processor, max_new_tokens=10, video_options=options)
+    app.queue()
+    _, url, _ = app.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True)
+    try:
+        answer = Client(url, verbose=False).predict(
+            {"text": question, "files": [handle_file(str(video))]}, 10, 0.0, 1.0, api_name="/chat"
+        )
+    finally:
+        app.close()
+    read_so = MMMModalChatSession(model, session_processor, video_options=options, max_new_tokens=10)
+    by_default = MMMModalChatSession(model, session_processor, max_new_tokens=10)
+    assert answer == read_so.send(question, videos=[str(video)]) != by_default.send(question, videos=[str(video)])
+
+
 def test_broken_upload_shows_an_error_and_the_next_turn_works(web_app, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -133,12 +133,13 @@ def _last_user_turn(history: list) -> tuple[int, dict]:
     return start, {"text": text, "files": files}
 
 
-def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: int = 256):
-    """The Gradio Blocks app for `model` and `processor` (both already loaded)."""
+def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: int = 256, video_options=None):
+    """The Gradio Blocks app for `model` and `processor` (both already loaded); `video_options` are the processor's
+    (`num_frames`, `pool_frames`), for every video uploaded."""
     import gradio as gr
 
     def new_session() -> MMMModalChatSession:
-        return MMMModalChatSession(model, processor)
+        return MMMModalChatSession(model, processor, video_options=video_options)
 
     def respond(message, history, session, max_new_tokens, temperature, top_p):
         session = session or new_session()
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="a temporary public gradio.live link",
     )
+    parser.add_argument("--num-frames", type=int, default=8, help="frames taken from each uploaded video")
+    parser.add_argument(
+        "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
+        help="a quarter of the slots per video frame, as a --pool_frames finetune saw (not the released checkpoints)",
+    )  # fmt: skip
     return parser
 
 
@@ -260,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"mmmmodal web: {error}", file=sys.stderr)
         return 1
-    app = build_app(model, processor, title=f"MMMModal chat: {args.model}")
+    video_options = {"num_frames": args.num_frames, "pool_frames": args.pool_frames}
+    app = build_app(model, processor, title=f"MMMModal chat: {args.model}", video_options=video_options)
     # Gradio's own banner names `share=True` in `launch()`; this command's users have the flag instead.
     app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     print(f"MMMModal chat on {app.local_url}", flush=True)
