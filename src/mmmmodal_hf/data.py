@@ -240,14 +240,19 @@ def approximate_length(processor, conversation: Conversation, video_kwargs: dict
     trimmed one fewer), video files what their headers say (`video_from_header`).
     """
     video_kwargs = video_kwargs or {}
-    size = getattr(processor.image_processor, "size", None) or {}
-    image = EncodedMedium(processor.num_image_slots(size["height"], size["width"]) if "height" in size else 0)
+    image = EncodedMedium(_resized_image_slots(processor) or 0)
     clip = EncodedMedium(processor.audio_slots_per_window)
     videos = [video_from_header(processor, source, video_kwargs) or source for source in conversation.videos]
     messages = messages_with_media(
         conversation, [image] * len(conversation.images), [clip] * len(conversation.audio), videos
     )
     return len(_apply_template(processor, messages, False, conversation.row_id, video_kwargs)["input_ids"][0])
+
+
+def _resized_image_slots(processor, pooled: bool = False) -> int | None:
+    """The slots of an image at the image processor's fixed output size (SigLIP's `size`); None without one."""
+    size = getattr(processor.image_processor, "size", None) or {}
+    return processor.num_image_slots(size["height"], size["width"], pooled) if "height" in size else None
 
 
 def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
@@ -270,18 +275,17 @@ def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
             has_soundtrack = bool(container.streams.audio)
     except (OSError, IndexError, av.FFmpegError):
         return None
-    size = getattr(processor.image_processor, "size", None) or {}
-    if "height" not in size:
+    if (frame_slots := _resized_image_slots(processor, bool(video_kwargs.get("pool_frames")))) is None:
         return None
-    frame = EncodedMedium(
-        processor.num_image_slots(size["height"], size["width"], bool(video_kwargs.get("pool_frames")))
-    )
     times = sample_times(duration, video_kwargs.get("num_frames"), video_kwargs.get("fps"),
                          video_kwargs.get("max_frames") or DEFAULT_MAX_FRAMES)  # fmt: skip
     rate = processor.feature_extractor.sampling_rate
     sound = has_soundtrack and video_kwargs.get("load_audio_from_video", True)
     return Video(
-        [frame] * len(times), times, duration, np.zeros(max(1, round(duration * rate)), np.float32) if sound else None
+        [EncodedMedium(frame_slots)] * len(times),
+        times,
+        duration,
+        np.zeros(max(1, round(duration * rate)), np.float32) if sound else None,
     )
 
 
