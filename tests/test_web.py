@@ -128,13 +128,14 @@ def test_the_pages_video_options_read_each_upload_as_the_chat_session_does(model
     so, and answered as `MMMModalChatSession` answers with the same options."""
     from gradio_client import Client, handle_file
 
+    from mmmmodal_hf.cli_help import video_reading_options
     from mmmmodal_hf.session import MMMModalChatSession
     from mmmmodal_hf.web import build_parser
 
     from video_files import write_video
 
-    args = build_parser().parse_args(["model", "--num-frames", "3", "--pool-frames"])
-    options = {"num_frames": args.num_frames, "pool_frames": args.pool_frames}
+    options = video_reading_options(build_parser().parse_args(["model", "--num-frames", "3", "--pool-frames"]))
+    assert options == {"num_frames": 3, "pool_frames": True}
     video = write_video(tmp_path / "walk.mp4", seconds=2.0)
     question = "What colour is the shape?"
     app = build_app(model, session_processor, max_new_tokens=10, video_options=options)

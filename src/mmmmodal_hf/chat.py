@@ -20,7 +20,7 @@ from pathlib import Path
 from transformers import AutoModel, AutoProcessor
 
 from .cli_errors import loading
-from .cli_help import command_parser
+from .cli_help import add_video_reading_options, command_parser, video_reading_options
 from .media_mmmmodal import load_audio, load_image, load_video
 from .session import MMMModalChatSession
 
@@ -149,11 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", action="append", default=[], help="image for the first turn; repeatable")
     parser.add_argument("--audio", action="append", default=[], help="audio for the first turn; repeatable")
     parser.add_argument("--video", action="append", default=[], help="video for the first turn; repeatable")
-    parser.add_argument("--num-frames", type=int, default=8, help="frames taken from each video")
-    parser.add_argument(
-        "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
-        help="a quarter of the slots per video frame (2x2 average; not what released checkpoints saw)",
-    )  # fmt: skip
+    add_video_reading_options(parser)
     parser.add_argument("--system", help="a system message put before the first turn")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
     parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens")
@@ -181,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        video_options = {"num_frames": args.num_frames, "pool_frames": args.pool_frames}
+        video_options = video_reading_options(args)
         chat = TerminalChat(*load(args.model), system=args.system, video_options=video_options, **generate_kwargs)
         notice = getattr(chat.session.model.config, "chat_notice", None)  # what the model's folder says of it
         for kind in KINDS:

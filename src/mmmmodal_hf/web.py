@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_help import command_parser
+from .cli_help import add_video_reading_options, command_parser, video_reading_options
 from .media_mmmmodal import (
     MediaError,
     NotAnImageError,
@@ -243,11 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="a temporary public gradio.live link",
     )
-    parser.add_argument("--num-frames", type=int, default=8, help="frames taken from each uploaded video")
-    parser.add_argument(
-        "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
-        help="a quarter of the slots per video frame, as a --pool_frames finetune saw (not the released checkpoints)",
-    )  # fmt: skip
+    add_video_reading_options(parser)
     return parser
 
 
@@ -266,8 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as error:
         print(f"mmmmodal web: {error}", file=sys.stderr)
         return 1
-    video_options = {"num_frames": args.num_frames, "pool_frames": args.pool_frames}
-    app = build_app(model, processor, title=f"MMMModal chat: {args.model}", video_options=video_options)
+    app = build_app(model, processor, title=f"MMMModal chat: {args.model}", video_options=video_reading_options(args))
     # Gradio's own banner names `share=True` in `launch()`; this command's users have the flag instead.
     app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True)
     print(f"MMMModal chat on {app.local_url}", flush=True)
