@@ -145,10 +145,14 @@ def test_ctrl_c_at_the_prompt_in_a_terminal(saved_folder):
     import os
     import pty
     import select
+    import signal
     import time
 
     pid, fd = pty.fork()
     if pid == 0:  # the child: the chat on the terminal's side
+        # As a terminal starts it: a suite started in the background of a shell ignores SIGINT, and Python keeps
+        # an ignored SIGINT ignored, so the chat would never see Ctrl-C.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execv(
             sys.executable,
             [sys.executable, "-m", "mmmmodal_hf.cli", "chat", str(saved_folder), "--max-new-tokens", "3"],
