@@ -1,5 +1,6 @@
 """A command given an input it cannot use ends with one line naming it and exit status 1, never a traceback."""
 
+import json
 import os
 import subprocess
 import sys
@@ -9,65 +10,116 @@ import pytest
 
 from mmmmodal_hf.cli_errors import local_path, why_unloadable
 
+# The `mmmmodal` console script's own code, run for many cases in one process: each case gets its working
+# directory, its arguments and its own stderr (file descriptor 2, so log records count too), and its exit status
+# as a console script would give it (a SystemExit's message is printed, as Python prints it). A fresh process per
+# case would spend about 6 s importing torch and transformers; the cases share nothing else.
+CASES_IN_ONE_PROCESS = r"""
+import json, os, sys, tempfile, traceback
+from mmmmodal_hf.cli import main
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).with_name("mmmmodal")), *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
+cases, outcomes = json.loads(sys.argv[1]), []
+for args, cwd in cases:
+    os.chdir(cwd)
+    with tempfile.TemporaryFile() as stderr:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(stderr.fileno(), 2)
+        try:
+            status = main(args)
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) or exit.code is None else 1
+            if isinstance(exit.code, str):
+                print(exit.code, file=sys.stderr)
+        except BaseException:
+            traceback.print_exc()
+            status = "raised"
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        stderr.seek(0)
+        outcomes.append({"status": status or 0, "stderr": stderr.read().decode(errors="replace")})
+print("OUTCOMES " + json.dumps(outcomes))
+"""
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["chat", "./no_model", "-p", "Apa?"], "mmmmodal chat: cannot load an MMMModal model from './no_model': no such folder"),
-        (
-            ["train", "--stage", "align", "--model", "runs/a/b", "--data", "rows.jsonl", "--output_dir", "out"],
-            "mmmmodal train: cannot load an MMMModal model from 'runs/a/b': no such folder",
-        ),
-        (["align-combine", "/no/image_run", "b", "c"], "mmmmodal align-combine: cannot load an MMMModal model from '/no/image_run': no such folder"),
-        (["convert", "../released", "--output-dir", "out"], "mmmmodal convert: cannot load a released checkpoint from '../released': no such folder"),
-        (["data", "combine", "missing.jsonl", "--output", "all.jsonl"], "mmmmodal data: no data at missing.jsonl"),
-        (["demo", "--output-dir", "a_file/demo"], "mmmmodal demo: [Errno 20] Not a directory: 'a_file/demo'"),
-    ],
-)  # fmt: skip
-def test_a_missing_input_is_named_in_one_line(args, message, tmp_path):
-    (tmp_path / "a_file").write_text("not a folder")
-    completed = run(*args, cwd=tmp_path)
-    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
-    assert completed.stderr.strip().splitlines()[-1] == message
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["a_file"]  # nothing written
+def run_cases(cases: list[tuple[list[str], Path]], env: dict) -> list[dict]:
+    """Each case's {"status", "stderr"}, as `mmmmodal ARGS` run in its folder would end."""
+    completed = subprocess.run(
+        [sys.executable, "-c", CASES_IN_ONE_PROCESS, json.dumps([(args, str(cwd)) for args, cwd in cases])],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-5000:]
+    (line,) = [line for line in completed.stdout.splitlines() if line.startswith("OUTCOMES ")]
+    return json.loads(line[len("OUTCOMES ") :])
+
+
+MISSING = [
+    (["chat", "./no_model", "-p", "Apa?"], "mmmmodal chat: cannot load an MMMModal model from './no_model': no such folder"),
+    (
+        ["train", "--stage", "align", "--model", "runs/a/b", "--data", "rows.jsonl", "--output_dir", "out"],
+        "mmmmodal train: cannot load an MMMModal model from 'runs/a/b': no such folder",
+    ),
+    (["align-combine", "/no/image_run", "b", "c"], "mmmmodal align-combine: cannot load an MMMModal model from '/no/image_run': no such folder"),
+    (["convert", "../released", "--output-dir", "out"], "mmmmodal convert: cannot load a released checkpoint from '../released': no such folder"),
+    (["data", "combine", "missing.jsonl", "--output", "all.jsonl"], "mmmmodal data: no data at missing.jsonl"),
+    (["demo", "--output-dir", "a_file/demo"], "mmmmodal demo: [Errno 20] Not a directory: 'a_file/demo'"),
+    (["demo", "--video", "--output-dir", "none"],
+     "world/. Run `mmmmodal demo --output-dir none` (or --quick) first."),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def missing_outcomes(tmp_path_factory) -> list[tuple[dict, Path]]:
+    folders = [tmp_path_factory.mktemp("missing") for _ in MISSING]
+    for folder in folders:
+        (folder / "a_file").write_text("not a folder")
+    outcomes = run_cases([(args, folder) for (args, _), folder in zip(MISSING, folders)],
+                         {**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    return list(zip(outcomes, folders))
+
+
+@pytest.mark.parametrize("case", range(len(MISSING)), ids=[" ".join(args[:2]) for args, _ in MISSING])
+def test_a_missing_input_is_named_in_one_line(case, missing_outcomes):
+    outcome, folder = missing_outcomes[case]
+    assert outcome["status"] == 1 and "Traceback" not in outcome["stderr"], outcome["stderr"]
+    assert outcome["stderr"].strip().splitlines()[-1].endswith(MISSING[case][1])
+    assert sorted(path.name for path in folder.iterdir()) == ["a_file"]  # nothing written
 
 
 TYPO = "mmmmodal-demo/modle"  # the README's path style, one letter off, beside a real mmmmodal-demo/ folder
+TYPOS = [
+    (["chat", TYPO, "-p", "hi"], f"mmmmodal chat: cannot load an MMMModal model from '{TYPO}': no such folder"),
+    (["web", TYPO], f"mmmmodal web: cannot load an MMMModal model from '{TYPO}': no such folder"),
+    (["serve", TYPO], f"mmmmodal serve: cannot load an MMMModal model from '{TYPO}': no such folder"),
+    (["train", "--stage", "align", "--model", TYPO, "--data", "rows.jsonl", "--output_dir", "out"],
+     f"mmmmodal train: cannot load an MMMModal model from '{TYPO}': no such folder"),
+    (["convert", TYPO, "--output-dir", "out"], f"mmmmodal convert: cannot load a released checkpoint from '{TYPO}': no such folder"),
+    (["push", TYPO, "--repo-id", "you/model", "--dry-run"], f"mmmmodal push: cannot load a model to publish from '{TYPO}': no such folder"),
+    (["data", "validate", "rows.jsonl", "--processor", TYPO], f"mmmmodal data: cannot load a processor from '{TYPO}': no such folder"),
+    (["chat", "mmmmodal-demo", "-p", "hi"],
+     "mmmmodal chat: cannot load an MMMModal model from 'mmmmodal-demo': the folder has no config.json, so it holds no saved model"),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["chat", TYPO, "-p", "hi"], f"mmmmodal chat: cannot load an MMMModal model from '{TYPO}': no such folder"),
-        (["web", TYPO], f"mmmmodal web: cannot load an MMMModal model from '{TYPO}': no such folder"),
-        (["serve", TYPO], f"mmmmodal serve: cannot load an MMMModal model from '{TYPO}': no such folder"),
-        (["train", "--stage", "align", "--model", TYPO, "--data", "rows.jsonl", "--output_dir", "out"],
-         f"mmmmodal train: cannot load an MMMModal model from '{TYPO}': no such folder"),
-        (["convert", TYPO, "--output-dir", "out"], f"mmmmodal convert: cannot load a released checkpoint from '{TYPO}': no such folder"),
-        (["push", TYPO, "--repo-id", "you/model", "--dry-run"], f"mmmmodal push: cannot load a model to publish from '{TYPO}': no such folder"),
-        (["data", "validate", "rows.jsonl", "--processor", TYPO], f"mmmmodal data: cannot load a processor from '{TYPO}': no such folder"),
-        (["chat", "mmmmodal-demo", "-p", "hi"],
-         "mmmmodal chat: cannot load an MMMModal model from 'mmmmodal-demo': the folder has no config.json, so it holds no saved model"),
-    ],
-)  # fmt: skip
-def test_a_typo_in_a_local_path_is_named_at_once_without_the_network(args, message, tmp_path):
-    """A name whose first part is a folder here is a local path: no Hub request, no retries (found: twelve
-    `Retrying in 8s` lines and 51 s, then "couldn't connect"). The Hub is a closed port on 127.0.0.1 here, so any
-    request would fail loudly; none is made."""
-    (tmp_path / "mmmmodal-demo" / "world").mkdir(parents=True)
+@pytest.fixture(scope="module")
+def typo_outcomes(tmp_path_factory) -> list[dict]:
+    """The Hub is a closed port on 127.0.0.1 here, so any request would fail loudly."""
+    folder = tmp_path_factory.mktemp("typos")
+    (folder / "mmmmodal-demo" / "world").mkdir(parents=True)
     env = {key: value for key, value in os.environ.items() if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # the discard port: nothing listens
-    command = [str(Path(sys.executable).with_name("mmmmodal")), *args]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
-    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
-    assert completed.stderr.strip().splitlines()[-1] == message
-    assert "Retrying" not in completed.stderr and "127.0.0.1:9" not in completed.stderr
+    return run_cases([(args, folder) for args, _ in TYPOS], env)
+
+
+@pytest.mark.parametrize("case", range(len(TYPOS)), ids=[" ".join(args[:2]) for args, _ in TYPOS])
+def test_a_typo_in_a_local_path_is_named_at_once_without_the_network(case, typo_outcomes):
+    """A name whose first part is a folder here is a local path: no Hub request, no retries (found: twelve
+    `Retrying in 8s` lines and 51 s, then "couldn't connect"). None is made."""
+    outcome = typo_outcomes[case]
+    assert outcome["status"] == 1 and "Traceback" not in outcome["stderr"], outcome["stderr"]
+    assert outcome["stderr"].strip().splitlines()[-1] == TYPOS[case][1]
+    assert "Retrying" not in outcome["stderr"] and "127.0.0.1:9" not in outcome["stderr"]
 
 
 def test_only_a_path_that_is_not_there_is_called_missing(tmp_path):
