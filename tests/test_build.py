@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
 from mmmmodal_hf.conversion.model_card import check_card, human_count
 from mmmmodal_hf.conversion.verify import check_folder_loads
 
+from console import run_cases
 from hub_double import hub_serving, reaching
 from tiny_parts import save_tiny_source_models
 
@@ -141,25 +143,39 @@ def test_build_needs_a_preset_or_all_parts(capsys):
     assert "missing: vision, audio" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("role", ["llm", "vision", "audio"])
-def test_a_part_that_cannot_be_read_is_named_in_one_line(role, tmp_path, tokenizer_folder):
+ROLES = ["llm", "vision", "audio"]
+
+
+@pytest.fixture(scope="module")
+def unreadable_parts(tmp_path_factory, tokenizer_folder) -> list[tuple[dict, Path]]:
+    """`mmmmodal build` with each part in turn a Hub id that is not there (offline), each in a folder of its own."""
+    root = tmp_path_factory.mktemp("unreadable")
+    sources = {k: str(v) for k, v in save_tiny_source_models(root / "sources", tokenizer_folder).items()}
+    cases, folders = [], [tmp_path_factory.mktemp(role) for role in ROLES]
+    for role in ROLES:
+        parts = {
+            "llm": sources["llm"],
+            "vision": sources["siglip"],
+            "audio": sources["whisper"],
+            role: "someone/absent",
+        }
+        cases.append(
+            ["build", "--output-dir", "never"]
+            + [item for name, source in parts.items() for item in (f"--{name}", source)]
+        )
+    return list(zip(run_cases(list(zip(cases, folders)), {**os.environ, "HF_HUB_OFFLINE": "1"}), folders))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_a_part_that_cannot_be_read_is_named_in_one_line(role, unreadable_parts):
     """Offline, or a typo: the part is named before anything is built, without a traceback."""
-    sources = {k: str(v) for k, v in save_tiny_source_models(tmp_path / "sources", tokenizer_folder).items()}
-    parts = {"llm": sources["llm"], "vision": sources["siglip"], "audio": sources["whisper"], role: "someone/absent"}
-    completed = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "build", "--output-dir", str(tmp_path / "never")]
-        + [item for name, source in parts.items() for item in (f"--{name}", source)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    assert completed.returncode == 1 and "Traceback" not in completed.stderr
+    outcome, folder = unreadable_parts[ROLES.index(role)]
+    assert outcome["status"] == 1 and "Traceback" not in outcome["stderr"]
     # The last line (the tiny SigLIP config's own notices may come before it, when it is read first).
-    last = completed.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"mmmmodal build: cannot read --{role} someone/absent: "), completed.stderr
-    assert "mmmmodal build:" not in completed.stderr.replace(last, "")
-    assert not (tmp_path / "never").exists()
+    last = outcome["stderr"].strip().splitlines()[-1]
+    assert last.startswith(f"mmmmodal build: cannot read --{role} someone/absent: "), outcome["stderr"]
+    assert "mmmmodal build:" not in outcome["stderr"].replace(last, "")
+    assert not (folder / "never").exists()
 
 
 def test_the_readmes_build_command_by_hub_ids_gives_the_local_build(tmp_path, tokenizer_folder):

@@ -7,6 +7,7 @@ import sys
 import pytest
 import soundfile
 
+from console import run_cases
 from tiny_parts import random_clip, random_image
 
 
@@ -120,24 +121,30 @@ def test_media_given_without_a_prompt_go_with_the_first_turn(saved_folder, tmp_p
     assert [block["type"] for block in saved[0]["content"]] == ["image", "text"]
 
 
+@pytest.fixture(scope="module")
+def refusals(saved_folder, tmp_path_factory) -> list[dict]:
+    """Refused arguments, each in a folder of its own: an empty prompt, a missing file, and a file that is no image
+    beside a model that is not there."""
+    folders = [tmp_path_factory.mktemp("refused") for _ in range(3)]
+    (folders[2] / "notes.png").write_text("not a picture")
+    soundfile.write(folders[2] / "beep.wav", random_clip(1), 16000)
+    cases = [
+        ["chat", str(saved_folder), "-p", "  "],
+        ["chat", str(saved_folder), "--image", "nowhere.png", "-p", "Apa?"],
+        ["chat", "./no_model_here", "--audio", "beep.wav", "--image", "notes.png", "-p", "Apa?"],
+    ]
+    return run_cases(list(zip(cases, folders)))
+
+
 @pytest.mark.parametrize(
-    "args, message",
-    [
-        (["-p", "  "], "the prompt (-p) is empty"),
-        (["--image", "nowhere.png", "-p", "Apa?"], "image 1 (nowhere.png): no such file"),
-    ],
+    "case, message",
+    [(0, "the prompt (-p) is empty"), (1, "image 1 (nowhere.png): no such file")],
 )
-def test_bad_arguments_end_with_one_line_and_a_nonzero_exit(saved_folder, args, message):
-    completed = chat(saved_folder, *args)
-    assert completed.returncode != 0
-    assert message in completed.stderr and "Traceback" not in completed.stderr
-    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
-
-
-def test_a_model_path_that_does_not_exist(tmp_path):
-    completed = chat(tmp_path / "no_model_here", "-p", "Apa?")
-    assert completed.returncode == 1 and "Traceback" not in completed.stderr
-    assert completed.stderr.strip().splitlines()[-1].startswith("mmmmodal chat: cannot load an MMMModal model from")
+def test_bad_arguments_end_with_one_line_and_a_nonzero_exit(refusals, case, message):
+    outcome = refusals[case]
+    assert outcome["status"] != 0
+    assert message in outcome["stderr"] and "Traceback" not in outcome["stderr"]
+    assert len(outcome["stderr"].strip().splitlines()) == 1, outcome["stderr"]
 
 
 def test_ctrl_c_at_the_prompt_in_a_terminal(saved_folder):
@@ -194,13 +201,10 @@ def test_ctrl_c_at_the_prompt_in_a_terminal(saved_folder):
     assert b"mmmmodal chat: interrupted" in screen and b"Traceback" not in screen
 
 
-def test_a_bad_file_is_refused_before_the_model_loads(tmp_path):
+def test_a_bad_file_is_refused_before_the_model_loads(refusals):
     """Found: `--image` with a file that is no image loaded the model first. Here the model is not there at all:
     the answer names the file, so nothing was loaded before it."""
-    (tmp_path / "notes.png").write_text("not a picture")
-    soundfile.write(tmp_path / "beep.wav", random_clip(1), 16000)
-    completed = chat(tmp_path / "no_model_here", "--audio", str(tmp_path / "beep.wav"), "--image",
-                     str(tmp_path / "notes.png"), "-p", "Apa?")  # fmt: skip
-    assert completed.returncode == 2 and "Traceback" not in completed.stderr
-    (line,) = completed.stderr.strip().splitlines()
-    assert line.startswith(f"mmmmodal chat: image 1 ({tmp_path / 'notes.png'}): not a readable image"), line
+    outcome = refusals[2]
+    assert outcome["status"] == 2 and "Traceback" not in outcome["stderr"]
+    (line,) = outcome["stderr"].strip().splitlines()
+    assert line.startswith("mmmmodal chat: image 1 (notes.png): not a readable image"), line
