@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from mmmmodal_hf.cli import align_combine_parser
+from mmmmodal_hf.cli_help import video_reading_options
 from mmmmodal_hf.training import MMMModalTrainArguments
 
 
@@ -25,6 +26,7 @@ def own_parsers() -> dict:
     from mmmmodal_hf.datatools.transcribe import build_parser as transcribe
     from mmmmodal_hf.datatools.validate import build_parser as validate
     from mmmmodal_hf.demo.run import build_parser as demo
+    from mmmmodal_hf.evaluation import build_parser as evaluate
     from mmmmodal_hf.serving.serve import build_parser as serve
     from mmmmodal_hf.web import build_parser as web
 
@@ -33,6 +35,7 @@ def own_parsers() -> dict:
         "web": web,
         "serve": serve,
         "demo": demo,
+        "eval": evaluate,
         "build": build,
         "convert": convert,
         "push": push,
@@ -73,6 +76,23 @@ def test_the_package_commands_spell_flags_in_kebab_case_and_booleans_as_x_no_x(n
         assert not isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)), (
             f"mmmmodal {name} {action.option_strings}: a boolean is --x/--no-x"
         )
+
+
+@pytest.mark.parametrize("name", ["chat", "web", "eval"])
+def test_the_commands_that_read_videos_take_the_same_flags(name, capsys):
+    """`--num-frames N` or `--fps F`, and `--pool-frames`: the processor's keywords, only those given."""
+    parser = own_parsers()[name]()
+    given = ["model", *(["--data", "rows.jsonl", "--output-dir", "out"] if name == "eval" else [])]
+
+    def read(*flags: str) -> dict:
+        return video_reading_options(parser.parse_args([*given, *flags]))
+
+    assert read() == {}  # the processor's defaults: 8 frames, whole
+    assert read("--num-frames", "3", "--pool-frames") == {"num_frames": 3, "pool_frames": True}
+    assert read("--fps", "0.5") == {"fps": 0.5}
+    with pytest.raises(SystemExit):
+        parser.parse_args([*given, "--num-frames", "3", "--fps", "1"])
+    assert "argument --fps: not allowed with argument --num-frames" in capsys.readouterr().err
 
 
 def test_train_options_have_help_and_keep_transformers_spelling():

@@ -13,8 +13,11 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def add_video_reading_options(parser: argparse.ArgumentParser) -> None:
-    """How a chat reads the videos it is given (`mmmmodal chat`, `mmmmodal web`): `video_reading_options(args)`."""
-    parser.add_argument("--num-frames", type=int, default=8, help="frames taken from each video")
+    """How a command reads the videos it is given (`mmmmodal chat`, `web`, `eval`): `video_reading_options(args)`.
+    Unset, the processor's defaults hold: 8 frames, whole."""
+    frames = parser.add_mutually_exclusive_group()
+    frames.add_argument("--num-frames", type=int, help="frames taken from each video (unset: 8)")
+    frames.add_argument("--fps", type=float, help="frames taken per second of each video, instead of --num-frames")
     parser.add_argument(
         "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
         help="a quarter of the slots per video frame (2x2 average), as a --pool_frames finetune saw (not the "
@@ -23,8 +26,9 @@ def add_video_reading_options(parser: argparse.ArgumentParser) -> None:
 
 
 def video_reading_options(args: argparse.Namespace) -> dict:
-    """The processor's video keywords from `add_video_reading_options`' flags."""
-    return {"num_frames": args.num_frames, "pool_frames": args.pool_frames}
+    """The processor's video keywords that `add_video_reading_options`' flags set (none: its defaults)."""
+    options = {"num_frames": args.num_frames, "fps": args.fps, "pool_frames": args.pool_frames or None}
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def command_parser(prog: str, description: str | None, **kwargs) -> argparse.ArgumentParser:

@@ -135,7 +135,7 @@ def _last_user_turn(history: list) -> tuple[int, dict]:
 
 def build_app(model, processor, title: str = "MMMModal chat", max_new_tokens: int = 256, video_options=None):
     """The Gradio Blocks app for `model` and `processor` (both already loaded); `video_options` are the processor's
-    (`num_frames`, `pool_frames`), for every video uploaded."""
+    (`num_frames` or `fps`, `pool_frames`), for every video uploaded."""
     import gradio as gr
 
     def new_session() -> MMMModalChatSession:

@@ -6,11 +6,10 @@ reference history before it, and scored against the reference (docs/evaluation.m
 `report.md` and `report.png`.
 """
 
-import argparse
 import json
 import sys
 
-from ..cli_help import command_parser
+from ..cli_help import add_video_reading_options, command_parser, video_reading_options
 from .metrics import DEFAULT_METRICS, METRICS
 from .remote import Server
 from .run import EvalSettings, evaluate, predict, recompute
@@ -47,16 +46,7 @@ def build_parser():
     parser.add_argument(
         "--vllm-args", type=json.loads, help="more `vllm.LLM` arguments as JSON, such as '{\"max_model_len\": 8192}'"
     )
-    parser.add_argument(
-        "--num-frames", type=int, help="frames taken from each video (default 8; not with --backend openai)"
-    )
-    parser.add_argument("--fps", type=float, help="frames per second of video taken, instead of --num-frames")
-    parser.add_argument(
-        "--pool-frames",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="a quarter of the slots per video frame, as in a --pool_frames finetune",
-    )
+    add_video_reading_options(parser)  # not with --backend openai: a server reads videos as it was started to
     parser.add_argument("--base-url", help="the server's API root for --backend openai, such as http://host:8000/v1")
     parser.add_argument("--judge-url", help="an OpenAI-compatible server whose model rates each answer 1-5")
     parser.add_argument("--judge-model", help="the judge's model name (unset: the first model the server lists)")
@@ -73,14 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size < 1 or args.max_new_tokens < 1:
         print("mmmmodal eval: --batch-size and --max-new-tokens must be at least 1", file=sys.stderr)
         return 2
-    video_options = {"num_frames": args.num_frames, "fps": args.fps, "pool_frames": args.pool_frames or None}
-    video_options = {key: value for key, value in video_options.items() if value is not None}
+    video_options = video_reading_options(args)
     if video_options and args.backend == "openai":
         print("mmmmodal eval: --num-frames, --fps and --pool-frames are for --backend transformers or vllm (a server "
               "reads videos as its --media-io-kwargs and --mm-processor-kwargs say)", file=sys.stderr)  # fmt: skip
-        return 2
-    if args.num_frames is not None and args.fps is not None:
-        print("mmmmodal eval: give --num-frames or --fps, not both", file=sys.stderr)
         return 2
     if args.backend == "openai" and not args.base_url:
         print("mmmmodal eval: --backend openai needs --base-url", file=sys.stderr)
