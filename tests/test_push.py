@@ -8,6 +8,7 @@ import pytest
 
 from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
 from mmmmodal_hf.conversion.push import RefusedToPush, check_folder, files_to_upload
+from mmmmodal_hf.conversion.push import main as push
 
 from hub_double import REFUSED_TOKEN, hub_serving, reaching
 from tiny_parts import save_tiny_source_models
@@ -30,29 +31,12 @@ def built(tmp_path_factory, tokenizer_folder):
     return root / "built"
 
 
-def test_dry_run_lists_exactly_the_files_it_would_upload(built):
+def test_dry_run_lists_exactly_the_files_it_would_upload(built, capsys):
     (built / "__pycache__").mkdir(exist_ok=True)
     (built / "__pycache__" / "modeling_mmmmodal.cpython-311.pyc").write_bytes(b"cache")
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mmmmodal_hf.cli",
-            "push",
-            str(built),
-            "--repo-id",
-            "someone/tiny",
-            "--private",
-            "--revision",
-            "dev",
-            "--dry-run",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    lines = completed.stdout.strip().splitlines()
+    capsys.readouterr()
+    assert push([str(built), "--repo-id", "someone/tiny", "--private", "--revision", "dev", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
     listed = json.loads(lines[-1])
     on_disk = sorted(p.name for p in built.iterdir() if p.is_file())
     assert listed == on_disk == files_to_upload(built)
@@ -88,20 +72,17 @@ def test_a_folder_that_does_not_load_is_refused(built, tmp_path):
         check_folder(folder)
 
 
-def test_space_for_the_model_is_written_and_checked_in_a_dry_run(built, tmp_path):
+def test_space_for_the_model_is_written_and_checked_in_a_dry_run(built, tmp_path, capsys):
     """`--space` writes a Gradio Space (app.py, card, requirements) that serves the model with `mmmmodal web`."""
     from huggingface_hub import SpaceCard
 
     space = tmp_path / "space"
-    completed = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "push", str(built), "--repo-id", "someone/mmmmodal-tiny",
-         "--dry-run", "--space", "someone/mmmmodal-tiny-chat", "--space-dir", str(space)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    capsys.readouterr()
+    assert push([str(built), "--repo-id", "someone/mmmmodal-tiny", "--dry-run", "--space", "someone/mmmmodal-tiny-chat",
+                 "--space-dir", str(space)]) == 0  # fmt: skip
     assert (
         'would upload the Space someone/mmmmodal-tiny-chat: ["README.md", "app.py", "requirements.txt"]'
-        in completed.stdout
+        in capsys.readouterr().out
     )
     card = SpaceCard.load(space / "README.md")
     assert card.data.sdk == "gradio" and card.data.app_file == "app.py"
