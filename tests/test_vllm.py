@@ -122,20 +122,24 @@ def served_videos(tmp_path_factory):
 def test_videos_with_their_soundtracks_get_the_prompt_ids_and_greedy_tokens_of_generate(
     engine, reference, served_media, served_videos
 ):
-    """A video item is its sampled frames with its soundtrack (`video_item`): vLLM lays it out as the processor does,
-    each frame's slots then its soundtrack piece's, batched with other requests' images and clips."""
+    """A video item is its sampled frames with its soundtrack at the file's own rate (`load_video_item`): vLLM lays it
+    out as the processor does, each frame's slots then its soundtrack piece's, batched with other requests' images and
+    clips."""
     from vllm import SamplingParams
 
-    from mmmmodal_hf.media_mmmmodal import load_video
-    from mmmmodal_hf.serving.vllm_media import video_item
+    from mmmmodal_hf.serving.vllm_media import load_video_item
 
+    # The soundtrack as the file holds it (44.1 kHz here): the model's processor resamples it, once.
+    stereo, silent = (load_video_item(served_videos[name], num_frames=3)[1] for name in ("stereo", "silent"))
+    assert stereo["sampling_rate"] == 44100 and abs(len(stereo["audio"]) / 44100 - stereo["duration"]) < 0.1
+    assert "audio" not in silent
     # Each case as it is, and with its frames pooled (`pool_frames`, a processor keyword: per request here, or
     # `--mm-processor-kwargs` for a server), beside requests that do not pool.
     cases = [(name, case, pool) for pool in (False, True) for name, case in VIDEO_CASES.items()]
     requests = []
     for _, (text, videos, images, clips), pool in cases:
         request = vllm_request((text, images, clips), served_media)
-        decoded = [video_item(load_video(served_videos[name], num_frames=3)) for name in videos]
+        decoded = [load_video_item(served_videos[name], num_frames=3) for name in videos]
         requests.append({**request, "multi_modal_data": {**request.get("multi_modal_data", {}), "video": decoded}})
         if pool:
             requests[-1]["mm_processor_kwargs"] = {"pool_frames": True}

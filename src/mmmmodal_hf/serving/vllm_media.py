@@ -1,13 +1,14 @@
 """A vLLM media connector that decodes with the processor's own loaders, so the server refuses what
 `processor(...)` refuses (a truncated WAV, a decompression bomb, a file that is no image) with the same
-message, and hands vLLM mono audio at its own rate, which the plugin's parser resamples to the feature extractor's
-rate exactly as the processor does. Where the request went
+message, and hands vLLM mono audio (and a video's soundtrack) at its own rate, which the plugin resamples to the
+feature extractor's rate exactly as the processor does. Where the request went
 through `request_media.NamedMediaMiddleware`, a refusal names the item as the user counts it (`message 1,
 audio 2: ...`).
 
 `mmmmodal serve` selects it (`VLLM_MEDIA_CONNECTOR=mmmmodal`); with `vllm serve`, set that variable too.
 """
 
+import io
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,7 +24,7 @@ from .request_media import MEDIA_NAMES, inline_bytes
 CONNECTOR = "mmmmodal"
 
 
-def video_item(video: Video, sampling_rate: int = 16000) -> tuple[np.ndarray, dict]:
+def video_item(video: Video, sampling_rate: int | None = None) -> tuple[np.ndarray, dict]:
     """A decoded video (`media_mmmmodal.load_video`) as vLLM's `multi_modal_data["video"]` item: its frames, and
     metadata that keeps their times (taken again as they are: `do_sample_frames` off) and its soundtrack, mono at
     `sampling_rate` (the one `load_video` gave it)."""
@@ -33,6 +34,27 @@ def video_item(video: Video, sampling_rate: int = 16000) -> tuple[np.ndarray, di
     if video.soundtrack is not None:
         metadata.update(audio=video.soundtrack, sampling_rate=sampling_rate)
     return np.stack([np.asarray(frame) for frame in video.frames]), metadata
+
+
+def load_video_item(source, **options) -> tuple[np.ndarray, dict]:
+    """A video file (a path or its bytes) as a vLLM item, decoded by the processor's loader (`options`: its
+    `num_frames`, `fps`, `max_frames`), the soundtrack mono at the file's own rate: the model's processor resamples
+    it to its feature extractor's rate, once, as it does for `generate` (a connector does not know the model)."""
+    rate = _soundtrack_rate(source)
+    return video_item(load_video(source, **options, **({"sampling_rate": rate} if rate else {})), rate)
+
+
+def _soundtrack_rate(source) -> int | None:
+    """The rate of a video's first audio stream; None where it has none or cannot be read (`load_video` says why)."""
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
+            return container.streams.audio[0].rate if container.streams.audio else None
+    except (av.FFmpegError, OSError):
+        return None
 
 
 class MMMModalAudioIO(AudioMediaIO):
@@ -72,9 +94,7 @@ class MMMModalVideoIO(MediaIO):
         return self.load_bytes(_decoded(data))
 
     def load_bytes(self, data: bytes, source=None):
-        return MediaWithBytes(
-            _loaded("video", source or data, lambda: video_item(load_video(data, **self.options))), data
-        )
+        return MediaWithBytes(_loaded("video", source or data, lambda: load_video_item(data, **self.options)), data)
 
     def load_file(self, filepath):
         return self.load_bytes(filepath.read_bytes(), source=filepath)
