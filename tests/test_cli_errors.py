@@ -1,4 +1,5 @@
-"""A command given an input it cannot use ends with one line naming it and exit status 1, never a traceback."""
+"""A command given an input it cannot use (a missing path, a flag's value its checks refuse) ends with one line naming
+it and exit status 1, never a traceback."""
 
 import os
 from pathlib import Path
@@ -22,6 +23,10 @@ MISSING = [
     (["demo", "--output-dir", "a_file/demo"], "mmmmodal demo: [Errno 20] Not a directory: 'a_file/demo'"),
     (["demo", "--video", "--output-dir", "none"],
      "world/. Run `mmmmodal demo --output-dir none` (or --quick) first."),
+    (["train", "--stage", "aling", "--model", "m", "--data", "rows.jsonl", "--output_dir", "out"],
+     "mmmmodal train: --stage must be one of ('align', 'finetune', 'lora'); got 'aling'"),
+    (["train", "--stage", "finetune", "--model", "m", "--data", "rows.jsonl", "--output_dir", "out", "--fps", "0"],
+     "mmmmodal train: --fps must be a positive number; got 0.0"),
 ]  # fmt: skip
 
 

@@ -93,6 +93,13 @@ def test_the_commands_that_read_videos_take_the_same_flags(name, capsys):
     with pytest.raises(SystemExit):
         parser.parse_args([*given, "--num-frames", "3", "--fps", "1"])
     assert "argument --fps: not allowed with argument --num-frames" in capsys.readouterr().err
+    for flag, value, said in [("--num-frames", "0", "must be a positive number; got 0"),
+                              ("--num-frames", "2.5", "invalid int value: '2.5'"),
+                              ("--fps", "-1", "must be a positive number; got -1"),
+                              ("--fps", "inf", "must be a positive number; got inf")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            parser.parse_args([*given, flag, value])
+        assert f"argument {flag}: {said}" in capsys.readouterr().err
 
 
 def test_train_options_have_help_and_keep_transformers_spelling():

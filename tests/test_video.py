@@ -2,6 +2,7 @@
 stereo and 16 kHz mono, none), read by `media_mmmmodal.load_video` and laid out by the processor as the published
 tags: each frame an image, each followed by the soundtrack from it to the next frame, the soundtrack encoded once."""
 
+import base64
 import re
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from mmmmodal_hf import MMMModalProcessor
 from mmmmodal_hf.media_mmmmodal import (
     CorruptMediaError,
+    MediaError,
     MediaTooLargeError,
     NotAVideoError,
     Video,
@@ -66,6 +68,42 @@ def test_frame_counts_follow_num_frames_or_fps(videos, options, count):
 def test_num_frames_and_fps_together_are_refused(videos):
     with pytest.raises(ValueError, match="num_frames or fps, not both"):
         load_video(videos["mp4"], num_frames=4, fps=1)
+
+
+@pytest.mark.parametrize(
+    "options, said",
+    [({"num_frames": 0}, "num_frames must be a positive whole number; got 0"),
+     ({"num_frames": 2.5}, "num_frames must be a positive whole number; got 2.5"),
+     ({"num_frames": "4"}, "num_frames must be a positive whole number; got '4'"),
+     ({"fps": -1}, "fps must be a positive number; got -1"),
+     ({"fps": float("inf")}, "fps must be a positive number; got inf"),
+     ({"fps": 2, "max_frames": 0}, "max_frames must be a positive whole number; got 0")],
+)  # fmt: skip
+def test_frame_options_that_are_not_positive_numbers_are_named(processor, videos, options, said):
+    """Found: `num_frames=0`, a negative `fps` gave one frame and `max_frames=0` the default 64, without a word."""
+    with pytest.raises(ValueError, match=rf"^Sample 1, video 1 \('.*stereo.mp4'\): {re.escape(said)}$"):
+        processor(text="<video>", videos=[videos["mp4"]], **options)
+    assert len(load_video(videos["mp4"], num_frames=np.int64(2)).frames) == 2  # numpy's integers are whole numbers
+
+
+def test_a_live_recording_without_a_duration_in_its_header_is_timed_by_its_packets(processor, tmp_path):
+    """Found: a webm written as a stream (as browsers record) has no duration in its header; its 4 s were read as
+    0 s, and every frame taken was the first. Its duration now comes from its packets, demuxed, not decoded."""
+    import av
+
+    path = write_video(tmp_path / "recorded.webm", codec="libvpx", audio_rate=48000, live=True)
+    with av.open(str(path)) as container:
+        assert container.duration is None and container.streams.video[0].duration is None
+    video = load_video(path, num_frames=4)
+    assert video.duration == pytest.approx(4.0, abs=0.1) and video.times == pytest.approx([0, 1, 2, 3], abs=0.03)
+    for frame, time in zip(video.frames, video.times):
+        assert np.abs(np.asarray(frame)[10, 10].astype(int) - colour_at(time)).max() <= 8, (time, frame)
+    pieces = [
+        slots
+        for kind, slots in layout(processor, processor(text="<video>", videos=[path], num_frames=4)["input_ids"][0])
+        if kind == "audio"
+    ]
+    assert len(pieces) == 4 and min(pieces) > 0  # the soundtrack split among the four frames, none empty
 
 
 @pytest.mark.parametrize("container", ["mp4", "mkv", "webm"])
@@ -138,6 +176,25 @@ def test_a_chat_takes_video_blocks_with_transformers_keywords(processor, videos)
             conversation, add_generation_prompt=True, tokenize=True, return_dict=True, **options
         )
         assert [kind for kind, _ in layout(processor, inputs["input_ids"][0])] == kinds
+
+
+def test_a_chat_video_block_takes_every_source_an_image_block_takes(processor, videos):
+    """ "video", "path", "url" (transformers' keys) and "base64" (as image and audio blocks take, a data URL too):
+    the same inputs. Found: a base64 video, or a block with no source, was refused as a count mismatch."""
+    data = base64.b64encode(videos["mp4"].read_bytes()).decode()
+
+    def inputs(block: dict) -> dict:
+        chat = [{"role": "user", "content": [block, {"type": "text", "text": "Apa?"}]}]
+        return processor.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=True)
+
+    expected = inputs({"type": "video", "path": str(videos["mp4"])})
+    for block in ({"type": "video", "video": str(videos["mp4"])}, {"type": "video", "base64": data},
+                  {"type": "video", "base64": f"data:video/mp4;base64,{data}"}):  # fmt: skip
+        given = inputs(block)
+        assert given["input_ids"] == expected["input_ids"], block.keys()
+        assert all(np.array_equal(given[key], expected[key]) for key in ("pixel_values", "input_features"))
+    with pytest.raises(ValueError, match=r"^A video block needs one of 'video', 'path', 'url' or 'base64'; got "):
+        inputs({"type": "video", "text": "no source"})
 
 
 def test_a_batch_mixing_videos_images_and_clips_generates_as_each_prompt_alone(processor, model, videos):
@@ -323,8 +380,38 @@ class _LossesInto:
         (lambda folder: _wav(folder / "speech.wav"), NotAVideoError, "no video stream"),
         (lambda folder: _png(folder / "still.png"), NotAVideoError, "a still image, not a video"),
         (lambda folder: {"frames": [], "fps": 2}, CorruptMediaError, "no frames"),
+        (
+            lambda folder: None,
+            MediaError,
+            "a video must be a file path, URL or bytes, a list of frames, .* got <NoneType>",
+        ),
+        (
+            lambda folder: np.zeros((32, 32, 3), np.uint8),
+            MediaError,
+            r"\(frames, height, width, channels\) array .* got <ndarray \(32, 32, 3\)>",
+        ),
+        (
+            lambda folder: {"audio": np.zeros(800)},
+            MediaError,
+            r"or a dict of 'frames' .* got <dict with keys \['audio'\]>",
+        ),
+        (
+            lambda folder: {"frames": [random_image(0)], "fps": 0},
+            MediaError,
+            "the frames' fps must be positive; got 0",
+        ),
     ],
-    ids=["missing", "not_a_video", "audio_file", "still_image", "no_frames"],
+    ids=[
+        "missing",
+        "not_a_video",
+        "audio_file",
+        "still_image",
+        "no_frames",
+        "none",
+        "one_image_array",
+        "no_frames_key",
+        "fps_0",
+    ],
 )
 def test_bad_videos_are_named(processor, tmp_path, make, error, message):
     with pytest.raises(error, match=rf"Sample 1, video 1 .*{message}"):

@@ -23,13 +23,14 @@ def beeping_soundtrack(seconds: float, rate: int, channels: int, beeps=(1.5,), b
 
 
 def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), audio_rate: int | None = 44100,
-                channels: int = 2, beeps=(1.5,), codec: str = "libx264", gop: int = 12) -> Path:  # fmt: skip
+                channels: int = 2, beeps=(1.5,), codec: str = "libx264", gop: int = 12, live: bool = False) -> Path:  # fmt: skip
     """A video whose frames are one colour per second (`colour_at`), with a beeping soundtrack unless
-    `audio_rate` is None. Its container follows the suffix (mp4, webm, mkv, mov, avi)."""
+    `audio_rate` is None. Its container follows the suffix (mp4, webm, mkv, mov, avi). `live`: a Matroska/webm
+    written as a stream, as a browser's MediaRecorder writes one: no duration in its header."""
     import av
 
     width, height = size
-    with av.open(str(path), "w") as container:
+    with av.open(str(path), "w", options={"live": "1"} if live else {}) as container:
         video = container.add_stream(codec, rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.codec_context.gop_size = gop

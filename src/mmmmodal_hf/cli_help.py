@@ -1,6 +1,7 @@
 """One help style for the package's own commands: the module's docstring as written, and every option's default."""
 
 import argparse
+import math
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -12,12 +13,27 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
         return super()._get_help_string(action)
 
 
+def positive(number: type):
+    """An argparse `type` that takes a positive `number` (`int` or `float`), refusing 0, negatives and infinity."""
+
+    def parse(text: str):
+        value = number(text)  # a ValueError: argparse's "invalid int value: 'x'"
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+        return value
+
+    parse.__name__ = number.__name__
+    return parse
+
+
 def add_video_reading_options(parser: argparse.ArgumentParser) -> None:
     """How a command reads the videos it is given (`mmmmodal chat`, `web`, `eval`): `video_reading_options(args)`.
     Unset, the processor's defaults hold: 8 frames, whole."""
     frames = parser.add_mutually_exclusive_group()
-    frames.add_argument("--num-frames", type=int, help="frames taken from each video (unset: 8)")
-    frames.add_argument("--fps", type=float, help="frames taken per second of each video, instead of --num-frames")
+    frames.add_argument("--num-frames", type=positive(int), help="frames taken from each video (unset: 8)")
+    frames.add_argument(
+        "--fps", type=positive(float), help="frames taken per second of each video, instead of --num-frames"
+    )
     parser.add_argument(
         "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
         help="a quarter of the slots per video frame (2x2 average), as a --pool_frames finetune saw (not the "

@@ -26,7 +26,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .cli_errors import InputError
 from .configuration_mmmmodal import MEDIA_INPUT_NAMES
-from .media_mmmmodal import DEFAULT_MAX_FRAMES, Video, sample_times
+from .media_mmmmodal import Video, sample_times, video_duration
 from .processing_mmmmodal import EncodedMedium, placeholder_kinds
 
 logger = logging.getLogger(__name__)
@@ -269,16 +269,14 @@ def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
     try:
         with av.open(str(source)) as container:
             stream = container.streams.video[0]
-            duration = (
-                float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
-            )
+            duration = video_duration(container, stream)
             has_soundtrack = bool(container.streams.audio)
     except (OSError, IndexError, av.FFmpegError):
         return None
     if (frame_slots := _resized_image_slots(processor, bool(video_kwargs.get("pool_frames")))) is None:
         return None
     times = sample_times(duration, video_kwargs.get("num_frames"), video_kwargs.get("fps"),
-                         video_kwargs.get("max_frames") or DEFAULT_MAX_FRAMES)  # fmt: skip
+                         video_kwargs.get("max_frames"))  # fmt: skip
     rate = processor.feature_extractor.sampling_rate
     sound = has_soundtrack and video_kwargs.get("load_audio_from_video", True)
     return Video(

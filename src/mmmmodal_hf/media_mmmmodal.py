@@ -7,8 +7,10 @@ item it was, keeping the type, so callers branch on types and never on message t
 """
 
 import io
+import math
 import os
 import re
+from numbers import Integral, Real
 from pathlib import Path
 
 import httpx
@@ -273,17 +275,22 @@ class Video:
 
 
 def sample_times(duration: float, num_frames: int | None = None, fps: float | None = None,
-                 max_frames: int = DEFAULT_MAX_FRAMES) -> list[float]:  # fmt: skip
+                 max_frames: int | None = None) -> list[float]:  # fmt: skip
     """When the frames are taken: `num_frames` (default 8), or `fps` frames per second of the video (at least one,
     at most `max_frames`), evenly spaced from the start."""
     if num_frames is not None and fps is not None:
         raise ValueError("give num_frames or fps, not both")
+    options = {"num_frames": (num_frames, Integral), "fps": (fps, Real), "max_frames": (max_frames, Integral)}
+    for name, (value, kind) in options.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kind) or not 0 < value < math.inf):
+            raise ValueError(f"{name} must be a positive {'whole ' * (kind is Integral)}number; got {value!r}")
+    max_frames = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
     count = num_frames if num_frames is not None else round(duration * fps) if fps is not None else DEFAULT_NUM_FRAMES
     count = max(1, min(int(count), max_frames))
     return [index * duration / count for index in range(count)]
 
 
-def load_video(item, num_frames: int | None = None, fps: float | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
+def load_video(item, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None,
                sampling_rate: int | None = 16000, load_audio_from_video: bool = True,
                max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, sample_frames: bool = True) -> Video:  # fmt: skip
     """A `Video` from a file path, URL or bytes (decoded with PyAV: only the sampled frames, seeking), a `Video`, a
@@ -299,13 +306,16 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
         return _read_video_file(source, num_frames, fps, max_frames, sampling_rate if load_audio_from_video else None,
                                 max_pixels)  # fmt: skip
     given = item if isinstance(item, dict) else {"frames": item}
-    frames, rate = given.get("frames"), float(given.get("fps") or 1.0)
-    if frames is None:
+    frames, rate = given.get("frames"), float(1.0 if given.get("fps") is None else given["fps"])
+    if not isinstance(frames, (list, tuple)) and getattr(frames, "ndim", None) != 4:
         raise MediaError(
-            f"a video dict needs 'frames' (with 'fps', and 'audio' with 'sampling_rate'); got {sorted(given)}"
+            "a video must be a file path, URL or bytes, a list of frames, a (frames, height, width, channels) array "
+            f"or a dict of 'frames' (with 'fps', and 'audio' with 'sampling_rate'); got {describe_media(item if frames is None else frames)}"
         )
     if len(frames) == 0:
         raise CorruptMediaError("the video has no frames")
+    if not 0 < rate < math.inf:
+        raise MediaError(f"the frames' fps must be positive; got {given.get('fps')!r}")
     duration = len(frames) / rate
     times = (
         sample_times(duration, num_frames, fps, max_frames)
@@ -344,13 +354,23 @@ def _read_video_file(source, num_frames, fps, max_frames, sampling_rate, max_pix
         width, height = stream.codec_context.width, stream.codec_context.height
         if max_pixels is not None and width * height > max_pixels:
             raise MediaTooLargeError(f"its frames are {width}x{height}, more than max_pixels={max_pixels:,}")
-        duration = float(stream.duration * stream.time_base) if stream.duration else (container.duration or 0) / 1e6
+        duration = video_duration(container, stream)
         times = sample_times(duration, num_frames, fps, max_frames)
         frames = _frames_at(container, stream, times)
         soundtrack = None
         if sampling_rate is not None and container.streams.audio:
             soundtrack = load_audio(_soundtrack(container), sampling_rate, container.streams.audio[0].rate)
     return Video(frames, times, duration, soundtrack)
+
+
+def video_duration(container, stream) -> float:
+    """Seconds the video stream lasts: from the header, or where it holds none (a live recording, as browsers write
+    webm) from the end of its last packet, demuxed without decoding."""
+    if stream.duration or container.duration:
+        return float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
+    ends = [packet.pts + (packet.duration or 0) for packet in container.demux(stream) if packet.pts is not None]
+    start = stream.start_time or 0
+    return float((max(ends) - start) * stream.time_base) if ends else 0.0
 
 
 def _frames_at(container, stream, times: list[float]) -> list[Image.Image]:
@@ -401,7 +421,7 @@ def _soundtrack(container) -> np.ndarray:
 
 
 __all__ = [
-    "load_image", "load_audio", "read_audio", "load_video", "sample_times", "Video", "describe_media",
+    "load_image", "load_audio", "read_audio", "load_video", "sample_times", "video_duration", "Video", "describe_media",
     "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError", "NotAnImageError", "NotAudioError",
     "NotAVideoError", "CorruptMediaError", "MediaTooLargeError",
 ]  # fmt: skip

@@ -36,7 +36,6 @@ from .configuration_mmmmodal import (
     whisper_encoder_frames,
 )
 from .media_mmmmodal import (
-    DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_IMAGE_PIXELS,
     MediaTooLargeError,
     describe_media,
@@ -360,7 +359,7 @@ class MMMModalProcessor(ProcessorMixin):
     def _load_videos(self, index: int, items: list, videos_kwargs: dict) -> list:
         options = {
             "num_frames": videos_kwargs.get("num_frames"), "fps": videos_kwargs.get("fps"),
-            "max_frames": videos_kwargs.get("max_frames") or DEFAULT_MAX_FRAMES,
+            "max_frames": videos_kwargs.get("max_frames"),
             "load_audio_from_video": videos_kwargs.get("load_audio_from_video", True),
             "sampling_rate": self.feature_extractor.sampling_rate, "max_pixels": self.max_image_pixels,
             "sample_frames": videos_kwargs.get("do_sample_frames") is not False,
@@ -558,24 +557,28 @@ class MMMModalProcessor(ProcessorMixin):
 
 
 def _with_media_sources_taken(message: dict, clips: list) -> dict:
-    """A copy of `message` whose image blocks hold their source under "image" and whose audio blocks hold none:
-    each clip's source goes to `clips`, for `__call__`. transformers (5.19 to 5.24) passes an "image" on unread."""
+    """A copy of `message` whose image and video blocks hold their source under "image" / "video" (base64 decoded)
+    and whose audio blocks hold none: each clip's source goes to `clips`, for `__call__`. transformers (5.19 to
+    5.25) passes an "image" and a "video" on unread."""
     if not isinstance(message, dict) or not isinstance(message.get("content"), list):
         return message
     content = []
     for block in message["content"]:
         kind = block.get("type")
-        if kind in ("image", "audio"):
+        if kind in ("image", "audio", "video"):
             sources = (kind, "path", "url", "base64")
             key = next((key for key in sources if block.get(key) is not None), None)
             if key is None:
-                raise ValueError(f"An {kind} block needs one of '{kind}', 'path', 'url' or 'base64'; got {block}.")
+                article = "A" if kind == "video" else "An"
+                raise ValueError(
+                    f"{article} {kind} block needs one of '{kind}', 'path', 'url' or 'base64'; got {block}."
+                )
             source = base64.b64decode(block[key].split(",")[-1]) if key == "base64" else block[key]
             block = {k: v for k, v in block.items() if k not in sources}
             if kind == "audio":
                 clips.append(source)
             else:
-                block["image"] = source
+                block[kind] = source
         content.append(block)
     return {**message, "content": content}
 

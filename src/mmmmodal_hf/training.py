@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traine
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .cli_errors import loading
+from .cli_errors import InputError, loading
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
 from .data import (
     IGNORE_INDEX,
@@ -38,6 +38,7 @@ from .data import (
     answer_token_ids,
     load_rows,
 )
+from .media_mmmmodal import sample_times
 from .modeling_mmmmodal import MMMModalForConditionalGeneration
 from .processing_mmmmodal import MMMModalProcessor
 from .tower_memo import RememberedTowers
@@ -136,6 +137,10 @@ class MMMModalTrainArguments:
     def __post_init__(self):
         if self.num_frames is not None and self.fps is not None:
             raise ValueError("give --num_frames or --fps, not both")
+        try:
+            sample_times(0.0, self.num_frames, self.fps, self.max_frames)  # each a positive number, or named
+        except ValueError as error:
+            raise ValueError(f"--{error}") from None
         if self.stage not in STAGES:
             raise ValueError(f"--stage must be one of {STAGES}; got {self.stage!r}")
         if self.train_on not in ("answers", "all"):
@@ -549,7 +554,10 @@ def parse_args(argv: list[str]) -> tuple[MMMModalTrainArguments, TrainingArgumen
         # Without it, each rank of a CPU torchrun silently trains alone (world size 1).
         argv += ["--use_cpu", "True"]
     parser = HfArgumentParser((MMMModalTrainArguments, TrainingArguments), prog="mmmmodal train")
-    return parser.parse_args_into_dataclasses(args=argv)
+    try:
+        return parser.parse_args_into_dataclasses(args=argv)
+    except ValueError as error:  # a flag's value the arguments' own checks refuse: one line, not a traceback
+        raise InputError(str(error)) from error
 
 
 def _shipped_deepspeed_config(item: str) -> str:

@@ -88,7 +88,7 @@ class MMMModalVideoIO(MediaIO):
     or `fps` and `max_frames` from vLLM's `--media-io-kwargs '{"video": {...}}'` (default 8 frames, as `generate`)."""
 
     def __init__(self, num_frames: int | None = None, fps: float | None = None, max_frames: int | None = None, **_):
-        self.options = {"num_frames": num_frames, "fps": fps, **({"max_frames": max_frames} if max_frames else {})}
+        self.options = {"num_frames": num_frames, "fps": fps, "max_frames": max_frames}
 
     def load_base64(self, media_type: str, data: str):
         return self.load_bytes(_decoded(data))
