@@ -1,5 +1,7 @@
 """The chat session keeps its KV cache across turns and answers exactly as a from-scratch run does."""
 
+import re
+
 import pytest
 import torch
 
@@ -123,6 +125,22 @@ def test_bad_media_leave_the_session_unchanged(model, session_processor, tmp_pat
     with pytest.raises(ValueError, match="image 1"):
         session.send("And this?", images=[str(broken)])
     assert len(session.messages) == 2
+
+
+@pytest.mark.parametrize(
+    "options, said",
+    [({"frames": 4}, "video_options takes num_frames, fps, max_frames, load_audio_from_video, pool_frames, "
+                     "do_sample_frames; got 'frames'"),
+     ({"num_frames": 0}, "num_frames must be a positive whole number; got 0"),
+     ({"fps": 2, "max_frames": -1}, "max_frames must be a positive whole number; got -1")],
+)  # fmt: skip
+def test_video_options_are_checked_when_the_session_is_made(model, session_processor, options, said):
+    """Found: a misspelt option was ignored (8 frames, without a word), a zero refused only at the first video."""
+    with pytest.raises(ValueError, match=f"^{re.escape(said)}$"):
+        MMMModalChatSession(model, session_processor, video_options=options)
+    assert (
+        MMMModalChatSession(model, session_processor, video_options={"fps": 0.5, "pool_frames": True}).messages == []
+    )
 
 
 def test_a_stream_yields_the_reply_and_one_left_early_drops_the_turn(model, session_processor):

@@ -14,6 +14,7 @@ from itertools import groupby
 import torch
 from transformers import DynamicCache, TextIteratorStreamer
 
+from .media_mmmmodal import sample_times
 from .modeling_mmmmodal import CACHE_NAME
 from .processing_mmmmodal import EncodedMedium
 
@@ -42,6 +43,18 @@ def _block(kind: str, item) -> dict:
     )
 
 
+_VIDEO_OPTIONS = ("num_frames", "fps", "max_frames", "load_audio_from_video", "pool_frames", "do_sample_frames")
+
+
+def _checked(video_options: dict) -> dict:
+    """`video_options` refused at once, not at the first video, where a name is not one the processor reads (a
+    typo would leave its default in place without a word) or a frame count or rate is not a positive number."""
+    if unknown := sorted(set(video_options) - set(_VIDEO_OPTIONS)):
+        raise ValueError(f"video_options takes {', '.join(_VIDEO_OPTIONS)}; got {', '.join(map(repr, unknown))}")
+    sample_times(0.0, *(video_options.get(key) for key in ("num_frames", "fps", "max_frames")))
+    return video_options
+
+
 class MMMModalChatSession:
     """Chat with an MMMModal model turn by turn, keeping the KV cache between turns.
 
@@ -62,7 +75,7 @@ class MMMModalChatSession:
         self, model, processor, system: str | None = None, context_length: int | None = None,
         video_options: dict | None = None, **generate_kwargs,
     ):  # fmt: skip
-        self.model, self.processor, self.video_options = model, processor, video_options or {}
+        self.model, self.processor, self.video_options = model, processor, _checked(video_options or {})
         self.system = system
         self.context_length = context_length or getattr(model.config.text_config, "max_position_embeddings", None)
         self.generate_kwargs = {"max_new_tokens": 256, "do_sample": False, **generate_kwargs}
