@@ -1,5 +1,6 @@
 """Training data: both row formats, exact label masks, padding, truncation by whole turns, packing."""
 
+import base64
 import json
 
 import numpy as np
@@ -93,6 +94,25 @@ def test_content_block_rows_match_published_rows(processor, media_folder):
     encoded = encode_conversation(processor, conversation_from_row(blocks, str(media_folder)))
     assert decode_labels(processor, encoded).replace(" ", "") == "Bulatan.</s>"
     assert encoded["pixel_values"].shape[0] == 1
+
+
+def test_content_blocks_hold_media_under_every_key_the_chat_template_takes(processor, media_folder):
+    """Their type's key, "path", "url" or "base64" (a data URL too), as `apply_chat_template` takes them: the same
+    inputs. Found: training rows refused a base64 medium that the processor's chat template took."""
+    image, clip = (media_folder / "one.png").read_bytes(), (media_folder / "beep.wav").read_bytes()
+    as_text = {name: base64.b64encode(data).decode() for name, data in (("image", image), ("audio", clip))}
+
+    def encoded(image_block: dict, audio_block: dict) -> dict:
+        content = [{"type": "image", **image_block}, {"type": "audio", **audio_block}, {"type": "text", "text": "?"}]
+        row = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "Bulat."}]}
+        return encode_conversation(processor, conversation_from_row(row, str(media_folder)))
+
+    expected = encoded({"path": "one.png"}, {"path": "beep.wav"})
+    for given in (encoded({"image": "one.png"}, {"audio": "beep.wav"}),
+                  encoded({"base64": as_text["image"]}, {"base64": f"data:audio/wav;base64,{as_text['audio']}"})):  # fmt: skip
+        assert all(np.array_equal(given[key], expected[key]) for key in expected), sorted(expected)
+    with pytest.raises(UnusableRow, match=r"^row \?: An audio block needs one of 'audio', 'path', 'url' or 'base64'"):
+        encoded({"path": "one.png"}, {"text": "no source"})
 
 
 def test_truncation_drops_whole_trailing_turns_and_their_media(processor, media_folder):

@@ -113,7 +113,7 @@ def test_validate_finds_every_planted_defect(tmp_path, session_processor):
     assert "2 files in 'filename' but 1 media tags" in messages["unusable row"]
     assert "tone.wav is audio, but its tag says image" in messages["wrong media kind"]
     assert re.search(r"\d+ tokens, \d+ over the block of 120", messages["too long"])
-    assert not report.ok and "too long: 1 rows" in report.summary()
+    assert not report.ok and "too long: 1 row\n" in report.summary()
 
 
 def test_validate_reports_a_line_cut_in_half_as_a_defect_and_reads_on(tmp_path, base_folder, capsys):
@@ -133,7 +133,7 @@ def test_validate_reports_a_line_cut_in_half_as_a_defect_and_reads_on(tmp_path, 
             ["cut.jsonl:2", "row cut.jsonl:2: not valid JSON (Unterminated string starting at: column 21)"]
         ]
     }
-    assert "unusable row: 1 rows" in capsys.readouterr().out
+    assert "unusable row: 1 row\n" in capsys.readouterr().out
 
 
 @pytest.fixture

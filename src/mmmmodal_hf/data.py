@@ -5,7 +5,7 @@ Two row formats are read:
 1. the published one: `{"conversations": [{"role", "content"}], "filename": [paths]}`, with
    `<image> </image>` / `<audio> </audio>` tags in the text and the files in tag order;
 2. content blocks, as `apply_chat_template` takes them: `{"conversations" or "messages": [{"role",
-   "content": [{"type": "text"|"image"|"audio", "text"|"path"|...}]}]}`.
+   "content": [{"type": "text"|"image"|"audio"|"video", "text"|"path"|"url"|"base64"|...}]}]}`.
 
 Relative paths are resolved against the data file's folder. Whether a file is an image or an
 audio clip is decided by decoding it (`media_mmmmodal`), never by its extension.
@@ -27,7 +27,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from .cli_errors import InputError
 from .configuration_mmmmodal import MEDIA_INPUT_NAMES
 from .media_mmmmodal import Video, sample_times, video_duration
-from .processing_mmmmodal import EncodedMedium, placeholder_kinds
+from .processing_mmmmodal import EncodedMedium, block_source, placeholder_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,10 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
             for block in blocks:
                 kind = block.get("type")
                 if kind in media:
-                    value = next((block[k] for k in (kind, "path", "url") if k in block), None)
-                    if value is None:
-                        raise UnusableRow(f"row {row_id}: a {kind} block has no '{kind}', 'path' or 'url'")
-                    media[kind].append(_resolve(value, base_dir))
+                    try:
+                        media[kind].append(_resolve(block_source(block), base_dir))
+                    except ValueError as error:  # a block without its medium
+                        raise UnusableRow(f"row {row_id}: {error}") from None
             normalised.append({"role": role, "content": [_strip_media_value(b) for b in blocks]})
         else:
             raise UnusableRow(f"row {row_id}: message content must be a string or a list of blocks")

@@ -84,6 +84,7 @@ def placeholder_kinds(text: str) -> list[str]:
 
 
 _LONG_AUDIO_POLICIES = ("chunk", "truncate", "error")
+_SOURCE_KEYS = ("path", "url", "base64")  # where a media content block holds its medium, beside its type's own key
 # The tag and slot tokens, under the names `MMMModalConfig` gives their ids.
 _TOKENS = {
     "image_start_token_id": IMAGE_START_TOKEN,
@@ -565,22 +566,25 @@ def _with_media_sources_taken(message: dict, clips: list) -> dict:
     content = []
     for block in message["content"]:
         kind = block.get("type")
-        if kind in ("image", "audio", "video"):
-            sources = (kind, "path", "url", "base64")
-            key = next((key for key in sources if block.get(key) is not None), None)
-            if key is None:
-                article = "A" if kind == "video" else "An"
-                raise ValueError(
-                    f"{article} {kind} block needs one of '{kind}', 'path', 'url' or 'base64'; got {block}."
-                )
-            source = base64.b64decode(block[key].split(",")[-1]) if key == "base64" else block[key]
-            block = {k: v for k, v in block.items() if k not in sources}
+        if kind in MEDIA_PLACEHOLDERS:
+            source, block = block_source(block), {k: v for k, v in block.items() if k not in (kind, *_SOURCE_KEYS)}
             if kind == "audio":
                 clips.append(source)
             else:
                 block[kind] = source
         content.append(block)
     return {**message, "content": content}
+
+
+def block_source(block: dict):
+    """The medium an image, audio or video content block holds: under its type, "path", "url" or "base64" (decoded,
+    a data URL's too), as the chat template and training rows take them."""
+    kind = block["type"]
+    key = next((key for key in (kind, *_SOURCE_KEYS) if block.get(key) is not None), None)
+    if key is None:
+        article = "A" if kind == "video" else "An"
+        raise ValueError(f"{article} {kind} block needs one of '{kind}', 'path', 'url' or 'base64'; got {block}.")
+    return base64.b64decode(block[key].split(",")[-1]) if key == "base64" else block[key]
 
 
 def _add_media_tokens(tokenizer) -> None:
@@ -646,5 +650,6 @@ __all__ = [
     "MEDIA_PLACEHOLDERS",
     "PLACEHOLDER_RE",
     "VIDEO_PLACEHOLDER",
+    "block_source",
     "placeholder_kinds",
 ]

@@ -90,8 +90,8 @@ class ValidationReport:
         for kind in PROBLEM_KINDS:
             items = self.problems.get(kind, [])
             if items:
-                lines.append(f"{kind}: {len(items)} rows")
-                lines += [f"  {row}: {message}" for row, message in items[:listed]]
+                lines.append(f"{kind}: {len(items)} row{'s' * (len(items) != 1)}")
+                lines += [f"  {row}: {message.removeprefix(f'row {row}: ')}" for row, message in items[:listed]]
                 if len(items) > listed:
                     lines.append(f"  ... and {len(items) - listed} more")
         return "\n".join(lines)
