@@ -1,6 +1,7 @@
 """`mmmmodal eval` on a tiny real-architecture model and rows written here: what is scored, what is skipped, the
 metrics against their definitions, and a stopped run resumed."""
 
+import base64
 import http.server
 import json
 import shutil
@@ -168,3 +169,24 @@ def test_a_server_that_cannot_be_reached_is_one_line_naming_it(rows, tmp_path):
     )  # fmt: skip
     assert done.returncode == 1 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith("mmmmodal eval: cannot reach http://127.0.0.1:9/v1"), done.stderr
+
+
+def test_the_servers_prompt_carries_a_rows_media_from_files_and_from_base64(tmp_path):
+    """The openai and vllm backends' parts: files and a row's base64 media both as base64 data (found: a base64
+    medium, now read by training's row reader, failed as a path)."""
+    from mmmmodal_hf.evaluation.turns import scored_turns
+
+    random_image(1).save(tmp_path / "one.png")
+    soundfile.write(tmp_path / "beep.wav", random_clip(2), 16000)
+    files = {"image": (tmp_path / "one.png").read_bytes(), "audio": (tmp_path / "beep.wav").read_bytes()}
+    as_text = {kind: base64.b64encode(data).decode() for kind, data in files.items()}
+    for name, blocks in (("paths", [{"path": "one.png"}, {"path": "beep.wav"}]),
+                         ("base64", [{"base64": as_text["image"]}, {"base64": as_text["audio"]}])):  # fmt: skip
+        content = [{"type": "image", **blocks[0]}, {"type": "audio", **blocks[1]}, {"type": "text", "text": "Apa?"}]
+        row = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "Bulat."}]}
+        (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
+        (turn,), skipped = scored_turns([str(tmp_path / f"{name}.jsonl")])
+        image, audio, text = turn.openai_prompt()[0]["content"]
+        assert not skipped and text == {"type": "text", "text": "Apa?"}
+        assert base64.b64decode(image["image_url"]["url"].split(",")[1]) == files["image"]
+        assert base64.b64decode(audio["input_audio"]["data"]) == files["audio"]

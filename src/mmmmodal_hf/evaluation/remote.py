@@ -119,7 +119,10 @@ def _part(block: dict) -> dict:
     source, url = block.get(kind, block.get("path", block.get("url"))), f"{kind}_url"
     if isinstance(source, str) and source.startswith(("http://", "https://")):
         return {"type": url, url: {"url": source}}
-    data = base64.b64encode(Path(source).read_bytes()).decode()
+    if isinstance(source, (bytes, bytearray)):  # a row's base64 medium, decoded when the row was read
+        data, source = base64.b64encode(source).decode(), ""
+    else:
+        data = base64.b64encode(Path(source).read_bytes()).decode()
     if kind in ("image", "video"):
         mime = mimetypes.guess_type(str(source))[0] or f"{kind}/{'png' if kind == 'image' else 'mp4'}"
         return {"type": url, url: {"url": f"data:{mime};base64,{data}"}}
