@@ -129,6 +129,7 @@ def test_a_video_is_its_frames_each_followed_by_its_soundtrack_piece(processor, 
     for piece, start, end in zip(pieces, video.times, [*video.times[1:], len(video.soundtrack) / 16000]):
         assert abs(piece - (end - start) / seconds_per_slot) <= 2, (piece, start, end)  # by time
     assert all(slots == processor.num_image_slots(32, 32) for kind, slots in spans if kind == "image")
+    assert inputs.video_layouts == [list(zip(*[iter(slots for _, slots in spans)] * 2))]  # as the text lays it out
 
     # The frames are images, and the soundtrack one clip encoded in its own windows: the same features.
     as_media = processor(text="<image>" * 4 + "<audio>", images=video.frames, audio=[video.soundtrack])

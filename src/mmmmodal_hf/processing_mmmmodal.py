@@ -228,6 +228,7 @@ class MMMModalProcessor(ProcessorMixin):
         Keywords go to the tokenizer (`padding=True`, `padding_side="left"` for generation, "right" for training;
             the tokenizer's saved side is not taken), the image processor (`rescale_factor`, `size`, ...) and the
             feature extractor (not `padding`/`max_length`/`truncation`: each window is one Whisper window).
+        `video_layouts` (an attribute): each video's (frame slots, soundtrack piece slots) per frame, in order.
         skip_bad_samples: drop an unusable sample instead of raising; `kept_samples` are the indices of the
             rows, `skipped_samples` lists `{"sample": index, "error": message}`. A flat media list that does
             not match the batch's placeholders still raises.
@@ -306,6 +307,7 @@ class MMMModalProcessor(ProcessorMixin):
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
         batch = BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
+        batch.video_layouts = named["video"]  # per video kept, per frame: (its slots, its soundtrack piece's slots)
         if skip_bad_samples:
             batch.kept_samples = kept
             batch.skipped_samples = [{"sample": index, "error": problems[index]} for index in sorted(problems)]

@@ -175,7 +175,7 @@ class MMMModalChatSession:
         decoded = _user_message(text, *self.processor.load_media(images, audio), loaded)
         # Earlier media are in the cache: the processor gives them their slots and takes this turn's decoded.
         inputs = self._encode([*self._history_as_encoded(), decoded])
-        ids = inputs["input_ids"][0].tolist()
+        ids, layouts = inputs["input_ids"][0].tolist(), inputs.video_layouts  # earlier videos came as their pieces
         self._check_context(len(ids), settings.get("max_new_tokens", 0))
 
         reused = self._reusable_prefix(ids)
@@ -192,22 +192,7 @@ class MMMModalChatSession:
         audio_slots = _slot_runs(ids, self.processor.audio_token_id)[len(self._audio_slots) :]
         return {"message": message, "ids": ids, "reused": reused, "start": start, "inputs": inputs,
                 "image_slots": image_slots, "audio_slots": audio_slots,
-                "video_pieces": self._pieces(ids, len(images), len(audio), loaded)}  # fmt: skip
-
-    def _pieces(self, ids: list[int], images: int, clips: int, videos: list) -> list[list[bool]]:
-        """Per video of this turn, per frame: whether a soundtrack piece follows it (one without slots is left out).
-        The turn's media come as images, clips, then videos, so after a frame an audio span is its piece."""
-        media = {self.processor.image_token_id: "image", self.processor.audio_token_id: "audio"}
-        runs = [media[token] for token, _ in groupby(ids) if token in media]
-        runs = runs[len(self._image_slots) + len(self._audio_slots) + images + clips :]
-        pieces = []
-        for video in videos:
-            pieces.append([])
-            for _ in video.frames:
-                runs.pop(0)
-                pieces[-1].append(bool(runs) and runs[0] == "audio" and video.soundtrack is not None)
-                runs = runs[1:] if pieces[-1][-1] else runs
-        return pieces
+                "video_pieces": [[piece > 0 for _, piece in layout] for layout in layouts]}  # fmt: skip
 
     def _encode(self, messages: list[dict]):
         rate = {"sampling_rate": self.processor.feature_extractor.sampling_rate}  # of clips decoded by `load_media`
