@@ -20,6 +20,7 @@ from mmmmodal_hf.media_mmmmodal import (
     load_video,
     sample_times,
 )
+from mmmmodal_hf.processing_mmmmodal import EncodedMedium
 
 from tiny_parts import random_clip, random_image, tiny_model, tiny_vision_config
 from video_files import COLOURS, beeping_soundtrack, colour_at, write_turned_video, write_video
@@ -242,6 +243,12 @@ def test_pooled_frames_fill_a_quarter_of_the_slots_each_averaged_in_2x2_groups(p
         whole = at_40.model.get_image_features(odd["pixel_values"]).pooler_output.unflatten(1, (5, 5))[0]
         got = at_40.model.get_image_features(odd["pixel_values"], pooled_images=odd["pooled_images"]).pooler_output
     assert torch.allclose(got[8], whole[4, 4], atol=1e-6) and torch.allclose(got[2], whole[:2, 4].mean(0), atol=1e-6)
+
+    # Frames already encoded (`EncodedMedium`: a KV cache's, or measured) have no pixel rows, so no pooled rows.
+    encoded = Video([EncodedMedium(pooled)] * 2, [0.0, 1.0], 2.0)
+    mixed = processor(text=text, images=[random_image(0)], videos=[encoded], pool_frames=True)
+    assert mixed["pooled_images"].tolist() == [False] and len(mixed["pixel_values"]) == 1
+    assert [slots for kind, slots in layout(processor, mixed["input_ids"][0])] == [full, pooled, pooled]
 
     # generate: batched (left-padded beside another prompt) and beam search answer as the prompt alone does.
     other = processor(text=["[INST] <audio> </audio> Apa? [/INST]"], audio=[random_clip(2)], return_tensors="pt")

@@ -285,7 +285,7 @@ class MMMModalProcessor(ProcessorMixin):
             if kind == "video":  # in placeholder order
                 named["video"].append(self._video_layout(medium, image_slots, audio_slots, pooled))
                 videos_of[sample].append((medium, named["video"][-1]))
-                pooled_rows += [pool_frames] * len(medium.frames)
+                pooled_rows += [pool_frames for frame in medium.frames if not isinstance(frame, EncodedMedium)]
             else:
                 named[kind].append(next(image_slots if kind == "image" else audio_slots))
                 pooled_rows += [False] * (kind == "image" and not isinstance(medium, EncodedMedium))
