@@ -26,15 +26,16 @@ def positive(number: type):
     return parse
 
 
-def add_video_reading_options(parser: argparse.ArgumentParser) -> None:
+def add_video_reading_options(parser: argparse.ArgumentParser, where: str | None = None) -> None:
     """How a command reads the videos it is given (`mmmmodal chat`, `web`, `eval`): `video_reading_options(args)`.
-    Unset, the processor's defaults hold: 8 frames, whole."""
-    frames = parser.add_mutually_exclusive_group()
+    Unset, the processor's defaults hold: 8 frames, whole. `where`: when the flags apply, for the help's heading."""
+    group = parser.add_argument_group(f"how videos are read{f' ({where})' if where else ''}")
+    frames = group.add_mutually_exclusive_group()
     frames.add_argument("--num-frames", type=positive(int), help="frames taken from each video (unset: 8)")
     frames.add_argument(
         "--fps", type=positive(float), help="frames taken per second of each video, instead of --num-frames"
     )
-    parser.add_argument(
+    group.add_argument(
         "--pool-frames", action=argparse.BooleanOptionalAction, default=False,
         help="a quarter of the slots per video frame (2x2 average), as a --pool_frames finetune saw (not the "
         "released checkpoints)",

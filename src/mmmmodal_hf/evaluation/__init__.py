@@ -46,7 +46,7 @@ def build_parser():
     parser.add_argument(
         "--vllm-args", type=json.loads, help="more `vllm.LLM` arguments as JSON, such as '{\"max_model_len\": 8192}'"
     )
-    add_video_reading_options(parser)  # not with --backend openai: a server reads videos as it was started to
+    add_video_reading_options(parser, "--backend transformers or vllm: a server reads videos as it was started to")
     parser.add_argument("--base-url", help="the server's API root for --backend openai, such as http://host:8000/v1")
     parser.add_argument("--judge-url", help="an OpenAI-compatible server whose model rates each answer 1-5")
     parser.add_argument("--judge-model", help="the judge's model name (unset: the first model the server lists)")
