@@ -77,6 +77,16 @@ def test_audio_files_are_resampled_and_downmixed(tmp_path):
     assert np.allclose(mono_at_source, stereo.mean(axis=1), atol=1e-6)
 
 
+def test_audio_arrays_and_tensors_of_the_same_samples_are_the_same_clip():
+    """Integer samples are scaled to [-1, 1] whether numpy or torch holds them (found: an int16 tensor's samples
+    reached the processor unscaled, 20,000 where numpy's gave 0.61)."""
+    samples = (np.sin(np.arange(1600) / 10) * 20000).astype(np.int16)
+    expected = load_audio(samples, 16000, sampling_rate=16000)
+    assert expected.max() == pytest.approx(20000 / 32767, abs=1e-4)
+    for given in (torch.from_numpy(samples), torch.from_numpy(samples.astype(np.float32) / 32767).to(torch.bfloat16)):
+        assert np.allclose(load_audio(given, 16000, sampling_rate=16000), expected, atol=5e-3), given.dtype
+
+
 @pytest.fixture
 def media_site(tmp_path):
     """`python -m http.server` on 127.0.0.1 serving `tmp_path`: its base URL."""

@@ -140,6 +140,12 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array)
 
 
+def _tensor_array(tensor) -> np.ndarray:
+    """A torch tensor's values in numpy, from any device: floats as float32, integers as they are (scaled as numpy's)."""
+    tensor = tensor.detach().cpu()
+    return tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+
+
 def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """An RGB PIL image from a path, URL, bytes, PIL image, numpy array or torch tensor.
 
@@ -155,7 +161,7 @@ def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
     elif isinstance(item, np.ndarray):
         image = _array_to_image(item)
     elif hasattr(item, "detach") and hasattr(item, "numpy"):  # torch.Tensor, without importing torch here
-        image = _array_to_image(item.detach().cpu().float().numpy() if item.is_floating_point() else item.numpy())
+        image = _array_to_image(_tensor_array(item))
     else:
         raise MediaError(
             f"an image must be a path, URL, bytes, PIL image, numpy array or torch tensor; got {type(item).__name__}"
@@ -229,7 +235,7 @@ def read_audio(item, sampling_rate: int | None = None) -> tuple[np.ndarray, int]
     elif isinstance(item, (bytes, bytearray)):
         channels, rate = _read_audio_file(io.BytesIO(item))
     elif isinstance(item, np.ndarray) or (hasattr(item, "detach") and hasattr(item, "numpy")):
-        array = item if isinstance(item, np.ndarray) else item.detach().cpu().float().numpy()
+        array = item if isinstance(item, np.ndarray) else _tensor_array(item)
         if not np.issubdtype(array.dtype, np.number):
             raise MediaError(f"audio samples must be numbers; got dtype {array.dtype}")
         if np.issubdtype(array.dtype, np.integer):
