@@ -77,14 +77,22 @@ def test_audio_files_are_resampled_and_downmixed(tmp_path):
     assert np.allclose(mono_at_source, stereo.mean(axis=1), atol=1e-6)
 
 
-def test_audio_arrays_and_tensors_of_the_same_samples_are_the_same_clip():
-    """Integer samples are scaled to [-1, 1] whether numpy or torch holds them (found: an int16 tensor's samples
-    reached the processor unscaled, 20,000 where numpy's gave 0.61)."""
+def test_audio_arrays_and_tensors_of_the_same_samples_are_the_same_clip(tmp_path):
+    """Integer samples in numpy or torch are the clip a PCM file of them is (libsndfile's scale: unsigned centred,
+    / 2^(bits-1)). Found: an int16 tensor's samples reached the processor unscaled (20,000 where numpy's gave 0.61),
+    and numpy's were divided by 2^(bits-1) - 1, a uint8 clip left off-centre."""
     samples = (np.sin(np.arange(1600) / 10) * 20000).astype(np.int16)
-    expected = load_audio(samples, 16000, sampling_rate=16000)
-    assert expected.max() == pytest.approx(20000 / 32767, abs=1e-4)
-    for given in (torch.from_numpy(samples), torch.from_numpy(samples.astype(np.float32) / 32767).to(torch.bfloat16)):
-        assert np.allclose(load_audio(given, 16000, sampling_rate=16000), expected, atol=5e-3), given.dtype
+    for name, given, subtype in (("int16", samples, "PCM_16"), ("int32", samples.astype(np.int32) << 16, "PCM_32"),
+                                 ("uint8", (samples // 256 + 128).astype(np.uint8), "PCM_U8")):  # fmt: skip
+        as_file = (given.astype(np.int16) - 128) * 256 if name == "uint8" else given  # soundfile writes signed values
+        soundfile.write(tmp_path / f"{name}.wav", as_file, 16000, subtype=subtype)
+        expected = load_audio(tmp_path / f"{name}.wav", 16000)
+        assert np.array_equal(load_audio(given, 16000, sampling_rate=16000), expected), name
+        assert np.array_equal(load_audio(torch.from_numpy(given), 16000, sampling_rate=16000), expected), name
+    as_floats = torch.from_numpy(samples.astype(np.float32) / 32768).to(torch.bfloat16)
+    assert np.allclose(
+        load_audio(as_floats, 16000, sampling_rate=16000), load_audio(tmp_path / "int16.wav", 16000), atol=5e-3
+    )
 
 
 @pytest.fixture

@@ -238,8 +238,10 @@ def read_audio(item, sampling_rate: int | None = None) -> tuple[np.ndarray, int]
         array = item if isinstance(item, np.ndarray) else _tensor_array(item)
         if not np.issubdtype(array.dtype, np.number):
             raise MediaError(f"audio samples must be numbers; got dtype {array.dtype}")
-        if np.issubdtype(array.dtype, np.integer):
-            array = array.astype(np.float32) / float(np.iinfo(array.dtype).max)
+        if np.issubdtype(array.dtype, np.integer):  # as libsndfile reads PCM files: unsigned centred, / 2^(bits-1)
+            info = np.iinfo(array.dtype)
+            half = (int(info.max) - int(info.min) + 1) / 2
+            array = ((array.astype(np.float64) - (int(info.min) + half)) / half).astype(np.float32)
         channels = _as_channels_first(np.asarray(array, dtype=np.float32))
         rate = sampling_rate
         if rate is None:
