@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from mmmmodal_hf import load_audio, load_image
+from mmmmodal_hf.media_mmmmodal import NotAudioError
 
 from tiny_parts import IMAGE_SLOTS, random_clip
 
@@ -93,6 +94,35 @@ def test_audio_arrays_and_tensors_of_the_same_samples_are_the_same_clip(tmp_path
     assert np.allclose(
         load_audio(as_floats, 16000, sampling_rate=16000), load_audio(tmp_path / "int16.wav", 16000), atol=5e-3
     )
+
+
+@pytest.mark.parametrize("name, codec, container", [("memo.m4a", "aac", "ipod"), ("recording.webm", "libopus", "webm"),
+                                                   ("album.m4a", "aac", "mp4")])  # fmt: skip
+def test_audio_that_libsndfile_cannot_read_is_read_through_ffmpeg(
+    processor, tmp_path, monkeypatch, name, codec, container
+):
+    """Phones' voice memos (AAC in m4a, with an album picture too) and browsers' recordings (Opus in webm): found
+    refused as "not a readable audio file". With PyAV (the [video] extra) FFmpeg reads them; a video is still no
+    audio; without PyAV the refusal names it."""
+    pytest.importorskip("av", reason="FFmpeg's formats need PyAV")
+    from video_files import write_sound, write_video
+
+    rate = 48000 if codec == "libopus" else 44100
+    path = write_sound(tmp_path / name, codec, container, rate=rate, cover_art=name == "album.m4a")
+    waveform = load_audio(path, 16000)
+    assert abs(len(waveform) - 16000) < 1100  # one second, give or take the codec's priming and padding
+    loudest = int(np.argmax(np.abs(waveform))) / 16000
+    assert 0.25 < loudest < 0.65, loudest  # the beep, at 0.3 s for 0.3 s, where it was
+    inputs = processor(text="<audio> Apa?", audio=[path.read_bytes()])  # bytes as files: the same reading
+    assert len(inputs["input_features"]) == processor.num_audio_windows(len(load_audio(path, 16000)))
+    with pytest.raises(NotAudioError, match=r"^not a readable audio file: it is a video \(give it as a video\)$"):
+        load_audio(write_video(tmp_path / "clip.mp4", seconds=2.0), 16000)
+    monkeypatch.setitem(sys.modules, "av", None)  # as where PyAV is not installed
+    with pytest.raises(
+        NotAudioError,
+        match=r'not a readable audio file .*; m4a, webm and more need PyAV: pip install av \(or "mmmmodal-hf\[video\]"\)$',
+    ):
+        load_audio(path, 16000)
 
 
 @pytest.fixture

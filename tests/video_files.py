@@ -82,3 +82,29 @@ def write_turned_video(path: Path, size=(64, 32), fps: int = 10) -> Path:
     struct.pack_into(">9i", data, matrix, 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
     path.write_bytes(bytes(data))
     return path
+
+
+def write_sound(path: Path, codec: str, container: str, rate: int = 44100, seconds: float = 1.0,
+                cover_art: bool = False) -> Path:  # fmt: skip
+    """An audio file of a format libsndfile does not read (AAC in m4a, Opus in webm), a mono beep at 0.3 s, with an
+    album picture (an attached-picture video stream, as iTunes writes one) where `cover_art`."""
+    import av
+    from av.stream import Disposition
+
+    with av.open(str(path), "w", format=container) as output:
+        audio = output.add_stream(codec, rate=rate)
+        audio.layout = "mono"
+        if cover_art:
+            picture = output.add_stream("mjpeg")
+            picture.width, picture.height, picture.pix_fmt = 16, 16, "yuvj420p"
+            picture.disposition = Disposition.attached_pic
+            frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), format="rgb24")
+            output.mux([*picture.encode(frame.reformat(format="yuvj420p")), *picture.encode()])
+        sound = beeping_soundtrack(seconds, rate, 1, beeps=(0.3,))
+        for start in range(0, sound.shape[1], 1024):
+            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(sound[:, start : start + 1024]), format="fltp",
+                                               layout="mono")  # fmt: skip
+            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
+            output.mux(audio.encode(frame))
+        output.mux(audio.encode())
+    return path

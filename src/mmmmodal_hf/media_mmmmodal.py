@@ -20,6 +20,7 @@ import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 _URL_PREFIXES = ("http://", "https://")
+_VIDEO_EXTRA = '"mmmmodal-hf[video]"'  # PyAV: videos, and the audio formats libsndfile lacks
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; Pillow's own bomb check only warns below 179M
 
 
@@ -190,8 +191,29 @@ def _read_audio_file(source) -> tuple[np.ndarray, int]:
     except FileNotFoundError:
         raise MediaNotFoundError(f"no such file: {source}") from None
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as error:
-        raise NotAudioError(f"not a readable audio file ({error})") from None
+        return _read_audio_with_ffmpeg(source, f"not a readable audio file ({error})")
     return samples.T, rate  # (channels, samples)
+
+
+def _read_audio_with_ffmpeg(source, refusal: str) -> tuple[np.ndarray, int]:
+    """What libsndfile does not read (AAC in m4a, Opus in webm, ...), through FFmpeg where PyAV is installed (the
+    [video] extra); refused with `refusal` where it is not, or where FFmpeg finds no audio or a video."""
+    try:
+        import av
+    except ImportError:
+        raise NotAudioError(f"{refusal}; m4a, webm and more need PyAV: pip install av (or {_VIDEO_EXTRA})") from None
+    if hasattr(source, "seek"):
+        source.seek(0)
+    try:
+        with av.open(source) as container:
+            if _is_still_image(container) or not container.streams.audio:
+                raise NotAudioError(refusal)
+            cover_art = av.stream.Disposition.attached_pic  # an album's picture is no video
+            if any(cover_art not in stream.disposition for stream in container.streams.video):
+                raise NotAudioError("not a readable audio file: it is a video (give it as a video)")
+            return _soundtrack(container), container.streams.audio[0].rate
+    except av.FFmpegError:
+        raise NotAudioError(refusal) from None
 
 
 def _as_channels_first(array: np.ndarray) -> np.ndarray:
@@ -341,7 +363,7 @@ def _pyav():
     try:
         import av
     except ImportError:
-        raise ImportError('reading a video file needs PyAV: pip install av (or "mmmmodal-hf[video]")') from None
+        raise ImportError(f"reading a video file needs PyAV: pip install av (or {_VIDEO_EXTRA})") from None
     return av
 
 
@@ -354,7 +376,7 @@ def _read_video_file(source, num_frames, fps, max_frames, sampling_rate, max_pix
     except av.FFmpegError as error:
         raise NotAVideoError(f"not a readable video ({error})") from None
     with container:
-        if container.format.name == "image2" or container.format.name.endswith("_pipe"):  # FFmpeg's still images
+        if _is_still_image(container):
             raise NotAVideoError("the file is a still image, not a video (give it as an image)")
         if not container.streams.video:
             raise NotAVideoError("the file has no video stream (an audio file? give it as audio)")
@@ -379,6 +401,11 @@ def video_duration(container, stream) -> float:
     ends = [packet.pts + (packet.duration or 0) for packet in container.demux(stream) if packet.pts is not None]
     start = stream.start_time or 0
     return float((max(ends) - start) * stream.time_base) if ends else 0.0
+
+
+def _is_still_image(container) -> bool:
+    """Whether FFmpeg read the file as a still image (PNG, JPEG, ...: its image2 and *_pipe formats)."""
+    return container.format.name == "image2" or container.format.name.endswith("_pipe")
 
 
 def _frames_at(container, stream, times: list[float]) -> list[Image.Image]:
