@@ -338,9 +338,10 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
     given = item if isinstance(item, dict) else {"frames": item}
     frames, rate = given.get("frames"), float(1.0 if given.get("fps") is None else given["fps"])
     if not isinstance(frames, (list, tuple)) and getattr(frames, "ndim", None) != 4:
+        got = describe_media(item if frames is None else frames)
         raise MediaError(
             "a video must be a file path, URL or bytes, a list of frames, a (frames, height, width, channels) array "
-            f"or a dict of 'frames' (with 'fps', and 'audio' with 'sampling_rate'); got {describe_media(item if frames is None else frames)}"
+            f"or a dict of 'frames' (with 'fps', and 'audio' with 'sampling_rate'); got {got}"
         )
     if len(frames) == 0:
         raise CorruptMediaError("the video has no frames")
