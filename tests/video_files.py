@@ -100,11 +100,9 @@ def write_sound(path: Path, codec: str, container: str, rate: int = 44100, secon
             picture.disposition = Disposition.attached_pic
             frame = av.VideoFrame.from_ndarray(np.full((16, 16, 3), 200, np.uint8), format="rgb24")
             output.mux([*picture.encode(frame.reformat(format="yuvj420p")), *picture.encode()])
-        sound = beeping_soundtrack(seconds, rate, 1, beeps=(0.3,))
-        for start in range(0, sound.shape[1], 1024):
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(sound[:, start : start + 1024]), format="fltp",
-                                               layout="mono")  # fmt: skip
-            frame.sample_rate, frame.pts, frame.time_base = rate, start, Fraction(1, rate)
-            output.mux(audio.encode(frame))
-        output.mux(audio.encode())
+        sound = av.AudioFrame.from_ndarray(
+            beeping_soundtrack(seconds, rate, 1, beeps=(0.3,)), format="fltp", layout="mono"
+        )
+        sound.sample_rate = rate  # one frame: PyAV cuts it into the encoder's frame size
+        output.mux([*audio.encode(sound), *audio.encode()])
     return path
