@@ -84,6 +84,8 @@ def placeholder_kinds(text: str) -> list[str]:
 
 
 _LONG_AUDIO_POLICIES = ("chunk", "truncate", "error")
+# How videos are read: the keywords `__call__` takes for them (`MMMModalVideosKwargs`), also through the chat template.
+VIDEO_OPTIONS = ("num_frames", "fps", "max_frames", "load_audio_from_video", "pool_frames", "do_sample_frames")
 _SOURCE_KEYS = ("path", "url", "base64")  # where a media content block holds its medium, beside its type's own key
 # The tag and slot tokens, under the names `MMMModalConfig` gives their ids.
 _TOKENS = {
@@ -548,7 +550,7 @@ class MMMModalProcessor(ProcessorMixin):
             audio.append([])
             conversations.append([_with_media_sources_taken(message, audio[-1]) for message in messages])
         processor_kwargs = {**(kwargs.pop("processor_kwargs", None) or {}), "audios": audio if any(audio) else None}
-        for key in ("num_frames", "fps", "max_frames", "load_audio_from_video", "pool_frames"):  # read by `__call__`
+        for key in VIDEO_OPTIONS:  # read by `__call__`
             if kwargs.get(key) is not None:
                 processor_kwargs[key] = kwargs.pop(key)
         conversation = conversations if is_batched else conversations[0]
@@ -651,6 +653,7 @@ __all__ = [
     "EncodedMedium",
     "MEDIA_PLACEHOLDERS",
     "PLACEHOLDER_RE",
+    "VIDEO_OPTIONS",
     "VIDEO_PLACEHOLDER",
     "block_source",
     "placeholder_kinds",

@@ -16,7 +16,7 @@ from transformers import DynamicCache, TextIteratorStreamer
 
 from .media_mmmmodal import sample_times
 from .modeling_mmmmodal import CACHE_NAME
-from .processing_mmmmodal import EncodedMedium
+from .processing_mmmmodal import VIDEO_OPTIONS, EncodedMedium
 
 
 def _as_list(items) -> list:
@@ -43,14 +43,11 @@ def _block(kind: str, item) -> dict:
     )
 
 
-_VIDEO_OPTIONS = ("num_frames", "fps", "max_frames", "load_audio_from_video", "pool_frames", "do_sample_frames")
-
-
 def _checked(video_options: dict) -> dict:
     """`video_options` refused at once, not at the first video, where a name is not one the processor reads (a
     typo would leave its default in place without a word) or a frame count or rate is not a positive number."""
-    if unknown := sorted(set(video_options) - set(_VIDEO_OPTIONS)):
-        raise ValueError(f"video_options takes {', '.join(_VIDEO_OPTIONS)}; got {', '.join(map(repr, unknown))}")
+    if unknown := sorted(set(video_options) - set(VIDEO_OPTIONS)):
+        raise ValueError(f"video_options takes {', '.join(VIDEO_OPTIONS)}; got {', '.join(map(repr, unknown))}")
     sample_times(0.0, *(video_options.get(key) for key in ("num_frames", "fps", "max_frames")))
     return video_options
 
