@@ -162,7 +162,24 @@ def test_a_soundtrack_at_any_rate_and_channel_count(processor):
     for rate, channels in ((44100, 2), (8000, 1), (22050, 6)):
         sound = beeping_soundtrack(2.0, rate, channels)
         video = load_video({"frames": frames, "fps": 1, "audio": sound, "sampling_rate": rate}, num_frames=2)
-        assert video.soundtrack.shape == (32000,)
+        assert video.soundtrack.shape == (32000,) and video.sampling_rate == 16000
+        own = load_video({"frames": frames, "fps": 1, "audio": sound, "sampling_rate": rate}, sampling_rate=None)
+        assert own.sampling_rate == rate and np.allclose(own.soundtrack, sound.mean(axis=0))
+
+
+@pytest.mark.parametrize(("container", "rate"), [("mp4", 44100), ("mkv", 16000), ("webm", 48000)])
+def test_a_video_file_keeps_its_soundtracks_own_rate_when_asked(videos, container, rate):
+    """`sampling_rate=None` (vLLM's connector: the model's processor resamples later) keeps the file's rate, and the
+    video says which it is; the beep stays at its time."""
+    video = load_video(videos[container], sampling_rate=None)
+    assert video.sampling_rate == rate and len(video.soundtrack) == pytest.approx(4 * rate, rel=0.02)
+    resampled = load_video(videos[container])
+    assert resampled.sampling_rate == 16000
+    onsets = [np.argmax(np.abs(v.soundtrack) > 0.25) / v.sampling_rate for v in (video, resampled)]
+    assert onsets[0] == pytest.approx(1.5, abs=0.05) and onsets[1] == pytest.approx(onsets[0], abs=0.005)
+    assert load_video(videos["mov"], sampling_rate=None).sampling_rate is None  # no soundtrack, no rate
+    # Handed back to the processor, it is brought to the processor's rate: the inputs of the file itself.
+    assert load_video(video).sampling_rate == 16000 and np.allclose(load_video(video).soundtrack, resampled.soundtrack)
 
 
 def test_a_chat_takes_video_blocks_with_transformers_keywords(processor, videos):

@@ -284,6 +284,7 @@ def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
         times,
         duration,
         np.zeros(max(1, round(duration * rate)), np.float32) if sound else None,
+        rate,
     )
 
 

@@ -292,12 +292,14 @@ DEFAULT_MAX_FRAMES = 64
 
 class Video:
     """A video as the processor takes it: upright RGB `frames` at `times` (seconds from the start), its `duration`,
-    and its `soundtrack`, a mono waveform at the processor's rate (None: the video has none, or it is not used)."""
+    and its `soundtrack`, a mono waveform at `sampling_rate` (None: the video has none, or it is not used)."""
 
-    __slots__ = ("frames", "times", "duration", "soundtrack")
+    __slots__ = ("frames", "times", "duration", "soundtrack", "sampling_rate")
 
-    def __init__(self, frames: list, times: list[float], duration: float, soundtrack: np.ndarray | None = None):
+    def __init__(self, frames: list, times: list[float], duration: float, soundtrack: np.ndarray | None = None,
+                 sampling_rate: int | None = None):  # fmt: skip
         self.frames, self.times, self.duration, self.soundtrack = frames, times, duration, soundtrack
+        self.sampling_rate = sampling_rate
 
     def __repr__(self) -> str:
         sound = "" if self.soundtrack is None else f", soundtrack of {len(self.soundtrack)} samples"
@@ -325,16 +327,18 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
                max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, sample_frames: bool = True) -> Video:  # fmt: skip
     """A `Video` from a file path, URL or bytes (decoded with PyAV: only the sampled frames, seeking), a `Video`, a
     list of frames or a `(frames, height, width, 3)` array (one frame a second), or a dict of `frames` with their
-    `fps`, and an optional soundtrack (`audio`, with its `sampling_rate`). The soundtrack is resampled to
-    `sampling_rate` and made mono; frames over `max_pixels` are refused before decoding. Given frames are all
-    kept with `sample_frames=False` (transformers' `do_sample_frames`)."""
-    if isinstance(item, Video):
-        return item
+    `fps`, and an optional soundtrack (`audio`, with its `sampling_rate`). The soundtrack is made mono and resampled
+    to `sampling_rate` (None: kept at its own rate); frames over `max_pixels` are refused before decoding. Given
+    frames are all kept with `sample_frames=False` (transformers' `do_sample_frames`)."""
+    if isinstance(item, Video):  # already read; its soundtrack brought to `sampling_rate` where it is elsewhere
+        if item.soundtrack is None or not sampling_rate or item.sampling_rate in (None, sampling_rate):
+            return item
+        soundtrack = load_audio(item.soundtrack, sampling_rate, item.sampling_rate)
+        return Video(item.frames, item.times, item.duration, soundtrack, sampling_rate)
     if isinstance(item, (str, os.PathLike, bytes, bytearray)):
         text = str(item) if isinstance(item, (str, os.PathLike)) else None
         source = io.BytesIO(item) if text is None else _fetch(text) if text.startswith(_URL_PREFIXES) else text
-        return _read_video_file(source, num_frames, fps, max_frames, sampling_rate if load_audio_from_video else None,
-                                max_pixels)  # fmt: skip
+        return _read_video_file(source, num_frames, fps, max_frames, load_audio_from_video, sampling_rate, max_pixels)
     given = item if isinstance(item, dict) else {"frames": item}
     frames, rate = given.get("frames"), float(1.0 if given.get("fps") is None else given["fps"])
     if not isinstance(frames, (list, tuple)) and getattr(frames, "ndim", None) != 4:
@@ -355,8 +359,10 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
     )
     picked = [load_image(frames[min(len(frames) - 1, round(time * rate))], max_pixels) for time in times]
     audio = given.get("audio") if load_audio_from_video else None
-    soundtrack = None if audio is None else load_audio(audio, sampling_rate, given.get("sampling_rate"))
-    return Video(picked, times, duration, soundtrack)
+    if audio is None:
+        return Video(picked, times, duration)
+    waveform, rate = read_audio(audio, given.get("sampling_rate"))
+    return Video(picked, times, duration, load_audio(waveform, sampling_rate or rate, rate), sampling_rate or rate)
 
 
 def _pyav():
@@ -368,7 +374,7 @@ def _pyav():
     return av
 
 
-def _read_video_file(source, num_frames, fps, max_frames, sampling_rate, max_pixels) -> Video:
+def _read_video_file(source, num_frames, fps, max_frames, with_sound, sampling_rate, max_pixels) -> Video:
     av = _pyav()
     try:
         container = av.open(source)
@@ -388,10 +394,11 @@ def _read_video_file(source, num_frames, fps, max_frames, sampling_rate, max_pix
         duration = video_duration(container, stream)
         times = sample_times(duration, num_frames, fps, max_frames)
         frames = _frames_at(container, stream, times)
-        soundtrack = None
-        if sampling_rate is not None and container.streams.audio:
-            soundtrack = load_audio(_soundtrack(container), sampling_rate, container.streams.audio[0].rate)
-    return Video(frames, times, duration, soundtrack)
+        if not (with_sound and container.streams.audio):
+            return Video(frames, times, duration)
+        rate = container.streams.audio[0].rate
+        soundtrack = load_audio(_soundtrack(container), sampling_rate or rate, rate)
+    return Video(frames, times, duration, soundtrack, sampling_rate or rate)
 
 
 def video_duration(container, stream) -> float:

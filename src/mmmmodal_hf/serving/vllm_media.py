@@ -8,7 +8,6 @@ audio 2: ...`).
 `mmmmodal serve` selects it (`VLLM_MEDIA_CONNECTOR=mmmmodal`); with `vllm serve`, set that variable too.
 """
 
-import io
 from contextlib import contextmanager
 
 import numpy as np
@@ -24,37 +23,23 @@ from .request_media import MEDIA_NAMES, inline_bytes
 CONNECTOR = "mmmmodal"
 
 
-def video_item(video: Video, sampling_rate: int | None = None) -> tuple[np.ndarray, dict]:
+def video_item(video: Video) -> tuple[np.ndarray, dict]:
     """A decoded video (`media_mmmmodal.load_video`) as vLLM's `multi_modal_data["video"]` item: its frames, and
     metadata that keeps their times (taken again as they are: `do_sample_frames` off) and its soundtrack, mono at
-    `sampling_rate` (the one `load_video` gave it)."""
+    the rate the video carries."""
     count = len(video.frames)
     metadata = {"fps": count / video.duration, "duration": video.duration, "total_num_frames": count,
                 "frames_indices": list(range(count)), "do_sample_frames": False}  # fmt: skip
     if video.soundtrack is not None:
-        metadata.update(audio=video.soundtrack, sampling_rate=sampling_rate)
+        metadata.update(audio=video.soundtrack, sampling_rate=video.sampling_rate)
     return np.stack([np.asarray(frame) for frame in video.frames]), metadata
 
 
 def load_video_item(source, **options) -> tuple[np.ndarray, dict]:
-    """A video file (a path or its bytes) as a vLLM item, decoded by the processor's loader (`options`: its
+    """A video file (a path or its bytes) as a vLLM item, decoded once by the processor's loader (`options`: its
     `num_frames`, `fps`, `max_frames`), the soundtrack mono at the file's own rate: the model's processor resamples
     it to its feature extractor's rate, once, as it does for `generate` (a connector does not know the model)."""
-    rate = _soundtrack_rate(source)
-    return video_item(load_video(source, **options, **({"sampling_rate": rate} if rate else {})), rate)
-
-
-def _soundtrack_rate(source) -> int | None:
-    """The rate of a video's first audio stream; None where it has none or cannot be read (`load_video` says why)."""
-    try:
-        import av
-    except ImportError:
-        return None
-    try:
-        with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
-            return container.streams.audio[0].rate if container.streams.audio else None
-    except (av.FFmpegError, OSError):
-        return None
+    return video_item(load_video(source, **options, sampling_rate=None))
 
 
 class MMMModalAudioIO(AudioMediaIO):

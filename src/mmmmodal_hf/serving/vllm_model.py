@@ -100,7 +100,7 @@ class MMMModalDummyInputsBuilder(MultiModalDummyInputsBuilder):
             size = self.info.get_image_size_with_most_features()
             frame = Image.new("RGB", (size.width, size.height))
             rate = self.info.get_hf_processor().feature_extractor.sampling_rate
-            data["video"] = [video_item(Video([frame], [0.0], 1.0, np.zeros(rate, np.float32)), rate)] * videos
+            data["video"] = [video_item(Video([frame], [0.0], 1.0, np.zeros(rate, np.float32), rate))] * videos
         return data
 
 
