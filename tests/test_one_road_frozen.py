@@ -9,19 +9,16 @@ Any refactor of how conversations become model inputs must keep them.
 import json
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
 import soundfile
-from PIL import Image
 
 from mmmmodal_hf.data import approximate_length, conversation_from_row, encode_conversation
 from mmmmodal_hf.session import MMMModalChatSession
 
-from tiny_parts import random_clip, random_image
+from tiny_parts import decodes, random_clip, random_image
 
 FROZEN = Path(__file__).with_name("frozen") / "one_road.json"
 
@@ -164,24 +161,6 @@ def test_approximate_lengths_as_frozen(session_processor, media):
 def test_the_chat_session_builds_its_turns_as_frozen(model, session_processor, media):
     frozen = json.loads(FROZEN.read_text())["session"]
     assert session_records(model, session_processor, media) == frozen
-
-
-@contextmanager
-def decodes():
-    """Counts the files Pillow and libsndfile open (the real ones, watched), by file name."""
-    opened = Counter()
-
-    def watched(real):
-        return lambda source, *args, **kwargs: (
-            opened.update([Path(str(source)).name]),
-            real(source, *args, **kwargs),
-        )[1]
-
-    with (
-        mock.patch.object(Image, "open", watched(Image.open)),
-        mock.patch.object(soundfile, "SoundFile", watched(soundfile.SoundFile)),
-    ):
-        yield opened
 
 
 def test_each_medium_is_decoded_once_per_conversation(model, session_processor, media):

@@ -22,7 +22,7 @@ from mmmmodal_hf.media_mmmmodal import (
 )
 from mmmmodal_hf.processing_mmmmodal import EncodedMedium
 
-from tiny_parts import random_clip, random_image, tiny_model, tiny_vision_config
+from tiny_parts import decodes, random_clip, random_image, tiny_model, tiny_vision_config
 from video_files import COLOURS, beeping_soundtrack, colour_at, write_turned_video, write_video
 
 pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
@@ -333,6 +333,34 @@ def test_training_rows_take_videos(processor, videos):
     assert processor.tokenizer.decode(labelled).strip() == "Red, then green.</s>"
 
 
+def test_a_shortened_training_row_decodes_each_video_once_and_keeps_whole_exchanges(processor, videos, tmp_path):
+    """A row over `block_size` loses whole trailing exchanges, measured by its media's slots: its videos are decoded
+    once, as its images and clips are, and what is left is encoded as the shorter row alone would be."""
+    from mmmmodal_hf.data import conversation_from_row, encode_conversation
+
+    def exchange(block, answer):
+        return [{"role": "user", "content": [block, {"type": "text", "text": "Colour?"}]},
+                {"role": "assistant", "content": answer}]  # fmt: skip
+
+    random_image(3).save(tmp_path / "still.png")
+    messages = [
+        *exchange({"type": "video", "path": str(videos["mp4"])}, "Red."),
+        *exchange({"type": "image", "path": str(tmp_path / "still.png")}, "Grey."),
+        *exchange({"type": "video", "path": str(videos["mkv"])}, "Green."),
+    ]
+    for options in ({"num_frames": 2}, {"num_frames": 2, "pool_frames": True}):
+        first = encode_conversation(processor, conversation_from_row({"messages": messages[:2]}), video_kwargs=options)
+        with decodes() as opened:  # two exchanges dropped: two measuring tries
+            shortened = encode_conversation(
+                processor, conversation_from_row({"messages": messages}), len(first["input_ids"]) + 5,
+                video_kwargs=options,
+            )  # fmt: skip
+        assert opened == {"stereo.mp4": 1, "mono.mkv": 1, "still.png": 1}, options
+        assert shortened.keys() == first.keys()
+        for key in first:
+            assert np.array_equal(np.asarray(shortened[key]), np.asarray(first[key])), (options, key)
+
+
 def test_training_reads_videos_with_its_video_options_and_pools_frames_beside_whole_images(
     processor, base_folder, videos, tmp_path
 ):
@@ -582,6 +610,7 @@ def test_validate_checks_videos(tmp_path, session_processor, videos):
 
 def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
     import json
+    from dataclasses import replace
 
     pytest.importorskip("sacrebleu")
     from mmmmodal_hf.evaluation import EvalSettings, evaluate
@@ -597,6 +626,21 @@ def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
     )
     result = evaluate(settings, tmp_path / "out", say=lambda _: None)
     assert result["by_kind"]["video_colour"]["exact_match"]["n"] == 1 and not result["skipped"]
+
+    # A row's video is decoded once for all its turns; a video that cannot be read skips its row, named, not the run.
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    two_turns = {"kind": "video_colour", "language": "ms", "messages": [
+        *video_row["messages"], {"role": "user", "content": "Dan kemudian?"}, {"role": "assistant", "content": "Hijau."}]}  # fmt: skip
+    broken = {"kind": "video_colour", "language": "en", "messages": [
+        {"role": "user", "content": [{"type": "video", "path": str(tmp_path / "broken.mp4")}]},
+        {"role": "assistant", "content": "Red."}]}  # fmt: skip
+    (tmp_path / "more.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (two_turns, broken)))
+    with decodes() as opened:
+        more = evaluate(replace(settings, data=[str(tmp_path / "more.jsonl")]), tmp_path / "more", say=lambda _: None)
+    assert opened == {"clip.webm": 1, "broken.mp4": 1}
+    assert more["by_kind"]["video_colour"]["exact_match"]["n"] == 2
+    [skipped] = more["skipped"]
+    assert skipped["reason"].startswith(f"Sample 1, video 1 ('{tmp_path / 'broken.mp4'}'): not a readable video (")
 
     # `mmmmodal eval --num-frames 3 --pool-frames` predicts what `generate` answers with the processor's same keywords.
     scored = subprocess.run(

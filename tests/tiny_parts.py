@@ -1,9 +1,13 @@
 """Tiny real parts for tests: real transformers classes with small configs, the real Mistral tokenizer."""
 
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from PIL import Image
 from transformers import (
@@ -283,3 +287,26 @@ def package_patches(model) -> list[str]:
 
 def ours(function) -> bool:
     return getattr(function, "__module__", "").startswith("mmmmodal_hf")
+
+
+@contextmanager
+def decodes():
+    """Counts the files Pillow, libsndfile and PyAV open (the real ones, watched), by file name."""
+    opened = Counter()
+
+    def watched(real):
+        return lambda source, *args, **kwargs: (
+            opened.update([Path(str(source)).name]),
+            real(source, *args, **kwargs),
+        )[1]
+
+    with ExitStack() as watching:
+        watching.enter_context(mock.patch.object(Image, "open", watched(Image.open)))
+        watching.enter_context(mock.patch.object(soundfile, "SoundFile", watched(soundfile.SoundFile)))
+        try:
+            import av
+        except ImportError:  # no videos without PyAV
+            av = None
+        if av is not None:
+            watching.enter_context(mock.patch.object(av, "open", watched(av.open)))
+        yield opened

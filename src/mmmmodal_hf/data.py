@@ -157,12 +157,13 @@ def encode_conversation(
     if train_on not in ("answers", "all"):
         raise ValueError(f"train_on must be 'answers' or 'all'; got {train_on!r}")
     row_id = conversation.row_id
+    video_kwargs = video_kwargs or {}
     try:
         images, audio = processor.load_media(conversation.images, conversation.audio)
+        videos = processor.load_videos(conversation.videos, **video_kwargs)
     except ValueError as error:
         raise UnusableRow(f"row {row_id}: {error}") from error
-    messages = messages_with_media(conversation, images, audio)
-    video_kwargs = video_kwargs or {}
+    messages = messages_with_media(conversation, images, audio, videos)
     encoded = _encode(processor, messages, train_on, row_id, video_kwargs)
     if block_size is None or len(encoded["input_ids"]) <= block_size:
         return encoded
@@ -172,6 +173,7 @@ def encode_conversation(
     measured = messages_with_media(
         conversation,
         *([EncodedMedium(slots) for slots in counts[f"num_{kind}_tokens"]] for kind in ("image", "audio")),
+        [_measured_video(processor, video, bool(video_kwargs.get("pool_frames"))) for video in videos],
     )
     kept, length = len(messages), len(encoded["input_ids"])
     while length > block_size:
@@ -182,6 +184,16 @@ def encode_conversation(
     if stats is not None:
         stats.truncated += 1
     return _encode(processor, messages[:kept], train_on, row_id, video_kwargs)
+
+
+def _measured_video(processor, video: Video, pooled: bool) -> Video:
+    """A decoded video whose frames are measured by their slots alone (where the image processor's size is fixed);
+    its soundtrack stays as it is."""
+    slots = _resized_image_slots(processor, pooled)
+    if slots is None:
+        return video
+    return Video([EncodedMedium(slots)] * len(video.frames), video.times, video.duration, video.soundtrack,
+                 video.sampling_rate)  # fmt: skip
 
 
 def _last_exchange_start(messages) -> int:

@@ -111,7 +111,7 @@ class MMMModal(lmms):
         8 frames with their soundtrack)."""
         conversation = conversation_from_row({"messages": messages}, row_id=name)
         images, audio = self.processor.load_media(conversation.images, conversation.audio)
-        return messages_with_media(conversation, images, audio)
+        return messages_with_media(conversation, images, audio, self.processor.load_videos(conversation.videos))
 
     def _unanswered(self, name: str, reason: str) -> None:
         self.unanswered.append(f"{name}: {reason}")

@@ -141,7 +141,7 @@ def _prompt_size(turn: ScoredTurn) -> tuple[int, int]:
 def _predict_batch(model, processor, turns: list[ScoredTurn], settings: EvalSettings, decoded: dict):
     batch, prompts = [], []
     for turn in turns:
-        messages = _row_messages(processor, turn, decoded)
+        messages = _row_messages(processor, turn, decoded, settings.video_options)
         if isinstance(messages, str):
             yield turn.skipped(messages)
             continue
@@ -195,12 +195,15 @@ def answer_prompts(model, processor, prompts: list[list[dict]], settings: EvalSe
     return answers
 
 
-def _row_messages(processor, turn: ScoredTurn, decoded: dict):
+def _row_messages(processor, turn: ScoredTurn, decoded: dict, video_options: dict | None):
+    """The row's messages with its media decoded (once for all its turns), or why a medium cannot be used."""
     row = id(turn.conversation)
     if row not in decoded:
+        conversation = turn.conversation
         try:
-            images, audio = processor.load_media(turn.conversation.images, turn.conversation.audio)
-            decoded[row] = messages_with_media(turn.conversation, images, audio)
+            images, audio = processor.load_media(conversation.images, conversation.audio)
+            videos = processor.load_videos(conversation.videos, **(video_options or {}))
+            decoded[row] = messages_with_media(conversation, images, audio, videos)
         except (ValueError, UnusableRow) as error:
             decoded[row] = str(error)
     return decoded[row]
