@@ -608,6 +608,46 @@ def test_validate_checks_videos(tmp_path, session_processor, videos):
     assert "video seconds:  min 4.0, p50 4.0, max 4.0; 1 of 1 with a soundtrack" in report.summary()
 
 
+def test_combine_joins_video_rows_each_video_behind_its_own_tag(tmp_path, session_processor, videos):
+    """`mmmmodal data combine --mix video=...,mixed=...` joins video rows (content blocks or published) with image rows:
+    every tag keeps its file, and the output validates, each video decoded; a row with inline media is not joined."""
+    import json
+
+    from mmmmodal_hf.datatools.combine import combine_rows
+    from mmmmodal_hf.datatools.validate import validate_dataset
+
+    random_image(1).save(tmp_path / "still.png")
+
+    def blocks(kind, path, answer):
+        return {"messages": [{"role": "user", "content": [{"type": kind, "path": str(path)}, {"type": "text", "text": "Colour?"}]},
+                             {"role": "assistant", "content": answer}]}  # fmt: skip
+
+    published = {"conversations": [{"role": "user", "content": "<video>\nWhat changes?"},
+                                   {"role": "assistant", "content": "The colour."}], "filename": [str(videos["mkv"])]}  # fmt: skip
+    inline = {"messages": [{"role": "user", "content": [{"type": "video", "base64": "AAAA"}]},
+                           {"role": "assistant", "content": "?"}]}  # fmt: skip
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    (sources / "videos.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        blocks("video", videos["mp4"], "Red."), published, blocks("video", videos["mov"], "Grey."), inline)))  # fmt: skip
+    (sources / "images.jsonl").write_text(json.dumps(blocks("image", tmp_path / "still.png", "Grey.")) + "\n")
+    out = tmp_path / "out" / "combined.jsonl"
+    result = combine_rows([sources / "videos.jsonl", sources / "images.jsonl"], out, count=40,
+                          mix={"video": 0.5, "mixed": 0.5}, rows_per_output={2: 0.5, 3: 0.5}, seed=1)  # fmt: skip
+    assert result["source_rows"]["video"] == 3 and result["unusable_source_rows"] == 1
+    assert max(result["videos_per_row"]) >= 2 and set(result["kinds"]) == {"video", "mixed"}
+    for row in map(json.loads, out.read_text().splitlines()):
+        tags = [tag for message in row["conversations"] for tag in re.findall(r"<(video|image)>", message["content"])]
+        kinds = ["image" if name.endswith(".png") else "video" for name in row["filename"]]
+        assert tags == kinds and all((out.parent / name).is_file() for name in row["filename"])
+    report = validate_dataset(out, session_processor, block_size=100_000)
+    assert (
+        report.ok
+        and report.rows == 40
+        and len(report.video_seconds) == sum(count * number for count, number in result["videos_per_row"].items())
+    )
+
+
 def test_eval_scores_rows_with_videos(tmp_path, base_folder, videos):
     import json
     from dataclasses import replace

@@ -2,14 +2,15 @@
 
 The paper's recipe (section 4): image rows, audio rows and relationship rows are randomly joined,
 so that conversations hold several images and clips over several turns. Each output row draws
-its kind from `--mix` (image: only image rows joined; audio: only audio rows; mixed: at least one
-row with images and one with audio, or a mixed relationship row) and how many rows it joins from
+its kind from `--mix` (image: only image rows joined; audio: only audio rows; video: only video rows;
+mixed: rows of at least two media kinds, or a mixed relationship row) and how many rows it joins from
 `--rows-per-output`. Turns are appended in order and every tag keeps its own file, in order.
 Deterministic for a seed; rows are read from memory-mapped Arrow tables, not loaded as Python.
 """
 
 import argparse
 import json
+import math
 import sys
 from collections import Counter
 from pathlib import Path
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cli_help import command_parser
+from ..cli_errors import InputError
+from ..cli_help import command_parser, positive
 from ..data import Conversation, UnusableRow, load_rows, row_conversation
 from .rows import media_kind, to_published, write_rows
 
@@ -25,25 +27,31 @@ KINDS = ("image", "audio", "video", "mixed")
 
 
 def parse_distribution(text: str, cast=str) -> dict:
-    """'image=0.4,audio=0.3,mixed=0.3' or '1:0.3,2:0.7' -> normalised {key: probability}."""
-    pairs = [part.replace(":", "=").split("=") for part in text.split(",") if part.strip()]
-    values = {cast(key.strip()): float(value) for key, value in pairs}
+    """'image=0.4,audio=0.3,mixed=0.3' or '1:0.3,2:0.7' -> normalised {key: probability}; `InputError` naming
+    what is wrong otherwise."""
+    values = {}
+    for part in (part for part in text.split(",") if part.strip()):
+        key, _, value = part.replace(":", "=").partition("=")
+        try:
+            values[cast(key.strip())] = float(value)
+        except ValueError:
+            raise InputError(f"{part.strip()!r} is not KEY=PROBABILITY (or KEY:PROBABILITY) in {text!r}") from None
     total = sum(values.values())
-    if total <= 0 or any(v < 0 for v in values.values()):
-        raise ValueError(f"probabilities must be non-negative and not all zero: {text!r}")
+    if not values or not math.isfinite(total) or total <= 0 or any(v < 0 for v in values.values()):
+        raise InputError(f"probabilities must be non-negative numbers, not all zero: {text!r}")
     return {key: value / total for key, value in values.items()}
 
 
 def join(conversations: list[Conversation]) -> Conversation:
     """One conversation holding the others' turns in order (a system message only from the first)."""
-    messages, images, audio = [], [], []
+    messages, images, audio, videos = [], [], [], []
     for number, conversation in enumerate(conversations):
         messages += [m for m in conversation.messages if number == 0 or m["role"] != "system"]
         images += conversation.images
         audio += conversation.audio
-    return Conversation(
-        messages=messages, images=images, audio=audio, row_id="+".join(c.row_id for c in conversations)
-    )
+        videos += conversation.videos
+    row_id = "+".join(c.row_id for c in conversations)
+    return Conversation(messages=messages, images=images, audio=audio, row_id=row_id, videos=videos)
 
 
 def combine_rows(
@@ -58,9 +66,11 @@ def combine_rows(
     mix = mix or {"image": 0.4, "audio": 0.3, "mixed": 0.3}
     rows_per_output = rows_per_output or {1: 0.25, 2: 0.35, 3: 0.25, 4: 0.15}
     if set(mix) - set(KINDS):
-        raise ValueError(f"--mix kinds are {KINDS}; got {sorted(mix)}")
+        raise InputError(f"--mix kinds are {', '.join(KINDS)}; got {', '.join(sorted(mix))}")
     if min(rows_per_output) < 1 or max(rows_per_output) > 4:
-        raise ValueError("--rows-per-output takes 1 to 4 rows (a row and up to 3 more)")
+        raise InputError("--rows-per-output takes 1 to 4 rows (a row and up to 3 more)")
+    if Path(output).suffix not in (".jsonl", ".parquet"):
+        raise InputError(f"--output {output}: write a .jsonl or .parquet file")
     tables = [load_rows(source) for source in sources]
     pools: dict[str, list[tuple[int, int]]] = {kind: [] for kind in (*KINDS, "text")}
     unusable = 0
@@ -74,17 +84,18 @@ def combine_rows(
             pools[kind].append((table_index, row_index))
     for kind, probability in mix.items():
         if probability > 0 and kind != "mixed" and not pools[kind]:
-            raise ValueError(f"--mix asks for {kind} rows but the sources hold none")
-    if mix.get("mixed", 0) > 0 and not pools["mixed"] and not (pools["image"] and pools["audio"]):
-        raise ValueError(
-            "--mix asks for mixed rows but the sources hold neither mixed rows nor both image and audio rows"
+            raise InputError(f"--mix asks for {kind} rows but the sources hold none")
+    held = [kind for kind in ("image", "audio", "video") if pools[kind]]  # the kinds a mixed row joins rows of
+    if mix.get("mixed", 0) > 0 and not pools["mixed"] and len(held) < 2:
+        raise InputError(
+            "--mix asks for mixed rows but the sources hold neither mixed rows nor rows of two media kinds"
         )
 
     rng = np.random.default_rng(seed)
     count = count if count is not None else sum(len(p) for p in pools.values())
     kinds, sizes = list(mix), list(rows_per_output)
     made = Counter()
-    joined_counts, images_per_row, audio_per_row = Counter(), Counter(), Counter()
+    joined_counts, images_per_row, audio_per_row, videos_per_row = Counter(), Counter(), Counter(), Counter()
     output = Path(output)
 
     def fetch(ref):
@@ -103,9 +114,10 @@ def combine_rows(
                     refs = [pick(pools["mixed"])]
                 else:
                     size = max(size, 2)
-                    refs = [pick(pools["image"]), pick(pools["audio"])] if pools["image"] and pools["audio"] else []
+                    pair = held if len(held) <= 2 else [held[i] for i in sorted(rng.choice(3, 2, replace=False))]
+                    refs = [pick(pools[kind]) for kind in pair] if len(pair) == 2 else []
                     refs = refs or [pick(pools["mixed"]) for _ in range(2)]
-                    every = pools["image"] + pools["audio"] + pools["mixed"]
+                    every = pools["image"] + pools["audio"] + pools["video"] + pools["mixed"]
                     refs += [pick(every) for _ in range(size - len(refs))]
                     rng.shuffle(refs)
             else:
@@ -115,6 +127,7 @@ def combine_rows(
             joined_counts[len(refs)] += 1
             images_per_row[len(conversation.images)] += 1
             audio_per_row[len(conversation.audio)] += 1
+            videos_per_row[len(conversation.videos)] += 1
             yield to_published(conversation, relative_to=output.parent.resolve())
 
     write_rows(generate(), output)
@@ -125,6 +138,7 @@ def combine_rows(
         "rows_joined": dict(sorted(joined_counts.items())),
         "images_per_row": dict(sorted(images_per_row.items())),
         "audio_per_row": dict(sorted(audio_per_row.items())),
+        "videos_per_row": dict(sorted(videos_per_row.items())),
         "source_rows": {kind: len(pool) for kind, pool in pools.items()},
         "unusable_source_rows": unusable,
     }
@@ -132,9 +146,13 @@ def combine_rows(
 
 def _conversation(row: dict, index: int) -> Conversation:
     conversation = row_conversation(row, index)
+    if any(isinstance(m, bytes) for m in (*conversation.images, *conversation.audio, *conversation.videos)):
+        raise UnusableRow(f"row {conversation.row_id}: its media are inline (base64); a published row names files")
     # Paths resolved against the source file's folder become absolute, so they can be re-anchored on output.
-    conversation.images = [str(Path(p).resolve()) if _is_local(p) else p for p in conversation.images]
-    conversation.audio = [str(Path(p).resolve()) if _is_local(p) else p for p in conversation.audio]
+    for kind in ("images", "audio", "videos"):
+        setattr(
+            conversation, kind, [str(Path(p).resolve()) if _is_local(p) else p for p in getattr(conversation, kind)]
+        )
     return conversation
 
 
@@ -146,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("mmmmodal data combine", __doc__)
     parser.add_argument("sources", nargs="+", help="JSONL/JSON/Parquet files or folders of single-media rows")
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
-    parser.add_argument("--rows", type=int, default=None, help="rows to write (None: as many as the sources hold)")
-    parser.add_argument("--mix", default="image=0.4,audio=0.3,mixed=0.3", help="kind of each output row")
+    parser.add_argument("--rows", type=positive(int), default=None,
+                        help="rows to write (None: as many as the sources hold)")  # fmt: skip
+    parser.add_argument("--mix", default="image=0.4,audio=0.3,mixed=0.3",
+                        help="kind of each output row, of image, audio, video, mixed")  # fmt: skip
     parser.add_argument("--rows-per-output", default="1:0.25,2:0.35,3:0.25,4:0.15", help="rows joined into one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the drawing of rows")
     return parser
