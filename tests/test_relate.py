@@ -1,6 +1,7 @@
 """`mmmmodal data relate` against an OpenAI-compatible server on loopback and against local transformers models."""
 
 import json
+import re
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
@@ -108,6 +109,71 @@ def test_relate_through_an_openai_compatible_endpoint(tmp_path, endpoint, sessio
         assert first_turn.startswith(f"<{tags[0]}> </{tags[0]}>\n<{tags[1]}> </{tags[1]}>\n")
     # The prompt carried both captions.
     assert any(CAPTIONS["media/red.png"] in r["messages"][0]["content"] for r in relate_requests)
+
+
+def test_videos_pair_where_asked_and_bad_requests_are_one_line(tmp_path, endpoint, session_processor, capsys):
+    """Video items pair when `--pair-types` names video pairs (the defaults are the paper's three); what relate cannot
+    use is refused before the LLM is asked, or names the endpoint, in one line."""
+    pytest.importorskip("av")
+    import socket
+
+    from mmmmodal_hf.cli import main as cli
+
+    from video_files import write_video
+
+    items = write_items(tmp_path)
+    for name, caption in (("shapes.mp4", "a square turning from red to green"), ("beeps.mp4", "a beep at 1.5 s")):
+        write_video(tmp_path / "media" / name)
+        with items.open("a") as handle:
+            handle.write(json.dumps({"kind": "video", "path": f"media/{name}", "text": caption}) + "\n")
+    out = tmp_path / "videos.jsonl"
+    args = ["data", "relate", str(items), "--endpoint", endpoint, "--output", str(out)]
+    assert cli([*args, "--pairs", "6", "--pair-types", "video-video,image-video,audio-video"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {tuple(Path(f).suffix for f in row["filename"]) for row in rows} >= {(".mp4", ".mp4"), (".png", ".mp4")}
+    for row in rows:
+        tags = re.findall(r"<(image|audio|video)>", row["conversations"][0]["content"])
+        assert tags == [{".png": "image", ".wav": "audio", ".mp4": "video"}[Path(f).suffix] for f in row["filename"]]
+    assert validate_dataset(out, session_processor, block_size=100_000).ok  # each video decoded
+    relate(load_items(items), lambda prompt, seed: REPLY, tmp_path / "default.jsonl", 6)  # the paper's three
+    assert ".mp4" not in (tmp_path / "default.jsonl").read_text()
+
+    (tmp_path / "bad.txt").write_text("Relate {first_kind} to {thing}.")
+    (tmp_path / "one_video.jsonl").write_text(
+        json.dumps({"kind": "video", "path": "media/shapes.mp4", "text": "x"}) + "\n"
+    )
+    (tmp_path / "film.jsonl").write_text(json.dumps({"kind": "film", "path": "media/shapes.mp4", "text": "x"}) + "\n")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
+    refused = {
+        "--pair-types image-vidoe": "--pair-types are image-image, audio-audio, image-audio, video-video, "
+        "image-video, audio-video; got image-vidoe",
+        f"--prompt-template {tmp_path / 'bad.txt'}": "--prompt-template: KeyError 'thing' while filling it; it may "
+        "name {first_kind}, {first_text}, {second_kind}, {second_text} (write literal braces as {{ }})",
+        f"--endpoint {nowhere}": f"{nowhere}/chat/completions: [Errno 111] Connection refused",
+        f"--items {tmp_path / 'one_video.jsonl'} --pair-types video-video": "pair type video-video needs two items: "
+        "video and video",
+        f"--items {tmp_path / 'film.jsonl'}": "film.jsonl:1: items need 'kind' (image|audio|video), 'path' and 'text'",
+    }
+    capsys.readouterr()
+    for flags, said in refused.items():
+        flags = flags.split(" ")
+        given = [flags.pop(1), flags.pop(0)][0] if flags[0] == "--items" else str(items)
+        code = cli(["data", "relate", given, "--endpoint", endpoint, "--output", str(tmp_path / "x.jsonl"), *flags])
+        error = capsys.readouterr().err.strip()
+        assert code == 1 and error.splitlines()[-1].endswith(said) and "Traceback" not in error, (flags, error)
+    assert not (tmp_path / "x.jsonl").exists()
+
+    def stops_after_three(prompt, seed):  # an LLM that stops answering: the rows so far are kept, marked partial
+        if seed >= 3:
+            raise ConnectionError("the endpoint went away")
+        return REPLY
+
+    with pytest.raises(ConnectionError):
+        relate(load_items(items), stops_after_three, tmp_path / "stopped.jsonl", 6)
+    assert not (tmp_path / "stopped.jsonl").exists()
+    assert len((tmp_path / "stopped.jsonl.partial").read_text().splitlines()) == 3
 
 
 def tiny_local_llm(folder: Path, tokenizer_folder: Path, train_on_reply: bool) -> Path:

@@ -2,8 +2,9 @@
 
 The paper's relationship data (section 3): for pairs of media (image-image, audio-audio,
 image-audio) an instruct LLM reads their captions or transcripts and writes a conversation about
-how they relate. Items come from a JSONL/Parquet file of `{"kind": "image"|"audio", "path": ...,
-"text": caption or transcript}`. The LLM is either an OpenAI-compatible chat-completions endpoint
+how they relate. Items come from a JSONL/Parquet file of `{"kind": "image"|"audio"|"video", "path": ...,
+"text": caption or transcript}`; videos pair only where `--pair-types` names them (video-video, image-video,
+audio-video). The LLM is either an OpenAI-compatible chat-completions endpoint
 (vLLM, TGI, ...) or a local transformers causal LM. Prompt templates are plain files (the
 defaults live in `datatools/prompts/`); replies must be `User: ...` / `Assistant: ...` lines,
 and replies that do not parse are counted and dropped. `--translate` asks the same LLM for a
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cli_help import command_parser
+from ..cli_errors import InputError
+from ..cli_help import command_parser, positive
 from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
 from .rows import write_rows
 
@@ -30,6 +32,12 @@ logger = logging.getLogger(__name__)
 
 PROMPTS = Path(__file__).parent / "prompts"
 PAIR_TYPES = {"image-image": ("image", "image"), "audio-audio": ("audio", "audio"), "image-audio": ("image", "audio")}
+VIDEO_PAIR_TYPES = {
+    "video-video": ("video", "video"),
+    "image-video": ("image", "video"),
+    "audio-video": ("audio", "video"),
+}
+KINDS = ("image", "audio", "video")
 _LINE = re.compile(r"^\s*\**(User|Assistant)\**\s*:\s*\**\s*(.*)$", re.IGNORECASE)
 
 
@@ -87,9 +95,14 @@ class EndpointLLM:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers, method="POST")
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.loads(response.read())
-        return payload["choices"][0]["message"]["content"]
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                payload = json.loads(response.read())
+            return payload["choices"][0]["message"]["content"]
+        except OSError as error:  # no connection, an HTTP error, a timeout
+            raise InputError(f"{self.url}: {getattr(error, 'reason', error)}") from None
+        except (ValueError, LookupError, TypeError):
+            raise InputError(f"{self.url} did not answer as an OpenAI chat-completions endpoint does") from None
 
 
 class LocalLLM:
@@ -130,8 +143,8 @@ def load_items(path) -> list[dict]:
         if row.get(UNREADABLE):
             logger.warning("skipping item %s: %s", row["_row_id"], row[UNREADABLE])
             continue
-        if row.get("kind") not in ("image", "audio") or not row.get("path") or not row.get("text"):
-            raise ValueError(f"{row.get('_row_id')}: items need 'kind' (image|audio), 'path' and 'text'")
+        if row.get("kind") not in KINDS or not row.get("path") or not row.get("text"):
+            raise InputError(f"{row.get('_row_id')}: items need 'kind' (image|audio|video), 'path' and 'text'")
         path = Path(row["path"])
         items.append(
             {
@@ -157,17 +170,24 @@ def relate(
     """Ask `llm` for `pairs` relationship conversations (pair types in turn); write the parsed ones."""
     template = template or (PROMPTS / "relate.txt").read_text()
     translate_template = translate_template or (PROMPTS / "translate.txt").read_text()
-    by_kind = {kind: [item for item in items if item["kind"] == kind] for kind in ("image", "audio")}
+    by_kind = {kind: [item for item in items if item["kind"] == kind] for kind in KINDS}
+    known = {**PAIR_TYPES, **VIDEO_PAIR_TYPES}
+    if unknown := [name for name in pair_types if name not in known]:
+        raise InputError(f"--pair-types are {', '.join(known)}; got {', '.join(unknown)}")
+    if Path(output).suffix not in (".jsonl", ".parquet"):
+        raise InputError(f"--output {output}: write a .jsonl or .parquet file")
     for name in pair_types:
-        first, second = PAIR_TYPES[name]
-        if len(by_kind[first]) + len(by_kind[second]) < 2 or not by_kind[first] or not by_kind[second]:
-            raise ValueError(f"pair type {name} needs at least two items of those kinds")
+        first, second = known[name]
+        if len(by_kind[first]) < 2 if first == second else not (by_kind[first] and by_kind[second]):
+            raise InputError(f"pair type {name} needs two items: {first} and {second}")
+    _check_template("--prompt-template", template, ("first_kind", "first_text", "second_kind", "second_text"))
+    _check_template("--translate-template", translate_template, ("conversation",))
     rng = np.random.default_rng(seed)
     counts = Counter()
     output = Path(output)
 
     def pick_pair(name):
-        first_kind, second_kind = PAIR_TYPES[name]
+        first_kind, second_kind = known[name]
         first = by_kind[first_kind][int(rng.integers(len(by_kind[first_kind])))]
         candidates = [i for i in by_kind[second_kind] if i is not first]
         return first, candidates[int(rng.integers(len(candidates)))]
@@ -211,6 +231,17 @@ def relate(
     return {"output": str(output), "asked": pairs, **dict(sorted(counts.items()))}
 
 
+def _check_template(flag: str, template: str, fields: tuple[str, ...]) -> None:
+    """A prompt template that `str.format` cannot fill with `fields` is refused before the LLM is asked."""
+    try:
+        template.format(**dict.fromkeys(fields, ""))
+    except (KeyError, IndexError, ValueError) as error:
+        raise InputError(
+            f"{flag}: {type(error).__name__} {error} while filling it; it may name "
+            f"{', '.join('{' + field + '}' for field in fields)} (write literal braces as {{{{ }}}})"
+        ) from None
+
+
 def _relative(path: str, folder: Path) -> str:
     import os
 
@@ -223,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "items", help="JSONL/Parquet of {kind, path, text} (captions for images, transcripts for audio)"
     )
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
-    parser.add_argument("--pairs", type=int, default=1000, help="conversations to write")
-    parser.add_argument("--pair-types", default=",".join(PAIR_TYPES), help="kinds of pairs to draw, comma-separated")
+    parser.add_argument("--pairs", type=positive(int), default=1000, help="conversations to write")
+    parser.add_argument("--pair-types", default=",".join(PAIR_TYPES),
+                        help=f"kinds of pairs to draw, comma-separated; also {', '.join(VIDEO_PAIR_TYPES)}")  # fmt: skip
     llm = parser.add_mutually_exclusive_group(required=True)
     llm.add_argument("--endpoint", help="base URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1")
     llm.add_argument("--local-model", help="folder or Hub id of a transformers causal LM")

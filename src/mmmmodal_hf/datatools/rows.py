@@ -1,6 +1,7 @@
 """Rows in the published format (`conversations` + `filename`), read from either format and written as JSONL or Parquet."""
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -52,18 +53,28 @@ def to_published(conversation: Conversation, relative_to: Path | None = None) ->
 
 
 def write_rows(rows, path: str | Path) -> Path:
-    """Write dict rows as JSONL (`.jsonl`) or Parquet (`.parquet`); rows may be any iterable."""
+    """Write dict rows as JSONL (`.jsonl`) or Parquet (`.parquet`); rows may be any iterable. The file appears
+    whole or not at all: JSONL rows written before a failure (an LLM that stops answering) stay in `PATH.partial`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".jsonl":
-        with open(path, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    elif path.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        pq.write_table(pa.Table.from_pylist(list(rows)), path)
-    else:
+    if path.suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"{path}: write .jsonl or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        if path.suffix == ".jsonl":
+            with open(partial, "w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pq.write_table(pa.Table.from_pylist(list(rows)), partial)
+    except BaseException:
+        if partial.exists() and partial.stat().st_size:
+            logging.getLogger(__name__).warning("stopped: the rows written so far are in %s", partial)
+        else:
+            partial.unlink(missing_ok=True)
+        raise
+    partial.replace(path)
     return path
