@@ -89,3 +89,30 @@ def test_transcribe_scores_every_file_and_applies_the_threshold(tmp_path, sessio
     assert 0 < len(kept) < len(rows)
     # The rows are training data: files decode as audio behind audio tags.
     assert validate_dataset(kept_file, session_processor, block_size=8192).ok
+
+
+def test_what_transcribe_cannot_use_is_one_line(tmp_path, base_folder, capsys):
+    """Refused before any file is transcribed: a model that is no encoder-decoder speech model (an MMMModal folder),
+    a folder that is not there, audio that is not there or a folder without audio, an output it cannot write."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "audio").mkdir()
+    soundfile.write(tmp_path / "audio" / "a.wav", np.zeros(1600, np.float32), 16000)
+    audio = str(tmp_path / "audio")
+    refused = {
+        (audio, "--model", str(base_folder)): f"{str(base_folder)!r} is a mmmmodal model; transcribe needs an "
+        "encoder-decoder speech model such as Whisper",
+        (audio, "--model", "./no_whisper"): "cannot load a Whisper checkpoint from './no_whisper': no such folder",
+        (str(tmp_path / "nothere"), "--model", "./no_whisper"): f"no such file or folder: {tmp_path / 'nothere'}",
+        (str(tmp_path / "empty"), "--model", "./no_whisper"): f"{tmp_path / 'empty'} holds no audio files (.aac, "
+        ".aif, .aiff, .flac, .m4a, .mp3, .ogg, .opus, .wav, .webm)",
+    }
+    for args, said in refused.items():
+        code = cli(["data", "transcribe", *args, "--output", str(tmp_path / "rows.jsonl")])
+        error = capsys.readouterr().err.strip()
+        assert code == 1 and error == f"mmmmodal data: {said}", error
+    assert cli(["data", "transcribe", audio, "--model", "./no_whisper", "--output", str(tmp_path / "rows.csv")]) == 1
+    assert (
+        capsys.readouterr().err.strip()
+        == f"mmmmodal data: --output {tmp_path / 'rows.csv'}: write a .jsonl or .parquet file"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["audio", "empty"]  # nothing written

@@ -20,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import AutomaticSpeechRecognitionPipeline, pipeline
+from transformers import AutoConfig, AutomaticSpeechRecognitionPipeline, pipeline
+from transformers.models.auto.modeling_auto import MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES
 
-from ..cli_help import command_parser
+from ..cli_errors import InputError, loading
+from ..cli_help import command_parser, positive
 from ..media_mmmmodal import load_audio
 from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
 from .rows import write_rows
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aiff", ".aif"}
+AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
 REQUESTS = (
     "Transcribe this audio.",
     "What is said in this recording?",
@@ -72,13 +74,38 @@ class ScoredSpeechRecognitionPipeline(AutomaticSpeechRecognitionPipeline):
 
 
 def audio_files(source: str | Path) -> list[Path]:
-    """A folder's audio files (recursively, sorted), a text file listing paths, or one file."""
+    """A folder's audio files (recursively, sorted), a text file listing paths, or one file; `InputError` where
+    there is nothing to transcribe."""
     source = Path(source)
+    if not source.exists():
+        raise InputError(f"no such file or folder: {source}")
     if source.is_dir():
-        return sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+        if not files:
+            raise InputError(f"{source} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+        return files
     if source.suffix == ".txt":
         return [Path(line.strip()) for line in source.read_text().splitlines() if line.strip()]
     return [source]
+
+
+def _speech_recognizer(model: str, batch_size: int, device: str | None) -> AutomaticSpeechRecognitionPipeline:
+    """The scoring ASR pipeline on `model`; a model that is no encoder-decoder speech model is refused by name."""
+    with loading(model, "a Whisper checkpoint"):
+        model_type = AutoConfig.from_pretrained(model).model_type
+    if model_type not in MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES:
+        raise InputError(f"{model!r} is a {model_type} model; transcribe needs an encoder-decoder speech model such "
+                         "as Whisper")  # fmt: skip
+    with loading(model, "a Whisper checkpoint"):
+        return pipeline(
+            "automatic-speech-recognition",
+            model=model,
+            pipeline_class=ScoredSpeechRecognitionPipeline,
+            chunk_length_s=30,
+            batch_size=batch_size,
+            device=device,
+            ignore_warning=True,
+        )
 
 
 def transcribe(
@@ -93,15 +120,9 @@ def transcribe(
     device: str | None = None,
 ) -> dict:
     """Transcribe `files`, keep those scoring at least `threshold`, write audio rows to `output`."""
-    recognizer = pipeline(
-        "automatic-speech-recognition",
-        model=model,
-        pipeline_class=ScoredSpeechRecognitionPipeline,
-        chunk_length_s=30,
-        batch_size=batch_size,
-        device=device,
-        ignore_warning=True,
-    )
+    if Path(output).suffix not in (".jsonl", ".parquet"):
+        raise InputError(f"--output {output}: write a .jsonl or .parquet file")
+    recognizer = _speech_recognizer(model, batch_size, device)
     rate = recognizer.feature_extractor.sampling_rate
     generate_kwargs = {"max_new_tokens": max_new_tokens}
     if language:
@@ -158,9 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="Whisper checkpoint (folder or Hub id)")
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
     parser.add_argument("--threshold", type=float, default=-1.0, help="lowest average token log-probability kept")
-    parser.add_argument("--batch-size", type=int, default=8, help="files per pipeline batch")
+    parser.add_argument("--batch-size", type=positive(int), default=8, help="files per pipeline batch")
     parser.add_argument("--language", default=None, help="e.g. ms or en (multilingual checkpoints)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest transcript per 30 s chunk")
+    parser.add_argument("--max-new-tokens", type=positive(int), default=128, help="longest transcript per 30 s chunk")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (None: CPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampled decoding, if any")
     return parser
