@@ -29,6 +29,7 @@ from transformers import (
     SiglipVisionConfig,
     SiglipVisionModel,
 )
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from mmmmodal_hf import (
     MMMModalAudioProjector,
@@ -38,7 +39,7 @@ from mmmmodal_hf import (
     MMMModalProcessor,
 )
 from mmmmodal_hf.cli_errors import InputError, why_unloadable
-from mmmmodal_hf.cli_help import command_parser
+from mmmmodal_hf.cli_help import command_parser, positive
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
 from mmmmodal_hf.modeling_mmmmodal import tower_cuts
 
@@ -301,12 +302,28 @@ def _expected_files(size_gb: float, max_shard_size: str) -> list[str]:
     )
 
 
+_SIZE_UNITS = {"TB": 1e3, "GB": 1.0, "MB": 1e-3, "KB": 1e-6}  # as `save_pretrained`'s `max_shard_size` reads them
+
+
 def _parse_size_gb(text: str) -> float:
-    units = {"GB": 1.0, "MB": 1e-3, "KB": 1e-6}
-    for unit, scale in units.items():
-        if text.upper().endswith(unit):
-            return float(text[: -len(unit)]) * scale
-    return float(text) / 1e9
+    """A shard size such as `2GB` or `500MB` in GB; `ValueError` for what `save_pretrained` would refuse."""
+    number, unit = text.strip()[:-2], text.strip()[-2:].upper()
+    try:
+        size = float(number) * _SIZE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise ValueError(f"a size such as 2GB or 500MB (units: {', '.join(_SIZE_UNITS)}); got {text!r}") from None
+    if not 0 < size < float("inf"):
+        raise ValueError(f"a positive size; got {text!r}")
+    return size
+
+
+def shard_size(text: str) -> str:
+    """An argparse `type` for `--max-shard-size`: the text as given, once it reads as a size."""
+    try:
+        _parse_size_gb(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -322,12 +339,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", default="bfloat16", choices=sorted(DTYPE_BYTES), help="dtype to store the weights in"
     )
-    parser.add_argument("--max-shard-size", default="2GB", help="largest safetensors file; bigger models are sharded")
+    parser.add_argument("--max-shard-size", default="2GB", type=shard_size,
+                        help="largest safetensors file; bigger models are sharded")  # fmt: skip
     parser.add_argument(
-        "--audio-conv-kernel", type=int, default=40, help="the audio projector's Conv1d kernel (published: 40)"
+        "--audio-conv-kernel",
+        type=positive(int),
+        default=40,
+        help="the audio projector's Conv1d kernel (published: 40)",
     )
     parser.add_argument(
-        "--audio-conv-stride", type=int, default=3, help="the audio projector's Conv1d stride (published: 3)"
+        "--audio-conv-stride", type=positive(int), default=3, help="the audio projector's Conv1d stride (published: 3)"
     )
     parser.add_argument(
         "--dry-run",
@@ -338,14 +359,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PART_KINDS = {"llm": "a causal language model", "vision": "a SigLIP model", "audio": "a Whisper model"}
+
+
 def check_sources(parts: dict[str, str]) -> None:
-    """Each part's config, read before anything is built, so one that cannot be read (offline, a typo, a folder
-    of something else) is named in one line."""
-    for role in ("llm", "vision", "audio"):
+    """Each part's config, read before anything is built, so one that cannot be read (offline, a typo) or is of
+    another kind (a Whisper folder given as the LM) is named in one line."""
+    for role, kind in _PART_KINDS.items():
         try:
-            AutoConfig.from_pretrained(parts[role])
+            config = AutoConfig.from_pretrained(parts[role])
         except (OSError, ValueError) as error:
             raise InputError(f"cannot read --{role} {parts[role]}: {why_unloadable(parts[role], error)}") from None
+        fits = {
+            "llm": config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not config.is_encoder_decoder,
+            "vision": config.model_type in ("siglip", "siglip_vision_model"),
+            "audio": config.model_type == "whisper",
+        }[role]
+        if not fits:
+            raise InputError(f"--{role} {parts[role]} is a {config.model_type} model; it must be {kind}")
 
 
 def main(argv: list[str] | None = None) -> int:

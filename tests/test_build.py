@@ -212,3 +212,32 @@ def test_the_readmes_build_command_by_hub_ids_gives_the_local_build(tmp_path, to
     )
     assert without_sources(by_id_config) == without_sources(local_config)
     assert by_id_config["audio_config"]["_name_or_path"] == PRESETS["tinyllama"]["audio"]
+
+
+def test_a_part_of_another_kind_or_a_bad_number_is_named_in_one_line(tmp_path, tokenizer_folder, capsys):
+    """A Whisper folder given as the LM (a traceback from deep in the assembly before), a SigLIP folder as the audio,
+    a stride of 0, an unreadable shard size: refused before anything is built."""
+    from mmmmodal_hf.conversion.build import main
+
+    sources = {k: str(v) for k, v in save_tiny_source_models(tmp_path / "sources", tokenizer_folder).items()}
+    parts = {"llm": sources["llm"], "vision": sources["siglip"], "audio": sources["whisper"]}
+    wrong = {
+        "llm": (sources["whisper"], "whisper", "a causal language model"),
+        "vision": (sources["whisper"], "whisper", "a SigLIP model"),
+        "audio": (sources["siglip"], "siglip", "a Whisper model"),
+    }
+    for role, (source, model_type, kind) in wrong.items():
+        given = {**parts, role: source}
+        code = main(["--output-dir", str(tmp_path / "never"), *(a for n, s in given.items() for a in (f"--{n}", s))])
+        last = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 1 and last == f"mmmmodal build: --{role} {source} is a {model_type} model; it must be {kind}"
+    flags = [a for n, s in parts.items() for a in (f"--{n}", s)]
+    for bad, said in (
+        (["--audio-conv-stride", "0"], "argument --audio-conv-stride: must be a positive number; got 0"),
+        (["--max-shard-size", "2 gigs"], "argument --max-shard-size: a size such as 2GB or 500MB (units: TB, GB, "
+         "MB, KB); got '2 gigs'"),
+    ):  # fmt: skip
+        with pytest.raises(SystemExit):
+            main(["--output-dir", str(tmp_path / "never"), *flags, *bad])
+        assert capsys.readouterr().err.strip().endswith(said)
+    assert not (tmp_path / "never").exists()
