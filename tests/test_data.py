@@ -404,3 +404,26 @@ def test_a_json_document_that_does_not_parse_is_named_with_where(tmp_path):
         load_rows(tmp_path / "rows.json")
     (tmp_path / "lines.json").write_text('{"messages": []}\n{"messages": \n')  # JSON Lines in a .json file
     assert [row.get("_unreadable") is not None for row in load_rows(tmp_path / "lines.json")] == [False, True]
+
+
+def test_empty_files_hold_no_rows_and_a_data_set_of_unusable_rows_names_the_first(processor, media_folder, tmp_path):
+    """An empty JSON Lines file (`datasets` stops with a bare StopIteration on one) is skipped, and data of nothing
+    but empty files refused by name; when no row can be used the refusal says why the first was not."""
+    from mmmmodal_hf.cli_errors import InputError
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "empty.jsonl").write_text("")
+    (tmp_path / "data" / "blank.jsonl").write_text("\n  \n")
+    with pytest.raises(InputError, match="^no rows in .*data$"):
+        load_rows(tmp_path / "data")
+    (tmp_path / "data" / "rows.jsonl").write_text(json.dumps(published_row()) + "\n")
+    assert [row["_row_id"] for row in load_rows(tmp_path / "data")] == ["rows.jsonl:1"]
+
+    missing = {"conversations": [{"role": "user", "content": "<image> x"}, {"role": "assistant", "content": "y"}],
+               "filename": ["missing.png"]}  # fmt: skip
+    (media_folder / "unusable.jsonl").write_text("\n".join(json.dumps(r) for r in (missing, published_row())) + "\n")
+    dataset = ConversationDataset(load_rows(media_folder / "unusable.jsonl"), processor, block_size=8)
+    with pytest.raises(
+        InputError, match=r"^none of the 2 rows can be used \(the first refused: row unusable.jsonl:1: "
+    ):
+        dataset[0]

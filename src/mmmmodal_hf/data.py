@@ -418,7 +418,11 @@ def load_rows(path: str | Path, streaming: bool = False):
 
     parts = []
     for file in data_files(path):
-        lines = _read_json_lines(file) if DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file) else None
+        json_lines = DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file)
+        lines = _read_json_lines(file) if json_lines else None
+        if json_lines and (not lines[0] if lines else not file.read_text(encoding="utf-8", errors="replace").strip()):
+            logger.warning("skipping %s: it holds no rows", file)  # `datasets` cannot read an empty JSON Lines file
+            continue
         source = file if lines is None else _readable_copy(file, lines[1])
         part = datasets.load_dataset(
             DATA_SUFFIXES[file.suffix], data_files=str(source), split="train", streaming=streaming
@@ -432,6 +436,8 @@ def load_rows(path: str | Path, streaming: bool = False):
             with_indices=True,
         )
         parts.append(part)
+    if not parts:
+        raise InputError(f"no rows in {path}")
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
@@ -454,6 +460,7 @@ class _RowEncoder:
         self.processor, self.block_size, self.train_on = processor, block_size, train_on
         self.stats = stats if stats is not None else EncodeStats()
         self.video_kwargs = video_kwargs or {}
+        self.first_problem: str | None = None  # why the first unusable row was skipped
 
     def encode_row(self, row: dict, index: int) -> dict | None:
         try:
@@ -463,6 +470,7 @@ class _RowEncoder:
             )
         except UnusableRow as error:
             self.stats.skipped += 1
+            self.first_problem = self.first_problem or str(error)
             logger.warning("skipping %s", error)
             return None
         self.stats.rows += 1
@@ -530,7 +538,10 @@ class ConversationDataset(_RowEncoder, Dataset):
                     self._cache[index] = encoded
                 return encoded
             self._bad.add(candidate)
-        raise RuntimeError("no row of the data set can be used; see the warnings above")
+        raise InputError(
+            f"none of the {len(self.rows)} rows can be used (the first refused: {self.first_problem}); every row is "
+            "named in the warnings above"
+        )
 
 
 class StreamingConversationDataset(_RowEncoder, IterableDataset):
