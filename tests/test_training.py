@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from mmmmodal_hf import MMMModalForConditionalGeneration
+from mmmmodal_hf.cli_errors import InputError, first_line
 from mmmmodal_hf.data import LengthGroupedBatchSampler
 from mmmmodal_hf.training import DEEPSPEED_CONFIGS, build_trainer, parse_args, save_stage_output, train
 
@@ -381,8 +382,9 @@ def test_cached_rows_serve_later_epochs_without_touching_the_files(base_folder, 
         output = train(args, training_args, callbacks)  # 2 epochs of 2 steps; the second from memory
         assert not list(folder.glob("*.png")) and (output / "model.safetensors").exists()
     else:
-        with pytest.raises(RuntimeError, match="no row of the data set can be used"):
+        with pytest.raises(InputError, match="none of the 4 rows can be used") as refused:  # raised in the worker
             train(args, training_args, callbacks)
+        assert first_line(refused.value).startswith("none of the 4 rows can be used (the first refused: row ")
 
 
 def test_cached_rows_refuse_streaming():

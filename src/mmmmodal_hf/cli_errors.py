@@ -9,7 +9,11 @@ class InputError(ValueError):
 
 
 def first_line(error: BaseException) -> str:
+    """The error's message in one line; for an error a DataLoader worker raised again (`Caught InputError in
+    DataLoader worker process 0. Original Traceback ...`), the original message."""
     text = str(error).strip()
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        text = text.rsplit("\n", 1)[-1].split(": ", 1)[-1]
     return text.splitlines()[0] if text else type(error).__name__
 
 
