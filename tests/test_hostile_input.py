@@ -205,6 +205,27 @@ def test_chat_errors(processor, messages, message):
         processor.apply_chat_template(messages, tokenize=True)
 
 
+@pytest.mark.parametrize("tokenize", [True, False])
+def test_a_conversation_of_the_wrong_shape_is_named(processor, tokenize):
+    """What transformers would stop on with a bare KeyError, IndexError or TypeError, named by message and block."""
+    shapes = {
+        "A conversation must be a non-empty list of messages; got [].": [],
+        "Message 2: must be a dict with a 'role' and a 'content'; got {'content': 'hi'}.": [
+            {"role": "system", "content": "Be brief."}, {"content": "hi"}],
+        "Message 1: 'content' must be a string or a list of content blocks; got dict.": [
+            {"role": "user", "content": {"type": "text", "text": "hi"}}],
+        "Message 1: block 2 needs a 'type' (text, image, audio or video); got {'text': 'hi'}.": [
+            {"role": "user", "content": [{"type": "image", "image": GOOD_PNG}, {"text": "hi"}]}],
+    }  # fmt: skip
+    for said, messages in shapes.items():
+        with pytest.raises(ValueError) as refused:
+            processor.apply_chat_template(messages, tokenize=tokenize)
+        assert str(refused.value) == said
+    batch = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": [{"text": "hi"}]}]]
+    with pytest.raises(ValueError, match=r"^Conversation 2, message 1: block 1 needs a 'type'"):
+        processor.apply_chat_template(batch, tokenize=tokenize)
+
+
 def test_conversation_longer_than_the_context_fails_before_any_compute(session_processor):
     config = tiny_config(
         session_processor, text_config=tiny_text_config(len(session_processor.tokenizer), max_position_embeddings=48)

@@ -542,9 +542,12 @@ class MMMModalProcessor(ProcessorMixin):
         """transformers' `apply_chat_template`; with `tokenize=True` every medium reaches `__call__` as the user gave
         it (base64 decoded), to be loaded with its errors: transformers would load audio itself (with librosa), and
         a video's soundtrack (`load_audio_from_video`, which `__call__` takes, as `num_frames`, `fps`, `max_frames`)."""
+        is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        if not (conversation and hasattr(conversation[0], "messages")):  # objects: transformers reads their `messages`
+            for number, messages in enumerate(conversation if is_batched else [conversation], start=1):
+                _check_messages(messages, number if is_batched else None)
         if not kwargs.get("tokenize"):
             return super().apply_chat_template(conversation, *args, **kwargs)
-        is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
         conversations, audio = [], []
         for messages in conversation if is_batched else [conversation]:
             audio.append([])
@@ -559,6 +562,30 @@ class MMMModalProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["input_ids", "attention_mask", *MEDIA_INPUT_NAMES["image"], *MEDIA_INPUT_NAMES["audio"]]
+
+
+def _check_messages(messages, batch_number: int | None = None) -> None:
+    """A conversation's shape, named where it is wrong (transformers would stop with a bare KeyError or IndexError).
+    Messages and blocks may be dicts or objects with the same fields, as transformers takes them."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"A conversation must be a non-empty list of messages; got {str(messages)[:80]}.")
+    for number, message in enumerate(messages, start=1):
+        name = f"Conversation {batch_number}, message {number}" if batch_number else f"Message {number}"
+        content = _field(message, "content")
+        if not isinstance(_field(message, "role"), str):
+            problem = f"must be a dict with a 'role' and a 'content'; got {str(message)[:80]}"
+        elif content is not None and not isinstance(content, (str, list)):
+            problem = f"'content' must be a string or a list of content blocks; got {type(content).__name__}"
+        elif isinstance(content, list) and (untyped := [b for b in content if not isinstance(_field(b, "type"), str)]):
+            position = content.index(untyped[0]) + 1
+            problem = f"block {position} needs a 'type' (text, image, audio or video); got {str(untyped[0])[:60]}"
+        else:
+            continue
+        raise ValueError(f"{name}: {problem}.")
+
+
+def _field(item, key: str):
+    return item.get(key) if isinstance(item, dict) else getattr(item, key, None)
 
 
 def _with_media_sources_taken(message: dict, clips: list) -> dict:
