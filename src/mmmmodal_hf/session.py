@@ -16,7 +16,7 @@ from transformers import DynamicCache, TextIteratorStreamer
 
 from .media_mmmmodal import sample_times
 from .modeling_mmmmodal import CACHE_NAME
-from .processing_mmmmodal import VIDEO_OPTIONS, EncodedMedium
+from .processing_mmmmodal import VIDEO_OPTIONS, EncodedMedium, placeholder_kinds
 
 
 def _as_list(items) -> list:
@@ -165,6 +165,12 @@ class MMMModalChatSession:
     def _start_turn(self, text: str, images, audio, videos, generate_kwargs: dict) -> dict:
         """The turn's prompt ids and media, the cache cropped to what it shares with them; nothing else changes.
         Media are loaded first: a bad file raises here, before the conversation changes."""
+        if not isinstance(text, str):
+            raise ValueError(f"The turn's text must be a string; got {type(text).__name__}.")
+        if kinds := placeholder_kinds(text):  # the processor would count it as one more medium than was given
+            article = "a" if kinds[0] == "video" else "an"
+            raise ValueError(f"The turn's text holds {article} <{kinds[0]}> tag: give media as images=, audio= or videos= "
+                             "and the session places them before the text.")  # fmt: skip
         images, audio, videos = _as_list(images), _as_list(audio), _as_list(videos)
         settings = {**self.generate_kwargs, **generate_kwargs}
         message = _user_message(text, images, audio, videos)  # kept with paths: a saved conversation is a training row
