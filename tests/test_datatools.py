@@ -65,16 +65,23 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_validate_passes_a_clean_dataset(tmp_path, base_folder):
+def test_validate_passes_a_clean_dataset(tmp_path, base_folder, capsys):
     write_media(tmp_path)
     rows = [image_row("media/red.png"), audio_row("media/tone.wav"), relation_row("media/blue.png", "media/beep.wav")]
     data = write_jsonl(tmp_path / "clean.jsonl", rows)
-    report_file, histogram = tmp_path / "report.json", tmp_path / "lengths.png"
+    report_file, histogram = tmp_path / "out" / "report.json", tmp_path / "out" / "lengths.png"  # folder made
     code = cli(
         ["data", "validate", str(data), "--processor", str(base_folder), "--block-size", "512",
          "--report", str(report_file), "--histogram", str(histogram)]
     )  # fmt: skip
     assert code == 0
+    # A histogram Pillow cannot write is refused before any row is read (it failed after them all).
+    assert cli(["data", "validate", str(data), "--processor", str(base_folder), "--histogram", "lengths.txt"]) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith("mmmmodal data: --histogram lengths.txt: name an image file Pillow writes, such as .png")
+    )
     report = json.loads(report_file.read_text())
     assert report["ok"] and report["rows"] == 3
     assert report["kinds"] == {"image": 1, "audio": 1, "mixed": 1}

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cli_errors import loading
-from ..cli_help import command_parser
+from ..cli_errors import InputError, loading
+from ..cli_help import command_parser, positive
 from ..data import UnusableRow, conversation_from_row, encode_conversation, load_rows
 from ..media_mmmmodal import load_audio, load_image, load_video
 from .rows import media_in_order, media_kind
@@ -203,9 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("data", help="JSONL/JSON/Parquet file or a folder of them (either row format)")
     parser.add_argument("--processor", required=True, help="model folder or Hub id whose processor tokenizes the rows")
     parser.add_argument(
-        "--block-size", type=int, default=8192, help="longest row training will take (its --block_size)"
+        "--block-size", type=positive(int), default=8192, help="longest row training will take (its --block_size)"
     )
-    parser.add_argument("--limit", type=int, default=None, help="check only the first N rows")
+    parser.add_argument("--limit", type=positive(int), default=None, help="check only the first N rows")
     parser.add_argument("--report", help="write the full report as JSON here")
     parser.add_argument("--histogram", help="write a PNG histogram of row lengths here")
     return parser
@@ -213,12 +213,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from PIL import Image
     from transformers import AutoProcessor
+
+    Image.init()  # every image format Pillow has, for the histogram's suffix
+    writable = sorted(ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE)
+    if args.histogram and Path(args.histogram).suffix.lower() not in writable:
+        raise InputError(f"--histogram {args.histogram}: name an image file Pillow writes, such as .png")
 
     with loading(args.processor, "a processor", needs=None):
         processor = AutoProcessor.from_pretrained(args.processor, trust_remote_code=True)
     report = validate_dataset(args.data, processor, args.block_size, args.limit)
     print(report.summary())
+    for path in (args.report, args.histogram):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
     if args.report:
         Path(args.report).write_text(json.dumps(report.as_dict(), indent=2, ensure_ascii=False))
     if args.histogram:
