@@ -115,3 +115,29 @@ def test_train_options_have_help_and_keep_transformers_spelling():
     blocks = option_blocks(completed.stdout)
     for field in fields(MMMModalTrainArguments):
         assert "default" in blocks[f"--{field.name}"].lower(), field.name
+
+
+def test_numbers_out_of_their_range_are_refused_at_parse_time(capsys):
+    """Values that generate or the data tools would take without a word (a negative temperature was greedy decoding,
+    a --limit of -1 checked nothing) or refuse late, after loading a model."""
+    parsers = own_parsers()
+    cases = [
+        ("chat", ["model"], "--max-new-tokens", "0", "must be a positive number; got 0"),
+        ("chat", ["model"], "--min-new-tokens", "-1", "must be 0 or more; got -1"),
+        ("chat", ["model"], "--temperature", "-0.5", "must be 0 or more; got -0.5"),
+        ("chat", ["model"], "--temperature", "nan", "must be 0 or more; got nan"),
+        ("chat", ["model"], "--top-p", "0", "must be above 0 and at most 1; got 0"),
+        ("chat", ["model"], "--top-p", "1.5", "must be above 0 and at most 1; got 1.5"),
+        ("data validate", ["rows.jsonl", "--processor", "m"], "--limit", "-1", "must be a positive number; got -1"),
+        ("data combine", ["rows.jsonl", "--output", "o.jsonl"], "--rows", "0", "must be a positive number; got 0"),
+        ("data relate", ["items.jsonl", "--output", "o.jsonl", "--endpoint", "u"], "--pairs", "0",
+         "must be a positive number; got 0"),
+        ("data transcribe", ["audio", "--model", "w", "--output", "o.jsonl"], "--batch-size", "0",
+         "must be a positive number; got 0"),
+        ("build", ["--output-dir", "out"], "--audio-conv-stride", "0", "must be a positive number; got 0"),
+    ]  # fmt: skip
+    for name, given, flag, value, said in cases:
+        with pytest.raises(SystemExit):
+            parsers[name]().parse_args([*given, flag, value])
+        assert f"argument {flag}: {said}" in capsys.readouterr().err, (name, flag, value)
+    assert parsers["chat"]().parse_args(["model", "--temperature", "0", "--top-p", "1"]).temperature == 0.0

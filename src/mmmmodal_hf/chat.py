@@ -14,13 +14,14 @@ One-shot: `mmmmodal chat MODEL --image a.png --audio b.wav --video c.mp4 -p "que
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from transformers import AutoModel, AutoProcessor
 
 from .cli_errors import loading
-from .cli_help import add_video_reading_options, command_parser, video_reading_options
+from .cli_help import add_video_reading_options, command_parser, positive, video_reading_options, within
 from .media_mmmmodal import load_audio, load_image, load_video
 from .session import MMMModalChatSession
 
@@ -151,10 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", action="append", default=[], help="video for the first turn; repeatable")
     add_video_reading_options(parser)
     parser.add_argument("--system", help="a system message put before the first turn")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply, in tokens")
-    parser.add_argument("--min-new-tokens", type=int, default=None, help="shortest reply, in tokens")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature")
+    parser.add_argument("--max-new-tokens", type=positive(int), default=256, help="longest reply, in tokens")
+    parser.add_argument("--min-new-tokens", type=within(int, lambda n: n >= 0, "0 or more"), default=None,
+                        help="shortest reply, in tokens")  # fmt: skip
+    parser.add_argument("--temperature", type=within(float, lambda t: 0 <= t < math.inf, "0 or more"), default=0.0,
+                        help="sampling temperature; 0 is greedy")  # fmt: skip
+    parser.add_argument("--top-p", type=within(float, lambda p: 0 < p <= 1, "above 0 and at most 1"), default=1.0,
+                        help="nucleus sampling with --temperature")  # fmt: skip
     return parser
 
 

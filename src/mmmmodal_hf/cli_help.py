@@ -15,11 +15,17 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def positive(number: type):
     """An argparse `type` that takes a positive `number` (`int` or `float`), refusing 0, negatives and infinity."""
+    return within(number, lambda value: 0 < value < math.inf, "a positive number")
+
+
+def within(number: type, holds, described: str):
+    """An argparse `type` that takes a `number` (`int` or `float`) for which `holds(value)`, else says it must be
+    `described` (`within(float, lambda t: t >= 0, "0 or more")`)."""
 
     def parse(text: str):
         value = number(text)  # a ValueError: argparse's "invalid int value: 'x'"
-        if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+        if not holds(value):
+            raise argparse.ArgumentTypeError(f"must be {described}; got {text}")
         return value
 
     parse.__name__ = number.__name__
