@@ -247,3 +247,23 @@ def test_conversation_longer_than_the_context_fails_before_any_compute(session_p
     with torch.no_grad():
         model(**session_processor(text="<image> short", images=random_image(1), return_tensors="pt"))
     assert encoder_calls == [1]
+
+
+def test_truncation_that_cuts_into_media_is_named(processor):
+    """The tokenizer's truncation would leave fewer slots than the model gets features (its error came later, in the
+    model, naming no sample); text-only samples and media that fit truncate as the tokenizer does."""
+    texts = ["[INST] <image> What is it? [/INST]", "[INST] A long question, " + "and more, " * 20 + "[/INST]"]
+    images = [[GOOD_PNG], []]
+    whole = processor(text=texts, images=images)
+    slots = whole["input_ids"][0].count(processor.image_token_id)
+    before = processor(text=texts[0], images=[GOOD_PNG])["input_ids"][0].index(processor.image_token_id)
+    with pytest.raises(ValueError) as refused:
+        processor(text=texts, images=images, truncation=True, max_length=slots)
+    assert str(refused.value) == (
+        f"Sample 1: truncation cut into its media ({slots - before} of its {slots} image slots are left); give a larger "
+        "`max_length`, or leave `truncation` off."
+    )
+    fits = processor(text=texts, images=images, truncation=True, max_length=slots + 12)
+    assert [len(ids) for ids in fits["input_ids"]] == [slots + 12] * 2 and fits["input_ids"][0].count(
+        processor.image_token_id
+    ) == slots

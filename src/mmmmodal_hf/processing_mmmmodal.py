@@ -304,6 +304,7 @@ class MMMModalProcessor(ProcessorMixin):
         }
         for row, index in enumerate(kept):
             self._check_videos_fit(index, videos_of[index], sum(data["attention_mask"][row]), pool_frames)
+            self._check_media_whole(index, expanded[row], data["input_ids"][row])
         if pool_frames:
             data["pooled_images"] = np.array(pooled_rows)
         if return_text_replacement_offsets:
@@ -390,6 +391,15 @@ class MMMModalProcessor(ProcessorMixin):
         cuts = [self.num_clip_slots(min(len(video.soundtrack), round(time * rate)), True) for time in video.times[1:]]
         bounds = [0, *(min(cut, total) for cut in cuts), total]
         return [(slots, end - start) for slots, start, end in zip(frames, bounds, bounds[1:])]
+
+    def _check_media_whole(self, index: int, text: str, ids) -> None:
+        """A sample whose media the tokenizer's `truncation` cut into is refused here, naming it (the model would find
+        fewer slots than features), as transformers' processors refuse it."""
+        for kind, token in (("image", IMAGE_SLOT_TOKEN), ("audio", AUDIO_SLOT_TOKEN)):
+            kept, written = list(ids).count(getattr(self, f"{kind}_token_id")), text.count(token)
+            if kept != written:
+                raise ValueError(f"Sample {index + 1}: truncation cut into its media ({kept} of its {written} {kind} "
+                                 "slots are left); give a larger `max_length`, or leave `truncation` off.")  # fmt: skip
 
     def _check_videos_fit(self, index: int, videos: list, positions: int, pooled: bool) -> None:
         """A sample with videos longer than the context (the tokenizer's `model_max_length`, where it is set) is
