@@ -210,6 +210,8 @@ def test_a_conversation_of_the_wrong_shape_is_named(processor, tokenize):
     """What transformers would stop on with a bare KeyError, IndexError or TypeError, named by message and block."""
     shapes = {
         "A conversation must be a non-empty list of messages; got [].": [],
+        "A conversation must be a non-empty list of messages; got {'role': 'user', 'content': 'hi'}.": {
+            "role": "user", "content": "hi"},
         "Message 2: must be a dict with a 'role' and a 'content'; got {'content': 'hi'}.": [
             {"role": "system", "content": "Be brief."}, {"content": "hi"}],
         "Message 1: 'content' must be a string or a list of content blocks; got dict.": [

@@ -552,8 +552,9 @@ class MMMModalProcessor(ProcessorMixin):
         """transformers' `apply_chat_template`; with `tokenize=True` every medium reaches `__call__` as the user gave
         it (base64 decoded), to be loaded with its errors: transformers would load audio itself (with librosa), and
         a video's soundtrack (`load_audio_from_video`, which `__call__` takes, as `num_frames`, `fps`, `max_frames`)."""
-        is_batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
-        if not (conversation and hasattr(conversation[0], "messages")):  # objects: transformers reads their `messages`
+        first = conversation[0] if isinstance(conversation, (list, tuple)) and conversation else None
+        is_batched = isinstance(first, (list, tuple))
+        if not hasattr(first, "messages"):  # conversation objects: transformers reads their `messages`
             for number, messages in enumerate(conversation if is_batched else [conversation], start=1):
                 _check_messages(messages, number if is_batched else None)
         if not kwargs.get("tokenize"):
