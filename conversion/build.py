@@ -39,7 +39,7 @@ from mmmmodal_hf import (
     MMMModalProcessor,
 )
 from mmmmodal_hf.cli_errors import InputError, why_unloadable
-from mmmmodal_hf.cli_help import command_parser, positive
+from mmmmodal_hf.cli_help import command_parser, hub_repo_id, positive
 from mmmmodal_hf.conversion.model_card import parameter_counts, render_model_card
 from mmmmodal_hf.modeling_mmmmodal import tower_cuts
 
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision", help="SigLIP model: Hub id or folder")
     parser.add_argument("--audio", help="Whisper model: Hub id or folder")
     parser.add_argument("--output-dir", required=True, help="folder to write the checkpoint to")
-    parser.add_argument("--repo-id", help="the Hub repo the card's usage snippet names")
+    parser.add_argument("--repo-id", type=hub_repo_id, help="the Hub repo the card's usage snippet names")
     for part in ("llm", "vision", "audio"):
         parser.add_argument(f"--{part}-name", help=f"Hub id the model card credits for --{part} given as a folder")
     parser.add_argument(

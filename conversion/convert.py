@@ -28,7 +28,7 @@ from transformers import AutoFeatureExtractor, AutoImageProcessor, AutoTokenizer
 
 from mmmmodal_hf import MMMModalConfig, MMMModalForConditionalGeneration, MMMModalProcessor
 from mmmmodal_hf.cli_errors import loading, local_path
-from mmmmodal_hf.cli_help import command_parser
+from mmmmodal_hf.cli_help import command_parser, hub_repo_id
 from mmmmodal_hf.conversion.build import PRESETS, mean_initialise_new_rows
 from mmmmodal_hf.conversion.model_card import render_model_card
 
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=PRESETS["tinyllama"]["audio"],
         help="where the Whisper feature extractor comes from",
     )
-    parser.add_argument("--repo-id", help="the Hub repo the card's usage snippet names")
+    parser.add_argument("--repo-id", type=hub_repo_id, help="the Hub repo the card's usage snippet names")
     parser.add_argument("--llm-name", help="Hub id the model card credits for the language model")
     parser.add_argument(
         "--dtype",

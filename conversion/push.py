@@ -18,7 +18,7 @@ from pathlib import Path
 from huggingface_hub.errors import HfHubHTTPError
 
 from mmmmodal_hf.cli_errors import require_loadable
-from mmmmodal_hf.cli_help import command_parser
+from mmmmodal_hf.cli_help import command_parser, hub_repo_id
 from mmmmodal_hf.conversion.convert import PICKLE_SUFFIXES
 from mmmmodal_hf.conversion.model_card import check_card
 from mmmmodal_hf.conversion.verify import FolderDoesNotLoad, check_folder_loads
@@ -157,7 +157,8 @@ def push_space(
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("mmmmodal push", __doc__)
     parser.add_argument("folder", help="a folder written by `mmmmodal build`, `convert` or `train`")
-    parser.add_argument("--repo-id", required=True, help="the model repo to create or update, e.g. you/model")
+    parser.add_argument("--repo-id", required=True, type=hub_repo_id,
+                        help="the model repo to create or update, e.g. you/model")  # fmt: skip
     parser.add_argument(
         "--private", action=argparse.BooleanOptionalAction, default=False, help="create the repo private"
     )
@@ -171,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run every check and list the files; send nothing",
     )
     parser.add_argument(
-        "--space", help="also write a Gradio Space serving the model (`mmmmodal web`) to this Space id"
+        "--space",
+        type=hub_repo_id,
+        help="also write a Gradio Space serving the model (`mmmmodal web`) to this Space id",
     )
     parser.add_argument(
         "--space-package", default="mmmmodal-hf[web]", help="requirement line that installs this package"

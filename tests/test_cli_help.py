@@ -141,3 +141,19 @@ def test_numbers_out_of_their_range_are_refused_at_parse_time(capsys):
             parsers[name]().parse_args([*given, flag, value])
         assert f"argument {flag}: {said}" in capsys.readouterr().err, (name, flag, value)
     assert parsers["chat"]().parse_args(["model", "--temperature", "0", "--top-p", "1"]).temperature == 0.0
+
+
+def test_hub_repo_ids_are_checked_as_huggingface_hub_checks_them(capsys):
+    """`push --dry-run` said it would upload to `bad/re/po`; the real push would have failed at the Hub's first call."""
+    parsers = own_parsers()
+    for name, given, flag, value, said in [
+        ("push", ["folder"], "--repo-id", "bad/re/po", "Repo id must be in the form 'repo_name' or "
+         "'namespace/repo_name': 'bad/re/po'"),
+        ("push", ["folder", "--repo-id", "you/model"], "--space", "you/chat--x", "Cannot have -- or .. in repo_id"),
+        ("build", ["--output-dir", "out"], "--repo-id", "a b/c", "Repo id must use alphanumeric chars"),
+        ("convert", ["released", "--output-dir", "out"], "--repo-id", "x/y/z", "Repo id must be in the form"),
+    ]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            parsers[name]().parse_args([*given, flag, value])
+        assert f"argument {flag}: {said}" in capsys.readouterr().err, (name, flag)
+    assert parsers["push"]().parse_args(["folder", "--repo-id", "model"]).repo_id == "model"  # the token's namespace

@@ -32,6 +32,18 @@ def within(number: type, holds, described: str):
     return parse
 
 
+def hub_repo_id(text: str) -> str:
+    """An argparse `type` for a Hub repo id (`you/model`, or `model` in the token's own namespace), checked as
+    huggingface_hub checks it before any request."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError as error:
+        raise argparse.ArgumentTypeError(str(error).split(". Use `repo_type`")[0]) from None
+    return text
+
+
 def add_video_reading_options(parser: argparse.ArgumentParser, where: str | None = None) -> None:
     """How a command reads the videos it is given (`mmmmodal chat`, `web`, `eval`): `video_reading_options(args)`.
     Unset, the processor's defaults hold: 8 frames, whole. `where`: when the flags apply, for the help's heading."""
