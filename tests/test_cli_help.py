@@ -135,6 +135,8 @@ def test_numbers_out_of_their_range_are_refused_at_parse_time(capsys):
         ("data transcribe", ["audio", "--model", "w", "--output", "o.jsonl"], "--batch-size", "0",
          "must be a positive number; got 0"),
         ("build", ["--output-dir", "out"], "--audio-conv-stride", "0", "must be a positive number; got 0"),
+        ("demo", [], "--batch-size", "0", "must be a positive number; got 0"),
+        ("demo", [], "--learning-rate", "-1e-3", "must be a positive number; got -1e-3"),
     ]  # fmt: skip
     for name, given, flag, value, said in cases:
         with pytest.raises(SystemExit):

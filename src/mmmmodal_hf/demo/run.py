@@ -31,6 +31,7 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from ..cli_help import positive
 from ..evaluation.metrics import exact_match, verdict, verdict_match
 from ..evaluation.run import EvalSettings, predict
 from ..evaluation.turns import scored_turns
@@ -606,6 +607,9 @@ OPTION_HELP = {
     "video_learning_rate": "--video: peak learning rate of the video finetune",
 }
 _BOOLEAN_OPTIONS = {"train_encoders", "grow_head", "media_labels"}
+# Counts a run cannot do with none of (other counts may be 0: a stage, a pretraining or a kind of row left out).
+_POSITIVE_OPTIONS = {"train_conversations", "eval_per_kind", "finetune_steps", "batch_size", "hidden_size", "layers",
+                     "threads", "learning_rate", "video_conversations", "video_finetune_steps"}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -639,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name in _BOOLEAN_OPTIONS:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{text} ({note})")
         else:
-            kind = type(default)
+            kind = positive(type(default)) if name in _POSITIVE_OPTIONS else type(default)
             parser.add_argument(flag, type=kind, choices=choices.get(name), help=f"{text} ({note})")
     return parser
 
