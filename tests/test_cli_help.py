@@ -136,7 +136,7 @@ def test_numbers_out_of_their_range_are_refused_at_parse_time(capsys):
          "must be a positive number; got 0"),
         ("build", ["--output-dir", "out"], "--audio-conv-stride", "0", "must be a positive number; got 0"),
         ("demo", [], "--batch-size", "0", "must be a positive number; got 0"),
-        ("demo", [], "--learning-rate", "-1e-3", "must be a positive number; got -1e-3"),
+        ("demo", [], "--learning-rate", "0.0", "must be a positive number; got 0.0"),
     ]  # fmt: skip
     for name, given, flag, value, said in cases:
         with pytest.raises(SystemExit):
