@@ -164,3 +164,15 @@ def test_lmms_eval_runs_local_tasks_through_the_plugin(tmp_path, base_folder, ta
         assert f"mmmmodal answers task {name}, document 4 with nothing" in said and "not a readable image" in said
         assert [float(sample["exact_match"]) for sample in samples] == [1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
         assert results["exact_match,none"] == pytest.approx(0.5)
+
+
+def test_model_args_that_are_no_whole_numbers_are_named(base_folder):
+    """lmms-eval hands `--model_args` over as text: `max_new_tokens=abc` said only `invalid literal for int()`."""
+    from mmmmodal_hf.evaluation.lmms_eval_model import MMMModal
+
+    for args, said in [({"max_new_tokens": "abc"}, "max_new_tokens must be a whole number above 0; got 'abc'"),
+                       ({"batch_size": "0"}, "batch_size must be a whole number above 0; got '0'"),
+                       ({"seed": "-1"}, "seed must be a whole number; got '-1'")]:  # fmt: skip
+        with pytest.raises(ValueError) as refused:
+            MMMModal(pretrained=str(base_folder), **args)
+        assert str(refused.value) == f"mmmmodal: --model_args {said}"

@@ -45,9 +45,14 @@ class MMMModal(lmms):
         if unknown:
             raise ValueError(f"mmmmodal: unknown --model_args {sorted(unknown)}; known: pretrained, device, dtype, "
                              "max_new_tokens, seed")  # fmt: skip
-        batch = 16 if str(batch_size).startswith("auto") else int(batch_size)
-        self.settings = EvalSettings(model=pretrained, data=[], batch_size=batch, dtype=dtype,
-                                     device=device or "cpu", max_new_tokens=int(max_new_tokens), seed=int(seed))  # fmt: skip
+        numbers = {"batch_size": 16 if str(batch_size).startswith("auto") else batch_size,
+                   "max_new_tokens": max_new_tokens, "seed": seed}  # fmt: skip
+        for name, value in numbers.items():  # lmms-eval hands --model_args over as text
+            if not str(value).isdigit() or (name != "seed" and int(value) < 1):
+                raise ValueError(f"mmmmodal: --model_args {name} must be a whole number{' above 0' * (name != 'seed')}; "
+                                 f"got {value!r}")  # fmt: skip
+        self.settings = EvalSettings(model=pretrained, data=[], dtype=dtype, device=device or "cpu",
+                                     **{name: int(value) for name, value in numbers.items()})  # fmt: skip
         self.model, self.processor = _load(self.settings)
         self.unanswered: list[str] = []
 
