@@ -175,6 +175,13 @@ def test_empty_text_and_every_sample_bad(processor):
         processor(text=["fine", "  "])
     with pytest.raises(ValueError, match="Every sample of the batch is unusable"):
         processor(text=["", " "], skip_bad_samples=True)
+    # Text that is no string is said to be so, before the media are matched to placeholders it cannot hold.
+    for text, said in ((b"<image> hi", "MMMModalProcessor needs `text` (a string or a list of them) with one "
+                        "<image>/<audio> placeholder per medium; got bytes."),
+                       ([["<image> hi"]], "Sample 1: text must be a string; got list.")):  # fmt: skip
+        with pytest.raises(ValueError) as refused:
+            processor(text=text, images=[GOOD_PNG])
+        assert str(refused.value) == said
 
 
 @pytest.mark.parametrize(

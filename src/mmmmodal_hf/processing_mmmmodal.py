@@ -248,14 +248,17 @@ class MMMModalProcessor(ProcessorMixin):
         if audios is not None and audio is not None:
             raise ValueError("Pass audio as `audio=` or `audios=`, not both.")
         audio = audios if audios is not None else audio
-        if text is None:
-            raise ValueError("MMMModalProcessor needs `text` with one <image>/<audio> placeholder per medium.")
+        if not isinstance(text, (str, list, tuple)):
+            raise ValueError("MMMModalProcessor needs `text` (a string or a list of them) with one <image>/<audio> "
+                             f"placeholder per medium; got {type(text).__name__}.")  # fmt: skip
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("MMMModalProcessor got an empty batch (no text).")
         read = [self._read_text(index, sample) for index, sample in enumerate(texts)]
         placeholders = [matches for matches, _ in read]
         problems = {index: problem for index, (_, problem) in enumerate(read) if problem}
+        if problems and not skip_bad_samples:  # said before the media are matched to placeholders it has none of
+            raise ValueError(problems[min(problems)])
         per_kind = {
             kind: _assign_media(media, [[m for m in p if m.lastgroup == kind] for p in placeholders], kind, problems)
             for kind, media in (("image", images), ("audio", audio), ("video", videos))
