@@ -43,6 +43,18 @@ def _block(kind: str, item) -> dict:
     )
 
 
+def _plain_text(text, what: str) -> str:
+    """A turn's text or the system message: a string without media tags, which the processor would count as media
+    more than were given (a turn's media go in `images=`, `audio=`, `videos=`)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what} must be a string; got {type(text).__name__}.")
+    if kinds := placeholder_kinds(text):
+        article = "a" if kinds[0] == "video" else "an"
+        raise ValueError(f"{what} holds {article} <{kinds[0]}> tag: give media as images=, audio= or videos= and "
+                         "the session places them before a turn's text.")  # fmt: skip
+    return text
+
+
 def _checked(video_options: dict) -> dict:
     """`video_options` refused at once, not at the first video, where a name is not one the processor reads (a
     typo would leave its default in place without a word) or a frame count or rate is not a positive number."""
@@ -73,7 +85,7 @@ class MMMModalChatSession:
         video_options: dict | None = None, **generate_kwargs,
     ):  # fmt: skip
         self.model, self.processor, self.video_options = model, processor, _checked(video_options or {})
-        self.system = system
+        self.system = None if system is None else _plain_text(system, "The system message")
         self.context_length = context_length or getattr(model.config.text_config, "max_position_embeddings", None)
         self.generate_kwargs = {"max_new_tokens": 256, "do_sample": False, **generate_kwargs}
         self.reset()
@@ -165,12 +177,7 @@ class MMMModalChatSession:
     def _start_turn(self, text: str, images, audio, videos, generate_kwargs: dict) -> dict:
         """The turn's prompt ids and media, the cache cropped to what it shares with them; nothing else changes.
         Media are loaded first: a bad file raises here, before the conversation changes."""
-        if not isinstance(text, str):
-            raise ValueError(f"The turn's text must be a string; got {type(text).__name__}.")
-        if kinds := placeholder_kinds(text):  # the processor would count it as one more medium than was given
-            article = "a" if kinds[0] == "video" else "an"
-            raise ValueError(f"The turn's text holds {article} <{kinds[0]}> tag: give media as images=, audio= or videos= "
-                             "and the session places them before the text.")  # fmt: skip
+        _plain_text(text, "The turn's text")
         images, audio, videos = _as_list(images), _as_list(audio), _as_list(videos)
         settings = {**self.generate_kwargs, **generate_kwargs}
         message = _user_message(text, images, audio, videos)  # kept with paths: a saved conversation is a training row
