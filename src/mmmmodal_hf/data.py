@@ -420,7 +420,7 @@ def load_rows(path: str | Path, streaming: bool = False):
     for file in data_files(path):
         json_lines = DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file)
         lines = _read_json_lines(file) if json_lines else None
-        if json_lines and (not lines[0] if lines else not file.read_text(encoding="utf-8", errors="replace").strip()):
+        if json_lines and (not lines[0] if lines else file.stat().st_size == 0):
             logger.warning("skipping %s: it holds no rows", file)  # `datasets` cannot read an empty JSON Lines file
             continue
         source = file if lines is None else _readable_copy(file, lines[1])

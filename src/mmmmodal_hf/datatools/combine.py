@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..cli_errors import InputError
 from ..cli_help import command_parser, positive
 from ..data import Conversation, UnusableRow, load_rows, row_conversation
-from .rows import media_kind, to_published, write_rows
+from .rows import check_output, media_kind, to_published, write_rows
 
 KINDS = ("image", "audio", "video", "mixed")
 
@@ -69,8 +69,7 @@ def combine_rows(
         raise InputError(f"--mix kinds are {', '.join(KINDS)}; got {', '.join(sorted(mix))}")
     if min(rows_per_output) < 1 or max(rows_per_output) > 4:
         raise InputError("--rows-per-output takes 1 to 4 rows (a row and up to 3 more)")
-    if Path(output).suffix not in (".jsonl", ".parquet"):
-        raise InputError(f"--output {output}: write a .jsonl or .parquet file")
+    check_output(output)
     tables = [load_rows(source) for source in sources]
     pools: dict[str, list[tuple[int, int]]] = {kind: [] for kind in (*KINDS, "text")}
     unusable = 0

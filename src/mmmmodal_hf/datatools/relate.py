@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..cli_errors import InputError
 from ..cli_help import command_parser, positive
 from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
-from .rows import write_rows
+from .rows import check_output, write_rows
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +174,7 @@ def relate(
     known = {**PAIR_TYPES, **VIDEO_PAIR_TYPES}
     if unknown := [name for name in pair_types if name not in known]:
         raise InputError(f"--pair-types are {', '.join(known)}; got {', '.join(unknown)}")
-    if Path(output).suffix not in (".jsonl", ".parquet"):
-        raise InputError(f"--output {output}: write a .jsonl or .parquet file")
+    check_output(output)
     for name in pair_types:
         first, second = known[name]
         if len(by_kind[first]) < 2 if first == second else not (by_kind[first] and by_kind[second]):

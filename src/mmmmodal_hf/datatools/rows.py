@@ -5,6 +5,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..cli_errors import InputError
 from ..data import Conversation
 from ..processing_mmmmodal import MEDIA_PLACEHOLDERS, placeholder_kinds
 
@@ -52,12 +53,17 @@ def to_published(conversation: Conversation, relative_to: Path | None = None) ->
     return {"conversations": messages, "filename": files}
 
 
+def check_output(path: str | Path) -> Path:
+    """The data tools' `--output`, refused before any work unless `write_rows` can write it."""
+    if Path(path).suffix not in (".jsonl", ".parquet"):
+        raise InputError(f"--output {path}: write a .jsonl or .parquet file")
+    return Path(path)
+
+
 def write_rows(rows, path: str | Path) -> Path:
     """Write dict rows as JSONL (`.jsonl`) or Parquet (`.parquet`); rows may be any iterable. The file appears
     whole or not at all: JSONL rows written before a failure (an LLM that stops answering) stay in `PATH.partial`."""
-    path = Path(path)
-    if path.suffix not in (".jsonl", ".parquet"):
-        raise ValueError(f"{path}: write .jsonl or .parquet")
+    path = check_output(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     try:

@@ -27,7 +27,7 @@ from ..cli_errors import InputError, loading
 from ..cli_help import command_parser, positive
 from ..media_mmmmodal import load_audio
 from ..processing_mmmmodal import MEDIA_PLACEHOLDERS
-from .rows import write_rows
+from .rows import check_output, write_rows
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm", ".aiff", ".aif"}
 REQUESTS = (
@@ -120,8 +120,7 @@ def transcribe(
     device: str | None = None,
 ) -> dict:
     """Transcribe `files`, keep those scoring at least `threshold`, write audio rows to `output`."""
-    if Path(output).suffix not in (".jsonl", ".parquet"):
-        raise InputError(f"--output {output}: write a .jsonl or .parquet file")
+    check_output(output)
     recognizer = _speech_recognizer(model, batch_size, device)
     rate = recognizer.feature_extractor.sampling_rate
     generate_kwargs = {"max_new_tokens": max_new_tokens}
