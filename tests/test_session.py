@@ -127,14 +127,14 @@ def test_bad_media_leave_the_session_unchanged(model, session_processor, tmp_pat
     assert len(session.messages) == 2
     # Text that is no string, or that holds a tag (the processor would count one more medium than was given).
     for text, said in ((None, "The turn's text must be a string; got NoneType."),
-                       ("Look <image> here", "The turn's text holds an <image> tag: give media as images=, audio= or "
+                       ("Look <image> here", "The turn's text holds the tag <image>: give media as images=, audio= or "
                         "videos= and the session places them before a turn's text.")):  # fmt: skip
         with pytest.raises(ValueError) as refused:
             session.send(text, images=[random_image(1)])
         assert str(refused.value) == said
     assert len(session.messages) == 2
     for system, said in ((7, "The system message must be a string; got int."),
-                         ("Read <audio> first.", "The system message holds an <audio> tag")):  # fmt: skip
+                         ("Read <audio> first.", "The system message holds the tag <audio>")):  # fmt: skip
         with pytest.raises(ValueError, match=f"^{re.escape(said)}"):
             MMMModalChatSession(model, session_processor, system=system)
 

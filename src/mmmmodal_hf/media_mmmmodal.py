@@ -234,6 +234,11 @@ def load_audio(item, target_rate: int | None, sampling_rate: int | None = None) 
     averaged; other rates are resampled with soxr.
     """
     waveform, rate = read_audio(item, sampling_rate if sampling_rate is not None else target_rate)
+    return _resampled(waveform, rate, target_rate)
+
+
+def _resampled(waveform: np.ndarray, rate: int, target_rate: int | None) -> np.ndarray:
+    """A mono waveform (`read_audio`'s) at `target_rate`, resampled with soxr where its `rate` differs."""
     if target_rate is not None and rate != target_rate:
         resampled = soxr.resample(waveform, rate, target_rate, quality="HQ")
         # soxr gives round-half-up(n * target / rate) samples: none for a clip shorter than one output
@@ -362,7 +367,7 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
     if audio is None:
         return Video(picked, times, duration)
     waveform, rate = read_audio(audio, given.get("sampling_rate"))
-    return Video(picked, times, duration, load_audio(waveform, sampling_rate or rate, rate), sampling_rate or rate)
+    return Video(picked, times, duration, _resampled(waveform, rate, sampling_rate or rate), sampling_rate or rate)
 
 
 def _pyav():

@@ -49,8 +49,7 @@ def _plain_text(text, what: str) -> str:
     if not isinstance(text, str):
         raise ValueError(f"{what} must be a string; got {type(text).__name__}.")
     if kinds := placeholder_kinds(text):
-        article = "a" if kinds[0] == "video" else "an"
-        raise ValueError(f"{what} holds {article} <{kinds[0]}> tag: give media as images=, audio= or videos= and "
+        raise ValueError(f"{what} holds the tag <{kinds[0]}>: give media as images=, audio= or videos= and "
                          "the session places them before a turn's text.")  # fmt: skip
     return text
 
