@@ -566,3 +566,23 @@ def test_streamed_rows_with_several_images_each_keep_every_image(base_folder, tm
         "finetune", base_folder, data, tmp_path / "run", "--streaming", "True", "--per_device_train_batch_size", "2"
     )
     assert (output / "model.safetensors").exists()
+
+
+def test_the_training_docs_python_example_runs_as_written(base_folder, data_file, tmp_path):
+    """docs/training.md's "From Python" block, run in a fresh process with the folder and data swapped in: it trains,
+    and the folder it prints loads as the stage's output."""
+    section = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text().split("## From Python")[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"runs/align"' in code and '"data/chat/"' in code
+    code = code.replace('"runs/align"', repr(str(base_folder))).replace('"data/chat/"', repr(str(data_file)))
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    output = tmp_path / completed.stdout.strip().splitlines()[-1]  # relative, as `output_dir` was given
+    assert output == tmp_path / "runs" / "finetune"
+    changed, _, _ = changed_weights(base_folder, output)
+    assert any(name.startswith("model.language_model.") for name in changed)
+    assert not any("_tower." in name for name in changed)  # finetune keeps the encoders frozen
+    assert MMMModalForConditionalGeneration.from_pretrained(output).config.model_type == "mmmmodal"
