@@ -101,7 +101,7 @@ def conversation_from_row(row: dict, base_dir: str | None = None, row_id: str = 
     for number, message in enumerate(normalised, start=1):
         # The template renders an empty answer (a chat model may give one); as training data it teaches nothing.
         if message["role"] == "assistant" and not text_of(message["content"]).strip():
-            raise UnusableRow(f"row {row_id}: message {number} (assistant) is empty: there is no answer to learn")
+            raise UnusableRow(f"row {row_id}: message {number} (assistant) is empty: no answer to train on or score")
     return Conversation(messages=normalised, images=images, audio=audio, row_id=row_id, videos=videos)
 
 
