@@ -106,7 +106,23 @@ def push_folder(
     return files
 
 
-def write_space(model_id: str, output_dir: str | Path, package_requirement: str = "mmmmodal-hf[web]") -> list[str]:
+# The Space installs the package with the page and video reading (the page takes videos). Until the package is on
+# PyPI, `--space-package "mmmmodal-hf[web,video] @ git+https://github.com/OWNER/mmmmodal-hf"` names its repository.
+SPACE_PACKAGE = "mmmmodal-hf[web,video]"
+
+
+def requirement_line(text: str) -> str:
+    """An argparse `type` for `--space-package`: one pip requirement, refused here rather than in the Space's build."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(text)
+    except InvalidRequirement as error:
+        raise argparse.ArgumentTypeError(f"not a pip requirement line ({str(error).splitlines()[0]})") from None
+    return text
+
+
+def write_space(model_id: str, output_dir: str | Path, package_requirement: str = SPACE_PACKAGE) -> list[str]:
     """A Space folder (app.py, README.md with front matter, requirements.txt) serving `model_id` with `mmmmodal web`."""
     import gradio
 
@@ -129,7 +145,7 @@ def push_space(
     model_id: str,
     token: str | None = None,
     private: bool = False,
-    package_requirement: str = "mmmmodal-hf[web]",
+    package_requirement: str = SPACE_PACKAGE,
     dry_run: bool = False,
     staging: str | Path | None = None,
 ) -> list[str]:
@@ -177,8 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a Gradio Space serving the model (`mmmmodal web`) to this Space id",
     )
     parser.add_argument(
-        "--space-package", default="mmmmodal-hf[web]", help="requirement line that installs this package"
-    )
+        "--space-package", default=SPACE_PACKAGE, type=requirement_line,
+        help="the Space's requirement line that installs this package (a PyPI name, or NAME @ git+URL)",
+    )  # fmt: skip
     parser.add_argument("--space-dir", help="write the Space folder here (None: a temporary folder)")
     return parser
 

@@ -90,7 +90,23 @@ def test_space_for_the_model_is_written_and_checked_in_a_dry_run(built, tmp_path
     app = (space / "app.py").read_text()
     assert 'os.environ.get("MMMMODAL_MODEL", "someone/mmmmodal-tiny")' in app and "build_app(" in app
     compile(app, "app.py", "exec")
-    assert (space / "requirements.txt").read_text().splitlines()[0] == "mmmmodal-hf[web]"
+    assert (space / "requirements.txt").read_text().splitlines()[0] == "mmmmodal-hf[web,video]"  # the page takes videos
+
+
+def test_the_spaces_requirement_line_is_written_as_given_and_a_bad_one_refused_before_anything(built, tmp_path, capsys):
+    """Until the package is on PyPI a Space installs it from its repository; a line pip cannot read would fail only in
+    the Space's build, after the upload."""
+    from_git = "mmmmodal-hf[web,video] @ git+https://github.com/someone/mmmmodal-hf"
+    assert push([str(built), "--repo-id", "someone/tiny", "--dry-run", "--space", "someone/tiny-chat",
+                 "--space-dir", str(tmp_path / "space"), "--space-package", from_git]) == 0  # fmt: skip
+    assert (tmp_path / "space" / "requirements.txt").read_text().splitlines()[0] == from_git
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        push([str(built), "--repo-id", "someone/tiny", "--dry-run", "--space", "someone/tiny-chat",
+              "--space-dir", str(tmp_path / "refused"), "--space-package", "mmmmodal-hf[web"])  # fmt: skip
+    assert stopped.value.code == 2 and not (tmp_path / "refused").exists()
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("mmmmodal push: error: argument --space-package: not a pip requirement line ("), error
 
 
 def test_a_push_uploads_exactly_the_listed_files_and_the_space(built, tmp_path):
