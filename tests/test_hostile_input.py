@@ -204,8 +204,39 @@ def test_empty_text_and_every_sample_bad(processor):
             r"Message 2 \(user\) is empty",
         ),
         ([{"role": "user", "content": []}], r"Message 1 \(user\) is empty"),
+        (  # the template kept the system message's text alone: its image went to the processor with no place
+            [{"role": "system", "content": [{"type": "image", "image": GOOD_PNG}]}, {"role": "user", "content": "hi"}],
+            r"Message 1 \(system\) holds an image, audio or video; media belong in user turns",
+        ),
+        (  # its tag would take the image's slots, the image's own tag left bare (vLLM: the wrong place, no error)
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Is <image> here?"}, {"type": "image", "image": GOOD_PNG}],
+                }
+            ],
+            r"Message 1 \(user\) holds the tag <image> in its text; give each medium as an image, audio or video block",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "a </audio>"}]}],
+            r"Message 1 \(user\) holds the tag </audio> in its text",
+        ),
+        (
+            [{"role": "user", "content": "hi <image_slot>"}],
+            r"Message 1 \(user\) holds <image_slot> tokens, which the processor writes",
+        ),
     ],
-    ids=["media block in an answer", "placeholder in an answer", "unknown role", "empty text", "no blocks"],
+    ids=[
+        "media block in an answer",
+        "placeholder in an answer",
+        "unknown role",
+        "empty text",
+        "no blocks",
+        "media in the system message",
+        "a tag in a text block",
+        "a closing tag in a text block",
+        "a slot token",
+    ],
 )
 def test_chat_errors(processor, messages, message):
     with pytest.raises(TemplateError, match=message):

@@ -201,6 +201,25 @@ def test_a_file_that_is_no_image_is_refused_naming_it(server):
     )
 
 
+def test_a_tag_in_the_text_or_media_in_the_system_message_is_refused_by_the_template(server, served_media):
+    """Found: a text part holding `<image>` before the image took the image's slots, the image's own tag left bare
+    (vLLM replaces the first tag it finds; `generate` refused the count), and an image in the system message was a
+    500 (`Failed to apply prompt replacement`). The chat template names both, and vLLM answers 400."""
+    url, model = server
+    image = {"type": "image_url", "image_url": {"url": data_url(served_media["small"])}}
+    refused = {
+        "Message 1 (user) holds the tag <image> in its text": [
+            {"role": "user", "content": [{"type": "text", "text": "Is <image> like this?"}, image]}],
+        "Message 1 (system) holds an image, audio or video; media belong in user turns": [
+            {"role": "system", "content": [image]}, {"role": "user", "content": "hi"}],
+        "Message 1 (user) holds <audio_slot> tokens, which the processor writes": [
+            {"role": "user", "content": [image, {"type": "text", "text": "<audio_slot>"}]}],
+    }  # fmt: skip
+    for said, messages in refused.items():
+        status, answer = post(url, chat_body(model, messages))
+        assert status == 400 and said in answer["error"]["message"], (status, answer)
+
+
 def test_media_errors_name_the_message_the_kind_and_the_item(server, served_media, tmp_path):
     """Found: corrupt base64 got vLLM's `Non-base64 digit found`, a 10-minute clip `Input length (9614) exceeds
     model's maximum context length (1024).`, neither naming the item. Here each is named as the user counts it,
