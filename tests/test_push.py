@@ -90,10 +90,11 @@ def test_space_for_the_model_is_written_and_checked_in_a_dry_run(built, tmp_path
     app = (space / "app.py").read_text()
     assert 'os.environ.get("MMMMODAL_MODEL", "someone/mmmmodal-tiny")' in app and "build_app(" in app
     compile(app, "app.py", "exec")
-    assert (space / "requirements.txt").read_text().splitlines()[0] == "mmmmodal-hf[web,video]"  # the page takes videos
+    requirements = (space / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == "mmmmodal-hf[web,video]"  # the page takes videos
 
 
-def test_the_spaces_requirement_line_is_written_as_given_and_a_bad_one_refused_before_anything(built, tmp_path, capsys):
+def test_the_spaces_requirement_line_is_written_as_given_and_a_bad_one_refused_first(built, tmp_path, capsys):
     """Until the package is on PyPI a Space installs it from its repository; a line pip cannot read would fail only in
     the Space's build, after the upload."""
     from_git = "mmmmodal-hf[web,video] @ git+https://github.com/someone/mmmmodal-hf"

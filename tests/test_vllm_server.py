@@ -220,6 +220,17 @@ def test_a_tag_in_the_text_or_media_in_the_system_message_is_refused_by_the_temp
         assert status == 400 and said in answer["error"]["message"], (status, answer)
 
 
+def test_a_local_file_url_the_server_does_not_allow_is_a_named_client_error(server, served_media):
+    """Found: vLLM refused a `file://` URL (no `--allowed-local-media-path`) with a 500, which clients retry."""
+    url, model = server
+    image = {"type": "image_url", "image_url": {"url": served_media["small"].as_uri()}}
+    status, answer = post(url, chat_body(model, [{"role": "user", "content": [{"type": "text", "text": "?"}, image]}]))
+    assert status == 400, (status, answer)
+    assert answer["error"]["message"] == (
+        "message 1, image 1: Cannot load local files without `--allowed-local-media-path`."
+    )
+
+
 def test_media_errors_name_the_message_the_kind_and_the_item(server, served_media, tmp_path):
     """Found: corrupt base64 got vLLM's `Non-base64 digit found`, a 10-minute clip `Input length (9614) exceeds
     model's maximum context length (1024).`, neither naming the item. Here each is named as the user counts it,

@@ -137,6 +137,12 @@ class MMMModalMediaConnector(MediaConnector):
                 video_url, self._video_io(), fetch_timeout=envs.VLLM_VIDEO_FETCH_TIMEOUT
             )
 
+    def _load_file_url(self, url_spec, media_io):
+        try:
+            return super()._load_file_url(url_spec, media_io)
+        except RuntimeError as error:  # vLLM refuses a file:// URL as a server fault: a 500, which clients retry
+            raise ValueError(str(error)) from None
+
     def _video_io(self):
         return MMMModalVideoIO(**self.media_io_kwargs.get("video", {}))
 
