@@ -38,9 +38,11 @@ def test_two_turns_with_image_and_audio_commands(saved_folder, tmp_path):
     script = (
         "\n".join(
             [
+                f"/save {tmp_path / 'early.json'}",
                 f"/image {tmp_path / 'a.png'}",
                 f"/audio {tmp_path / 'b.wav'}",
                 "Apa yang ada dalam gambar dan audio ini?",
+                f"/save {tmp_path / 'no_such_folder' / 'conversation.json'}",
                 "And the colour?",
                 f"/image {tmp_path / 'missing.png'}",
                 "/image",
@@ -60,6 +62,9 @@ def test_two_turns_with_image_and_audio_commands(saved_folder, tmp_path):
     assert "error: image 2 (" in out and "missing.png): no such file" in out
     assert "/image needs a file: /image PATH" in out and "/audio needs a file: /audio PATH" in out
     assert "unknown command" not in out
+    # Found: a /save that could not write ended the chat with the conversation in it; it is said, and the chat goes on.
+    assert "error: There is no conversation to save yet." in out and not (tmp_path / "early.json").exists()
+    assert f"error: could not save to {tmp_path / 'no_such_folder' / 'conversation.json'}: No such file" in out
     saved = json.loads((tmp_path / "conversation.json").read_text())["messages"]
     assert [m["role"] for m in saved] == ["user", "assistant", "user", "assistant"]
     assert [b["type"] for b in saved[0]["content"]] == ["image", "audio", "text"]

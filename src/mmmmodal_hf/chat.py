@@ -87,8 +87,13 @@ class TerminalChat:
 
     def save(self, path: str) -> Path:
         """The conversation as a training row in the content-block format (`mmmmodal train` reads it)."""
+        if not self.messages:
+            raise ValueError("There is no conversation to save yet.")
         path = Path(path)
-        path.write_text(json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2))
+        try:
+            path.write_text(json.dumps({"messages": self.messages}, ensure_ascii=False, indent=2))
+        except OSError as error:  # a missing folder, a folder given as the file: said, and the chat goes on
+            raise ValueError(f"could not save to {path}: {error.strerror}") from None
         return path
 
 
