@@ -258,3 +258,31 @@ def test_a_refused_upload_leaves_no_traceback_in_the_server_log(saved_folder, tm
         process.terminate()
         log, _ = process.communicate(timeout=60)
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_the_space_push_writes_serves_the_page_and_answers(saved_folder, tmp_path):
+    """The Space `mmmmodal push --space` uploads, run as the Space runs it (`python app.py`, Gradio's port from the
+    environment), serving a local folder through the card's `MMMMODAL_MODEL` variable: it answers through `/chat`."""
+    import subprocess
+    import sys
+
+    from gradio_client import Client
+
+    from mmmmodal_hf.conversion.push import write_space
+
+    write_space("someone/tiny", tmp_path)
+    port = free_port()
+    env = {**os.environ, "MMMMODAL_MODEL": str(saved_folder), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_SERVER_PORT": str(port), "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        while f"127.0.0.1:{port}" not in (line := process.stdout.readline()):
+            assert line, "the Space's app ended before it served"
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        answer = client.predict({"text": "Apa ini?", "files": []}, 4, 0.0, 1.0, api_name="/chat")
+        assert isinstance(answer, str) and answer.strip()
+    finally:
+        process.terminate()
+        log, _ = process.communicate(timeout=60)
+    assert "Traceback" not in log, log[-3000:]
