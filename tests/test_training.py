@@ -314,6 +314,24 @@ def test_shipped_deepspeed_configs_pass_transformers_checks(name, session_proces
         assert resolved["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
 
 
+def test_runs_of_different_bases_are_refused_by_name(base_folder, session_processor, tmp_path):
+    """Found: `mmmmodal align-combine` of runs from two bases ended in a traceback, and in a KeyError where one base
+    had more layers; it names the first part that differs."""
+    from mmmmodal_hf.training import combine_alignments
+
+    deeper_text = tiny_text_config(len(session_processor.tokenizer), num_hidden_layers=3)
+    for name, config, part in (("other", tiny_config(session_processor), "vision_tower"),
+                               ("deeper", tiny_config(session_processor, text_config=deeper_text), "language_model")):  # fmt: skip
+        torch.manual_seed(1 if name == "other" else 0)
+        MMMModalForConditionalGeneration(config).save_pretrained(tmp_path / name)
+        session_processor.save_pretrained(tmp_path / name)
+        with pytest.raises(
+            InputError, match=rf"^{base_folder} and {tmp_path / name} do not share a base: their {part}"
+        ):
+            combine_alignments(base_folder, tmp_path / name, tmp_path / f"{name}_both")
+        assert not (tmp_path / f"{name}_both").exists()
+
+
 def test_separate_image_and_audio_alignments_combine(base_folder, data_file, tmp_path, session_processor):
     image_run = run_stage("align", base_folder, data_file, tmp_path / "image", "--align_modalities", "image")
     audio_run = run_stage("align", base_folder, data_file, tmp_path / "audio", "--align_modalities", "audio")

@@ -280,9 +280,11 @@ def combine_alignments(image_run: str | Path, audio_run: str | Path, output_dir:
     model, audio_model = load_model(image_run), load_model(audio_run)
     for name in ("vision_tower", "audio_tower", "language_model"):
         ours, theirs = getattr(model.model, name).state_dict(), getattr(audio_model.model, name).state_dict()
-        different = [key for key in ours if key != "embed_tokens.weight" and not torch.equal(ours[key], theirs[key])]
+        different = sorted(set(ours) ^ set(theirs)) or [
+            key for key in ours if key != "embed_tokens.weight" and not torch.equal(ours[key], theirs[key])
+        ]
         if different:
-            raise ValueError(f"{image_run} and {audio_run} do not share a base: their {name} differs ({different[0]})")
+            raise InputError(f"{image_run} and {audio_run} do not share a base: their {name} differs ({different[0]})")
     model.model.audio_projector.load_state_dict(audio_model.model.audio_projector.state_dict())
     rows = [model.config.audio_start_token_id, model.config.audio_end_token_id]
     with torch.no_grad():
