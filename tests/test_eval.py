@@ -87,6 +87,27 @@ def test_every_turn_is_scored_and_bad_rows_are_counted(base_folder, rows, tmp_pa
     assert "| colour |" in (tmp_path / "report.md").read_text() and (tmp_path / "report.png").stat().st_size > 0
 
 
+def test_a_row_whose_text_the_template_refuses_is_skipped_and_its_batch_answered(base_folder, tmp_path):
+    """Found: a row whose text held a slot token (or a tag in a text block) ended the whole run with a traceback from
+    its batch's template; it is skipped, named, and the rows beside it in the batch are answered."""
+    random_image(1).save(tmp_path / "a.png")
+    image = {"type": "image", "path": "a.png"}
+    rows = [[{"type": "text", "text": "Colour?"}, image], "Hi <audio_slot> there", [{"type": "text", "text": "Is <image> it?"}, image], "Hello"]  # fmt: skip
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": content},
+                                                     {"role": "assistant", "content": "Blue."}]}) + "\n"
+                            for content in rows))  # fmt: skip
+    result = evaluate(settings(base_folder, data, batch_size=4), tmp_path / "out", say=lambda _: None)
+    assert [p["line"] for p in lines(tmp_path / "out")] == [1, 4]
+    skipped = {s["where"]: s["reason"] for s in result["skipped"]}
+    assert skipped == {
+        f"{data}:2": "Message 1 (user) holds <audio_slot> tokens, which the processor writes; give each "
+        "medium as its own block",
+        f"{data}:3": "Message 1 (user) holds the tag <image> in its text; give each medium as an image, "
+        "audio or video block",
+    }
+
+
 def test_last_turns_only(base_folder, rows, tmp_path):
     evaluate(settings(base_folder, rows, turns="last"), tmp_path, say=lambda _: None)
     assert [(p["line"], p["turn"]) for p in lines(tmp_path)] == [(1, 2), (2, 1), (3, 1), (4, 1), (5, 1)]

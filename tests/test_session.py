@@ -128,7 +128,10 @@ def test_bad_media_leave_the_session_unchanged(model, session_processor, tmp_pat
     # Text that is no string, or that holds a tag (the processor would count one more medium than was given).
     for text, said in ((None, "The turn's text must be a string; got NoneType."),
                        ("Look <image> here", "The turn's text holds the tag <image>: give media as images=, audio= or "
-                        "videos= and the session places them before a turn's text.")):  # fmt: skip
+                        "videos= and the session places them before a turn's text."),
+                       # the template's refusal, a ValueError as the session's others (it was jinja's TemplateError)
+                       ("Look <image_slot> here", "Message 3 (user) holds <image_slot> tokens, which the processor "
+                        "writes; give each medium as its own block")):  # fmt: skip
         with pytest.raises(ValueError) as refused:
             session.send(text, images=[random_image(1)])
         assert str(refused.value) == said

@@ -12,6 +12,7 @@ import threading
 from itertools import groupby
 
 import torch
+from jinja2.exceptions import TemplateError
 from transformers import DynamicCache, TextIteratorStreamer
 
 from .media_mmmmodal import sample_times
@@ -206,10 +207,13 @@ class MMMModalChatSession:
     def _encode(self, messages: list[dict]):
         rate = {"sampling_rate": self.processor.feature_extractor.sampling_rate}  # of clips decoded by `load_media`
         pool = {"pool_frames": True} if self.video_options.get("pool_frames") else {}  # videos are decoded already
-        return self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            processor_kwargs={**rate, **pool},
-        )  # fmt: skip
+        try:
+            return self.processor.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+                processor_kwargs={**rate, **pool},
+            )  # fmt: skip
+        except TemplateError as error:  # the template's refusals (a slot token in the text) are the turn's ValueError
+            raise ValueError(str(error)) from None
 
     def _history_as_encoded(self) -> list[dict]:
         """The conversation so far, each medium replaced by its slots (`EncodedMedium`): the cache holds them. A video

@@ -4,6 +4,8 @@ same OpenAI chat parts `mmmmodal serve` takes, batch by batch."""
 import gc
 import os
 
+from jinja2.exceptions import TemplateError
+
 from .turns import ScoredTurn
 
 
@@ -46,7 +48,7 @@ def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
         batch = turns[start : start + batch_size]
         try:
             outputs = engine.chat([turn.openai_prompt() for turn in batch], sampling, use_tqdm=False)
-        except (ValueError, OSError):  # one turn refused (a medium, the context): each asked alone to name it
+        except (ValueError, OSError, TemplateError):  # one turn refused (its text, a medium, the context): each alone
             outputs = [_alone(engine, turn, sampling) for turn in batch]
         for turn, output in zip(batch, outputs):
             if isinstance(output, str):
@@ -59,7 +61,7 @@ def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
 def _alone(engine, turn: ScoredTurn, sampling):
     try:
         return engine.chat(turn.openai_prompt(), sampling, use_tqdm=False)[0]
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, TemplateError) as error:
         return str(error)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from jinja2.exceptions import TemplateError
 
 from ..data import UnusableRow, messages_with_media, text_of
 from ..processing_mmmmodal import placeholder_kinds
@@ -166,12 +167,22 @@ def answer_prompts(model, processor, prompts: list[list[dict]], settings: EvalSe
     context = getattr(model.config.get_text_config(), "max_position_embeddings", None)
     answers: list = [None] * len(prompts)
     kept = list(range(len(prompts)))
-    while kept:
-        inputs = processor.apply_chat_template(
-            [prompts[i] for i in kept], add_generation_prompt=True, tokenize=True, return_dict=True,
+
+    def encode(indices: list[int]):
+        return processor.apply_chat_template(
+            [prompts[i] for i in indices], add_generation_prompt=True, tokenize=True, return_dict=True,
             return_tensors="pt",
             processor_kwargs={"sampling_rate": processor.feature_extractor.sampling_rate, **(settings.video_options or {})},
         )  # fmt: skip
+
+    while kept:
+        try:
+            inputs = encode(kept)
+        except (TemplateError, ValueError):  # a prompt the template or the processor refuses: each alone, to name it
+            for i in kept:
+                answers[i] = _refusal(encode, i)
+            kept = [i for i in kept if answers[i] is None]
+            continue
         lengths = inputs["attention_mask"].sum(-1).tolist()
         over = [i for i, n in zip(kept, lengths) if context and n + settings.max_new_tokens > context]
         for i, n in zip(kept, lengths):
@@ -193,6 +204,16 @@ def answer_prompts(model, processor, prompts: list[list[dict]], settings: EvalSe
     for i, answer in zip(kept, decoded):
         answers[i] = answer.strip()
     return answers
+
+
+def _refusal(encode, index: int) -> Unanswered | None:
+    """Why the template or the processor refuses prompt `index` alone (its text holds a slot token, ...); None: it
+    does not."""
+    try:
+        encode([index])
+    except (TemplateError, ValueError) as error:
+        return Unanswered(str(error))
+    return None
 
 
 def _row_messages(processor, turn: ScoredTurn, decoded: dict, video_options: dict | None):
