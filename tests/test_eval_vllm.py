@@ -30,6 +30,9 @@ def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_medi
         {"kind": "video", "language": "en", "messages": [
             {"role": "user", "content": [{"type": "video", "path": str(video)}, {"type": "text", "text": "Which colour?"}]},
             {"role": "assistant", "content": "Red."}]},
+        # refused by the chat template, in a batch beside rows that are answered (it ended the vLLM backend's run)
+        {"kind": "text", "language": "en", "messages": [
+            {"role": "user", "content": "Hi <audio_slot>"}, {"role": "assistant", "content": "Hi."}]},
     ]  # fmt: skip
     data = tmp_path / "rows.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -47,3 +50,5 @@ def test_the_vllm_backend_predicts_what_generate_does(served_folder, served_medi
     }
     assert len(predicted["local"]) == 4 and predicted["vllm"] == predicted["local"]
     assert offline["overall"] == local["overall"] and offline["settings"]["backend"] == "vllm"
+    assert offline["skipped"] == local["skipped"] == [{"where": f"{data}:4", "turn": 1, "reason": (
+        "Message 1 (user) holds <audio_slot> tokens, which the processor writes; give each medium as its own block")}]  # fmt: skip

@@ -4,8 +4,6 @@ same OpenAI chat parts `mmmmodal serve` takes, batch by batch."""
 import gc
 import os
 
-from jinja2.exceptions import TemplateError
-
 from .turns import ScoredTurn
 
 
@@ -43,12 +41,20 @@ def engine_video_args(options: dict | None) -> dict:
     return args
 
 
+def _refusals() -> tuple[type[Exception], ...]:
+    """What the engine raises for one prompt it refuses: a medium or the context (ValueError, OSError), or its chat
+    template (vLLM's `VLLMValidationError`, which is no ValueError)."""
+    from vllm.exceptions import VLLMClientError
+
+    return ValueError, OSError, VLLMClientError
+
+
 def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
     for start in range(0, len(turns), batch_size):
         batch = turns[start : start + batch_size]
         try:
             outputs = engine.chat([turn.openai_prompt() for turn in batch], sampling, use_tqdm=False)
-        except (ValueError, OSError, TemplateError):  # one turn refused (its text, a medium, the context): each alone
+        except _refusals():  # one turn refused: each asked alone, to name it
             outputs = [_alone(engine, turn, sampling) for turn in batch]
         for turn, output in zip(batch, outputs):
             if isinstance(output, str):
@@ -61,7 +67,7 @@ def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
 def _alone(engine, turn: ScoredTurn, sampling):
     try:
         return engine.chat(turn.openai_prompt(), sampling, use_tqdm=False)[0]
-    except (ValueError, OSError, TemplateError) as error:
+    except _refusals() as error:
         return str(error)
 
 
