@@ -109,9 +109,11 @@ def test_a_hub_id_is_not_taken_for_a_path(tmp_path, monkeypatch):
     assert local_path("runs") == Path("runs") and local_path("a/b/c") == Path("a/b/c")
 
 
-def test_serve_names_a_port_another_server_holds_before_vllm_starts(tmp_path):
+@pytest.mark.parametrize("command", ["serve", "web"])
+def test_a_port_another_server_holds_is_named_before_the_model_loads(command, tmp_path):
     """Found: `mmmmodal serve` on a port in use (a second server) ran vLLM's start-up, a minute on a CPU, to end in
-    a 40-line traceback (`OSError: [Errno 98] Address already in use`)."""
+    a 40-line traceback (`OSError: [Errno 98] Address already in use`); `mmmmodal web` loaded the model first, then
+    gave Gradio's advice to pass `server_port` to `launch()`."""
     import socket
     import subprocess
     import sys
@@ -121,9 +123,10 @@ def test_serve_names_a_port_another_server_holds_before_vllm_starts(tmp_path):
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        completed = subprocess.run([sys.executable, "-m", "mmmmodal_hf.cli", "serve", str(tmp_path), "--port", str(port)],
+        completed = subprocess.run([sys.executable, "-m", "mmmmodal_hf.cli", command, str(tmp_path), "--port", str(port)],
                                    capture_output=True, text=True, timeout=120)  # fmt: skip
     assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
     assert completed.stderr.strip().splitlines()[-1] == (
-        f"mmmmodal serve: cannot listen on 127.0.0.1:{port}: Address already in use (another server? pass another --port)"
+        f"mmmmodal {command}: cannot listen on 127.0.0.1:{port}: Address already in use (another server? pass another "
+        "--port)"
     )

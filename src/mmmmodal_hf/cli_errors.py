@@ -1,5 +1,6 @@
 """How the commands say what went wrong with their inputs: one line naming the input, never a traceback."""
 
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def require_loadable(source, what: str = "an MMMModal model", needs: str | None 
         raise InputError(f"cannot load {what} from {str(source)!r}: {problem}")
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why a server could not listen on `host:port` (another server holds it, no such address here), found before
+    a model loads (vLLM's start-up takes a minute on a CPU and ends in a traceback); None where it can."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed one's port is free
+            probe.bind((host, port))
+    except OSError as error:
+        return f"cannot listen on {host}:{port}: {error.strerror or error} (another server? pass another --port)"
+    return None
+
+
 @contextmanager
 def loading(source, what: str = "an MMMModal model", needs: str | None = "config.json"):
     """Around a `from_pretrained` of `source`: a local folder that is not there (or holds no `needs`) is refused
@@ -70,4 +83,7 @@ def loading(source, what: str = "an MMMModal model", needs: str | None = "config
         raise InputError(f"cannot load {what} from {str(source)!r}: {why_unloadable(str(source), error)}") from error
 
 
-__all__ = ["InputError", "first_line", "loading", "local_path", "local_problem", "require_loadable", "why_unloadable"]
+__all__ = [
+    "InputError", "first_line", "loading", "local_path", "local_problem", "port_problem", "require_loadable",
+    "why_unloadable",
+]  # fmt: skip

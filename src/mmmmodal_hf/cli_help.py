@@ -32,6 +32,9 @@ def within(number: type, holds, described: str):
     return parse
 
 
+port_number = within(int, lambda port: 0 < port < 65536, "from 1 to 65535")  # an argparse `type` for --port
+
+
 def hub_repo_id(text: str) -> str:
     """An argparse `type` for a Hub repo id (`you/model`, or `model` in the token's own namespace), checked as
     huggingface_hub checks it before any request."""

@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli_help import add_video_reading_options, command_parser, video_reading_options
+from .cli_help import add_video_reading_options, command_parser, port_number, video_reading_options
 from .media_mmmmodal import (
     MediaError,
     NotAnImageError,
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("mmmmodal web", __doc__)
     parser.add_argument("model", help="folder or Hub id of an MMMModal model")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 serves your network")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to listen on")
     parser.add_argument(
         "--share",
         action=argparse.BooleanOptionalAction,
@@ -255,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         print('mmmmodal web needs Gradio: pip install "mmmmodal-hf[web]"', file=sys.stderr)
         return 1
     from .chat import load
-    from .cli_errors import InputError
+    from .cli_errors import InputError, port_problem
 
     try:
+        if problem := port_problem(args.host, args.port):  # said before the model loads, in this command's words
+            raise InputError(problem)
         model, processor = load(args.model)
     except InputError as error:
         print(f"mmmmodal web: {error}", file=sys.stderr)

