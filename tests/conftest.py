@@ -1,19 +1,35 @@
 import os
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# At most the 2 threads the CI machine has, shared among pytest-xdist's workers (`pytest -n 2`, as CI runs the
+# suite): each takes its share, and so do the commands its tests start. Each worker has its own transformers modules
+# cache: two workers loading folders of the same name at once would copy their code into the same place.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+if WORKER:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
+    os.environ["HF_MODULES_CACHE"] = str(Path(tempfile.gettempdir()) / f"mmmmodal-tests-{WORKER}" / "modules")
 
-from mmmmodal_hf import MMMModalForConditionalGeneration
-from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
-from tiny_parts import tiny_config, tiny_model, tiny_processor
+from mmmmodal_hf import MMMModalForConditionalGeneration  # noqa: E402
+from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder  # noqa: E402
 
-# Offline, and at most the 2 threads the CI machine has.
+from tiny_parts import tiny_config, tiny_model, tiny_processor  # noqa: E402
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(THREADS)
 # On a GPU, TF32 matmuls and convolutions would round results away from the CPU's that tests compare with.
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+
+def pytest_collection_modifyitems(items):
+    """Under `pytest -n 2` the quick demo's file (a quarter of the suite's time) goes first, so that one worker runs
+    it while the other takes the rest: `--dist loadfile` hands the files out in collection order."""
+    if WORKER:
+        items.sort(key=lambda item: item.path.name != "test_demo.py")
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import transformers
+from filelock import FileLock
 from PIL import Image
 
 PACKAGE = "transformers_tests"  # the name the sdist's `tests/` is imported under (its imports are relative)
@@ -105,10 +106,14 @@ def _write_stand_ins(root: Path) -> None:
 def load(module: str):
     """`transformers_tests.<module>` (e.g. "test_modeling_common"), downloading the suites on first use."""
     root = cache_folder()
-    if not (root / PACKAGE / "test_modeling_common.py").exists():
-        _download_tests(root)
-    _write_stand_ins(root)
-    for path in (root, root / "utils"):
-        if str(path) not in sys.path:
-            sys.path.insert(0, str(path))
-    return importlib.import_module(f"{PACKAGE}.{module}")
+    root.mkdir(parents=True, exist_ok=True)
+    # One process at a time (pytest -n 2's workers collect the suites together): the download, the stand-ins each
+    # load writes again, and the import that reads them.
+    with FileLock(root.with_name(root.name + ".lock")):
+        if not (root / PACKAGE / "test_modeling_common.py").exists():
+            _download_tests(root)
+        _write_stand_ins(root)
+        for path in (root, root / "utils"):
+            if str(path) not in sys.path:
+                sys.path.insert(0, str(path))
+        return importlib.import_module(f"{PACKAGE}.{module}")
