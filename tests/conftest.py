@@ -19,7 +19,7 @@ from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder  # noqa: E402
 
 from tiny_parts import tiny_config, tiny_model, tiny_processor  # noqa: E402
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # offline: no test reaches the Hub
 torch.set_num_threads(THREADS)
 # On a GPU, TF32 matmuls and convolutions would round results away from the CPU's that tests compare with.
 torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
