@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -9,7 +11,8 @@ WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 THREADS = max(1, min(2, os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 if WORKER:
     os.environ["OMP_NUM_THREADS"] = str(THREADS)
-    os.environ["HF_MODULES_CACHE"] = str(Path(tempfile.gettempdir()) / f"mmmmodal-tests-{WORKER}" / "modules")
+    os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix=f"mmmmodal-tests-{WORKER}-modules-")  # new each run
+    atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -131,5 +131,13 @@ def hub_serving(repos: dict[str, Path]):
 
 
 def reaching(endpoint: str, home: Path, **extra: str) -> dict[str, str]:
-    """This process's environment for a child that goes online to the stand-in, with a fresh cache in `home`."""
-    return {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(home), "HF_HUB_OFFLINE": "0", **extra}
+    """This process's environment for a child that goes online to the stand-in, with fresh caches in `home` (the
+    Hub's, and transformers' modules cache, which would otherwise keep code copied from a repo of the same name)."""
+    return {
+        **os.environ,
+        "HF_ENDPOINT": endpoint,
+        "HF_HOME": str(home),
+        "HF_MODULES_CACHE": str(home / "modules"),
+        "HF_HUB_OFFLINE": "0",
+        **extra,
+    }
