@@ -101,18 +101,28 @@ def test_a_bad_attachment_is_dropped_and_the_chat_goes_on(saved_folder, tmp_path
             f"/audio {tmp_path / 'notes.wav'}",
             f"/image {tmp_path / 'good.png'}",
             "Dan ini?",
+            f"/image {tmp_path / 'good.png'}",
+            "kata " * 1100,  # longer than the model's context of 1,024: refused before it runs
             "Terima kasih.",
             "/quit",
         ]
     )
     completed = chat(saved_folder, stdin=script + "\n")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    errors = [line for line in completed.stdout.splitlines() if "error:" in line]
-    assert len(errors) == 2, completed.stdout
+    lines = completed.stdout.splitlines()
+    errors = [line for line in lines if "error:" in line]
+    assert len(errors) == 3, completed.stdout
     assert "image 1 (" in errors[0] and "corrupt.png" in errors[0] and "not attached" in errors[0]
     assert "audio 1 (" in errors[1] and "notes.wav" in errors[1] and "not attached" in errors[1]
-    answers = [line for line in completed.stdout.splitlines() if line.startswith("model> ")]
-    assert len(answers) == 3 and all(answer[len("model> ") :].strip() for answer in answers)
+    # The refused turn: its error on a line of its own (not after "model> "), then what happened to its image.
+    refused = lines.index(errors[2])
+    assert errors[2].startswith("error: ") and "context of 1024" in errors[2], errors[2]
+    assert (
+        lines[refused - 1].endswith("model> ")
+        and lines[refused + 1] == "(the turn's attachments were dropped with it)"
+    )
+    answers = [line for line in lines if line.startswith("model> ") and line[len("model> ") :].strip()]
+    assert len(answers) == 3, completed.stdout
 
 
 def test_media_given_without_a_prompt_go_with_the_first_turn(saved_folder, tmp_path):

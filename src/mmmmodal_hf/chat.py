@@ -139,10 +139,11 @@ def interactive(chat: TerminalChat, lines, write) -> None:
                 write("model> ")
                 try:
                     chat.send(line, on_text=write)
-                except ValueError:
+                except ValueError as error:  # refused (too long for the context, a medium that would not read)
+                    write(f"\nerror: {error}\n")
                     if dropped:
                         write("(the turn's attachments were dropped with it)\n")
-                    raise
+                    continue
                 write("\n")
         except ValueError as error:
             write(f"error: {error}\n")
