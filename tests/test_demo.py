@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import torch
 from PIL import Image
 
 from mmmmodal_hf.conversion.push import main as push
@@ -19,8 +20,11 @@ from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 
 def test_quick_demo_learns_saves_and_reloads(tmp_path, capsys):
     output = tmp_path / "demo"
+    # The demo's torch threads are this process's: its 2 when the suite runs alone, 1 per worker under `pytest -n 2`
+    # (2 beside the other worker's busy core, its threads waited on each other: 700 s against 220 s alone).
+    threads = ["--threads", str(torch.get_num_threads())]
     completed = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--quick", "--output-dir", str(output)],
+        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--quick", *threads, "--output-dir", str(output)],
         capture_output=True,
         text=True,
         timeout=1200,
@@ -102,7 +106,7 @@ def test_quick_demo_learns_saves_and_reloads(tmp_path, capsys):
     # `--video`: the trained model's third stage, videos with their soundtracks beside rows of its own world, then
     # every kind scored again and the saved folder reloaded in a fresh process to answer questions about videos.
     video = subprocess.run(
-        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--video", "--quick", "--output-dir", str(output)],
+        [sys.executable, "-m", "mmmmodal_hf.cli", "demo", "--video", "--quick", *threads, "--output-dir", str(output)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert video.returncode == 0, video.stderr[-4000:]
