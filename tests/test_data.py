@@ -13,6 +13,7 @@ from mmmmodal_hf.data import (
     ConversationDataset,
     EncodeStats,
     LengthGroupedBatchSampler,
+    StreamingConversationDataset,
     UnusableRow,
     conversation_from_row,
     encode_conversation,
@@ -325,6 +326,25 @@ def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
     assert dataset[-1]["pixel_values"].shape[0] == 2
     with pytest.raises(IndexError, match="row 3 of a data set of 3 rows"):
         dataset[3]
+
+
+def test_a_folder_streams_the_rows_it_reads(processor, media_folder):
+    """Streamed (`mmmmodal data validate`, `--streaming`), a folder of files gives the rows it gives read whole. Found:
+    two JSON Lines files whose messages hold text in one turn and blocks in another ended in pyarrow's ArrowInvalid
+    ("cannot mix list and non-list"), `concatenate_datasets` inferring one schema for the files."""
+    blocks = {"messages": [{"role": "user", "content": [{"type": "image", "path": "one.png"},
+                                                          {"type": "text", "text": "Apa?"}]},
+                           {"role": "assistant", "content": "Bulat."}]}  # fmt: skip
+    for name in ("a.jsonl", "b.jsonl"):
+        (media_folder / name).write_text(json.dumps(blocks) + "\n" + json.dumps(published_row()) + "\n")
+    read, streamed = load_rows(media_folder), load_rows(media_folder, streaming=True)
+    assert [row["_row_id"] for row in streamed] == [row["_row_id"] for row in read] == [
+        "a.jsonl:1", "a.jsonl:2", "b.jsonl:1", "b.jsonl:2"
+    ]  # fmt: skip
+    for whole, stream in zip(read, streamed):
+        assert row_conversation(stream, 0).messages == row_conversation(whole, 0).messages
+    encoded = list(StreamingConversationDataset(streamed, processor))
+    assert [e["pixel_values"].shape[0] for e in encoded] == [1, 2, 1, 2]
 
 
 def test_approximate_lengths_without_decoding_media(processor, media_folder):

@@ -438,7 +438,17 @@ def load_rows(path: str | Path, streaming: bool = False):
         parts.append(part)
     if not parts:
         raise InputError(f"no rows in {path}")
+    if len(parts) > 1 and streaming:
+        # `concatenate_datasets` would infer one schema from each file's first rows through pyarrow, which refuses a
+        # column of strings and lists (a message's `content` as text, then as blocks): the files are chained instead.
+        return datasets.IterableDataset.from_generator(_rows_of, gen_kwargs={"parts": parts})
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+def _rows_of(parts: list):
+    """The rows of each streamed file in turn (the files are the shards of `load_rows`'s streamed dataset)."""
+    for part in parts:
+        yield from part
 
 
 def row_conversation(row: dict, index: int) -> Conversation:
