@@ -328,23 +328,28 @@ def test_parquet_files_and_folders_of_mixed_formats(processor, media_folder):
         dataset[3]
 
 
-def test_a_folder_streams_the_rows_it_reads(processor, media_folder):
-    """Streamed (`mmmmodal data validate`, `--streaming`), a folder of files gives the rows it gives read whole. Found:
-    two JSON Lines files whose messages hold text in one turn and blocks in another ended in pyarrow's ArrowInvalid
-    ("cannot mix list and non-list"), `concatenate_datasets` inferring one schema for the files."""
-    blocks = {"messages": [{"role": "user", "content": [{"type": "image", "path": "one.png"},
-                                                          {"type": "text", "text": "Apa?"}]},
-                           {"role": "assistant", "content": "Bulat."}]}  # fmt: skip
-    for name in ("a.jsonl", "b.jsonl"):
-        (media_folder / name).write_text(json.dumps(blocks) + "\n" + json.dumps(published_row()) + "\n")
+def test_a_folder_of_differently_shaped_files_reads_whole_and_streamed(processor, media_folder):
+    """Rows in files of their own shapes: text turns, content blocks, blocks then text, the published format. Found:
+    joined into one table (`concatenate_datasets`), a text-only file beside a file of blocks ended in "The features
+    can't be aligned", and streamed, two files of blocks-then-text rows in pyarrow's ArrowInvalid; both tracebacks."""
+    image_block = {"type": "image", "path": "one.png"}
+    text_row = {"messages": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Hai juga."}]}
+    blocks_row = {"messages": [{"role": "user", "content": [image_block, {"type": "text", "text": "Apa?"}]},
+                               {"role": "assistant", "content": [{"type": "text", "text": "Bulat."}]}]}  # fmt: skip
+    blocks_then_text = {"messages": [blocks_row["messages"][0], {"role": "assistant", "content": "Bulat."}]}
+    files = {"text.jsonl": [text_row], "blocks.jsonl": [blocks_row], "mixed.jsonl": [blocks_then_text, published_row()],
+             "more.jsonl": [blocks_then_text]}  # fmt: skip
+    for name, rows in files.items():
+        (media_folder / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
     read, streamed = load_rows(media_folder), load_rows(media_folder, streaming=True)
-    assert [row["_row_id"] for row in streamed] == [row["_row_id"] for row in read] == [
-        "a.jsonl:1", "a.jsonl:2", "b.jsonl:1", "b.jsonl:2"
-    ]  # fmt: skip
+    ids = ["blocks.jsonl:1", "mixed.jsonl:1", "mixed.jsonl:2", "more.jsonl:1", "text.jsonl:1"]
+    assert [row["_row_id"] for row in streamed] == [row["_row_id"] for row in read] == ids
+    assert len(read) == 5 and read[-1]["_row_id"] == read[4]["_row_id"] == "text.jsonl:1"
     for whole, stream in zip(read, streamed):
         assert row_conversation(stream, 0).messages == row_conversation(whole, 0).messages
-    encoded = list(StreamingConversationDataset(streamed, processor))
-    assert [e["pixel_values"].shape[0] for e in encoded] == [1, 2, 1, 2]
+    images = [[len(e.get("pixel_values", ())) for e in encoded] for encoded in
+              (ConversationDataset(read, processor), StreamingConversationDataset(streamed, processor))]  # fmt: skip
+    assert images == [[1, 1, 2, 1, 0]] * 2
 
 
 def test_approximate_lengths_without_decoding_media(processor, media_folder):

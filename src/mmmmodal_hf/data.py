@@ -11,10 +11,13 @@ Relative paths are resolved against the data file's folder. Whether a file is an
 audio clip is decided by decoding it (`media_mmmmodal`), never by its extension.
 """
 
+import bisect
 import hashlib
+import itertools
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -412,7 +415,7 @@ def _readable_copy(file: Path, rows: list[str]) -> Path:
 
 def load_rows(path: str | Path, streaming: bool = False):
     """A `datasets` dataset of raw rows with `_base_dir` and `_row_id` (`file:line`, counted from 1) columns added,
-    one file at a time. A JSON Lines line that does not parse becomes a row holding only why (`_unreadable`):
+    one file at a time (several files read whole: `ChainedRows` of them). A JSON Lines line that does not parse becomes a row holding only why (`_unreadable`):
     every reader skips it as an unusable row named by file and line, and the rows around it are read."""
     import datasets
 
@@ -438,17 +441,40 @@ def load_rows(path: str | Path, streaming: bool = False):
         parts.append(part)
     if not parts:
         raise InputError(f"no rows in {path}")
-    if len(parts) > 1 and streaming:
-        # `concatenate_datasets` would infer one schema from each file's first rows through pyarrow, which refuses a
-        # column of strings and lists (a message's `content` as text, then as blocks): the files are chained instead.
+    if len(parts) == 1:
+        return parts[0]
+    # Files are not joined into one table (`concatenate_datasets`): a column that pyarrow types as text in one file
+    # and as lists in another (a message's `content`, as text or as content blocks) would not join.
+    if streaming:
         return datasets.IterableDataset.from_generator(_rows_of, gen_kwargs={"parts": parts})
-    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+    return ChainedRows(parts)
 
 
 def _rows_of(parts: list):
     """The rows of each streamed file in turn (the files are the shards of `load_rows`'s streamed dataset)."""
     for part in parts:
         yield from part
+
+
+class ChainedRows(Sequence):
+    """The rows of several files read whole, file after file, each file its own memory-mapped table."""
+
+    def __init__(self, parts: list):
+        self.parts, self.ends = parts, list(itertools.accumulate(len(part) for part in parts))
+
+    def __len__(self) -> int:
+        return self.ends[-1]
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"row {index} of {len(self)} rows")
+        index %= len(self)
+        part = bisect.bisect_right(self.ends, index)
+        return self.parts[part][index - (self.ends[part - 1] if part else 0)]
+
+    def __iter__(self):
+        for part in self.parts:
+            yield from part
 
 
 def row_conversation(row: dict, index: int) -> Conversation:
