@@ -350,6 +350,12 @@ def test_a_folder_of_differently_shaped_files_reads_whole_and_streamed(processor
     images = [[len(e.get("pixel_values", ())) for e in encoded] for encoded in
               (ConversationDataset(read, processor), StreamingConversationDataset(streamed, processor))]  # fmt: skip
     assert images == [[1, 1, 2, 1, 0]] * 2
+    # Through a DataLoader's two workers (`--dataloader_num_workers 2`), each streams its files: every row comes once.
+    # (Found: a file's own dataset split itself among the workers again, and the second worker's rows were lost.)
+    loader = torch.utils.data.DataLoader(StreamingConversationDataset(streamed, processor), None, num_workers=2)
+    assert sorted(encoded["input_ids"].tolist() for encoded in loader) == sorted(
+        encoded["input_ids"].tolist() for encoded in ConversationDataset(read, processor)
+    )
 
 
 def test_approximate_lengths_without_decoding_media(processor, media_folder):

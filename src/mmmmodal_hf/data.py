@@ -451,9 +451,12 @@ def load_rows(path: str | Path, streaming: bool = False):
 
 
 def _rows_of(parts: list):
-    """The rows of each streamed file in turn (the files are the shards of `load_rows`'s streamed dataset)."""
+    """The rows of each streamed file in turn (the files are the shards of `load_rows`'s streamed dataset), read with
+    `iter`: iterated plainly inside a DataLoader worker, a file's own dataset would split itself among the workers
+    again, and every worker but the first would get none of its rows."""
     for part in parts:
-        yield from part
+        for batch in part.iter(batch_size=1):
+            yield {column: values[0] for column, values in batch.items()}
 
 
 class ChainedRows(Sequence):
