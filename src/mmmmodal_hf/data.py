@@ -414,9 +414,11 @@ def _readable_copy(file: Path, rows: list[str]) -> Path:
 
 
 def load_rows(path: str | Path, streaming: bool = False):
-    """A `datasets` dataset of raw rows with `_base_dir` and `_row_id` (`file:line`, counted from 1) columns added,
-    one file at a time (several files read whole: `ChainedRows` of them). A JSON Lines line that does not parse becomes a row holding only why (`_unreadable`):
-    every reader skips it as an unusable row named by file and line, and the rows around it are read."""
+    """Raw rows with `_base_dir` and `_row_id` (`file:line`, counted from 1) columns added, read with `datasets` one
+    file at a time: a file's dataset; of several files, `ChainedRows` (read whole) or an `IterableDataset` whose
+    shards are the files (streamed). A JSON Lines line that does not parse becomes a row holding only why
+    (`_unreadable`): every reader skips it as an unusable row named by file and line, and the rows around it are
+    read."""
     import datasets
 
     parts = []
