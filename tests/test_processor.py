@@ -337,6 +337,18 @@ def test_replacement_offsets_name_each_placeholder_and_what_it_became(processor)
         assert entry["new_span"][1] - entry["new_span"][0] == len(entry["replacement"])
 
 
+def test_mm_token_type_ids_mark_each_slot_by_its_medium_when_asked(processor):
+    """transformers' `return_mm_token_type_ids`: 1 at an image's (or a video frame's) slots, 3 at audio's, 0 elsewhere,
+    row by row as `input_ids` (it was taken and nothing came of it)."""
+    texts, media = ["Lihat <image> dan dengar <audio>", "Hai"], {"images": [[random_image(0)], []]}
+    out = processor(text=texts, audio=[[random_clip(0)], []], return_mm_token_type_ids=True, **media)
+    ids, kinds = np.array(out["input_ids"]), np.array(out["mm_token_type_ids"])
+    expected = np.where(ids == processor.image_token_id, 1, np.where(ids == processor.audio_token_id, 3, 0))
+    assert kinds.shape == ids.shape and (kinds == expected).all()
+    assert (kinds[0] == 1).sum() == IMAGE_SLOTS and (kinds[0] == 3).sum() == CLIP_SLOTS and not kinds[1].any()
+    assert "mm_token_type_ids" not in processor(text=texts[1])
+
+
 def test_the_template_writes_the_placeholders_the_processor_reads(processor):
     """The tag syntax is defined once (`MEDIA_PLACEHOLDERS`, `PLACEHOLDER_RE`); the Jinja template, which cannot
     import it, is held to it here."""

@@ -98,12 +98,16 @@ _TOKENS = {
 }
 
 
+_OWN_KEYWORDS = ("skip_bad_samples", "return_text_replacement_offsets", "return_mm_token_type_ids")
+
+
 class MMMModalTextKwargs(TextKwargs, total=False):
     """The tokenizer's keywords and two of the processor's own (with the text's: transformers 5.19 takes no flat
     processor keywords)."""
 
     skip_bad_samples: bool
     return_text_replacement_offsets: bool
+    return_mm_token_type_ids: bool
 
 
 class MMMModalVideosKwargs(VideosKwargs, total=False):
@@ -235,13 +239,15 @@ class MMMModalProcessor(ProcessorMixin):
             rows, `skipped_samples` lists `{"sample": index, "error": message}`. A flat media list that does
             not match the batch's placeholders still raises.
         """
-        own = {key: kwargs.pop(key, False) for key in ("skip_bad_samples", "return_text_replacement_offsets")}
+        own = {key: kwargs.pop(key, False) for key in _OWN_KEYWORDS}
         saved = {key: value for key, value in self.tokenizer.init_kwargs.items() if key != "padding_side"}
         merged = self._merge_kwargs(MMMModalProcessorKwargs, tokenizer_init_kwargs=saved, **kwargs)
         text_kwargs, images_kwargs, audio_kwargs, videos_kwargs = (
             merged[f"{kind}_kwargs"] for kind in ("text", "images", "audio", "videos")
         )
-        skip_bad_samples, return_text_replacement_offsets = (text_kwargs.pop(key, own[key]) for key in own)
+        skip_bad_samples, return_text_replacement_offsets, return_mm_token_type_ids = (
+            text_kwargs.pop(key, own[key]) for key in own
+        )
         return_tensors = text_kwargs.pop("return_tensors", None)
         pool_frames = bool(videos_kwargs.pop("pool_frames", False))
         sampling_rate = audio_kwargs.pop("sampling_rate", None)
@@ -312,6 +318,9 @@ class MMMModalProcessor(ProcessorMixin):
             data["pooled_images"] = np.array(pooled_rows)
         if return_text_replacement_offsets:
             data["text_replacement_offsets"] = offsets
+        if return_mm_token_type_ids:  # transformers' modality per position: 1 an image's (or frame's) slot, 3 audio's
+            kinds = {self.image_token_id: 1, self.audio_token_id: 3}
+            data["mm_token_type_ids"] = [[kinds.get(int(i), 0) for i in row] for row in data["input_ids"]]
         batch = BatchFeature(data, tensor_type=return_tensors, skip_tensor_conversion=["text_replacement_offsets"])
         batch.video_layouts = named["video"]  # per video kept, per frame: (its slots, its soundtrack piece's slots)
         if skip_bad_samples:
