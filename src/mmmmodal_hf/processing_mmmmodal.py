@@ -102,7 +102,7 @@ _OWN_KEYWORDS = ("skip_bad_samples", "return_text_replacement_offsets", "return_
 
 
 class MMMModalTextKwargs(TextKwargs, total=False):
-    """The tokenizer's keywords and two of the processor's own (with the text's: transformers 5.19 takes no flat
+    """The tokenizer's keywords and the processor's own three (with the text's: transformers 5.19 takes no flat
     processor keywords)."""
 
     skip_bad_samples: bool
