@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mmmmodal_hf import MMMModalProcessor
 from mmmmodal_hf.media_mmmmodal import (
@@ -155,6 +156,24 @@ def test_a_file_and_its_frames_with_their_soundtrack_give_the_same_inputs(proces
         assert inputs["input_ids"] == expected["input_ids"]
         assert np.array_equal(inputs["pixel_values"], expected["pixel_values"])
         assert np.array_equal(inputs["input_features"], expected["input_features"])
+
+
+def test_a_list_of_frames_in_videos_is_one_video_as_transformers_reads_it(processor):
+    """transformers (`make_batched_videos`) reads a list of PIL images or (height, width, 3) arrays as one video's
+    frames, at any depth; so does the processor, where images keep their per-sample lists."""
+    arrays = [np.full((24, 32, 3), colour, np.uint8) for colour in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
+    frames = [Image.fromarray(array) for array in arrays]
+    texts, images = ["<video> Apa?", "<image> <video>"], [[], [frames[0]]]
+    expected = processor(text=texts, videos=[[frames], [arrays]], images=images)
+    for videos in ([frames, arrays], [frames, np.stack(arrays)]):
+        inputs = processor(text=texts, videos=videos, images=images)
+        assert inputs["input_ids"] == expected["input_ids"] and len(inputs.video_layouts) == 2
+        assert np.array_equal(inputs["pixel_values"], expected["pixel_values"])
+    as_array = processor(text="<video> Apa?", videos=[np.stack(arrays)], num_frames=3)["input_ids"]
+    for videos in (frames, [frames], [[frames]], tuple(arrays)):
+        assert processor(text="<video> Apa?", videos=videos, num_frames=3)["input_ids"] == as_array
+    with pytest.raises(ValueError, match="Sample 1 has 1 <video> placeholder.s. but 2 video.s. were given"):
+        processor(text=["<video>", "<video>"], videos=[[frames, frames], [frames]])
 
 
 def test_a_soundtrack_at_any_rate_and_channel_count(processor):
@@ -439,7 +458,7 @@ class _LossesInto:
             "a video must be a file path, URL or bytes, a list of frames, .* got <NoneType>",
         ),
         (
-            lambda folder: np.zeros((32, 32, 3), np.uint8),
+            lambda folder: {"frames": np.zeros((32, 32, 3), np.uint8)},  # one image; `[image]` is a 1-frame video
             MediaError,
             r"\(frames, height, width, channels\) array .* got <ndarray \(32, 32, 3\)>",
         ),

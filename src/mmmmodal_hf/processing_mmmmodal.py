@@ -21,6 +21,7 @@ from transformers.audio_utils import AudioInput
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, TextKwargs, Unpack, VideosKwargs
 from transformers.tokenization_utils_base import TextInput
+from transformers.video_utils import is_valid_video
 
 from .configuration_mmmmodal import (
     AUDIO_END_TOKEN,
@@ -662,11 +663,16 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
     """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order.
 
     A per-sample count mismatch is that sample's problem (recorded in `problems`); a flat list that
-    does not match the batch's placeholders cannot be attributed to one sample and raises.
+    does not match the batch's placeholders cannot be attributed to one sample and raises. A list of frames (PIL
+    images or 3-D arrays) among videos is one video, as transformers reads `videos`.
     """
     counts = [len(p) for p in placeholders_per_sample]
-    media = [] if media is None else list(media) if isinstance(media, (list, tuple)) else [media]
-    if media and all(isinstance(m, (list, tuple)) for m in media):
+
+    def is_list(item) -> bool:
+        return isinstance(item, (list, tuple)) and not (kind == "video" and is_valid_video(item))
+
+    media = [] if media is None else list(media) if is_list(media) else [media]
+    if media and all(is_list(m) for m in media):
         if len(media) != len(counts):
             raise ValueError(
                 f"{kind.capitalize()}s were given for {len(media)} samples, but the text holds {len(counts)} samples"
