@@ -763,6 +763,18 @@ def test_a_chat_session_takes_videos_and_answers_as_from_scratch(model, session_
     assert session.last_reply_ids == expected
 
 
+def test_a_chat_session_takes_a_list_of_frames_as_one_video(model, session_processor):
+    from mmmmodal_hf import MMMModalChatSession
+
+    frames = [Image.fromarray(np.full((24, 32, 3), colour, np.uint8)) for colour in COLOURS[:3]]
+    replies = []
+    for videos in (frames, [frames], np.stack([np.asarray(frame) for frame in frames])):
+        session = MMMModalChatSession(model, session_processor, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+        replies.append(session.send("Apa?", videos=videos))
+        assert len(session.messages[0]["content"]) == 2  # the video's block, then the text's
+    assert replies[0] == replies[1] == replies[2]
+
+
 def test_the_terminal_chat_attaches_videos(saved_folder, videos, tmp_path):
     import json
 
