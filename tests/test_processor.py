@@ -65,6 +65,18 @@ def test_audio_and_audios_keywords(processor, keyword):
     assert out["input_features_mask"].shape == (2, 100)
 
 
+def test_a_list_of_samples_is_one_clip_as_transformers_reads_audio(processor):
+    """transformers (`make_list_of_audio`) reads a list of floats as one clip's samples (JSON gives them so)."""
+    clips = [random_clip(0), random_clip(1)]
+    expected = processor(text=["<audio> a", "<audio> b"], audio=clips, sampling_rate=16000)
+    for audio in ([clip.tolist() for clip in clips], [[clips[0].tolist()], [clips[1].tolist()]]):
+        inputs = processor(text=["<audio> a", "<audio> b"], audio=audio, sampling_rate=16000)
+        assert inputs["input_ids"] == expected["input_ids"]
+        assert np.array_equal(inputs["input_features"], expected["input_features"])
+    alone = processor(text="<audio> a", audio=clips[0].tolist(), sampling_rate=16000)
+    assert alone["input_ids"] == expected["input_ids"][:1]
+
+
 def test_media_per_sample_or_flat_give_the_same_batch(processor):
     texts = ["<image> <audio> first", "second <image><image>", "third"]
     images = [random_image(1), random_image(2), random_image(3)]

@@ -256,6 +256,8 @@ def read_audio(item, sampling_rate: int | None = None) -> tuple[np.ndarray, int]
         sampling_rate = item.get("sampling_rate", sampling_rate) if key == "array" else sampling_rate
         item = item[key]
 
+    if isinstance(item, (list, tuple)) and item and isinstance(item[0], float):  # samples, as transformers takes them
+        item = np.asarray(item, dtype=np.float32)
     if isinstance(item, (str, os.PathLike)):
         text = str(item)
         channels, rate = _read_audio_file(_fetch(text) if text.startswith(_URL_PREFIXES) else text)
@@ -275,7 +277,7 @@ def read_audio(item, sampling_rate: int | None = None) -> tuple[np.ndarray, int]
             raise MediaError("an audio array needs its sampling_rate")
     else:
         raise MediaError(
-            "audio must be a path, URL, bytes, numpy array, torch tensor or a dict with 'array' and "
+            "audio must be a path, URL, bytes, numpy array, torch tensor, list of floats or a dict with 'array' and "
             f"'sampling_rate'; got {type(item).__name__}"
         )
     return np.ascontiguousarray(_mono(channels, int(rate)), dtype=np.float32), int(rate)

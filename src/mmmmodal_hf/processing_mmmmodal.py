@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from transformers import AddedToken, BatchFeature, ProcessorMixin
-from transformers.audio_utils import AudioInput
+from transformers.audio_utils import AudioInput, is_valid_audio
 from transformers.image_utils import ImageInput
 from transformers.processing_utils import MultiModalData, ProcessingKwargs, TextKwargs, Unpack, VideosKwargs
 from transformers.tokenization_utils_base import TextInput
@@ -663,13 +663,14 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
     """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order.
 
     A per-sample count mismatch is that sample's problem (recorded in `problems`); a flat list that
-    does not match the batch's placeholders cannot be attributed to one sample and raises. A list of frames (PIL
-    images or 3-D arrays) among videos is one video, as transformers reads `videos`.
+    does not match the batch's placeholders cannot be attributed to one sample and raises. As transformers reads
+    media, a list of frames (PIL images or 3-D arrays) is one video, and a list of floats one clip.
     """
     counts = [len(p) for p in placeholders_per_sample]
+    one = {"video": is_valid_video, "audio": is_valid_audio}.get(kind)
 
     def is_list(item) -> bool:
-        return isinstance(item, (list, tuple)) and not (kind == "video" and is_valid_video(item))
+        return isinstance(item, (list, tuple)) and not (one and item and one(item))
 
     media = [] if media is None else list(media) if is_list(media) else [media]
     if media and all(is_list(m) for m in media):
