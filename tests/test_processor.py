@@ -77,6 +77,21 @@ def test_a_list_of_samples_is_one_clip_as_transformers_reads_audio(processor):
     assert alone["input_ids"] == expected["input_ids"][:1]
 
 
+def test_a_4d_array_is_a_batch_of_images_as_transformers_reads_images(processor):
+    arrays = np.stack([np.asarray(random_image(seed)) for seed in range(3)])
+    texts = ["<image> <image> a", "<image> b"]
+    expected = processor(text=texts, images=[[arrays[0], arrays[1]], [arrays[2]]])
+    for images in (
+        arrays,
+        torch.from_numpy(arrays),
+        [arrays[:2], arrays[2:]],
+        [torch.from_numpy(arrays[:2]), [arrays[2]]],
+    ):
+        inputs = processor(text=texts, images=images)
+        assert inputs["input_ids"] == expected["input_ids"]
+        assert np.array_equal(inputs["pixel_values"], expected["pixel_values"])
+
+
 def test_media_per_sample_or_flat_give_the_same_batch(processor):
     texts = ["<image> <audio> first", "second <image><image>", "third"]
     images = [random_image(1), random_image(2), random_image(3)]

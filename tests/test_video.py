@@ -165,7 +165,7 @@ def test_a_list_of_frames_in_videos_is_one_video_as_transformers_reads_it(proces
     frames = [Image.fromarray(array) for array in arrays]
     texts, images = ["<video> Apa?", "<image> <video>"], [[], [frames[0]]]
     expected = processor(text=texts, videos=[[frames], [arrays]], images=images)
-    for videos in ([frames, arrays], [frames, np.stack(arrays)]):
+    for videos in ([frames, arrays], [frames, np.stack(arrays)], np.stack([arrays, arrays])):
         inputs = processor(text=texts, videos=videos, images=images)
         assert inputs["input_ids"] == expected["input_ids"] and len(inputs.video_layouts) == 2
         assert np.array_equal(inputs["pixel_values"], expected["pixel_values"])

@@ -664,12 +664,15 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
 
     A per-sample count mismatch is that sample's problem (recorded in `problems`); a flat list that
     does not match the batch's placeholders cannot be attributed to one sample and raises. As transformers reads
-    media, a list of frames (PIL images or 3-D arrays) is one video, and a list of floats one clip.
+    media, a 4-D array is a list of images and a 5-D one of videos, a list of frames (PIL images or 3-D arrays) one
+    video, and a list of floats one clip.
     """
     counts = [len(p) for p in placeholders_per_sample]
-    one = {"video": is_valid_video, "audio": is_valid_audio}.get(kind)
+    one, batch_ndim = {"video": is_valid_video, "audio": is_valid_audio}.get(kind), {"image": 4, "video": 5}.get(kind)
 
     def is_list(item) -> bool:
+        if batch_ndim and getattr(item, "ndim", None) == batch_ndim:
+            return True
         return isinstance(item, (list, tuple)) and not (one and item and one(item))
 
     media = [] if media is None else list(media) if is_list(media) else [media]
