@@ -4,10 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import requires
 from pathlib import Path
 
 import pytest
 import torch
+from packaging.requirements import Requirement
 from safetensors.torch import load_file
 
 from mmmmodal_hf.conversion.build import PRESETS, build_checkpoint
@@ -93,6 +95,10 @@ def test_build_composes_a_loadable_checkpoint(tmp_path, tokenizer_folder, langua
         and "2402.11297" in card.text
         and human_count(report.parameters["total"]) in card.text
     )
+    # The card asks for the transformers the Hub modules need, the package's own floor (CI's vLLM job runs them there).
+    pin = Requirement(next(line for line in requires("mmmmodal-hf") if line.startswith("transformers")))
+    floor = next(spec.version for spec in pin.specifier if spec.operator == ">=")
+    assert f"`transformers>={floor}`" in card.text
 
     loaded = check_folder_loads(output)
     assert loaded["model_class"] == "MMMModalForConditionalGeneration" and loaded["new_tokens"] == 2
