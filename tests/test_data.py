@@ -8,6 +8,7 @@ import pytest
 import soundfile
 import torch
 
+from mmmmodal_hf.cli_errors import InputError
 from mmmmodal_hf.collator import MMMModalDataCollator, MMMModalPackingCollator
 from mmmmodal_hf.data import (
     ConversationDataset,
@@ -358,6 +359,39 @@ def test_a_folder_of_differently_shaped_files_reads_whole_and_streamed(processor
     )
 
 
+def test_a_dataset_saved_by_datasets_save_to_disk_is_read_as_its_rows(processor, media_folder):
+    """A folder `Dataset.save_to_disk` wrote is the data, read with `load_from_disk`, whole and streamed; its paths
+    resolve against the folder that holds it, as a file's against its folder. Found: its `state.json` and
+    `dataset_info.json` were read as two unusable rows and its Arrow file not at all. A `DatasetDict` is refused,
+    naming its splits (training on all of them would train on the test split)."""
+    import datasets
+
+    rows = [
+        published_row(),
+        {"messages": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Hai."}]},
+    ]
+    rows = [
+        {"conversations": row.get("conversations", row.get("messages")), "filename": row.get("filename", [])}
+        for row in rows
+    ]  # fmt: skip  (one table: the same columns in each row)
+    (media_folder / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    datasets.Dataset.from_list(rows).save_to_disk(str(media_folder / "saved"))
+    expected = ConversationDataset(load_rows(media_folder / "rows.jsonl"), processor)
+    for streaming in (False, True):
+        read = load_rows(media_folder / "saved", streaming=streaming)
+        assert [row["_row_id"] for row in read] == ["saved:1", "saved:2"]
+        encoded = (StreamingConversationDataset if streaming else ConversationDataset)(read, processor)
+        assert [e["input_ids"].tolist() for e in encoded] == [e["input_ids"].tolist() for e in expected]
+    # In a folder beside a JSON Lines file: both are read, the saved dataset's own JSON files are not rows.
+    ids = [row["_row_id"] for row in load_rows(media_folder)]
+    assert ids == ["rows.jsonl:1", "rows.jsonl:2", "saved:1", "saved:2"]
+    splits = {"train": datasets.Dataset.from_list(rows), "test": datasets.Dataset.from_list(rows[:1])}
+    datasets.DatasetDict(splits).save_to_disk(str(media_folder / "more" / "splits"))
+    for path in (media_folder / "more" / "splits", media_folder):
+        with pytest.raises(InputError, match=r"splits test, train.*more/splits/train"):
+            load_rows(path)
+
+
 def test_approximate_lengths_without_decoding_media(processor, media_folder):
     """Exact for images and text (their slots depend only on the processor); a clip counts one full
     window, which its trimmed padding can only shorten."""
@@ -428,8 +462,6 @@ def test_rows_are_named_by_their_line_whatever_lines_fail_or_are_blank(tmp_path)
 
 
 def test_a_json_document_that_does_not_parse_is_named_with_where(tmp_path):
-    from mmmmodal_hf.cli_errors import InputError
-
     (tmp_path / "rows.json").write_text('[{"messages": []},\n {"messages": ')
     with pytest.raises(InputError, match=r"rows.json: not valid JSON \(Expecting value: line 2 column 15\)"):
         load_rows(tmp_path / "rows.json")
@@ -440,8 +472,6 @@ def test_a_json_document_that_does_not_parse_is_named_with_where(tmp_path):
 def test_empty_files_hold_no_rows_and_a_data_set_of_unusable_rows_names_the_first(processor, media_folder, tmp_path):
     """An empty JSON Lines file (`datasets` stops with a bare StopIteration on one) is skipped, and data of nothing
     but empty files refused by name; when no row can be used the refusal says why the first was not."""
-    from mmmmodal_hf.cli_errors import InputError
-
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "empty.jsonl").write_text("")
     (tmp_path / "data" / "blank.jsonl").write_text("\n  \n")

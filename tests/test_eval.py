@@ -131,6 +131,28 @@ def test_a_stopped_run_resumes_to_the_same_result(base_folder, rows, tmp_path):
     assert said == ["settings changed (max_new_tokens): starting afresh"]
 
 
+def test_a_dataset_saved_to_disk_is_scored_as_the_file_it_came_from(base_folder, tmp_path):
+    """A folder `datasets`' `save_to_disk` wrote is data as a file is (`mmmmodal_hf.data.load_rows`). One table
+    needs one shape of row: a message's text as a text block, as in the rows with media."""
+    import datasets
+
+    rows = write_rows(tmp_path)
+    from_file = evaluate(settings(base_folder, rows), tmp_path / "file", say=lambda _: None)
+    table = []
+    for row in map(json.loads, rows.read_text().splitlines()):
+        for message in row.get("messages", []):
+            if isinstance(message["content"], str):
+                message["content"] = [{"type": "text", "text": message["content"]}]
+        table.append({key: row.get(key) for key in ("kind", "language", "messages", "conversations", "filename")})
+    datasets.Dataset.from_list(table).save_to_disk(str(tmp_path / "saved"))
+    saved = evaluate(settings(base_folder, tmp_path / "saved"), tmp_path / "out", say=lambda _: None)
+    assert [p["prediction"] for p in lines(tmp_path / "out")] == [p["prediction"] for p in lines(tmp_path / "file")]
+    assert {p["file"] for p in lines(tmp_path / "out")} == {str(tmp_path / "saved")}
+    assert sorted(s["where"] for s in saved["skipped"]) == [f"{tmp_path / 'saved'}:6", f"{tmp_path / 'saved'}:7"]
+    assert saved["overall"]["exact_match"] == from_file["overall"]["exact_match"]
+    assert len(json.loads((tmp_path / "out" / "metrics.json").read_text())["data"][0]["sha256"]) == 64
+
+
 def test_metric_definitions():
     assert normalise("  Blue.\n") == "blue" and normalise("“Biru,” katanya.") == "biru katanya"
     assert exact_match("blue", "Blue.") == 1.0 and exact_match("Blue sky", "Blue.") == 0.0

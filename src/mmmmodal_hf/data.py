@@ -35,6 +35,8 @@ from .processing_mmmmodal import EncodedMedium, block_source, placeholder_kinds
 logger = logging.getLogger(__name__)
 
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+# What `datasets`' `save_to_disk` writes beside a dataset's Arrow files, and into a `DatasetDict`'s folder.
+SAVED_DATASET, SAVED_SPLITS = ("state.json", "dataset_info.json"), "dataset_dict.json"
 IGNORE_INDEX = -100
 UNREADABLE = "_unreadable"  # the one field of a row read from a line that is no JSON object: why
 
@@ -340,18 +342,36 @@ def answer_token_ids(rows, tokenizer) -> list[int]:
 
 
 def data_files(path: str | Path) -> list[Path]:
-    """The data files at `path`: the file itself, or every JSONL/JSON/Parquet file in a folder."""
+    """The data at `path`: the file itself, or every JSONL/JSON/Parquet file in a folder, and every folder that
+    `datasets`' `save_to_disk` wrote (its own JSON files are not rows). A `DatasetDict` is refused: its splits are
+    for different uses, so one is given."""
     path = Path(path)
+    for splits_file in path.rglob(SAVED_SPLITS) if path.is_dir() else ():
+        splits = sorted(json.loads(splits_file.read_text())["splits"])
+        example = splits_file.parent / ("train" if "train" in splits else splits[0])
+        raise InputError(
+            f"{splits_file.parent} is a DatasetDict that `save_to_disk` wrote, with the splits {', '.join(splits)}: "
+            f"give one split's folder, such as {example}"
+        )
+    if _saved_by_datasets(path):
+        return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix in DATA_SUFFIXES)
+        saved = {state.parent for state in path.rglob(SAVED_DATASET[0]) if _saved_by_datasets(state.parent)}
+        files = sorted(
+            p for p in path.rglob("*") if p in saved or (p.suffix in DATA_SUFFIXES and p.parent not in saved)
+        )
         if not files:
-            raise FileNotFoundError(f"no .jsonl, .json or .parquet files in {path}")
+            raise FileNotFoundError(f"no .jsonl, .json or .parquet files (or datasets saved to disk) in {path}")
         return files
     if not path.exists():
         raise FileNotFoundError(f"no data at {path}")
     if path.suffix not in DATA_SUFFIXES:
         raise ValueError(f"{path}: data files must be .jsonl, .json or .parquet")
     return [path]
+
+
+def _saved_by_datasets(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in SAVED_DATASET)
 
 
 def _json_error(error: json.JSONDecodeError) -> str:
@@ -423,16 +443,22 @@ def load_rows(path: str | Path, streaming: bool = False):
 
     parts = []
     for file in data_files(path):
-        json_lines = DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file)
-        lines = _read_json_lines(file) if json_lines else None
-        if json_lines and (not lines[0] if lines else file.stat().st_size == 0):
-            logger.warning("skipping %s: it holds no rows", file)  # `datasets` cannot read an empty JSON Lines file
-            continue
-        source = file if lines is None else _readable_copy(file, lines[1])
-        part = datasets.load_dataset(
-            DATA_SUFFIXES[file.suffix], data_files=str(source), split="train", streaming=streaming
-        )
-        numbers = None if lines is None else lines[0]
+        if file.is_dir():  # a dataset `save_to_disk` wrote; its rows are numbered as a file's lines are
+            part, numbers = datasets.load_from_disk(str(file)), None
+            part = part.to_iterable_dataset() if streaming else part
+        else:
+            json_lines = DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file)
+            lines = _read_json_lines(file) if json_lines else None
+            if json_lines and (not lines[0] if lines else file.stat().st_size == 0):
+                logger.warning(
+                    "skipping %s: it holds no rows", file
+                )  # `datasets` cannot read an empty JSON Lines file
+                continue
+            source = file if lines is None else _readable_copy(file, lines[1])
+            part = datasets.load_dataset(
+                DATA_SUFFIXES[file.suffix], data_files=str(source), split="train", streaming=streaming
+            )
+            numbers = None if lines is None else lines[0]
         part = part.map(
             lambda row, index, base=str(file.parent), name=file.name, numbers=numbers: {
                 "_base_dir": base,

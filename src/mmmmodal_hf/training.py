@@ -57,7 +57,9 @@ class MMMModalTrainArguments:
 
     stage: str = field(metadata={"help": "align | finetune | lora"})
     model: str = field(metadata={"help": "folder or Hub id of an MMMModal checkpoint (from `mmmmodal build`)"})
-    data: str = field(metadata={"help": "JSONL/JSON/Parquet file or a folder of them"})
+    data: str = field(
+        metadata={"help": "JSONL/JSON/Parquet file, a folder of them or a dataset saved with `save_to_disk`"}
+    )
     eval_data: str | None = field(default=None, metadata={"help": "held-out data, same formats"})
     block_size: int = field(
         default=8192, metadata={"help": "longest conversation, and longest packed row (published: 8192)"}

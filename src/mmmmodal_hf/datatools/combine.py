@@ -161,7 +161,11 @@ def _is_local(item) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("mmmmodal data combine", __doc__)
-    parser.add_argument("sources", nargs="+", help="JSONL/JSON/Parquet files or folders of single-media rows")
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        help="JSONL/JSON/Parquet files, folders of them or datasets saved with `save_to_disk`, of single-media rows",
+    )
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
     parser.add_argument("--rows", type=positive(int), default=None,
                         help="rows to write (None: as many as the sources hold)")  # fmt: skip

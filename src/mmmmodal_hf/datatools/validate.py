@@ -200,7 +200,10 @@ def write_length_histogram(lengths: list[int], path: str | Path, block_size: int
 
 def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("mmmmodal data validate", __doc__)
-    parser.add_argument("data", help="JSONL/JSON/Parquet file or a folder of them (either row format)")
+    parser.add_argument(
+        "data",
+        help="JSONL/JSON/Parquet file, a folder of them or a dataset saved with `save_to_disk` (either row format)",
+    )
     parser.add_argument("--processor", required=True, help="model folder or Hub id whose processor tokenizes the rows")
     parser.add_argument(
         "--block-size", type=positive(int), default=8192, help="longest row training will take (its --block_size)"

@@ -20,7 +20,12 @@ def build_parser():
     parser.add_argument(
         "model", help="a model folder or Hub id; with --backend openai, the model as the server names it"
     )
-    parser.add_argument("--data", nargs="+", required=True, help="data files or folders (JSONL, JSON, Parquet)")
+    parser.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        help="data files or folders (JSONL, JSON, Parquet; datasets saved with `save_to_disk`)",
+    )
     parser.add_argument("--output-dir", required=True, help="folder for predictions, metrics and the report")
     parser.add_argument(
         "--turns", choices=("all", "last"), default="all", help="score every assistant turn, or the last"

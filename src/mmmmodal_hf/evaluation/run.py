@@ -282,12 +282,13 @@ def _grouped_metrics(records: list[dict], metrics, group_by) -> dict:
 
 
 def _fingerprint(path: str) -> str:
-    """sha256 over the data files at `path`, in order (names and bytes)."""
+    """sha256 over the data files at `path`, in order (names and bytes; a saved dataset's Arrow files)."""
     from ..data import data_files
 
     digest = hashlib.sha256()
-    for file in data_files(path):
-        digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    for data in data_files(path):
+        for file in sorted(data.glob("*.arrow")) if data.is_dir() else [data]:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
     return digest.hexdigest()
 
 
