@@ -392,6 +392,25 @@ def test_a_dataset_saved_by_datasets_save_to_disk_is_read_as_its_rows(processor,
             load_rows(path)
 
 
+def test_images_that_datasets_stored_in_content_blocks_are_read(processor, media_folder):
+    """A PIL image in a content block is kept by datasets as `{"bytes", "path"}` (saved to disk, or pushed as
+    Parquet); such rows train and measure as rows that name the image's file. Found: refused as "an image must be a
+    path, URL, bytes, ...; got dict"."""
+    import datasets
+
+    text = {"type": "text", "text": "Apa?", "image": None}
+    user = {"role": "user", "content": [{"type": "image", "image": random_image(1), "text": None}, text]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "Bulat.", "image": None}]}
+    datasets.Dataset.from_list([{"messages": [user, answer]}]).save_to_disk(str(media_folder / "saved"))
+    by_path = {"messages": [{"role": "user", "content": [{"type": "image", "path": "one.png"}, text]}, answer]}
+    expected = ConversationDataset([dict(by_path, _base_dir=str(media_folder))], processor)[0]
+    dataset = ConversationDataset(load_rows(media_folder / "saved"), processor)
+    assert dataset.lengths() == [len(expected["input_ids"])]
+    assert dataset[0]["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert np.array_equal(dataset[0]["pixel_values"], expected["pixel_values"])
+    assert dataset[0]["labels"].tolist() == expected["labels"].tolist()
+
+
 def test_approximate_lengths_without_decoding_media(processor, media_folder):
     """Exact for images and text (their slots depend only on the processor); a clip counts one full
     window, which its trimmed padding can only shorten."""

@@ -66,6 +66,19 @@ def test_images_as_arrays_tensors_and_bytes(tmp_path):
     assert np.array_equal(np.asarray(load_image(paths["png"].read_bytes())), reference)
 
 
+def test_images_as_datasets_stores_them(tmp_path):
+    """datasets keeps an image it has not decoded (an `Image` feature read with `decode=False`, or a PIL image in a
+    content block, which it stores as a struct) as `{"bytes", "path"}`, as it keeps audio; both are taken."""
+    import datasets
+
+    paths = write_images(tmp_path)
+    reference = np.asarray(load_image(paths["png"]))
+    stored = datasets.Image().encode_example(Image.fromarray(reference))
+    assert set(stored) == {"bytes", "path"} and stored["path"] is None
+    assert np.array_equal(np.asarray(load_image(stored)), reference)
+    assert np.array_equal(np.asarray(load_image({"bytes": None, "path": str(paths["png"])})), reference)
+
+
 def test_audio_files_are_resampled_and_downmixed(tmp_path):
     paths = write_audio(tmp_path)
     expected_samples = {"wav_8k": 8000, "wav_44k_stereo": 8000, "flac": 11200}

@@ -148,10 +148,12 @@ def _tensor_array(tensor) -> np.ndarray:
 
 
 def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    """An RGB PIL image from a path, URL, bytes, PIL image, numpy array or torch tensor.
+    """An RGB PIL image from a path, URL, bytes, PIL image, numpy array, torch tensor or datasets' stored image.
 
     Files and bytes larger than `max_pixels` are refused from their header, before decoding.
     """
+    if isinstance(item, dict) and (item.get("bytes") or item.get("path")):  # datasets' `Image` feature, not decoded
+        item = item.get("bytes") or item["path"]
     if isinstance(item, Image.Image):
         image = item
     elif isinstance(item, (str, os.PathLike)):
@@ -165,7 +167,8 @@ def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
         image = _array_to_image(_tensor_array(item))
     else:
         raise MediaError(
-            f"an image must be a path, URL, bytes, PIL image, numpy array or torch tensor; got {type(item).__name__}"
+            "an image must be a path, URL, bytes, PIL image, numpy array, torch tensor or a dict of 'bytes' or 'path' "
+            f"(as datasets stores one); got {describe_media(item)}"
         )
     if image.width == 0 or image.height == 0:
         raise CorruptMediaError(f"the image has no pixels ({image.width}x{image.height})")
