@@ -70,11 +70,13 @@ def test_two_turns_with_image_and_audio_commands(saved_folder, tmp_path):
     assert [b["type"] for b in saved[0]["content"]] == ["image", "audio", "text"]
     assert saved[2]["content"] == [{"type": "text", "text": "And the colour?"}]
     assert saved[1]["content"] == answers[0].strip()
-    # The saved conversation is a training row.
-    from mmmmodal_hf.data import conversation_from_row
+    # The saved conversation is a training row, read as training reads data (found: a traceback from `datasets`).
+    from mmmmodal_hf.data import conversation_from_row, load_rows
 
     row = conversation_from_row(json.loads((tmp_path / "conversation.json").read_text()))
     assert len(row.images) == 1 and len(row.audio) == 1
+    (read,) = load_rows(tmp_path / "conversation.json")
+    assert read["_row_id"] == "conversation.json:1" and read["messages"] == saved
 
 
 def test_one_shot_prompt(saved_folder, tmp_path):

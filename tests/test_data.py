@@ -359,6 +359,23 @@ def test_a_folder_of_differently_shaped_files_reads_whole_and_streamed(processor
     )
 
 
+def test_a_json_document_of_one_row_is_that_row(processor, media_folder):
+    """One conversation as a JSON document, indented, as `mmmmodal chat`'s `/save` writes it (a user turn of blocks,
+    an answer as text). Found: `datasets` failed on it with a traceback ("Expected object or value")."""
+    image_block = {"type": "image", "path": "one.png"}
+    row = {"messages": [{"role": "user", "content": [image_block, {"type": "text", "text": "Apa?"}]},
+                        {"role": "assistant", "content": "Bulat."}]}  # fmt: skip
+    (media_folder / "one.json").write_text(json.dumps(row, indent=2))
+    (media_folder / "one.jsonl").write_text(json.dumps(row) + "\n")
+    expected = ConversationDataset(load_rows(media_folder / "one.jsonl"), processor)[0]
+    for streaming in (False, True):
+        read = list(load_rows(media_folder / "one.json", streaming=streaming))
+        assert [r["_row_id"] for r in read] == ["one.json:1"] and read[0]["messages"] == row["messages"]
+    assert ConversationDataset(load_rows(media_folder / "one.json"), processor)[0]["input_ids"].tolist() == (
+        expected["input_ids"].tolist()
+    )
+
+
 def test_a_dataset_saved_by_datasets_save_to_disk_is_read_as_its_rows(processor, media_folder):
     """A folder `Dataset.save_to_disk` wrote is the data, read with `load_from_disk`, whole and streamed; its paths
     resolve against the folder that holds it, as a file's against its folder. Found: its `state.json` and

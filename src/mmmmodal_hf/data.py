@@ -399,19 +399,20 @@ def _read_json_lines(file: Path) -> tuple[list[int], list[str]] | None:
     return None if as_is else (numbers, rows)
 
 
-def _is_json_lines(file: Path) -> bool:
-    """A .jsonl file, or a .json file that holds JSON Lines rather than one document; a .json document that does
-    not parse is refused whole, naming where (its rows cannot be told apart)."""
+def _json_form(file: Path) -> str:
+    """ "lines" for a .jsonl file or a .json file that holds JSON Lines, "row" for a .json document that is one
+    conversation (as `mmmmodal chat`'s `/save` writes it), else "document"; a .json document that does not parse is
+    refused whole, naming where (its rows cannot be told apart)."""
     if file.suffix == ".jsonl":
-        return True
+        return "lines"
     text = file.read_text(encoding="utf-8", errors="replace")
     try:
-        json.loads(text)
-        return False
+        document = json.loads(text)
+        return "row" if isinstance(document, dict) and ({"messages", "conversations"} & set(document)) else "document"
     except json.JSONDecodeError as error:
         first = text.lstrip().split("\n", 1)[0]
         try:
-            return isinstance(json.loads(first), dict)
+            return "lines" if isinstance(json.loads(first), dict) else "document"
         except json.JSONDecodeError:
             raise InputError(
                 f"{file}: not valid JSON ({error.msg}: line {error.lineno} column {error.colno})"
@@ -447,12 +448,12 @@ def load_rows(path: str | Path, streaming: bool = False):
             part, numbers = datasets.load_from_disk(str(file)), None
             part = part.to_iterable_dataset() if streaming else part
         else:
-            json_lines = DATA_SUFFIXES[file.suffix] == "json" and _is_json_lines(file)
-            lines = _read_json_lines(file) if json_lines else None
-            if json_lines and (not lines[0] if lines else file.stat().st_size == 0):
-                logger.warning(
-                    "skipping %s: it holds no rows", file
-                )  # `datasets` cannot read an empty JSON Lines file
+            form = _json_form(file) if DATA_SUFFIXES[file.suffix] == "json" else "parquet"
+            lines = _read_json_lines(file) if form == "lines" else None
+            if form == "row":  # one line for `datasets`, which reads an indented document of mixed shapes as no table
+                lines = [1], [json.dumps(json.loads(file.read_text(encoding="utf-8")))]
+            if form == "lines" and (not lines[0] if lines else file.stat().st_size == 0):
+                logger.warning("skipping %s: it holds no rows", file)  # `datasets` cannot read an empty JSON Lines
                 continue
             source = file if lines is None else _readable_copy(file, lines[1])
             part = datasets.load_dataset(
