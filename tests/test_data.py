@@ -428,6 +428,18 @@ def test_images_that_datasets_stored_in_content_blocks_are_read(processor, media
     assert dataset[0]["labels"].tolist() == expected["labels"].tolist()
 
 
+def test_a_data_url_in_a_row_is_the_medium_it_holds(processor, media_folder):
+    """Found: a `data:` URL was taken for a path and joined to the data file's folder."""
+    as_url = "data:image/png;base64," + base64.b64encode((media_folder / "one.png").read_bytes()).decode()
+    rows = [{"messages": [{"role": "user", "content": [{"type": "image", key: source}, {"type": "text", "text": "?"}]},
+                          {"role": "assistant", "content": "Bulat."}], "_base_dir": str(media_folder)}
+            for key, source in (("url", as_url), ("path", "one.png"))]  # fmt: skip
+    assert row_conversation(rows[0], 0).images == [as_url]
+    by_url, by_path = ConversationDataset(rows, processor)
+    assert by_url["input_ids"].tolist() == by_path["input_ids"].tolist()
+    assert np.array_equal(by_url["pixel_values"], by_path["pixel_values"])
+
+
 def test_approximate_lengths_without_decoding_media(processor, media_folder):
     """Exact for images and text (their slots depend only on the processor); a clip counts one full
     window, which its trimmed padding can only shorten."""

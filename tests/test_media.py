@@ -1,5 +1,6 @@
 """Real files in real formats, and the errors users get when media are wrong."""
 
+import base64
 import socket
 import subprocess
 import sys
@@ -64,6 +65,23 @@ def test_images_as_arrays_tensors_and_bytes(tmp_path):
     assert np.array_equal(np.asarray(load_image(torch.from_numpy(reference.copy()).permute(2, 0, 1))), reference)
     assert np.array_equal(np.asarray(load_image(reference.astype(np.float32) / 255.0)), reference)
     assert np.array_equal(np.asarray(load_image(paths["png"].read_bytes())), reference)
+
+
+def test_data_urls_are_read_as_the_bytes_they_hold(processor, tmp_path):
+    """`data:...;base64,` URLs, as browsers and OpenAI-style clients send media and transformers' `load_image` takes
+    them. Found: read as a file name ("no such file: data:image/png;base64,...")."""
+    from mmmmodal_hf.media_mmmmodal import CorruptMediaError
+
+    image, audio = write_images(tmp_path)["png"], write_audio(tmp_path)["flac"]
+    as_url = {path: f"data:{kind};base64," + base64.b64encode(path.read_bytes()).decode() for path, kind in
+              ((image, "image/png"), (audio, "audio/flac"))}  # fmt: skip
+    assert np.array_equal(np.asarray(load_image(as_url[image])), np.asarray(load_image(image)))
+    assert np.array_equal(load_audio(as_url[audio], 16000), load_audio(audio, 16000))
+    chat = [{"role": "user", "content": [{"type": "image", "url": as_url[image]}, {"type": "text", "text": "?"}]}]
+    inputs = processor.apply_chat_template(chat, tokenize=True, return_dict=True)
+    assert np.array_equal(inputs["pixel_values"], processor(text="<image> ?", images=[image])["pixel_values"])
+    with pytest.raises(CorruptMediaError, match="the data URL holds no base64 data"):
+        load_image("data:image/png;base64,not base64!")
 
 
 def test_images_as_datasets_stores_them(tmp_path):

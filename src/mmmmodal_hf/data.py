@@ -29,7 +29,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .cli_errors import InputError
 from .configuration_mmmmodal import MEDIA_INPUT_NAMES
-from .media_mmmmodal import Video, sample_times, video_duration
+from .media_mmmmodal import URL_PREFIXES, Video, sample_times, video_duration
 from .processing_mmmmodal import EncodedMedium, block_source, placeholder_kinds
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class Conversation:
 
 
 def _resolve(path, base_dir: str | None):
-    if isinstance(path, str) and base_dir and not path.startswith(("http://", "https://")):
+    if isinstance(path, str) and base_dir and not path.startswith(URL_PREFIXES):
         candidate = Path(path)
         return str(candidate if candidate.is_absolute() else Path(base_dir) / candidate)
     return path
@@ -277,7 +277,7 @@ def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
     (`video_kwargs`' `num_frames` or `fps`, `max_frames`), each frame an `EncodedMedium` of the image processor's
     size (pooled where `pool_frames` says), and a soundtrack it has is silence of its length. None where there is
     no local file whose header PyAV reads (a URL, frames given, no PyAV, not a video): that video is decoded."""
-    if not isinstance(source, (str, os.PathLike)) or str(source).startswith(("http://", "https://")):
+    if not isinstance(source, (str, os.PathLike)) or str(source).startswith(URL_PREFIXES):
         return None
     try:
         import av

@@ -6,6 +6,8 @@ kind of a file is decided by decoding it, never by its extension. Every failure 
 item it was, keeping the type, so callers branch on types and never on message text.
 """
 
+import base64
+import binascii
 import io
 import math
 import os
@@ -19,7 +21,7 @@ import soundfile
 import soxr
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-_URL_PREFIXES = ("http://", "https://")
+URL_PREFIXES = ("http://", "https://", "data:")  # media fetched or decoded, never paths
 _VIDEO_EXTRA = '"mmmmodal-hf[video]"'  # PyAV: videos, and the audio formats libsndfile lacks
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000  # 8000 x 8000; Pillow's own bomb check only warns below 179M
 
@@ -68,7 +70,13 @@ def describe_media(item) -> str:
 
 
 def _fetch(url: str) -> io.BytesIO:
-    """The body at an http(s) URL, decoded afterwards as a file is: the same checks (kind, size) and errors."""
+    """The body at an http(s) URL, or a data URL's bytes (as browsers and OpenAI-style clients send media), decoded
+    afterwards as a file is: the same checks (kind, size) and errors."""
+    if url.startswith("data:"):
+        try:
+            return io.BytesIO(base64.b64decode("".join(url.partition(",")[2].split()), validate=True))
+        except binascii.Error:
+            raise CorruptMediaError("the data URL holds no base64 data") from None
     try:
         response = httpx.get(url, follow_redirects=True, timeout=30)
     except httpx.HTTPError as error:  # no connection, a timeout, a malformed URL
@@ -158,7 +166,7 @@ def load_image(item, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image
         image = item
     elif isinstance(item, (str, os.PathLike)):
         text = str(item)
-        image = _open_image(_fetch(text) if text.startswith(_URL_PREFIXES) else Path(text), max_pixels)
+        image = _open_image(_fetch(text) if text.startswith(URL_PREFIXES) else Path(text), max_pixels)
     elif isinstance(item, (bytes, bytearray)):
         image = _open_image(io.BytesIO(item), max_pixels)
     elif isinstance(item, np.ndarray):
@@ -263,7 +271,7 @@ def read_audio(item, sampling_rate: int | None = None) -> tuple[np.ndarray, int]
         item = np.asarray(item, dtype=np.float32)
     if isinstance(item, (str, os.PathLike)):
         text = str(item)
-        channels, rate = _read_audio_file(_fetch(text) if text.startswith(_URL_PREFIXES) else text)
+        channels, rate = _read_audio_file(_fetch(text) if text.startswith(URL_PREFIXES) else text)
     elif isinstance(item, (bytes, bytearray)):
         channels, rate = _read_audio_file(io.BytesIO(item))
     elif isinstance(item, np.ndarray) or (hasattr(item, "detach") and hasattr(item, "numpy")):
@@ -347,7 +355,7 @@ def load_video(item, num_frames: int | None = None, fps: float | None = None, ma
         return Video(item.frames, item.times, item.duration, soundtrack, sampling_rate)
     if isinstance(item, (str, os.PathLike, bytes, bytearray)):
         text = str(item) if isinstance(item, (str, os.PathLike)) else None
-        source = io.BytesIO(item) if text is None else _fetch(text) if text.startswith(_URL_PREFIXES) else text
+        source = io.BytesIO(item) if text is None else _fetch(text) if text.startswith(URL_PREFIXES) else text
         return _read_video_file(source, num_frames, fps, max_frames, load_audio_from_video, sampling_rate, max_pixels)
     given = item if isinstance(item, dict) else {"frames": item}
     frames, rate = given.get("frames"), float(1.0 if given.get("fps") is None else given["fps"])
@@ -475,6 +483,6 @@ def _soundtrack(container) -> np.ndarray:
 
 __all__ = [
     "load_image", "load_audio", "read_audio", "load_video", "sample_times", "video_duration", "Video", "describe_media",
-    "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError", "NotAnImageError", "NotAudioError",
+    "URL_PREFIXES", "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError", "NotAnImageError", "NotAudioError",
     "NotAVideoError", "CorruptMediaError", "MediaTooLargeError",
 ]  # fmt: skip

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..cli_errors import InputError
 from ..cli_help import command_parser, positive
 from ..data import Conversation, UnusableRow, load_rows, row_conversation
+from ..media_mmmmodal import URL_PREFIXES
 from .rows import check_output, media_kind, to_published, write_rows
 
 KINDS = ("image", "audio", "video", "mixed")
@@ -156,7 +157,7 @@ def _conversation(row: dict, index: int) -> Conversation:
 
 
 def _is_local(item) -> bool:
-    return isinstance(item, str) and not item.startswith(("http://", "https://"))
+    return isinstance(item, str) and not item.startswith(URL_PREFIXES)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..cli_errors import InputError, loading
 from ..cli_help import command_parser, positive
 from ..data import UnusableRow, conversation_from_row, encode_conversation, load_rows
-from ..media_mmmmodal import load_audio, load_image, load_video
+from ..media_mmmmodal import URL_PREFIXES, load_audio, load_image, load_video
 from .rows import media_in_order, media_kind
 
 PROBLEM_KINDS = ("unusable row", "missing file", "wrong media kind", "unreadable media", "too long")
@@ -104,7 +104,7 @@ def _counts(counter: Counter) -> str:
 def _check_media(kind: str, item, processor) -> tuple[str, str] | None:
     """(problem kind, message) for a file that cannot serve as its tag's kind, else None."""
     path = Path(str(item))
-    if not str(item).startswith(("http://", "https://")) and not path.exists():
+    if not str(item).startswith(URL_PREFIXES) and not path.exists():
         return "missing file", f"{kind} file {item} does not exist"
     rate = processor.feature_extractor.sampling_rate
     loaders = {

@@ -12,6 +12,7 @@ import httpx
 
 from ..cli_errors import InputError
 from ..data import text_of
+from ..media_mmmmodal import URL_PREFIXES
 from .turns import ScoredTurn
 
 TIMEOUT = httpx.Timeout(600, connect=10)
@@ -117,7 +118,7 @@ def _part(block: dict) -> dict:
     if kind == "text":
         return {"type": "text", "text": block["text"]}
     source, url = block.get(kind, block.get("path", block.get("url"))), f"{kind}_url"
-    if isinstance(source, str) and source.startswith(("http://", "https://")):
+    if isinstance(source, str) and source.startswith(URL_PREFIXES):
         return {"type": url, url: {"url": source}}
     if isinstance(source, (bytes, bytearray)):  # a row's base64 medium, decoded when the row was read
         data, source = base64.b64encode(source).decode(), ""
