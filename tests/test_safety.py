@@ -100,9 +100,11 @@ def test_hub_modules_import_and_call_nothing_that_reaches_out(module):
     fetch = source[source.index("def _fetch(") : source.index("\n\n\n", source.index("def _fetch("))]
     assert sum(name == URL_FETCH[1] for owner, name, _ in calls if owner == URL_FETCH[0]) == 1
     assert "httpx.get(" in fetch, "the one network call is the one in _fetch"
-    # _fetch is reached only for http(s) strings.
+    # _fetch is reached only for URL strings: http(s), fetched, and data: URLs, decoded before any network call.
     uses = [line for line in source.splitlines() if "_fetch(" in line and "def _fetch(" not in line]
-    assert uses and all("if text.startswith(_URL_PREFIXES)" in line for line in uses), uses
+    assert uses and all("if text.startswith(URL_PREFIXES)" in line for line in uses), uses
+    assert 'URL_PREFIXES = ("http://", "https://", "data:")' in source
+    assert fetch.index('if url.startswith("data:"):') < fetch.index("httpx.get(")
 
 
 AUDITED = textwrap.dedent(
