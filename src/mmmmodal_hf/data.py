@@ -399,20 +399,21 @@ def _read_json_lines(file: Path) -> tuple[list[int], list[str]] | None:
     return None if as_is else (numbers, rows)
 
 
-def _json_form(file: Path) -> str:
-    """ "lines" for a .jsonl file or a .json file that holds JSON Lines, "row" for a .json document that is one
-    conversation (as `mmmmodal chat`'s `/save` writes it), else "document"; a .json document that does not parse is
-    refused whole, naming where (its rows cannot be told apart)."""
+def _json_form(file: Path) -> tuple[str, dict | None]:
+    """ "lines" for a .jsonl file or a .json file that holds JSON Lines, "row" with the row for a .json document that
+    is one conversation (as `mmmmodal chat`'s `/save` writes it), else "document"; a .json document that does not
+    parse is refused whole, naming where (its rows cannot be told apart)."""
     if file.suffix == ".jsonl":
-        return "lines"
+        return "lines", None
     text = file.read_text(encoding="utf-8", errors="replace")
     try:
         document = json.loads(text)
-        return "row" if isinstance(document, dict) and ({"messages", "conversations"} & set(document)) else "document"
+        one_row = isinstance(document, dict) and bool({"messages", "conversations"} & set(document))
+        return ("row", document) if one_row else ("document", None)
     except json.JSONDecodeError as error:
         first = text.lstrip().split("\n", 1)[0]
         try:
-            return "lines" if isinstance(json.loads(first), dict) else "document"
+            return ("lines" if isinstance(json.loads(first), dict) else "document"), None
         except json.JSONDecodeError:
             raise InputError(
                 f"{file}: not valid JSON ({error.msg}: line {error.lineno} column {error.colno})"
@@ -448,10 +449,10 @@ def load_rows(path: str | Path, streaming: bool = False):
             part, numbers = datasets.load_from_disk(str(file)), None
             part = part.to_iterable_dataset() if streaming else part
         else:
-            form = _json_form(file) if DATA_SUFFIXES[file.suffix] == "json" else "parquet"
+            form, row = _json_form(file) if DATA_SUFFIXES[file.suffix] == "json" else ("parquet", None)
             lines = _read_json_lines(file) if form == "lines" else None
             if form == "row":  # one line for `datasets`, which reads an indented document of mixed shapes as no table
-                lines = [1], [json.dumps(json.loads(file.read_text(encoding="utf-8")))]
+                lines = [1], [json.dumps(row)]
             if form == "lines" and (not lines[0] if lines else file.stat().st_size == 0):
                 logger.warning("skipping %s: it holds no rows", file)  # `datasets` cannot read an empty JSON Lines
                 continue

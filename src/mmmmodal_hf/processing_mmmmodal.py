@@ -668,12 +668,13 @@ def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int,
     video, and a list of floats one clip.
     """
     counts = [len(p) for p in placeholders_per_sample]
-    one, batch_ndim = {"video": is_valid_video, "audio": is_valid_audio}.get(kind), {"image": 4, "video": 5}.get(kind)
+    one_medium = {"video": is_valid_video, "audio": is_valid_audio}.get(kind)  # a list that is one video or clip
+    batch_ndim = {"image": 4, "video": 5}.get(kind)  # an array that is a list of images or videos
 
     def is_list(item) -> bool:
         if batch_ndim and getattr(item, "ndim", None) == batch_ndim:
             return True
-        return isinstance(item, (list, tuple)) and not (one and item and one(item))
+        return isinstance(item, (list, tuple)) and not (one_medium and item and one_medium(item))
 
     media = [] if media is None else list(media) if is_list(media) else [media]
     if media and all(is_list(m) for m in media):
