@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -172,3 +173,15 @@ def test_a_stream_yields_the_reply_and_one_left_early_drops_the_turn(model, sess
     expected = MMMModalChatSession(model, session_processor, max_new_tokens=6, min_new_tokens=6)
     expected.send("Apa ini?", images=[random_image(1)])
     assert session.send("Dan ini?", audio=[random_clip(2)]) == expected.send("Dan ini?", audio=[random_clip(2)])
+
+
+def test_a_turn_reads_its_media_as_the_processor_does(model, session_processor):
+    """Found: the session split a clip given as a list of floats into one clip per value, and refused images given as
+    one 4-D array; the processor (and transformers) read them as one clip and as a list of images."""
+    clip, images = random_clip(2), [random_image(1), random_image(3)]
+    expected = MMMModalChatSession(model, session_processor, **GENERATE)
+    expected.send("Dengar dan lihat.", images=images, audio=[clip])
+    session = MMMModalChatSession(model, session_processor, **GENERATE)
+    session.send("Dengar dan lihat.", images=np.stack([np.asarray(image) for image in images]), audio=clip.tolist())
+    assert session.last_reply_ids == expected.last_reply_ids
+    assert [block["type"] for block in session.messages[0]["content"]] == ["image", "image", "audio", "text"]

@@ -435,12 +435,13 @@ class MMMModalProcessor(ProcessorMixin):
 
     def load_videos(self, videos=(), **videos_kwargs) -> list:
         """Decode videos once, checked and named as `__call__` does (`media_mmmmodal.Video`s, which it takes again)."""
-        return self._load_videos(0, list(videos), videos_kwargs)
+        return self._load_videos(0, media_list(videos, "video"), videos_kwargs)
 
     def load_media(self, images=(), audio=(), sampling_rate: int | None = None) -> tuple[list, list]:
         """Decode media once, checked as `__call__` checks them: PIL images and waveforms at the feature extractor's
         rate, which `__call__` takes again without decoding (clips with `sampling_rate` of the feature extractor)."""
-        return self._load_images(0, list(images)), self._load_audio(0, list(audio), sampling_rate)
+        images, audio = media_list(images, "image"), media_list(audio, "audio")
+        return self._load_images(0, images), self._load_audio(0, audio, sampling_rate)
 
     def _read_text(self, index: int, text) -> tuple[list[re.Match], str | None]:
         """The sample's placeholders, and what is wrong with its text (None when nothing is)."""
@@ -659,25 +660,29 @@ def _same_number(kind: str) -> str:
     return f" (the number of <{kind}> tokens in the prompts should be the same as the number of {kind} inputs passed)."
 
 
+def is_media_list(item, kind: str) -> bool:
+    """Whether `item` is a list of `kind` media as transformers reads them: a 4-D array is a list of images and a 5-D
+    one of videos, while a list of frames (PIL images or 3-D arrays) is one video and a list of floats one clip."""
+    if getattr(item, "ndim", None) == {"image": 4, "video": 5}.get(kind, -1):
+        return True
+    one_medium = {"video": is_valid_video, "audio": is_valid_audio}.get(kind)
+    return isinstance(item, (list, tuple)) and not (one_medium and item and one_medium(item))
+
+
+def media_list(media, kind: str) -> list:
+    """`media` given for `kind` (None, one medium or a list of them) as a list of media."""
+    return [] if media is None else list(media) if is_media_list(media, kind) else [media]
+
+
 def _assign_media(media, placeholders_per_sample, kind: str, problems: dict[int, str]) -> list[list]:
     """Give each sample its media: per-sample lists are checked, a flat list is dealt out in placeholder order.
 
     A per-sample count mismatch is that sample's problem (recorded in `problems`); a flat list that
-    does not match the batch's placeholders cannot be attributed to one sample and raises. As transformers reads
-    media, a 4-D array is a list of images and a 5-D one of videos, a list of frames (PIL images or 3-D arrays) one
-    video, and a list of floats one clip.
+    does not match the batch's placeholders cannot be attributed to one sample and raises.
     """
     counts = [len(p) for p in placeholders_per_sample]
-    one_medium = {"video": is_valid_video, "audio": is_valid_audio}.get(kind)  # a list that is one video or clip
-    batch_ndim = {"image": 4, "video": 5}.get(kind)  # an array that is a list of images or videos
-
-    def is_list(item) -> bool:
-        if batch_ndim and getattr(item, "ndim", None) == batch_ndim:
-            return True
-        return isinstance(item, (list, tuple)) and not (one_medium and item and one_medium(item))
-
-    media = [] if media is None else list(media) if is_list(media) else [media]
-    if media and all(is_list(m) for m in media):
+    media = media_list(media, kind)
+    if media and all(is_media_list(m, kind) for m in media):
         if len(media) != len(counts):
             raise ValueError(
                 f"{kind.capitalize()}s were given for {len(media)} samples, but the text holds {len(counts)} samples"
@@ -717,5 +722,6 @@ __all__ = [
     "VIDEO_OPTIONS",
     "VIDEO_PLACEHOLDER",
     "block_source",
+    "media_list",
     "placeholder_kinds",
 ]

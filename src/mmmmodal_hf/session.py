@@ -14,17 +14,10 @@ from itertools import groupby
 import torch
 from jinja2.exceptions import TemplateError
 from transformers import DynamicCache, TextIteratorStreamer
-from transformers.video_utils import is_valid_video
 
 from .media_mmmmodal import sample_times
 from .modeling_mmmmodal import CACHE_NAME
-from .processing_mmmmodal import VIDEO_OPTIONS, EncodedMedium, placeholder_kinds
-
-
-def _as_list(items) -> list:
-    if items is None:
-        return []
-    return list(items) if isinstance(items, (list, tuple)) else [items]
+from .processing_mmmmodal import VIDEO_OPTIONS, EncodedMedium, media_list, placeholder_kinds
 
 
 def _slot_runs(ids: list[int], slot_token_id: int) -> list[int]:
@@ -179,8 +172,9 @@ class MMMModalChatSession:
         """The turn's prompt ids and media, the cache cropped to what it shares with them; nothing else changes.
         Media are loaded first: a bad file raises here, before the conversation changes."""
         _plain_text(text, "The turn's text")
-        images, audio = _as_list(images), _as_list(audio)
-        videos = [videos] if is_valid_video(videos) else _as_list(videos)  # frames: one video, as transformers reads
+        images, audio, videos = (
+            media_list(media, kind) for media, kind in ((images, "image"), (audio, "audio"), (videos, "video"))
+        )  # as the processor reads them
         settings = {**self.generate_kwargs, **generate_kwargs}
         message = _user_message(text, images, audio, videos)  # kept with paths: a saved conversation is a training row
         loaded = self.processor.load_videos(videos, **self.video_options)  # errors name this turn's media
