@@ -346,20 +346,19 @@ def data_files(path: str | Path) -> list[Path]:
     `datasets`' `save_to_disk` wrote (its own JSON files are not rows). A `DatasetDict` is refused: its splits are
     for different uses, so one is given."""
     path = Path(path)
-    for splits_file in path.rglob(SAVED_SPLITS) if path.is_dir() else ():
-        splits = sorted(json.loads(splits_file.read_text())["splits"])
-        example = splits_file.parent / ("train" if "train" in splits else splits[0])
-        raise InputError(
-            f"{splits_file.parent} is a DatasetDict that `save_to_disk` wrote, with the splits {', '.join(splits)}: "
-            f"give one split's folder, such as {example}"
-        )
-    if _saved_by_datasets(path):
-        return [path]
     if path.is_dir():
-        saved = {state.parent for state in path.rglob(SAVED_DATASET[0]) if _saved_by_datasets(state.parent)}
-        files = sorted(
-            p for p in path.rglob("*") if p in saved or (p.suffix in DATA_SUFFIXES and p.parent not in saved)
-        )
+        entries = sorted(path.rglob("*"))  # the folder is walked once
+        for splits_file in (entry for entry in entries if entry.name == SAVED_SPLITS):
+            splits = sorted(json.loads(splits_file.read_text())["splits"])
+            example = splits_file.parent / ("train" if "train" in splits else splits[0])
+            raise InputError(
+                f"{splits_file.parent} is a DatasetDict that `save_to_disk` wrote, with the splits "
+                f"{', '.join(splits)}: give one split's folder, such as {example}"
+            )
+        if _saved_by_datasets(path):
+            return [path]
+        saved = {e.parent for e in entries if e.name == SAVED_DATASET[0] and _saved_by_datasets(e.parent)}
+        files = [e for e in entries if e in saved or (e.suffix in DATA_SUFFIXES and e.parent not in saved)]
         if not files:
             raise FileNotFoundError(f"no .jsonl, .json or .parquet files (or datasets saved to disk) in {path}")
         return files
