@@ -604,3 +604,17 @@ def test_the_training_docs_python_example_runs_as_written(base_folder, data_file
     assert any(name.startswith("model.language_model.") for name in changed)
     assert not any("_tower." in name for name in changed)  # finetune keeps the encoders frozen
     assert MMMModalForConditionalGeneration.from_pretrained(output).config.model_type == "mmmmodal"
+
+
+def test_data_that_is_not_there_is_named_before_the_model_loads(base_folder, tmp_path):
+    """Found: the model was loaded first (minutes for a 7B one) and a mistyped `--data` named after it. A folder
+    whose weights cannot load shows the order: the data's error comes first."""
+    import shutil
+
+    folder = shutil.copytree(base_folder, tmp_path / "no_weights", ignore=shutil.ignore_patterns("*.safetensors"))
+    args, training_args = parse_args(
+        ["--stage", "finetune", "--model", str(folder), "--data", str(tmp_path / "chat.jsonl"),
+         "--output_dir", str(tmp_path / "out"), "--report_to", "none"]
+    )  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no data at .*chat.jsonl"):
+        build_trainer(args, training_args)

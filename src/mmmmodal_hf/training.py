@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, Trainer, Traine
 from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINING_ARGS_NAME
 
-from .cli_errors import InputError, loading
+from .cli_errors import InputError, loading, require_loadable
 from .collator import MMMModalDataCollator, MMMModalPackingCollator
 from .data import (
     IGNORE_INDEX,
@@ -424,12 +424,14 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     # Seeded before the stage is prepared, as transformers' example scripts do: LoRA's adapters are
     # initialised from the global generator there, before `Trainer` seeds it.
     set_seed(training_args.seed)
-    dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
-    model = load_model(args.model, dtype=dtype)
+    require_loadable(args.model, "an MMMModal model", "config.json")  # a folder that is not there, named as the model
     with loading(args.model, "a processor", needs=None):  # trusted: the folder the command was told to train
         processor = MMMModalProcessor.from_pretrained(args.model, trust_remote_code=True)
+    stats = EncodeStats()
+    train_dataset, eval_dataset = build_datasets(args, processor, stats)  # before the model: bad data fails at once
+    dtype = getattr(torch, args.model_dtype) if args.model_dtype else None
     model = prepare_stage(
-        model,
+        load_model(args.model, dtype=dtype),
         args.stage,
         tuple(args.align_modalities.split(",")),
         args.lora_r,
@@ -440,8 +442,6 @@ def build_trainer(args: MMMModalTrainArguments, training_args: TrainingArguments
     )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     remembered = RememberedTowers(base, args.remember_tower_outputs) if args.remember_tower_outputs else None
-    stats = EncodeStats()
-    train_dataset, eval_dataset = build_datasets(args, processor, stats)
     if args.streaming:
         # accelerate dispatches an iterable data set's batches from one process and cuts every tensor to the batch
         # size along its first dimension: `pixel_values` holds a row per image, not per conversation, so a batch
