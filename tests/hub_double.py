@@ -1,8 +1,9 @@
 """A stand-in for the Hugging Face Hub at the network edge, on 127.0.0.1: the Hub cannot be reached from here.
 
 It answers the HTTP calls huggingface_hub makes to load a repo by id (`/api/models/{id}`, its `tree`, and
-`/{id}/resolve/{revision}/{file}` with the `ETag` and `X-Repo-Commit` headers, and `X-Error-Code` on a miss),
-serving local folders as repos at one commit, and those it makes to publish (`/api/repos/create`, a branch,
+`/{id}/resolve/{revision}/{file}` with the `ETag` and `X-Repo-Commit` headers, and `X-Error-Code` on a miss; a
+dataset's under `/api/datasets/` and `/datasets/`, served from the repo `datasets/{id}`), serving local folders as
+repos at one commit, and those it makes to publish (`/api/repos/create`, a branch,
 `preupload` answered "regular" for every file, and the NDJSON `commit`, whose files it keeps). Everything above
 HTTP (download, cache, snapshot, the remote code's import, the upload's plan) is huggingface_hub's and
 transformers' own; the Hub's card validator is not (every card passes).
@@ -36,10 +37,12 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         self.requests.append(f"{self.command} {self.path}")
         parts = self.path.split("?")[0].strip("/").split("/")
-        if parts[:2] == ["api", "models"]:
-            return self._api(parts[2:])
+        if parts[:2] in (["api", "models"], ["api", "datasets"]):  # a dataset repo is served as `datasets/{id}`
+            return self._api(parts[2:], "datasets/" if parts[1] == "datasets" else "")
+        kind = "datasets/" if parts[0] == "datasets" else ""
+        parts = parts[1:] if kind else parts
         if len(parts) >= 5 and parts[2] == "resolve":
-            return self._file("/".join(parts[:2]), "/".join(parts[4:]))
+            return self._file(kind + "/".join(parts[:2]), "/".join(parts[4:]))
         self._send(404, b"{}")
 
     def do_POST(self):
@@ -78,18 +81,19 @@ class HubHandler(http.server.BaseHTTPRequestHandler):
             )
         self._send(404, b"{}")
 
-    def _api(self, parts: list[str]):
-        folder = self.repos.get("/".join(parts[:2]))
+    def _api(self, parts: list[str], kind: str = ""):
+        folder = self.repos.get(kind + "/".join(parts[:2]))
         if folder is None:
             return self._send(404, b"{}", {"X-Error-Code": "RepoNotFound"})
-        if len(parts) > 2 and parts[2] == "tree":  # tree/{revision}/{path}: a folder's entries
+        if len(parts) > 2 and parts[2] == "tree":  # tree/{revision}/{path}: a folder's entries (all below: recursive)
             where = folder.joinpath(*parts[4:])
             if not where.is_dir():
                 return self._send(404, b"{}", {"X-Error-Code": "EntryNotFound"})
+            found = where.rglob("*") if "recursive=true" in self.path.lower() else where.iterdir()
             entries = [
                 {"type": "file" if p.is_file() else "directory", "path": str(p.relative_to(folder)), "oid": "0" * 40}
                 | ({"size": p.stat().st_size} if p.is_file() else {})
-                for p in sorted(where.iterdir())
+                for p in sorted(found)
             ]
             return self._send(200, json.dumps(entries).encode())
         files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())

@@ -536,3 +536,68 @@ def test_empty_files_hold_no_rows_and_a_data_set_of_unusable_rows_names_the_firs
         InputError, match=r"^none of the 2 rows can be used \(the first refused: row unusable.jsonl:1: "
     ):
         dataset[0]
+
+
+READ_HUB_ROWS = """
+import json, sys
+from mmmmodal_hf.data import load_rows
+for name in sys.argv[1:]:
+    try:
+        print(json.dumps([dict(row) for row in load_rows(name)]))
+    except Exception as error:
+        print(json.dumps({"error": type(error).__name__, "message": str(error)}))
+"""
+
+
+def test_a_hub_dataset_id_is_its_repo_read_as_a_folder(processor, media_folder, tmp_path):
+    """`--data owner/name` (train, eval, validate): the dataset repo is downloaded (from a stand-in for the Hub on
+    127.0.0.1, tests/hub_double.py) and read as a local folder, its rows' paths finding the repo's media; later
+    offline from the cache. Of several splits (datasets' file-name conventions) one is named, `owner/name:split`."""
+    import subprocess
+    import sys
+
+    from hub_double import hub_serving, reaching
+
+    repo = media_folder / "repo"
+    repo.mkdir()
+    for name in ("one.png", "two.jpg", "beep.wav"):
+        (repo / "media").mkdir(exist_ok=True)
+        (repo / "media" / name).write_bytes((media_folder / name).read_bytes())
+    row = dict(published_row(), filename=[f"media/{name}" for name in published_row()["filename"]])
+    text_row = {"conversations": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Hai."}]}
+    (repo / "rows.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(text_row) + "\n")
+    (repo / "README.md").write_text("---\nlicense: mit\n---\n# rows\n")
+    splits = media_folder / "splits"
+    (splits / "data").mkdir(parents=True)
+    (splits / "data" / "train.jsonl").write_text(json.dumps(text_row) + "\n")
+    (splits / "data" / "test.jsonl").write_text(json.dumps(text_row) + "\n" + json.dumps(text_row) + "\n")
+    (media_folder / "rows.jsonl").write_text(json.dumps(published_row()) + "\n" + json.dumps(text_row) + "\n")
+    expected = ConversationDataset(load_rows(media_folder / "rows.jsonl"), processor)
+
+    def read(env: dict, *names: str) -> list:
+        """What `load_rows` gives for each name, in one process (its imports take seconds)."""
+        done = subprocess.run([sys.executable, "-c", READ_HUB_ROWS, *names], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [json.loads(line) for line in done.stdout.splitlines()[-len(names) :]]
+
+    names = ["someone/chat", "someone/splits", "someone/splits:test", "someone/splits:dev", "someone/missing"]
+    with hub_serving({"datasets/someone/chat": repo, "datasets/someone/splits": splits}) as (endpoint, _):
+        online = reaching(endpoint, tmp_path / "hf_home")
+        rows, several, test_split, no_split, missing = read(online, *names)
+    assert several == {"error": "InputError", "message": "the Hub dataset someone/splits has the splits train, test: "
+                                                         "give one, such as someone/splits:train"}  # fmt: skip
+    assert len(test_split) == 2 and [r["_row_id"] for r in test_split] == ["test.jsonl:1", "test.jsonl:2"]
+    assert no_split["message"].startswith("the Hub dataset someone/splits has the splits train, test, not 'dev'")
+    assert missing == {"error": "FileNotFoundError", "message": "no data at someone/missing: no such file or folder "
+                       "here, and no dataset someone/missing on the Hub (a private or gated one needs `hf auth login`)"}  # fmt: skip
+    assert [r["_row_id"] for r in rows] == ["rows.jsonl:1", "rows.jsonl:2"]
+    encoded = ConversationDataset(rows, processor)
+    assert [e["input_ids"].tolist() for e in encoded] == [e["input_ids"].tolist() for e in expected]
+    assert np.array_equal(encoded[0]["pixel_values"], expected[0]["pixel_values"])
+    assert np.array_equal(encoded[0]["input_features"], expected[0]["input_features"])
+    offline = read({**online, "HF_HUB_OFFLINE": "1"}, "someone/chat", "someone/other")  # the cache alone
+    assert offline[0] == rows
+    assert offline[1]["message"] == (
+        "no data at someone/other: no such file or folder here, and the Hub dataset someone/other is neither "
+        "reachable (offline?) nor in the Hub cache"
+    )

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 DATA_SUFFIXES = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 # What `datasets`' `save_to_disk` writes beside a dataset's Arrow files, and into a `DatasetDict`'s folder.
 SAVED_DATASET, SAVED_SPLITS = ("state.json", "dataset_info.json"), "dataset_dict.json"
+HUB_DATASET_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?")  # `owner/name`, or `owner/name:split`
 IGNORE_INDEX = -100
 UNREADABLE = "_unreadable"  # the one field of a row read from a line that is no JSON object: why
 
@@ -345,6 +347,8 @@ def data_files(path: str | Path) -> list[Path]:
     """The data at `path`: the file itself, or every JSONL/JSON/Parquet file in a folder, and every folder that
     `datasets`' `save_to_disk` wrote (its own JSON files are not rows). A `DatasetDict` is refused: its splits are
     for different uses, so one is given."""
+    if not Path(path).exists() and HUB_DATASET_ID.fullmatch(str(path)):
+        return _hub_dataset_files(str(path))
     path = Path(path)
     if path.is_dir():
         entries = sorted(path.rglob("*"))  # the folder is walked once
@@ -367,6 +371,33 @@ def data_files(path: str | Path) -> list[Path]:
     if path.suffix not in DATA_SUFFIXES:
         raise ValueError(f"{path}: data files must be .jsonl, .json or .parquet")
     return [path]
+
+
+def _hub_dataset_files(name: str) -> list[Path]:
+    """The files of a Hub dataset repo (`owner/name`, or `owner/name:split`), downloaded whole into the Hub cache so that
+    its rows' relative paths find their media; read as a folder is. Its splits are those `datasets` finds by file
+    name (`data/train-00000-of-00001.parquet`, `test.jsonl`); of several, one is named, as a DatasetDict's is."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo_id, _, split = name.partition(":")
+    try:
+        folder = snapshot_download(repo_id, repo_type="dataset")
+    except RepositoryNotFoundError:
+        raise FileNotFoundError(f"no data at {name}: no such file or folder here, and no dataset {repo_id} on the Hub "
+                                "(a private or gated one needs `hf auth login`)") from None  # fmt: skip
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(f"no data at {name}: no such file or folder here, and the Hub dataset {repo_id} "
+                                "is neither reachable (offline?) nor in the Hub cache") from None  # fmt: skip
+    splits = {str(k): v for k, v in DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder).items()}
+    if split not in splits and (split or len(splits) > 1):
+        raise InputError(f"the Hub dataset {repo_id} has the splits {', '.join(splits)}" + (f", not {split!r}" if split
+                         else "") + f": give one, such as {repo_id}:{'train' if 'train' in splits else [*splits][0]}")  # fmt: skip
+    files = [Path(file) for file in splits[split or [*splits][0]] if Path(file).suffix in DATA_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"no .jsonl, .json or .parquet files in the Hub dataset {name}")
+    return files
 
 
 def _saved_by_datasets(folder: Path) -> bool:

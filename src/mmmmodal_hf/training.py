@@ -58,7 +58,10 @@ class MMMModalTrainArguments:
     stage: str = field(metadata={"help": "align | finetune | lora"})
     model: str = field(metadata={"help": "folder or Hub id of an MMMModal checkpoint (from `mmmmodal build`)"})
     data: str = field(
-        metadata={"help": "JSONL/JSON/Parquet file, a folder of them or a dataset saved with `save_to_disk`"}
+        metadata={
+            "help": "JSONL/JSON/Parquet file, a folder of them, a dataset saved with `save_to_disk` or a Hub "
+            "dataset id (`owner/name`, `owner/name:split`)"
+        }
     )
     eval_data: str | None = field(default=None, metadata={"help": "held-out data, same formats"})
     block_size: int = field(

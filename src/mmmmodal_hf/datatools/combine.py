@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "sources",
         nargs="+",
-        help="JSONL/JSON/Parquet files, folders of them or datasets saved with `save_to_disk`, of single-media rows",
+        help="JSONL/JSON/Parquet files, folders of them, datasets saved with `save_to_disk` or Hub dataset ids, of "
+        "single-media rows",
     )
     parser.add_argument("--output", required=True, help="a .jsonl or .parquet file")
     parser.add_argument("--rows", type=positive(int), default=None,

@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = command_parser("mmmmodal data validate", __doc__)
     parser.add_argument(
         "data",
-        help="JSONL/JSON/Parquet file, a folder of them or a dataset saved with `save_to_disk` (either row format)",
+        help="JSONL/JSON/Parquet file, a folder of them, a dataset saved with `save_to_disk` or a Hub dataset id "
+        "(`owner/name`, `owner/name:split`), in either row format",
     )
     parser.add_argument("--processor", required=True, help="model folder or Hub id whose processor tokenizes the rows")
     parser.add_argument(

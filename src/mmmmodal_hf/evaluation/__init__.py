@@ -24,7 +24,8 @@ def build_parser():
         "--data",
         nargs="+",
         required=True,
-        help="data files or folders (JSONL, JSON, Parquet; datasets saved with `save_to_disk`)",
+        help="data files or folders (JSONL, JSON, Parquet; datasets saved with `save_to_disk`), or Hub dataset ids "
+        "(`owner/name`, `owner/name:split`)",
     )
     parser.add_argument("--output-dir", required=True, help="folder for predictions, metrics and the report")
     parser.add_argument(
