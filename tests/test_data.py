@@ -595,6 +595,8 @@ def test_a_hub_dataset_id_is_its_repo_read_as_a_folder(processor, media_folder, 
     assert [e["input_ids"].tolist() for e in encoded] == [e["input_ids"].tolist() for e in expected]
     assert np.array_equal(encoded[0]["pixel_values"], expected[0]["pixel_values"])
     assert np.array_equal(encoded[0]["input_features"], expected[0]["input_features"])
+    with pytest.raises(FileNotFoundError, match=r"^no data at runs/chat\.\.jsonl$"):  # no repo id either
+        load_rows("runs/chat..jsonl")
     offline = read({**online, "HF_HUB_OFFLINE": "1"}, "someone/chat", "someone/other")  # the cache alone
     assert offline[0] == rows
     assert offline[1]["message"] == (

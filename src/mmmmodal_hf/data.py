@@ -379,11 +379,13 @@ def _hub_dataset_files(name: str) -> list[Path]:
     name (`data/train-00000-of-00001.parquet`, `test.jsonl`); of several, one is named, as a DatasetDict's is."""
     from datasets.data_files import DataFilesDict, get_data_patterns
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     repo_id, _, split = name.partition(":")
     try:
         folder = snapshot_download(repo_id, repo_type="dataset")
+    except HFValidationError:  # a path such as `runs/chat..jsonl` that cannot be a repo id either
+        raise FileNotFoundError(f"no data at {name}") from None
     except RepositoryNotFoundError:
         raise FileNotFoundError(f"no data at {name}: no such file or folder here, and no dataset {repo_id} on the Hub "
                                 "(a private or gated one needs `hf auth login`)") from None  # fmt: skip
