@@ -117,6 +117,18 @@ def test_batches_pad_on_the_left_by_default_and_right_on_request(processor):
     assert right["attention_mask"][0, 0] == 1 and right["attention_mask"][0, -1] == 0
 
 
+def test_return_attention_mask_false_leaves_the_mask_out(processor):
+    """The tokenizer's own keyword, as LLaVA's processor passes it on. Found: a KeyError, the processor reading the
+    mask it had not asked for (the video fit check counts each sample's tokens by it)."""
+    frames = [np.full((24, 32, 3), 200, np.uint8)] * 2
+    given = {"text": ["<image> Apa?", "<video> <audio> Dan ini pula?"], "images": [random_image(1)],
+             "videos": [frames], "audio": [random_clip(2)], "num_frames": 2}  # fmt: skip
+    expected = processor(**given, return_tensors="pt")
+    inputs = processor(**given, return_tensors="pt", return_attention_mask=False)
+    assert "attention_mask" not in inputs and torch.equal(inputs["input_ids"], expected["input_ids"])
+    assert torch.equal(inputs["pixel_values"], expected["pixel_values"])
+
+
 def test_slots_follow_the_opening_tag_and_text_survives(processor):
     out = processor(text="Apa warna <image> </image> ini?", images=random_image(0))
     ids = out["input_ids"][0]

@@ -307,14 +307,12 @@ class MMMModalProcessor(ProcessorMixin):
             [self.replace_video_token({"layouts": named["video"]}, index) for index in range(len(named["video"]))],
             [self.replace_audio_token({"slots": named["audio"]}, index) for index in range(len(named["audio"]))],
         )
-        data = {
-            **self._tokenize(expanded, text_kwargs),
-            **data,
-            **audio_data,
-        }
+        mask_asked = text_kwargs.pop("return_attention_mask", None) is not False  # the fit check below counts by it
+        data = {**self._tokenize(expanded, text_kwargs), **data, **audio_data}
         for row, index in enumerate(kept):
             self._check_videos_fit(index, videos_of[index], sum(data["attention_mask"][row]), pool_frames)
             self._check_media_whole(index, expanded[row], data["input_ids"][row])
+        data = data if mask_asked else {key: value for key, value in data.items() if key != "attention_mask"}
         if pool_frames:
             data["pooled_images"] = np.array(pooled_rows)
         if return_text_replacement_offsets:
