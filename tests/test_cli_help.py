@@ -159,3 +159,13 @@ def test_hub_repo_ids_are_checked_as_huggingface_hub_checks_them(capsys):
             parsers[name]().parse_args([*given, flag, value])
         assert f"argument {flag}: {said}" in capsys.readouterr().err, (name, flag)
     assert parsers["push"]().parse_args(["folder", "--repo-id", "model"]).repo_id == "model"  # the token's namespace
+
+
+def test_version_names_the_package_and_the_libraries_it_runs_on():
+    """`mmmmodal --version`, as `vllm --version` answers; it named no version ("arguments are required: COMMAND")."""
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "mmmmodal_hf.cli", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"mmmmodal-hf {version('mmmmodal-hf')} (transformers {version('transformers')}, "
+                                  f"torch {version('torch')}, vllm ")  # fmt: skip

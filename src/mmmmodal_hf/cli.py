@@ -141,8 +141,25 @@ _COMMANDS = {
 }
 
 
+def _versions() -> str:
+    """This package's version and those of the libraries it runs on, read without importing them."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    libraries = ", ".join(f"{name} {installed(name)}" for name in ("transformers", "torch", "vllm"))
+    return f"mmmmodal-hf {installed('mmmmodal-hf')} ({libraries}; Python {sys.version.split()[0]})"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmmmodal", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="mmmmodal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=_versions(), help="the versions a bug report needs")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, _runner) in _COMMANDS.items():
         subcommands.add_parser(name, help=help_text, add_help=False)
