@@ -567,6 +567,7 @@ def test_a_hub_dataset_id_is_its_repo_read_as_a_folder(processor, media_folder, 
     text_row = {"conversations": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Hai."}]}
     (repo / "rows.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(text_row) + "\n")
     (repo / "README.md").write_text("---\nlicense: mit\n---\n# rows\n")
+    (repo / "media" / "test_tone.wav").write_bytes((media_folder / "beep.wav").read_bytes())  # a split's name: no rows
     splits = media_folder / "splits"
     (splits / "data").mkdir(parents=True)
     (splits / "data" / "train.jsonl").write_text(json.dumps(text_row) + "\n")
@@ -580,10 +581,13 @@ def test_a_hub_dataset_id_is_its_repo_read_as_a_folder(processor, media_folder, 
         assert done.returncode == 0, done.stderr[-2000:]
         return [json.loads(line) for line in done.stdout.splitlines()[-len(names) :]]
 
-    names = ["someone/chat", "someone/splits", "someone/splits:test", "someone/splits:dev", "someone/missing"]
+    names = ["someone/chat", "someone/splits", "someone/splits:test", "someone/splits:dev", "someone/missing",
+             "someone/chat:test"]  # fmt: skip
     with hub_serving({"datasets/someone/chat": repo, "datasets/someone/splits": splits}) as (endpoint, _):
         online = reaching(endpoint, tmp_path / "hf_home")
-        rows, several, test_split, no_split, missing = read(online, *names)
+        rows, several, test_split, no_split, missing, named_split = read(online, *names)
+    assert named_split == {"error": "InputError", "message": "the Hub dataset someone/chat names no splits in its file "
+                                                             "names: give it as someone/chat"}  # fmt: skip
     assert several == {"error": "InputError", "message": "the Hub dataset someone/splits has the splits train, test: "
                                                          "give one, such as someone/splits:train"}  # fmt: skip
     assert len(test_split) == 2 and [r["_row_id"] for r in test_split] == ["test.jsonl:1", "test.jsonl:2"]

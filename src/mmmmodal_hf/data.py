@@ -377,7 +377,7 @@ def _hub_dataset_files(name: str) -> list[Path]:
     """The files of a Hub dataset repo (`owner/name`, or `owner/name:split`), downloaded whole into the Hub cache so that
     its rows' relative paths find their media; read as a folder is. Its splits are those `datasets` finds by file
     name (`data/train-00000-of-00001.parquet`, `test.jsonl`); of several, one is named, as a DatasetDict's is."""
-    from datasets.data_files import DataFilesDict, get_data_patterns
+    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -392,14 +392,20 @@ def _hub_dataset_files(name: str) -> list[Path]:
     except LocalEntryNotFoundError:
         raise FileNotFoundError(f"no data at {name}: no such file or folder here, and the Hub dataset {repo_id} "
                                 "is neither reachable (offline?) nor in the Hub cache") from None  # fmt: skip
-    splits = {str(k): v for k, v in DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder).items()}
+    try:  # a split's data files; a split of media only (`media/test_clip.wav`) is none
+        found = DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder)
+    except EmptyDatasetError:
+        found = {}
+    splits = {str(key): [Path(f) for f in files if Path(f).suffix in DATA_SUFFIXES] for key, files in found.items()}
+    splits = {key: files for key, files in splits.items() if files}
+    if not splits:  # no split in its file names: every data file, as in a folder
+        if split:
+            raise InputError(f"the Hub dataset {repo_id} names no splits in its file names: give it as {repo_id}")
+        return data_files(folder)
     if split not in splits and (split or len(splits) > 1):
         raise InputError(f"the Hub dataset {repo_id} has the splits {', '.join(splits)}" + (f", not {split!r}" if split
                          else "") + f": give one, such as {repo_id}:{'train' if 'train' in splits else [*splits][0]}")  # fmt: skip
-    files = [Path(file) for file in splits[split or [*splits][0]] if Path(file).suffix in DATA_SUFFIXES]
-    if not files:
-        raise FileNotFoundError(f"no .jsonl, .json or .parquet files in the Hub dataset {name}")
-    return files
+    return splits[split or [*splits][0]]
 
 
 def _saved_by_datasets(folder: Path) -> bool:
