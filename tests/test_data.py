@@ -586,8 +586,8 @@ def test_a_hub_dataset_id_is_its_repo_read_as_a_folder(processor, media_folder, 
     with hub_serving({"datasets/someone/chat": repo, "datasets/someone/splits": splits}) as (endpoint, _):
         online = reaching(endpoint, tmp_path / "hf_home")
         rows, several, test_split, no_split, missing, named_split = read(online, *names)
-    assert named_split == {"error": "InputError", "message": "the Hub dataset someone/chat names no splits in its file "
-                                                             "names: give it as someone/chat"}  # fmt: skip
+    assert named_split == {"error": "InputError", "message": "the Hub dataset someone/chat has the splits train, not "
+                                                             "'test': give one, such as someone/chat:train"}  # fmt: skip
     assert several == {"error": "InputError", "message": "the Hub dataset someone/splits has the splits train, test: "
                                                          "give one, such as someone/splits:train"}  # fmt: skip
     assert len(test_split) == 2 and [r["_row_id"] for r in test_split] == ["test.jsonl:1", "test.jsonl:2"]
@@ -607,3 +607,38 @@ def test_a_hub_dataset_id_is_its_repo_read_as_a_folder(processor, media_folder, 
         "no data at someone/other: no such file or folder here, and the Hub dataset someone/other is neither "
         "reachable (offline?) nor in the Hub cache"
     )
+
+
+def test_a_folder_whose_file_names_hold_splits_is_read_one_split_at_a_time(media_folder):
+    """A folder is read as `datasets` reads one: splits in its file names (`train.jsonl`, `test.jsonl`; a split of any
+    name as `push_to_hub` writes it) are for different uses, so one is named, `folder:split`. Found: every file was
+    read, so `--data data/chat/` trained on the test split beside the train split."""
+    import datasets
+
+    row = {"conversations": [{"role": "user", "content": "Hai"}, {"role": "assistant", "content": "Hai."}]}
+    folder = media_folder / "chat"
+    (folder / "media").mkdir(parents=True)
+    (folder / "train.jsonl").write_text(json.dumps(row) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps(row) + "\n" + json.dumps(row) + "\n")
+    (folder / "media" / "test_tone.wav").write_bytes((media_folder / "beep.wav").read_bytes())  # media: no split
+    with pytest.raises(InputError, match=r"chat has the splits train, test: give one, such as .*/chat:train$"):
+        load_rows(folder)
+    assert [r["_row_id"] for r in load_rows(f"{folder}:test")] == ["test.jsonl:1", "test.jsonl:2"]
+    assert [r["_row_id"] for r in load_rows(f"{folder}:train", streaming=True)] == ["train.jsonl:1"]
+    with pytest.raises(InputError, match=r"has the splits train, test, not 'dev'"):
+        load_rows(f"{folder}:dev")
+    with pytest.raises(InputError, match=r"train.jsonl is a file: it has no splits to name"):
+        load_rows(f"{folder / 'train.jsonl'}:train")
+    # One split among other files is no choice to make: every file, as before.
+    (folder / "test.jsonl").rename(folder / "more_rows.jsonl")
+    assert [r["_row_id"] for r in load_rows(folder)] == ["more_rows.jsonl:1", "more_rows.jsonl:2", "train.jsonl:1"]
+    # `push_to_hub`'s layout names splits of any name; a saved dataset goes with its Arrow files' split.
+    pushed = media_folder / "pushed"
+    datasets.Dataset.from_list([row]).to_parquet(str(pushed / "data" / "train-00000-of-00001.parquet"))
+    datasets.Dataset.from_list([row, row]).to_parquet(str(pushed / "data" / "heldout-00000-of-00001.parquet"))
+    with pytest.raises(InputError, match=r"pushed has the splits heldout, train: give one, such as .*pushed:train$"):
+        load_rows(pushed)
+    assert len(load_rows(f"{pushed}:heldout")) == 2
+    datasets.Dataset.from_list([row] * 3).save_to_disk(str(media_folder / "saved" / "test"))
+    (media_folder / "saved" / "train.jsonl").write_text(json.dumps(row) + "\n")
+    assert [r["_row_id"] for r in load_rows(f"{media_folder / 'saved'}:test")] == ["test:1", "test:2", "test:3"]

@@ -344,68 +344,104 @@ def answer_token_ids(rows, tokenizer) -> list[int]:
 
 
 def data_files(path: str | Path) -> list[Path]:
-    """The data at `path`: the file itself, or every JSONL/JSON/Parquet file in a folder, and every folder that
-    `datasets`' `save_to_disk` wrote (its own JSON files are not rows). A `DatasetDict` is refused: its splits are
-    for different uses, so one is given."""
-    if not Path(path).exists() and HUB_DATASET_ID.fullmatch(str(path)):
-        return _hub_dataset_files(str(path))
-    path = Path(path)
-    if path.is_dir():
-        entries = sorted(path.rglob("*"))  # the folder is walked once
-        for splits_file in (entry for entry in entries if entry.name == SAVED_SPLITS):
-            splits = sorted(json.loads(splits_file.read_text())["splits"])
-            example = splits_file.parent / ("train" if "train" in splits else splits[0])
-            raise InputError(
-                f"{splits_file.parent} is a DatasetDict that `save_to_disk` wrote, with the splits "
-                f"{', '.join(splits)}: give one split's folder, such as {example}"
-            )
-        if _saved_by_datasets(path):
-            return [path]
-        saved = {e.parent for e in entries if e.name == SAVED_DATASET[0] and _saved_by_datasets(e.parent)}
-        files = [e for e in entries if e in saved or (e.suffix in DATA_SUFFIXES and e.parent not in saved)]
-        if not files:
-            raise FileNotFoundError(f"no .jsonl, .json or .parquet files (or datasets saved to disk) in {path}")
-        return files
-    if not path.exists():
-        raise FileNotFoundError(f"no data at {path}")
-    if path.suffix not in DATA_SUFFIXES:
-        raise ValueError(f"{path}: data files must be .jsonl, .json or .parquet")
-    return [path]
+    """The data at `path`: a file; a folder's JSONL/JSON/Parquet files and the datasets `save_to_disk` wrote in it
+    (their own JSON files are not rows); or a Hub dataset repo (`owner/name`, where no such local path is), downloaded
+    whole into the Hub cache so its rows' relative paths find its media, and read as a folder. Where a folder's file
+    names hold several splits as `datasets` reads them (`train.jsonl`, `data/test-00000-of-00001.parquet`), one is
+    named after a colon (`data/chat:train`): splits are for different uses. A `DatasetDict` is refused for that too."""
+    name, colon, split = str(path).rpartition(":")
+    if not colon or Path(path).exists():
+        name, split = str(path), ""
+    folder, what = Path(name), name
+    if not folder.exists() and HUB_DATASET_ID.fullmatch(str(path)):
+        folder, what = _hub_snapshot(name), f"the Hub dataset {name}"
+    if folder.is_dir():
+        return _one_split(folder, _folder_files(folder), what, name, split)
+    if split:
+        raise InputError(f"{name} is a file: it has no splits to name")
+    if not folder.exists():
+        raise FileNotFoundError(f"no data at {folder}")
+    if folder.suffix not in DATA_SUFFIXES:
+        raise ValueError(f"{folder}: data files must be .jsonl, .json or .parquet")
+    return [folder]
 
 
-def _hub_dataset_files(name: str) -> list[Path]:
-    """The files of a Hub dataset repo (`owner/name`, or `owner/name:split`), downloaded whole into the Hub cache so that
-    its rows' relative paths find their media; read as a folder is. Its splits are those `datasets` finds by file
-    name (`data/train-00000-of-00001.parquet`, `test.jsonl`); of several, one is named, as a DatasetDict's is."""
-    from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
+def _folder_files(folder: Path) -> list[Path]:
+    """A folder's data: its data files and the datasets `save_to_disk` wrote in it (the folder itself, if it is one)."""
+    entries = sorted(folder.rglob("*"))  # the folder is walked once
+    for splits_file in (entry for entry in entries if entry.name == SAVED_SPLITS):
+        splits = sorted(json.loads(splits_file.read_text())["splits"])
+        example = splits_file.parent / ("train" if "train" in splits else splits[0])
+        raise InputError(
+            f"{splits_file.parent} is a DatasetDict that `save_to_disk` wrote, with the splits "
+            f"{', '.join(splits)}: give one split's folder, such as {example}"
+        )
+    if _saved_by_datasets(folder):
+        return [folder]
+    saved = {e.parent for e in entries if e.name == SAVED_DATASET[0] and _saved_by_datasets(e.parent)}
+    files = [e for e in entries if e in saved or (e.suffix in DATA_SUFFIXES and e.parent not in saved)]
+    if not files:
+        raise FileNotFoundError(f"no .jsonl, .json or .parquet files (or datasets saved to disk) in {folder}")
+    return files
+
+
+def _one_split(folder: Path, files: list[Path], what: str, name: str, split: str) -> list[Path]:
+    """`files`, or those of the split named where their names hold splits; of several, one must be named."""
+    candidates = {  # each data file's path in the folder (a saved dataset's, its Arrow files'), and its entry
+        path.relative_to(folder).as_posix(): entry
+        for entry in files
+        for path in (sorted(entry.glob("*.arrow")) if entry.is_dir() else [entry])
+    }
+    splits = _splits_by_name(candidates)
+    if (not split and len(splits) <= 1) or split in splits:
+        return splits[split] if split else files  # one split or none: every file, as a folder is read
+    raise InputError(f"{what} has the splits {', '.join(splits)}" + (f", not {split!r}" if split else "") +
+                     f": give one, such as {name}:{'train' if 'train' in splits else [*splits][0]}")  # fmt: skip
+
+
+def _splits_by_name(candidates: dict[str, Path]) -> dict[str, list[Path]]:
+    """Each split's entries, found in their paths as `datasets` finds a folder's splits (`data/{split}-00000-of-00001.
+    parquet` of any name, else train/validation/test in a file or folder name), with its patterns; they are matched
+    here against the data files alone, where `datasets` globs the whole folder once per pattern (15 s for 20,000 media
+    files)."""
+    from datasets.data_files import ALL_DEFAULT_PATTERNS, ALL_SPLIT_PATTERNS
+    from fsspec.utils import glob_translate
+
+    for template in ALL_SPLIT_PATTERNS:  # a split of any name, as `push_to_hub` writes them
+        before, after = template.split("{split}")
+        pattern = re.compile(re.escape(before) + r"(?P<split>[^/]+?)" + glob_translate(after))
+        found = {}
+        for path, entry in candidates.items():
+            if match := pattern.match(path):
+                found.setdefault(match["split"], []).append(entry)
+        if found:
+            return {key: list(dict.fromkeys(entries)) for key, entries in found.items()}
+    for patterns_by_split in ALL_DEFAULT_PATTERNS:
+        found = {}
+        for key, patterns in patterns_by_split.items():
+            matches = [re.compile(glob_translate(pattern)).match for pattern in patterns]
+            if entries := [entry for path, entry in candidates.items() if any(match(path) for match in matches)]:
+                found[str(key)] = list(dict.fromkeys(entries))
+        if found:
+            return found
+    return {}
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The Hub dataset repo `repo_id`, downloaded whole into the Hub cache (offline: as cached)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    repo_id, _, split = name.partition(":")
     try:
-        folder = snapshot_download(repo_id, repo_type="dataset")
+        return Path(snapshot_download(repo_id, repo_type="dataset"))
     except HFValidationError:  # a path such as `runs/chat..jsonl` that cannot be a repo id either
-        raise FileNotFoundError(f"no data at {name}") from None
+        raise FileNotFoundError(f"no data at {repo_id}") from None
     except RepositoryNotFoundError:
-        raise FileNotFoundError(f"no data at {name}: no such file or folder here, and no dataset {repo_id} on the Hub "
-                                "(a private or gated one needs `hf auth login`)") from None  # fmt: skip
+        raise FileNotFoundError(f"no data at {repo_id}: no such file or folder here, and no dataset {repo_id} on the "
+                                "Hub (a private or gated one needs `hf auth login`)") from None  # fmt: skip
     except LocalEntryNotFoundError:
-        raise FileNotFoundError(f"no data at {name}: no such file or folder here, and the Hub dataset {repo_id} "
+        raise FileNotFoundError(f"no data at {repo_id}: no such file or folder here, and the Hub dataset {repo_id} "
                                 "is neither reachable (offline?) nor in the Hub cache") from None  # fmt: skip
-    try:  # a split's data files; a split of media only (`media/test_clip.wav`) is none
-        found = DataFilesDict.from_patterns(get_data_patterns(folder), base_path=folder)
-    except EmptyDatasetError:
-        found = {}
-    splits = {str(key): [Path(f) for f in files if Path(f).suffix in DATA_SUFFIXES] for key, files in found.items()}
-    splits = {key: files for key, files in splits.items() if files}
-    if not splits:  # no split in its file names: every data file, as in a folder
-        if split:
-            raise InputError(f"the Hub dataset {repo_id} names no splits in its file names: give it as {repo_id}")
-        return data_files(folder)
-    if split not in splits and (split or len(splits) > 1):
-        raise InputError(f"the Hub dataset {repo_id} has the splits {', '.join(splits)}" + (f", not {split!r}" if split
-                         else "") + f": give one, such as {repo_id}:{'train' if 'train' in splits else [*splits][0]}")  # fmt: skip
-    return splits[split or [*splits][0]]
 
 
 def _saved_by_datasets(folder: Path) -> bool:

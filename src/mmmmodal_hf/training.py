@@ -60,7 +60,7 @@ class MMMModalTrainArguments:
     data: str = field(
         metadata={
             "help": "JSONL/JSON/Parquet file, a folder of them, a dataset saved with `save_to_disk` or a Hub "
-            "dataset id (`owner/name`, `owner/name:split`)"
+            "dataset id (`owner/name`); `FOLDER:split` for one split of several"
         }
     )
     eval_data: str | None = field(default=None, metadata={"help": "held-out data, same formats"})

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "data",
         help="JSONL/JSON/Parquet file, a folder of them, a dataset saved with `save_to_disk` or a Hub dataset id "
-        "(`owner/name`, `owner/name:split`), in either row format",
+        "(`owner/name`); `FOLDER:split` for one split of several, in either row format",
     )
     parser.add_argument("--processor", required=True, help="model folder or Hub id whose processor tokenizes the rows")
     parser.add_argument(

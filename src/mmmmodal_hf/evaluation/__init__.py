@@ -25,7 +25,7 @@ def build_parser():
         nargs="+",
         required=True,
         help="data files or folders (JSONL, JSON, Parquet; datasets saved with `save_to_disk`), or Hub dataset ids "
-        "(`owner/name`, `owner/name:split`)",
+        "(`owner/name`); `FOLDER:split` for one split of several",
     )
     parser.add_argument("--output-dir", required=True, help="folder for predictions, metrics and the report")
     parser.add_argument(
