@@ -194,6 +194,15 @@ def test_slot_feature_mismatch_is_a_clear_error(model, session_processor):
         model(**dict(inputs, pixel_values=inputs["pixel_values"][:1]))
 
 
+def test_a_frame_mask_of_other_windows_than_the_features_is_a_clear_error(model, session_processor):
+    """As transformers' pipelines collate two conversations of two clips each: their `pad_collate_fn` keeps each
+    conversation's first window of `input_features` and every row of `input_features_mask`. Found: an IndexError
+    ("The shape of the mask [4, 16] at index 0 does not match the shape of the indexed tensor [2, 16, 64]")."""
+    inputs = session_processor(text="<audio> <audio> dua", audio=[random_clip(1), random_clip(2)], return_tensors="pt")
+    with pytest.raises(ValueError, match=r"^input_features holds 1 windows, input_features_mask 2 rows$"):
+        model(**dict(inputs, input_features=inputs["input_features"][:1]))
+
+
 def test_a_config_without_the_processors_token_ids_is_named(model, session_processor):
     """A config built in code with other slot ids than its processor's fails with the fix in its message."""
     config = model.config.__class__(**{**model.config.to_dict(), "image_token_id": 5})

@@ -267,6 +267,8 @@ class MMMModalModel(MMMModalPreTrainedModel):
             tower = self.audio_tower(input_features.to(self.audio_tower.conv1.weight.dtype), **_tower_outputs(kwargs))
         hidden, features = tower.last_hidden_state, self.audio_projector(tower.last_hidden_state)
         kept = torch.tensor(self.audio_slots_per_window(input_features, input_features_mask), device=features.device)
+        if len(kept) != len(features):  # transformers' pipelines collate each batched conversation's first window only
+            raise ValueError(f"input_features holds {len(features)} windows, input_features_mask {len(kept)} rows")
         keep = torch.arange(features.shape[1], device=features.device) < kept[:, None]
         return BaseModelOutputWithPooling(hidden, features[keep], tower.hidden_states, tower.attentions)
 
