@@ -21,7 +21,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mmmmodal_hf.benchmarking import report
-from mmmmodal_hf.demo.run import TEXT_CONFIGS, DemoSettings, build_text_config
+from mmmmodal_hf.demo.language_model import TEXT_CONFIGS, build_text_config
+from mmmmodal_hf.demo.run import DemoSettings
 from mmmmodal_hf.demo.world import COLOURS, NUMBERS, PITCHES, SHAPE_NOUNS
 from mmmmodal_hf.offline_tokenizer import mistral_tokenizer_folder
 

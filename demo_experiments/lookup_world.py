@@ -31,7 +31,8 @@ from transformers import AutoModelForCausalLM
 
 from mmmmodal_hf.benchmarking import report
 from mmmmodal_hf.demo import world
-from mmmmodal_hf.demo.run import TEXT_CONFIGS, DemoSettings, build_processor, build_text_config
+from mmmmodal_hf.demo.language_model import TEXT_CONFIGS, build_text_config
+from mmmmodal_hf.demo.run import DemoSettings, build_processor
 
 from .associative_recall import warm_up
 from .text_lm import adamw_with_warmup, padded, train_step

@@ -25,7 +25,7 @@ def own_parsers() -> dict:
     from mmmmodal_hf.datatools.relate import build_parser as relate
     from mmmmodal_hf.datatools.transcribe import build_parser as transcribe
     from mmmmodal_hf.datatools.validate import build_parser as validate
-    from mmmmodal_hf.demo.run import build_parser as demo
+    from mmmmodal_hf.demo.command import build_parser as demo
     from mmmmodal_hf.evaluation import build_parser as evaluate
     from mmmmodal_hf.serving.serve import build_parser as serve
     from mmmmodal_hf.web import build_parser as web

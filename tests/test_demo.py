@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from mmmmodal_hf.conversion.push import main as push
-from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, one_and_several, place_among, quick_checks, verdict
+from mmmmodal_hf.demo.command import one_and_several
+from mmmmodal_hf.demo.run import ANSWER_TOKENS, accuracy_table, place_among, quick_checks, verdict
 from mmmmodal_hf.demo.tokenizer import trained_tokenizer_folder
 from mmmmodal_hf.demo.video import video_quick_checks
 from mmmmodal_hf.demo.video_world import VIDEO_KINDS, VIDEO_MOMENTS, VideoFact, ask_video, make_video_split

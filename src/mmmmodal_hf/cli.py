@@ -111,7 +111,7 @@ def _eval(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from .demo.run import main
+    from .demo.command import main
 
     return main(argv)
 
