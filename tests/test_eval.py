@@ -217,6 +217,7 @@ def test_a_server_that_cannot_be_reached_is_one_line_naming_it(rows, tmp_path):
 def test_the_servers_prompt_carries_a_rows_media_from_files_and_from_base64(tmp_path):
     """The openai and vllm backends' parts: files and a row's base64 media both as base64 data (found: a base64
     medium, now read by training's row reader, failed as a path)."""
+    from mmmmodal_hf.evaluation.remote import openai_prompt
     from mmmmodal_hf.evaluation.turns import scored_turns
 
     random_image(1).save(tmp_path / "one.png")
@@ -229,7 +230,7 @@ def test_the_servers_prompt_carries_a_rows_media_from_files_and_from_base64(tmp_
         row = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": "Bulat."}]}
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
         (turn,), skipped = scored_turns([str(tmp_path / f"{name}.jsonl")])
-        image, audio, text = turn.openai_prompt()[0]["content"]
+        image, audio, text = openai_prompt(turn)[0]["content"]
         assert not skipped and text == {"type": "text", "text": "Apa?"}
         assert base64.b64decode(image["image_url"]["url"].split(",")[1]) == files["image"]
         assert base64.b64decode(audio["input_audio"]["data"]) == files["audio"]

@@ -4,6 +4,7 @@ same OpenAI chat parts `mmmmodal serve` takes, batch by batch."""
 import gc
 import os
 
+from .remote import openai_prompt
 from .turns import ScoredTurn
 
 
@@ -53,7 +54,7 @@ def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
     for start in range(0, len(turns), batch_size):
         batch = turns[start : start + batch_size]
         try:
-            outputs = engine.chat([turn.openai_prompt() for turn in batch], sampling, use_tqdm=False)
+            outputs = engine.chat([openai_prompt(turn) for turn in batch], sampling, use_tqdm=False)
         except _refusals():  # one turn refused: each asked alone, to name it
             outputs = [_alone(engine, turn, sampling) for turn in batch]
         for turn, output in zip(batch, outputs):
@@ -66,7 +67,7 @@ def _batches(engine, sampling, turns: list[ScoredTurn], batch_size: int, bar):
 
 def _alone(engine, turn: ScoredTurn, sampling):
     try:
-        return engine.chat(turn.openai_prompt(), sampling, use_tqdm=False)[0]
+        return engine.chat(openai_prompt(turn), sampling, use_tqdm=False)[0]
     except _refusals() as error:
         return str(error)
 

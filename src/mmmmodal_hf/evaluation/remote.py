@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 
 from ..cli_errors import InputError
-from ..data import text_of
+from ..data import messages_with_media, text_of
 from ..media_mmmmodal import URL_PREFIXES
+from ..processing_mmmmodal import PLACEHOLDER_RE
 from .turns import ScoredTurn
 
 TIMEOUT = httpx.Timeout(600, connect=10)
@@ -75,6 +76,13 @@ class Server:
         return self._request("POST", "/chat/completions", body)["choices"][0]["message"]["content"] or ""
 
 
+def openai_prompt(turn: ScoredTurn) -> list[dict]:
+    """The messages before a scored turn's answer as OpenAI chat parts, media by their sources (the vllm and openai
+    backends)."""
+    conversation = turn.conversation
+    return openai_messages(messages_with_media(conversation, conversation.images, conversation.audio)[: turn.message])
+
+
 def openai_messages(messages: list[dict]) -> list[dict]:
     """Messages as OpenAI chat parts: text, `image_url`, `input_audio` and `video_url` (files as base64, URLs as they
     are). A published row's text is cut at its tags, each medium a part in its place."""
@@ -98,8 +106,6 @@ def openai_messages(messages: list[dict]) -> list[dict]:
 
 
 def _cut_at_tags(text: str, media) -> list[dict]:
-    from ..processing_mmmmodal import PLACEHOLDER_RE
-
     parts, last = [], 0
     for match in PLACEHOLDER_RE.finditer(text):
         if match.lastgroup == "stray":
@@ -136,7 +142,7 @@ def predict_remote(server: Server, turns: list[ScoredTurn], settings):
 
     def ask(turn: ScoredTurn) -> dict:
         try:
-            answer = server.chat(turn.openai_prompt(), settings.max_new_tokens, settings.seed)
+            answer = server.chat(openai_prompt(turn), settings.max_new_tokens, settings.seed)
         except InputError:  # the server itself: unreachable or failing, for every turn
             raise
         except (ValueError, OSError) as error:  # this turn refused by the server, or a file that cannot be read
@@ -181,4 +187,12 @@ def _server_message(response: httpx.Response) -> str:
         return response.text[:300]
 
 
-__all__ = ["Server", "JUDGE_PROMPT", "openai_messages", "predict_remote", "judge_scores", "question_of"]
+__all__ = [
+    "Server",
+    "JUDGE_PROMPT",
+    "openai_messages",
+    "openai_prompt",
+    "predict_remote",
+    "judge_scores",
+    "question_of",
+]

@@ -4,7 +4,7 @@ answered from the reference history before it. Rows that cannot be scored are co
 import os
 from dataclasses import dataclass, field
 
-from ..data import Conversation, UnusableRow, load_rows, messages_with_media, row_conversation, text_of
+from ..data import Conversation, UnusableRow, load_rows, row_conversation, text_of
 
 TRANSCRIPTION_TASKS = {"transcription", "transcribe", "asr"}
 
@@ -27,15 +27,6 @@ class ScoredTurn:
     @property
     def key(self) -> tuple[str, int, int]:
         return self.file, self.line, self.turn
-
-    def openai_prompt(self) -> list[dict]:
-        """The messages before this answer as OpenAI chat parts, media by their sources (the vllm and openai backends)."""
-        from .remote import openai_messages
-
-        conversation = self.conversation
-        return openai_messages(
-            messages_with_media(conversation, conversation.images, conversation.audio)[: self.message]
-        )
 
     def skipped(self, reason: str) -> dict:
         """The record of this turn when it cannot be predicted."""
