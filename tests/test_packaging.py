@@ -1,5 +1,5 @@
 """What `pip install` (not only an editable install) puts in place: every package folder is in setup.cfg's list,
-and every entry point names a module that exists and a name it defines."""
+and every entry point names a module that exists and a name it defines; and how its modules import each other."""
 
 import ast
 import configparser
@@ -34,3 +34,50 @@ def test_every_entry_point_names_a_defined_function():
         imported = {alias.asname or alias.name for node in ast.parse(source).body if isinstance(node, ast.ImportFrom)
                     for alias in node.names}  # fmt: skip
         assert name in defined | imported, target
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Each module of the package (dotted), and the package's modules it imports, at its top or inside a function."""
+    source_root, modules = ROOT / "src", {}
+    for path in sorted((source_root / "mmmmodal_hf").rglob("*.py")):
+        parts = path.relative_to(source_root).with_suffix("").parts
+        name, package = ".".join(parts).removesuffix(".__init__"), parts[:-1]
+        modules[name] = (path, package)
+    graph = {}
+    for name, (path, package) in modules.items():
+        graph[name] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = (package[: len(package) - node.level + 1] if node.level else ()) + tuple(
+                    (node.module or "").split(".") if node.module else ()
+                )
+                targets = [".".join((*base, alias.name)) for alias in node.names] + [".".join(base)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            graph[name] |= {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def test_no_two_modules_of_the_package_import_each_other():
+    """Import circles (found: the demo's run and its `--video` stage, a scored turn and the servers that answer it,
+    each tied by an import inside a function) make a module unreadable without the other; none is left."""
+    graph = _package_imports()
+    assert graph["mmmmodal_hf.demo.command"] >= {"mmmmodal_hf.demo.run", "mmmmodal_hf.demo.video"}  # it reads both
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for target in graph[todo.pop()] - seen:
+                seen.add(target)
+                todo.append(target)
+        return seen
+
+    circles = sorted(
+        f"{name} -> {target} -> ... -> {name}"
+        for name in graph
+        for target in graph[name]
+        if name in reaches(target) and not name.startswith(target + ".")  # a package's own submodules read it
+    )
+    assert not circles, "\n".join(circles)
