@@ -118,6 +118,23 @@ def test_the_soundtrack_is_mono_at_the_processors_rate_with_its_beep_in_place(vi
     assert loudness[np.argmax(loudness)] > 10 * np.median(loudness)
 
 
+@pytest.mark.parametrize(("container", "delay"), [("mp4", 1.0), ("mp4", -0.5), ("mkv", 1.0), ("webm", 0.7),
+                                                   ("webm", -0.5), ("webm", 0.0)])  # fmt: skip
+def test_the_soundtrack_keeps_the_videos_clock_where_the_streams_start_apart(tmp_path, container, delay):
+    """Found: a soundtrack that starts 1 s after the first frame was read from its own start, so each sound came 1 s
+    early (in the piece of the frame before); a webm's Opus track, which starts 21 ms in, put its beeps 20 ms early;
+    and a webm whose frames start later was timed by its container's end, taking the frames 0.5 s too far apart."""
+    codec = {"webm": {"codec": "libvpx-vp9", "audio_rate": 48000}}.get(container, {})
+    path = write_video(tmp_path / f"apart.{container}", audio_delay=delay, **codec)
+    video = load_video(path, num_frames=4)
+    onset = np.flatnonzero(np.abs(video.soundtrack) > 0.3)[0] / 16000
+    assert onset == pytest.approx(1.5, abs=0.005)  # the beep 1.5 s after the first frame, as written
+    assert len(video.soundtrack) / 16000 == pytest.approx(4.0, abs=0.04)  # the video's 4 s: silence where none was
+    assert video.duration == pytest.approx(4.0, abs=0.03) and video.times == pytest.approx([0, 1, 2, 3], abs=0.03)
+    for frame, time in zip(video.frames, video.times):
+        assert np.abs(np.asarray(frame)[10, 10].astype(int) - colour_at(time)).max() <= 8, (time, frame)
+
+
 def test_a_video_is_its_frames_each_followed_by_its_soundtrack_piece(processor, videos):
     inputs = processor(text="Look: <video> What colour?", videos=[videos["mp4"]], num_frames=4)
     spans = layout(processor, inputs["input_ids"][0])

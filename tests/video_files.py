@@ -23,10 +23,13 @@ def beeping_soundtrack(seconds: float, rate: int, channels: int, beeps=(1.5,), b
 
 
 def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), audio_rate: int | None = 44100,
-                channels: int = 2, beeps=(1.5,), codec: str = "libx264", gop: int = 12, live: bool = False) -> Path:  # fmt: skip
-    """A video whose frames are one colour per second (`colour_at`), with a beeping soundtrack unless
-    `audio_rate` is None. Its container follows the suffix (mp4, webm, mkv, mov, avi). `live`: a Matroska/webm
-    written as a stream, as a browser's MediaRecorder writes one: no duration in its header."""
+                channels: int = 2, beeps=(1.5,), codec: str = "libx264", gop: int = 12, live: bool = False,
+                audio_delay: float = 0.0) -> Path:  # fmt: skip
+    """A video whose frames are one colour per second (`colour_at`, seconds from its first frame), with a beeping
+    soundtrack unless `audio_rate` is None. Its container follows the suffix (mp4, webm, mkv, mov, avi). `live`: a
+    Matroska/webm written as a stream, as a browser's MediaRecorder writes one: no duration in its header.
+    `audio_delay`: the soundtrack starts that many seconds after the first frame (before it, where negative: the
+    frames start later), its beeps still at `beeps` seconds from the first frame."""
     import av
 
     width, height = size
@@ -42,16 +45,16 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), 
             pixels = np.zeros((height, width, 3), np.uint8)
             pixels[:] = colour_at(index / fps)
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
-            frame.pts, frame.time_base = index, Fraction(1, fps)
+            frame.pts, frame.time_base = index + round(max(0.0, -audio_delay) * fps), Fraction(1, fps)
             container.mux(video.encode(frame))
         container.mux(video.encode())
         if audio is not None:
-            sound = beeping_soundtrack(seconds, audio_rate, channels, beeps)
-            chunk = 1024
+            sound = beeping_soundtrack(seconds - audio_delay, audio_rate, channels, [b - audio_delay for b in beeps])
+            chunk, first = 1024, round(max(0.0, audio_delay) * audio_rate)
             for start in range(0, sound.shape[1], chunk):
                 piece = np.ascontiguousarray(sound[:, start : start + chunk])
                 frame = av.AudioFrame.from_ndarray(piece, format="fltp", layout=audio.layout.name)
-                frame.sample_rate, frame.pts, frame.time_base = audio_rate, start, Fraction(1, audio_rate)
+                frame.sample_rate, frame.pts, frame.time_base = audio_rate, first + start, Fraction(1, audio_rate)
                 container.mux(audio.encode(frame))
             container.mux(audio.encode())
     return path

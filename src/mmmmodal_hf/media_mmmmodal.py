@@ -415,17 +415,19 @@ def _read_video_file(source, num_frames, fps, max_frames, with_sound, sampling_r
         if not (with_sound and container.streams.audio):
             return Video(frames, times, duration)
         rate = container.streams.audio[0].rate
-        soundtrack = load_audio(_soundtrack(container), sampling_rate or rate, rate)
+        start = float((stream.start_time or 0) * stream.time_base)
+        soundtrack = load_audio(_soundtrack(container, start), sampling_rate or rate, rate)
     return Video(frames, times, duration, soundtrack, sampling_rate or rate)
 
 
 def video_duration(container, stream) -> float:
     """Seconds the video stream lasts: from the header, or where it holds none (a live recording, as browsers write
     webm) from the end of its last packet, demuxed without decoding."""
-    if stream.duration or container.duration:
-        return float(stream.duration * stream.time_base) if stream.duration else container.duration / 1e6
-    ends = [packet.pts + (packet.duration or 0) for packet in container.demux(stream) if packet.pts is not None]
     start = stream.start_time or 0
+    if stream.duration or container.duration:  # the container's end, where the stream's own duration is not given
+        end = ((container.start_time or 0) + (container.duration or 0)) / 1e6
+        return float(stream.duration * stream.time_base) if stream.duration else end - float(start * stream.time_base)
+    ends = [packet.pts + (packet.duration or 0) for packet in container.demux(stream) if packet.pts is not None]
     return float((max(ends) - start) * stream.time_base) if ends else 0.0
 
 
@@ -468,17 +470,27 @@ def _upright(frame) -> Image.Image:
     return image.rotate(rotation, expand=True) if rotation else image
 
 
-def _soundtrack(container) -> np.ndarray:
-    """The first audio stream, whole, as float (channels, samples)."""
+def _soundtrack(container, start: float | None = None) -> np.ndarray:
+    """The first audio stream, whole, as float (channels, samples); with `start` (the first frame's time), on the
+    video's clock: silence before a soundtrack that begins later, nothing from before `start`."""
     av = _pyav()
 
     stream = container.streams.audio[0]
     container.seek(0)
     resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=stream.rate)
-    chunks = [out.to_ndarray() for frame in container.decode(stream) for out in resampler.resample(frame)]
+    chunks, begins = [], None
+    for frame in container.decode(stream):
+        begins = frame.time if begins is None else begins  # where decoding began: the stream's start, or the seek's
+        chunks += [out.to_ndarray() for out in resampler.resample(frame)]
     if not chunks:
         raise CorruptMediaError("the soundtrack holds no samples")
-    return np.concatenate(chunks, axis=1)
+    samples = np.concatenate(chunks, axis=1)
+    shift = 0 if start is None or begins is None else round((begins - start) * stream.rate)
+    if shift > 0:
+        return np.concatenate([np.zeros((samples.shape[0], shift), samples.dtype), samples], axis=1)
+    if -shift >= samples.shape[1]:
+        raise CorruptMediaError("the soundtrack ends before the first frame")
+    return samples[:, -shift:]
 
 
 __all__ = [
