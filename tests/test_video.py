@@ -24,7 +24,14 @@ from mmmmodal_hf.media_mmmmodal import (
 from mmmmodal_hf.processing_mmmmodal import EncodedMedium
 
 from tiny_parts import decodes, random_clip, random_image, tiny_model, tiny_vision_config
-from video_files import COLOURS, beeping_soundtrack, colour_at, write_turned_video, write_video
+from video_files import (
+    COLOURS,
+    beeping_soundtrack,
+    colour_at,
+    write_turned_video,
+    write_variable_rate_video,
+    write_video,
+)
 
 pytest.importorskip("av", reason="videos need the [video] extra (PyAV)")
 
@@ -106,6 +113,17 @@ def test_a_live_recording_without_a_duration_in_its_header_is_timed_by_its_packe
         if kind == "audio"
     ]
     assert len(pieces) == 4 and min(pieces) > 0  # the soundtrack split among the four frames, none empty
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_a_variable_frame_rate_video_gives_the_frame_shown_at_each_time(tmp_path, container):
+    """Frames 40 to 330 ms apart: each time asked gets the last frame at or before it, as a player shows it."""
+    written = write_variable_rate_video(tmp_path / f"variable.{container}")
+    video = load_video(tmp_path / f"variable.{container}", fps=2)
+    assert len(video.frames) == 8 and video.duration == pytest.approx(written[-1], abs=0.4)
+    for frame, time in zip(video.frames, video.times):
+        shown = max(at for at in written if at <= time + 1e-6)
+        assert np.abs(np.asarray(frame)[10, 10].astype(int) - colour_at(shown)).max() <= 8, (time, shown)
 
 
 @pytest.mark.parametrize("container", ["mp4", "mkv", "webm"])

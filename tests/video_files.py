@@ -60,6 +60,28 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), 
     return path
 
 
+def write_variable_rate_video(path: Path, seconds: float = 4.0, steps=(0.04, 0.25, 0.1, 0.33)) -> list[float]:
+    """A video of variable frame rate, frames `steps` seconds apart in turn (in a millisecond time base), each of
+    `colour_at` its time, without a soundtrack; returns the frames' times."""
+    import av
+
+    times = [0.0]
+    while times[-1] + steps[len(times) % len(steps)] < seconds:
+        times.append(round(times[-1] + steps[len(times) % len(steps)], 3))
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for time in times:
+            pixels = np.zeros((48, 64, 3), np.uint8)
+            pixels[:] = colour_at(time)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = round(time * 1000), Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    return times
+
+
 def write_turned_video(path: Path, size=(64, 32), fps: int = 10) -> Path:
     """An mp4 stored sideways, as phones record: frames red on the left and blue on the right, and a track header
     whose display matrix says to show them turned 90 degrees clockwise (red on top). PyAV writes no display
