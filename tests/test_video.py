@@ -66,6 +66,19 @@ def test_frames_are_the_frames_at_their_times(videos, container):
     assert (video.soundtrack is None) == (container in ("mov", "avi"))
 
 
+@pytest.mark.parametrize("container", ["ts", "m2ts"])
+def test_frames_of_a_transport_stream_are_the_frames_at_their_times(tmp_path, container):
+    """Found: seeking in an MPEG transport stream (broadcast, camcorders' .m2ts, HLS segments) lands on the next
+    keyframe after the time asked, so each frame before the first keyframe after it came from that keyframe (at
+    0 s the frame of 2.5 s). The seek goes back until it lands at or before the time."""
+    path = write_video(tmp_path / f"broadcast.{container}", seconds=6.0, gop=25, audio_rate=48000)
+    video = load_video(path, num_frames=12)
+    assert video.duration == pytest.approx(6.0, abs=0.1)
+    for frame, time in zip(video.frames, video.times):
+        assert np.abs(np.asarray(frame)[10, 10].astype(int) - colour_at(time)).max() <= 8, (time, frame)
+    assert np.flatnonzero(np.abs(video.soundtrack) > 0.3)[0] / 16000 == pytest.approx(1.5, abs=0.005)
+
+
 @pytest.mark.parametrize(
     "options, count", [({"num_frames": 3}, 3), ({"fps": 2}, 8), ({"fps": 0.1}, 1), ({"fps": 30, "max_frames": 20}, 20)]
 )

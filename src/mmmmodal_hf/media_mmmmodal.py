@@ -447,8 +447,7 @@ def _frames_at(container, stream, times: list[float]) -> list[Image.Image]:
         for time in times:
             target = start + time
             if decoder is None or shown is None or target - shown.time > 2.0:
-                container.seek(int(target / stream.time_base), stream=stream)
-                decoder, shown, ahead = container.decode(stream), None, None
+                (decoder, ahead), shown = _decoding_from(container, stream, target, start), None
             while ahead is None or ahead.time is None or ahead.time <= target + 1e-6:
                 shown = ahead or shown
                 ahead = next(decoder, None)
@@ -462,6 +461,19 @@ def _frames_at(container, stream, times: list[float]) -> list[Image.Image]:
     except av.FFmpegError as error:
         raise CorruptMediaError(f"the video cannot be decoded near {time:.2f} s ({error})") from None
     return frames
+
+
+def _decoding_from(container, stream, target: float, start: float) -> tuple:
+    """A decoder from the keyframe at or before `target` (seconds), and its first frame. Where the seek lands after
+    the time (MPEG-TS lands on the next keyframe), it seeks again further back, at most to before the `start`."""
+    back = 0.0
+    while True:
+        container.seek(int((target - back) / stream.time_base), stream=stream)
+        decoder = container.decode(stream)
+        first = next(decoder, None)
+        if first is None or first.time is None or first.time <= target + 1e-6 or target - back < start:
+            return decoder, first
+        back = max(1.0, 2 * back)
 
 
 def _upright(frame) -> Image.Image:
