@@ -28,6 +28,7 @@ from video_files import (
     COLOURS,
     beeping_soundtrack,
     colour_at,
+    write_sound,
     write_turned_video,
     write_variable_rate_video,
     write_video,
@@ -498,6 +499,11 @@ class _LossesInto:
         (lambda folder: folder / "missing.mp4", ValueError, "no such file"),
         (lambda folder: _bytes(folder / "noise.mp4", np.random.bytes(5000)), NotAVideoError, "not a readable video"),
         (lambda folder: _wav(folder / "speech.wav"), NotAVideoError, "no video stream"),
+        (  # found: its album picture was taken for the video, which then "cannot be decoded near 0.00 s"
+            lambda folder: write_sound(folder / "song.m4a", "aac", "mp4", cover_art=True),
+            NotAVideoError,
+            r"no video stream \(an audio file\? give it as audio\)",
+        ),
         (lambda folder: _png(folder / "still.png"), NotAVideoError, "a still image, not a video"),
         (lambda folder: {"frames": [], "fps": 2}, CorruptMediaError, "no frames"),
         (
@@ -525,6 +531,7 @@ class _LossesInto:
         "missing",
         "not_a_video",
         "audio_file",
+        "audio_file_with_album_picture",
         "still_image",
         "no_frames",
         "none",

@@ -219,8 +219,7 @@ def _read_audio_with_ffmpeg(source, refusal: str) -> tuple[np.ndarray, int]:
         with av.open(source) as container:
             if _is_still_image(container) or not container.streams.audio:
                 raise NotAudioError(refusal)
-            cover_art = av.stream.Disposition.attached_pic  # an album's picture is no video
-            if any(cover_art not in stream.disposition for stream in container.streams.video):
+            if _moving_pictures(container):
                 raise NotAudioError("not a readable audio file: it is a video (give it as a video)")
             return _soundtrack(container), container.streams.audio[0].rate
     except av.FFmpegError:
@@ -403,9 +402,9 @@ def _read_video_file(source, num_frames, fps, max_frames, with_sound, sampling_r
     with container:
         if _is_still_image(container):
             raise NotAVideoError("the file is a still image, not a video (give it as an image)")
-        if not container.streams.video:
+        if not (streams := _moving_pictures(container)):
             raise NotAVideoError("the file has no video stream (an audio file? give it as audio)")
-        stream = container.streams.video[0]
+        stream = streams[0]
         width, height = stream.codec_context.width, stream.codec_context.height
         if max_pixels is not None and width * height > max_pixels:
             raise MediaTooLargeError(f"its frames are {width}x{height}, more than max_pixels={max_pixels:,}")
@@ -429,6 +428,12 @@ def video_duration(container, stream) -> float:
         return float(stream.duration * stream.time_base) if stream.duration else end - float(start * stream.time_base)
     ends = [packet.pts + (packet.duration or 0) for packet in container.demux(stream) if packet.pts is not None]
     return float((max(ends) - start) * stream.time_base) if ends else 0.0
+
+
+def _moving_pictures(container) -> list:
+    """The video streams that are not an album's picture (an attached picture, as music files carry one)."""
+    cover_art = _pyav().stream.Disposition.attached_pic
+    return [stream for stream in container.streams.video if cover_art not in stream.disposition]
 
 
 def _is_still_image(container) -> bool:
