@@ -176,3 +176,47 @@ def test_model_args_that_are_no_whole_numbers_are_named(base_folder):
         with pytest.raises(ValueError) as refused:
             MMMModal(pretrained=str(base_folder), **args)
         assert str(refused.value) == f"mmmmodal: --model_args {said}"
+
+
+def test_video_model_args_read_videos_as_mmmmodal_evals_flags_do(tmp_path, base_folder, task):
+    """`--model_args pretrained=...,num_frames=2,pool_frames=true`, as `mmmmodal eval --num-frames 2 --pool-frames`
+    (found: the plugin read every video at the processor's defaults, with no way to ask for more or fewer frames)."""
+    folder, expected, stop = task
+    options = {"num_frames": 2, "pool_frames": True}
+    model = AutoModel.from_pretrained(base_folder, trust_remote_code=True, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(base_folder, trust_remote_code=True)
+    (video,) = processor.load_videos([folder / "clip.mp4"], **options)
+    prompt = [
+        {"role": "user", "content": [{"type": "video", "video": video}, {"type": "text", "text": QUESTIONS[5][2]}]}
+    ]
+    settings = EvalSettings(model=str(base_folder), data=[], max_new_tokens=6, video_options=options)
+    (answer,) = answer_prompts(model, processor, [prompt], settings)
+    answer = answer.split(stop)[0].strip()
+    assert len(video.frames) == 2 and answer != expected[4]  # the options change what the model is given
+    references = ["-"] * 5 + [answer]
+    _tasks(folder, references, stop)
+    output = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", "mmmmodal", "--model_args",
+         f"pretrained={base_folder},num_frames=2,pool_frames=true", "--tasks", "mmmmodal_messages",
+         "--include_path", str(folder), "--device", "cpu", "--output_path", str(output), "--log_samples"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_DATASETS_OFFLINE": "1"},
+    )  # fmt: skip
+    said = run.stdout + run.stderr
+    assert run.returncode == 0 and "Error during evaluation" not in said, said[-3000:]
+    (samples_file,) = output.rglob("*_samples_mmmmodal_messages.jsonl")
+    video_sample = next(s for s in map(json.loads, samples_file.read_text().splitlines()) if s["doc_id"] == 5)
+    assert video_sample["filtered_resps"] == answer and float(video_sample["exact_match"]) == 1.0
+
+
+def test_video_model_args_that_cannot_be_used_are_named(base_folder):
+    from mmmmodal_hf.evaluation.lmms_eval_model import MMMModal
+
+    for args, said in [({"num_frames": "0"}, "num_frames must be a whole number above 0; got '0'"),
+                       ({"fps": "fast"}, "fps must be a positive number; got 'fast'"),
+                       ({"fps": 0}, "fps must be a positive number; got 0"),
+                       ({"num_frames": 4, "fps": 1.0}, "num_frames and fps: give one, not both"),
+                       ({"pool_frames": "maybe"}, "pool_frames must be true or false; got 'maybe'")]:  # fmt: skip
+        with pytest.raises(ValueError) as refused:
+            MMMModal(pretrained=str(base_folder), **args)
+        assert str(refused.value) == f"mmmmodal: --model_args {said}"

@@ -5,6 +5,7 @@ imported only by lmms-eval, which must be installed."""
 
 import json
 import logging
+import math
 from dataclasses import replace
 
 from lmms_eval.api.model import lmms
@@ -30,7 +31,8 @@ class MMMModal(lmms):
     """lmms-eval's chat model interface over an MMMModal checkpoint (a folder or Hub id).
 
     `--model_args`: `pretrained` (required), `dtype` (float32), `device` (or lmms-eval's `--device`; cpu),
-    `max_new_tokens` (256, where a task does not set it), `seed` (0). `--batch_size N` batches `generate`.
+    `max_new_tokens` (256, where a task does not set it), `seed` (0), and how videos are read, as `mmmmodal eval`'s
+    flags: `num_frames` (8) or `fps`, `pool_frames` (false). `--batch_size N` batches `generate`.
     Decoding follows the task's `generation_kwargs` (`max_new_tokens`, `temperature` > 0 or `do_sample`
     samples, `until` cuts the answer at its first stop string); by default greedy. A request that cannot be
     answered (a medium that cannot be read, a prompt over the context) is answered "" and logged
@@ -40,19 +42,21 @@ class MMMModal(lmms):
     is_simple = False
 
     def __init__(self, pretrained: str, device: str | None = None, dtype: str = "float32", batch_size=1,
-                 max_new_tokens: int = 256, seed: int = 0, max_batch_size=None, **unknown) -> None:  # fmt: skip
+                 max_new_tokens: int = 256, seed: int = 0, max_batch_size=None, num_frames=None, fps=None,
+                 pool_frames=False, **unknown) -> None:  # fmt: skip
         super().__init__()
         if unknown:
             raise ValueError(f"mmmmodal: unknown --model_args {sorted(unknown)}; known: pretrained, device, dtype, "
-                             "max_new_tokens, seed")  # fmt: skip
+                             "max_new_tokens, seed, num_frames, fps, pool_frames")  # fmt: skip
         numbers = {"batch_size": 16 if str(batch_size).startswith("auto") else batch_size,
-                   "max_new_tokens": max_new_tokens, "seed": seed}  # fmt: skip
+                   "max_new_tokens": max_new_tokens, "seed": seed, "num_frames": num_frames}  # fmt: skip
         for name, value in numbers.items():  # lmms-eval hands --model_args over as text
-            if not str(value).isdigit() or (name != "seed" and int(value) < 1):
+            if value is not None and (not str(value).isdigit() or (name != "seed" and int(value) < 1)):
                 raise ValueError(f"mmmmodal: --model_args {name} must be a whole number{' above 0' * (name != 'seed')}; "
                                  f"got {value!r}")  # fmt: skip
         self.settings = EvalSettings(model=pretrained, data=[], dtype=dtype, device=device or "cpu",
-                                     **{name: int(value) for name, value in numbers.items()})  # fmt: skip
+                                     video_options=_video_options(num_frames, fps, pool_frames) or None,
+                                     **{name: int(numbers[name]) for name in ("batch_size", "max_new_tokens", "seed")})  # fmt: skip
         self.model, self.processor = _load(self.settings)
         self.unanswered: list[str] = []
 
@@ -112,11 +116,12 @@ class MMMModal(lmms):
         return answers
 
     def _decoded(self, messages: list[dict], name: str) -> list[dict]:
-        """The messages with their media decoded as `mmmmodal eval` decodes a row's (videos at the processor's defaults:
-        8 frames with their soundtrack)."""
+        """The messages with their media decoded as `mmmmodal eval` decodes a row's (videos as the model_args say; by
+        default 8 frames with their soundtrack)."""
         conversation = conversation_from_row({"messages": messages}, row_id=name)
         images, audio = self.processor.load_media(conversation.images, conversation.audio)
-        return messages_with_media(conversation, images, audio, self.processor.load_videos(conversation.videos))
+        videos = self.processor.load_videos(conversation.videos, **(self.settings.video_options or {}))
+        return messages_with_media(conversation, images, audio, videos)
 
     def _unanswered(self, name: str, reason: str) -> None:
         self.unanswered.append(f"{name}: {reason}")
@@ -165,6 +170,27 @@ def _block(visual) -> dict:
     if isinstance(visual, str) and visual.lower().endswith((".mp4", ".webm", ".mkv", ".mov", ".avi")):
         return {"type": "video", "video": visual}
     return {"type": "image", "image": visual}
+
+
+def _video_options(num_frames, fps, pool_frames) -> dict:
+    """The processor's video keywords from `--model_args` text (`num_frames=16`, `fps=0.5`, `pool_frames=true`)."""
+    if num_frames is not None and fps is not None:
+        raise ValueError("mmmmodal: --model_args num_frames and fps: give one, not both")
+    try:
+        rate = None if fps is None else float(fps)
+    except ValueError:
+        rate = math.nan
+    if rate is not None and not 0 < rate < math.inf:
+        raise ValueError(f"mmmmodal: --model_args fps must be a positive number; got {fps!r}")
+    pooled = {"true": True, "1": True, "false": False, "0": False}.get(str(pool_frames).lower())
+    if pooled is None:
+        raise ValueError(f"mmmmodal: --model_args pool_frames must be true or false; got {pool_frames!r}")
+    options = {
+        "num_frames": None if num_frames is None else int(num_frames),
+        "fps": rate,
+        "pool_frames": pooled or None,
+    }
+    return {key: value for key, value in options.items() if value is not None}
 
 
 def _name(request) -> str:
