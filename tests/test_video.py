@@ -18,6 +18,7 @@ from mmmmodal_hf.media_mmmmodal import (
     MediaTooLargeError,
     NotAVideoError,
     Video,
+    load_audio,
     load_video,
     sample_times,
 )
@@ -233,6 +234,19 @@ def test_a_soundtrack_at_any_rate_and_channel_count(processor):
         assert video.soundtrack.shape == (32000,) and video.sampling_rate == 16000
         own = load_video({"frames": frames, "fps": 1, "audio": sound, "sampling_rate": rate}, sampling_rate=None)
         assert own.sampling_rate == rate and np.allclose(own.soundtrack, sound.mean(axis=0))
+
+
+@pytest.mark.parametrize(("container", "channels"), [("mp4", 6), ("mkv", 2)])
+def test_a_soundtrack_is_its_channels_averaged_to_the_bit_as_a_whole_clip_is(tmp_path, container, channels):
+    """A soundtrack's channels are averaged as it decodes (an hour of 5.1 at 48 kHz was held as six channels, 4 GB,
+    before it was made mono; now 0.7 GB), to the same bits as the whole track's channels read as a clip is."""
+    import av
+
+    path = write_video(tmp_path / f"surround.{container}", audio_rate=48000, channels=channels)
+    with av.open(str(path)) as file:
+        whole = np.concatenate([frame.to_ndarray() for frame in file.decode(file.streams.audio[0])], axis=1)
+    assert whole.shape[0] == channels
+    assert np.array_equal(load_video(path).soundtrack, load_audio(whole, 16000, 48000))
 
 
 @pytest.mark.parametrize(("container", "rate"), [("mp4", 44100), ("mkv", 16000), ("webm", 48000)])

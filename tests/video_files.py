@@ -40,7 +40,7 @@ def write_video(path: Path, seconds: float = 4.0, fps: int = 10, size=(64, 48), 
         audio = None
         if audio_rate is not None:
             audio = container.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=audio_rate)
-            audio.layout = "stereo" if channels == 2 else "mono"
+            audio.layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
         for index in range(int(seconds * fps)):
             pixels = np.zeros((height, width, 3), np.uint8)
             pixels[:] = colour_at(index / fps)

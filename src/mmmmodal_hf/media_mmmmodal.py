@@ -488,7 +488,8 @@ def _upright(frame) -> Image.Image:
 
 
 def _soundtrack(container, start: float | None = None) -> np.ndarray:
-    """The first audio stream, whole, as float (channels, samples); with `start` (the first frame's time), on the
+    """The first audio stream, whole, as float (1, samples): its channels averaged as it decodes, as `_mono` averages
+    them (an hour of 5.1 is 0.7 GB mono, 4 GB as six channels); with `start` (the first frame's time), on the
     video's clock: silence before a soundtrack that begins later, nothing from before `start`."""
     av = _pyav()
 
@@ -498,7 +499,8 @@ def _soundtrack(container, start: float | None = None) -> np.ndarray:
     chunks, begins = [], None
     for frame in container.decode(stream):
         begins = frame.time if begins is None else begins  # where decoding began: the stream's start, or the seek's
-        chunks += [out.to_ndarray() for out in resampler.resample(frame)]
+        for out in (out.to_ndarray() for out in resampler.resample(frame)):
+            chunks.append(out.mean(axis=0, dtype=np.float32, keepdims=True) if len(out) > 1 else out)
     if not chunks:
         raise CorruptMediaError("the soundtrack holds no samples")
     samples = np.concatenate(chunks, axis=1)
