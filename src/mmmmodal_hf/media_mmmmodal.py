@@ -300,6 +300,11 @@ def _mono(channels: np.ndarray, rate: int) -> np.ndarray:
         raise MediaError(f"the sampling rate must be positive; got {rate}")
     if not np.isfinite(channels).all():
         raise CorruptMediaError("the audio holds NaN or infinite samples")
+    return _averaged(channels)
+
+
+def _averaged(channels: np.ndarray) -> np.ndarray:
+    """(channels, samples) as one channel, their mean: the one rule that makes audio mono, whole or chunk by chunk."""
     return channels.mean(axis=0, dtype=np.float32) if channels.shape[0] > 1 else channels[0]
 
 
@@ -488,9 +493,9 @@ def _upright(frame) -> Image.Image:
 
 
 def _soundtrack(container, start: float | None = None) -> np.ndarray:
-    """The first audio stream, whole, as float (1, samples): its channels averaged as it decodes, as `_mono` averages
-    them (an hour of 5.1 is 0.7 GB mono, 4 GB as six channels); with `start` (the first frame's time), on the
-    video's clock: silence before a soundtrack that begins later, nothing from before `start`."""
+    """The first audio stream, whole, as float (1, samples), its channels averaged as it decodes (an hour of 5.1 is
+    0.7 GB mono, 4 GB as six channels); with `start` (the first frame's time), on the video's clock: silence before
+    a soundtrack that begins later, nothing from before `start`."""
     av = _pyav()
 
     stream = container.streams.audio[0]
@@ -499,11 +504,10 @@ def _soundtrack(container, start: float | None = None) -> np.ndarray:
     chunks, begins = [], None
     for frame in container.decode(stream):
         begins = frame.time if begins is None else begins  # where decoding began: the stream's start, or the seek's
-        for out in (out.to_ndarray() for out in resampler.resample(frame)):
-            chunks.append(out.mean(axis=0, dtype=np.float32, keepdims=True) if len(out) > 1 else out)
+        chunks += [_averaged(out.to_ndarray()) for out in resampler.resample(frame)]
     if not chunks:
         raise CorruptMediaError("the soundtrack holds no samples")
-    samples = np.concatenate(chunks, axis=1)
+    samples = np.concatenate(chunks)[None]
     shift = 0 if start is None or begins is None else round((begins - start) * stream.rate)
     if shift > 0:
         return np.concatenate([np.zeros((samples.shape[0], shift), samples.dtype), samples], axis=1)
