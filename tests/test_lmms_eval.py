@@ -214,8 +214,8 @@ def test_video_model_args_that_cannot_be_used_are_named(base_folder):
 
     for args, said in [({"num_frames": "0"}, "num_frames must be a whole number above 0; got '0'"),
                        ({"fps": "fast"}, "fps must be a positive number; got 'fast'"),
-                       ({"fps": 0}, "fps must be a positive number; got 0"),
-                       ({"num_frames": 4, "fps": 1.0}, "num_frames and fps: give one, not both"),
+                       ({"fps": 0}, "fps must be a positive number; got 0.0"),
+                       ({"num_frames": 4, "fps": 1.0}, "give num_frames or fps, not both"),
                        ({"pool_frames": "maybe"}, "pool_frames must be true or false; got 'maybe'")]:  # fmt: skip
         with pytest.raises(ValueError) as refused:
             MMMModal(pretrained=str(base_folder), **args)

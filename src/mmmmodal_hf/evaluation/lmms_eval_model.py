@@ -5,13 +5,13 @@ imported only by lmms-eval, which must be installed."""
 
 import json
 import logging
-import math
 from dataclasses import replace
 
 from lmms_eval.api.model import lmms
 from lmms_eval.protocol import ChatMessages
 
 from ..data import UnusableRow, conversation_from_row, messages_with_media
+from ..media_mmmmodal import sample_times
 from .run import EvalSettings, Unanswered, _load, answer_prompts
 
 logger = logging.getLogger(__name__)
@@ -174,14 +174,14 @@ def _block(visual) -> dict:
 
 def _video_options(num_frames, fps, pool_frames) -> dict:
     """The processor's video keywords from `--model_args` text (`num_frames=16`, `fps=0.5`, `pool_frames=true`)."""
-    if num_frames is not None and fps is not None:
-        raise ValueError("mmmmodal: --model_args num_frames and fps: give one, not both")
     try:
         rate = None if fps is None else float(fps)
     except ValueError:
-        rate = math.nan
-    if rate is not None and not 0 < rate < math.inf:
-        raise ValueError(f"mmmmodal: --model_args fps must be a positive number; got {fps!r}")
+        raise ValueError(f"mmmmodal: --model_args fps must be a positive number; got {fps!r}") from None
+    try:  # the video loader's own rule: one of the two, a positive number
+        sample_times(1.0, None if num_frames is None else int(num_frames), rate)
+    except ValueError as error:
+        raise ValueError(f"mmmmodal: --model_args {error}") from None
     pooled = {"true": True, "1": True, "false": False, "0": False}.get(str(pool_frames).lower())
     if pooled is None:
         raise ValueError(f"mmmmodal: --model_args pool_frames must be true or false; got {pool_frames!r}")
