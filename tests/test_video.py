@@ -574,7 +574,7 @@ def test_approximate_lengths_read_a_video_files_header_only(processor, videos, t
     """Length-grouped training measures every row before it starts: a video file counts from its header (its
     duration, whether it has a soundtrack) as the processor would lay it out, to within a token of its encoding;
     no frame is decoded, so a file cut in half whose header still states its length measures as the whole file."""
-    from mmmmodal_hf.data import approximate_length, row_conversation
+    from mmmmodal_hf.data import approximate_length, row_conversation, video_from_header
 
     def row(path) -> dict:
         question = [{"type": "video", "path": str(path)}, {"type": "text", "text": "Which colour?"}]
@@ -593,6 +593,8 @@ def test_approximate_lengths_read_a_video_files_header_only(processor, videos, t
     cut = _bytes(tmp_path / "cut.mkv", data[: len(data) // 2])
     whole = approximate_length(processor, row_conversation(row(videos["mkv"]), 0))
     assert approximate_length(processor, row_conversation(row(cut), 0)) == whole
+    song = write_sound(tmp_path / "song.m4a", "aac", "mp4", cover_art=True)  # its album picture is no video stream
+    assert video_from_header(processor, song, {}) is None  # so it is decoded, and refused, as the loader refuses it
 
 
 def test_frames_over_the_pixel_limit_are_refused_before_decoding(videos, session_processor, tmp_path):

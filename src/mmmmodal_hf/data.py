@@ -30,7 +30,7 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from .cli_errors import InputError
 from .configuration_mmmmodal import MEDIA_INPUT_NAMES
-from .media_mmmmodal import URL_PREFIXES, Video, sample_times, video_duration
+from .media_mmmmodal import URL_PREFIXES, Video, moving_pictures, sample_times, video_duration
 from .processing_mmmmodal import EncodedMedium, block_source, placeholder_kinds
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def video_from_header(processor, source, video_kwargs: dict) -> Video | None:
         return None
     try:
         with av.open(str(source)) as container:
-            stream = container.streams.video[0]
+            stream = moving_pictures(container)[0]  # as the loader picks it: an album's picture is none
             duration = video_duration(container, stream)
             has_soundtrack = bool(container.streams.audio)
     except (OSError, IndexError, av.FFmpegError):

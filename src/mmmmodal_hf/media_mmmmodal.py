@@ -219,7 +219,7 @@ def _read_audio_with_ffmpeg(source, refusal: str) -> tuple[np.ndarray, int]:
         with av.open(source) as container:
             if _is_still_image(container) or not container.streams.audio:
                 raise NotAudioError(refusal)
-            if _moving_pictures(container):
+            if moving_pictures(container):
                 raise NotAudioError("not a readable audio file: it is a video (give it as a video)")
             return _soundtrack(container), container.streams.audio[0].rate
     except av.FFmpegError:
@@ -407,7 +407,7 @@ def _read_video_file(source, num_frames, fps, max_frames, with_sound, sampling_r
     with container:
         if _is_still_image(container):
             raise NotAVideoError("the file is a still image, not a video (give it as an image)")
-        if not (streams := _moving_pictures(container)):
+        if not (streams := moving_pictures(container)):
             raise NotAVideoError("the file has no video stream (an audio file? give it as audio)")
         stream = streams[0]
         width, height = stream.codec_context.width, stream.codec_context.height
@@ -435,7 +435,7 @@ def video_duration(container, stream) -> float:
     return float((max(ends) - start) * stream.time_base) if ends else 0.0
 
 
-def _moving_pictures(container) -> list:
+def moving_pictures(container) -> list:
     """The video streams that are not an album's picture (an attached picture, as music files carry one)."""
     cover_art = _pyav().stream.Disposition.attached_pic
     return [stream for stream in container.streams.video if cover_art not in stream.disposition]
@@ -517,7 +517,7 @@ def _soundtrack(container, start: float | None = None) -> np.ndarray:
 
 
 __all__ = [
-    "load_image", "load_audio", "read_audio", "load_video", "sample_times", "video_duration", "Video", "describe_media",
-    "URL_PREFIXES", "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError", "NotAnImageError", "NotAudioError",
-    "NotAVideoError", "CorruptMediaError", "MediaTooLargeError",
+    "load_image", "load_audio", "read_audio", "load_video", "sample_times", "video_duration", "moving_pictures",
+    "Video", "describe_media", "URL_PREFIXES", "DEFAULT_MAX_IMAGE_PIXELS", "MediaError", "MediaNotFoundError",
+    "NotAnImageError", "NotAudioError", "NotAVideoError", "CorruptMediaError", "MediaTooLargeError",
 ]  # fmt: skip
